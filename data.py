@@ -1,0 +1,395 @@
+"""Reading and checking a DisCoM-KD data folder, feeding batches, and batched augmentation.
+
+Folder layout (N rows, one row per sample; the modalities need not be paired row by row for
+training, see `train_idx_<PREFIX>.npy`):
+
+    DIR/<PREFIX>_data_normalized.npy   (N, C, H, W) images, (N, C, L) sequences or (N, F) vectors
+    DIR/labels.npy                     (N,) integer class of each row, any integer values
+    DIR/train_idx.npy                  row numbers of the training split
+    DIR/valid_idx.npy, DIR/test_idx.npy
+    DIR/train_idx_<PREFIX>.npy         optional: this modality's own training rows
+
+Everything is checked before training starts; a problem raises `DataError` with one line that
+names the file, the problem and what was expected.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from model_pytorch import ENCODER_RANK, MIN_INPUT_SIZE
+
+SPLITS = ("train", "valid", "test")
+# Rows checked for NaN/Inf per read, so checking an array larger than memory stays bounded.
+_CHECK_CHUNK_BYTES = 64 << 20
+
+
+class DataError(ValueError):
+    """A data folder problem, explained in one line."""
+
+
+def array_path(directory: str, prefix: str) -> str:
+    return os.path.join(directory, f"{prefix}_data_normalized.npy")
+
+
+def default_encoder(prefix: str, sample_shape: tuple[int, ...]) -> str:
+    """Encoder chosen from the sample rank; the prefix MNIST selects LeNet, as the authors did."""
+    if len(sample_shape) == 3:
+        return "lenet" if prefix.upper() == "MNIST" else "resnet18"
+    return {2: "resnet1d", 1: "mlp"}[len(sample_shape)]
+
+
+@dataclass
+class Modality:
+    """One modality's array (memory-mapped) and its rows for each split."""
+
+    prefix: str
+    path: str
+    array: np.ndarray  # (N, *sample_shape), memory-mapped
+    encoder: str
+    splits: dict[str, np.ndarray]  # split name -> int64 row numbers
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape[1:])
+
+    @property
+    def rank(self) -> int:
+        return len(self.sample_shape)
+
+
+@dataclass
+class DataFolder:
+    """A checked data folder: both modalities, labels mapped to 0..K-1, and the user's classes."""
+
+    directory: str
+    modalities: tuple[Modality, Modality]
+    labels: np.ndarray  # (N,) int64 in 0..K-1
+    classes: np.ndarray  # (K,) the user's label values; classes[k] is class k
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def describe(self) -> dict:
+        return {
+            "directory": self.directory,
+            "classes": self.classes.tolist(),
+            "modalities": [{"prefix": m.prefix, "file": m.path, "sample_shape": list(m.sample_shape),
+                            "dtype": str(m.array.dtype), "encoder": m.encoder,
+                            "rows": {s: int(len(r)) for s, r in m.splits.items()}} for m in self.modalities],
+        }
+
+
+def _load_npy(path: str, what: str) -> np.ndarray:
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found ({what} expected here)")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as error:
+        if "pickle" in str(error).lower():
+            raise DataError(f"{path}: holds Python objects; a numeric .npy array is expected") from None
+        raise DataError(f"{path}: not a readable .npy array ({error})") from None
+    except (OSError, EOFError) as error:
+        raise DataError(f"{path}: not a readable .npy array ({error})") from None
+
+
+def _load_index(path: str, num_rows: int) -> np.ndarray:
+    index = _load_npy(path, "an array of row numbers")
+    if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
+        raise DataError(f"{path}: row numbers must be a 1-D integer array, got shape {index.shape} dtype {index.dtype}")
+    index = np.asarray(index, dtype=np.int64)
+    if index.size == 0:
+        raise DataError(f"{path}: empty split; at least one row number is expected")
+    if index.min() < 0:
+        raise DataError(f"{path}: negative row number {index.min()}; rows are 0..{num_rows - 1}")
+    if index.max() >= num_rows:
+        raise DataError(f"{path}: row number {index.max()} out of range; rows are 0..{num_rows - 1}")
+    unique, counts = np.unique(index, return_counts=True)
+    if len(unique) != len(index):
+        raise DataError(f"{path}: row {unique[counts > 1][0]} listed {counts.max()} times; each row at most once")
+    return index
+
+
+def _check_finite(array: np.ndarray, rows: np.ndarray, path: str) -> None:
+    """Raises on the first NaN/Inf among `rows`, reading the memory map in bounded chunks."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    row_bytes = max(1, array.itemsize * int(np.prod(array.shape[1:])))
+    chunk = max(1, _CHECK_CHUNK_BYTES // row_bytes)
+    rows = np.sort(rows)
+    for start in range(0, len(rows), chunk):
+        block = array[rows[start:start + chunk]]
+        finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+        if not finite.all():
+            bad = rows[start + int(np.argmin(finite))]
+            raise DataError(f"{path}: row {bad} holds NaN or Inf; finite numbers are expected")
+
+
+def _load_modality(directory: str, prefix: str, encoder: str, num_rows: int) -> Modality:
+    path = array_path(directory, prefix)
+    array = _load_npy(path, f"the {prefix} modality array (N, C, H, W), (N, C, L) or (N, F)")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise DataError(f"{path}: dtype {array.dtype} is not numeric; integers or floats are expected")
+    if array.ndim not in (2, 3, 4):
+        raise DataError(f"{path}: unsupported rank {array.ndim} (shape {array.shape}); expected "
+                        "(N, C, H, W) images, (N, C, L) sequences or (N, F) vectors")
+    if array.shape[0] != num_rows:
+        raise DataError(f"{path}: {array.shape[0]} rows but labels.npy has {num_rows}; one row per label is expected")
+    sample_shape = tuple(array.shape[1:])
+    if min(sample_shape) < 1:
+        raise DataError(f"{path}: empty sample shape {sample_shape}")
+    encoder = default_encoder(prefix, sample_shape) if encoder == "auto" else encoder
+    if encoder not in ENCODER_RANK:
+        raise DataError(f"{path}: unknown encoder {encoder!r}; expected auto or one of {', '.join(ENCODER_RANK)}")
+    rank = ENCODER_RANK[encoder]
+    if rank is not None and rank != len(sample_shape):
+        raise DataError(f"{path}: encoder {encoder} reads samples of rank {rank}, this array's samples "
+                        f"have shape {sample_shape}")
+    spatial = sample_shape[1:] if rank is not None else ()
+    if spatial and min(spatial) < MIN_INPUT_SIZE[encoder]:
+        raise DataError(f"{path}: samples of shape {sample_shape} too small for encoder {encoder}, which needs "
+                        f"at least {MIN_INPUT_SIZE[encoder]} in each spatial dimension")
+    return Modality(prefix, path, array, encoder, {})
+
+
+def load_data_folder(directory: str, first_prefix: str, second_prefix: str,
+                     encoders: tuple[str, str] = ("auto", "auto")) -> DataFolder:
+    """Loads and checks a data folder (see the module docstring); raises `DataError` on any problem."""
+    if not os.path.isdir(directory):
+        raise DataError(f"{directory}: data folder not found")
+    for prefix in (first_prefix, second_prefix):
+        if not prefix or os.sep in prefix or prefix != prefix.strip():
+            raise DataError(f"{array_path(directory, prefix)}: invalid modality prefix {prefix!r}")
+    if first_prefix == second_prefix:
+        raise DataError(f"{array_path(directory, first_prefix)}: prefix {first_prefix!r} given twice; "
+                        "two different modalities are expected")
+    labels_path = os.path.join(directory, "labels.npy")
+    raw_labels = _load_npy(labels_path, "the (N,) integer labels")
+    if raw_labels.ndim != 1 or not np.issubdtype(raw_labels.dtype, np.integer):
+        raise DataError(f"{labels_path}: labels must be a 1-D integer array, got shape {raw_labels.shape} "
+                        f"dtype {raw_labels.dtype}")
+    num_rows = len(raw_labels)
+    if num_rows == 0:
+        raise DataError(f"{labels_path}: no labels")
+    modalities = tuple(_load_modality(directory, p, e, num_rows)
+                       for p, e in zip((first_prefix, second_prefix), encoders))
+
+    shared = {}
+    for split in ("valid", "test"):
+        shared[split] = _load_index(os.path.join(directory, f"{split}_idx.npy"), num_rows)
+    for modality in modalities:
+        own_train = os.path.join(directory, f"train_idx_{modality.prefix}.npy")
+        train_path = own_train if os.path.isfile(own_train) else os.path.join(directory, "train_idx.npy")
+        train = _load_index(train_path, num_rows)
+        if len(train) < 2:
+            raise DataError(f"{train_path}: {len(train)} training row; at least 2 are needed (batch normalisation)")
+        for split in ("valid", "test"):
+            overlap = np.intersect1d(train, shared[split])
+            if overlap.size:
+                raise DataError(f"{train_path}: row {overlap[0]} is also in {split}_idx.npy "
+                                f"({overlap.size} shared rows); training rows must not be evaluated on")
+        modality.splits = {"train": train, **shared}
+    overlap = np.intersect1d(shared["valid"], shared["test"])
+    if overlap.size:
+        raise DataError(f"{os.path.join(directory, 'valid_idx.npy')}: row {overlap[0]} is also in test_idx.npy "
+                        f"({overlap.size} shared rows); validation and test must be disjoint")
+
+    for modality in modalities:
+        used = np.unique(np.concatenate(list(modality.splits.values())))
+        _check_finite(modality.array, used, modality.path)
+
+    used = np.unique(np.concatenate([r for m in modalities for r in m.splits.values()]))
+    classes = np.unique(np.asarray(raw_labels[used]))
+    labels = np.searchsorted(classes, np.asarray(raw_labels)).clip(0, len(classes) - 1).astype(np.int64)
+    if len(classes) < 2:
+        raise DataError(f"{labels_path}: a single class ({classes[0]}) in the rows used; at least 2 are expected")
+    warnings = []
+    for modality in modalities:
+        trained = set(np.unique(labels[modality.splits["train"]]).tolist())
+        for split in ("valid", "test"):
+            missing = sorted(set(np.unique(labels[modality.splits[split]]).tolist()) - trained)
+            if missing:
+                warnings.append(f"{split}_idx.npy: class(es) {classes[missing].tolist()} never seen in "
+                                f"{modality.prefix}'s training rows; they cannot be predicted")
+    return DataFolder(directory, modalities, labels, classes.astype(np.int64), warnings)
+
+
+# ----------------------------------------------------------------------------- feeding batches
+class RowSource:
+    """One modality's rows, on the training device or streamed from the memory-mapped array.
+
+    Resident: the rows of all splits are copied once to the device (in `storage_dtype`) and a
+    batch is one `index_select`. Streamed: each batch is gathered from the memory map (sorted
+    rows, one read per batch), pinned, and copied asynchronously, the next batch being prepared
+    in a background thread while the current one trains.
+    """
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray, device: torch.device, resident: bool,
+                 storage_dtype: torch.dtype = torch.float32):
+        self.array, self.device, self.resident = array, device, resident
+        self.rows = np.sort(np.asarray(rows, dtype=np.int64))  # the rows this source can serve
+        self.storage_dtype = storage_dtype
+        # batches are indexed on the device when the data lives there, on the host otherwise
+        self.index_device = device if resident else torch.device("cpu")
+        if resident:
+            host = torch.from_numpy(np.ascontiguousarray(array[self.rows])).to(storage_dtype)
+            self.data = host.to(device)
+
+    def positions(self, rows: np.ndarray) -> torch.Tensor:
+        """Positions of the user's row numbers `rows` within this source, on `index_device`."""
+        return torch.from_numpy(np.searchsorted(self.rows, rows)).to(self.index_device)
+
+    def gather(self, positions: torch.Tensor) -> torch.Tensor:
+        """(B,) positions -> (B, *sample_shape) float32 batch on the device."""
+        if self.resident:
+            return self.data.index_select(0, positions).float()
+        wanted = self.rows[positions.numpy()]
+        order = np.argsort(wanted, kind="stable")  # memory maps read fastest in row order
+        block = np.empty((len(wanted),) + self.array.shape[1:], dtype=np.float32)
+        block[order] = self.array[wanted[order]]
+        batch = torch.from_numpy(block)
+        if self.device.type == "cuda":
+            return batch.pin_memory().to(self.device, non_blocking=True)
+        return batch
+
+
+class Prefetcher:
+    """Runs `fetch(i)` for i in 0..n-1 one item ahead in a background thread (streamed data only)."""
+
+    def __init__(self, fetch, count: int, enabled: bool):
+        self.fetch, self.count, self.enabled = fetch, count, enabled
+
+    def __iter__(self):
+        if not self.enabled:
+            for i in range(self.count):
+                yield self.fetch(i)
+            return
+        result: dict = {}
+
+        def work(i):
+            result[i] = self.fetch(i)
+
+        thread = threading.Thread(target=work, args=(0,))
+        thread.start()
+        for i in range(self.count):
+            thread.join()
+            item = result.pop(i)
+            if i + 1 < self.count:
+                thread = threading.Thread(target=work, args=(i + 1,))
+                thread.start()
+            yield item
+
+
+def epoch_positions(sizes: tuple[int, int], batch_size: int,
+                    generator: torch.Generator | None = None) -> tuple[list[tuple[int, int]], list[torch.Tensor]]:
+    """Independent shuffles of each modality's training rows for one epoch, and the batch bounds.
+
+    An epoch covers the larger training set once; the smaller one is cycled through fresh
+    shuffles. Both modalities get the same number of rows per step. A last batch of a single
+    row is merged into the one before (batch normalisation cannot train on one row), so every
+    row is seen every epoch and nothing is dropped.
+
+    Returns:
+        bounds: [(start, end), ...] per step; positions: one (n,) int64 CPU tensor per modality,
+        indexing that modality's training rows.
+    """
+    length = max(sizes)
+    positions = []
+    for size in sizes:
+        cycles = -(-length // size)
+        order = torch.cat([torch.randperm(size, generator=generator) for _ in range(cycles)])[:length]
+        positions.append(order)
+    starts = list(range(0, length, batch_size))
+    if len(starts) > 1 and length - starts[-1] == 1:
+        starts.pop()
+    bounds = [(start, end) for start, end in zip(starts, starts[1:] + [length])]
+    return bounds, positions
+
+
+# ----------------------------------------------------------------------------- augmentation
+AUGMENTATIONS = {
+    4: ("none", "flip", "flip+rot90"),  # images (B, C, H, W)
+    3: ("none", "shift", "scale", "shift+scale"),  # sequences (B, C, L)
+    2: ("none",),  # vectors (B, F)
+}
+DEFAULT_AUGMENTATION = {4: "flip+rot90", 3: "none", 2: "none"}
+# Sequences: circular shift by up to this fraction of the length, amplitude scaled in [0.8, 1.2];
+# mild settings chosen so that a shifted/scaled series keeps its class in typical sensor data.
+MAX_SHIFT_FRACTION = 0.1
+SCALE_RANGE = (0.8, 1.2)
+
+
+def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b)
+
+
+def augment(x: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random augmentation of a batch, drawn independently per sample, as tensor operations.
+
+    `flip` and `flip+rot90` follow the published code's image transform: with probability 0.5 a
+    sample is transformed, by a horizontal flip (p 0.5), a vertical flip (p 0.5) and, for
+    `flip+rot90`, with probability 0.5 a rotation by a random multiple of 90 degrees (180 only
+    when height != width, so the shape is kept). `none` returns `x` itself.
+    """
+    if mode == "none":
+        return x
+    batch, device = x.shape[0], x.device
+
+    def uniform(*shape):
+        return torch.rand(*shape, generator=generator, device=device)
+
+    if x.dim() == 4:
+        transformed = uniform(batch) < 0.5
+        x = _where(transformed & (uniform(batch) < 0.5), x.flip(-1), x)
+        x = _where(transformed & (uniform(batch) < 0.5), x.flip(-2), x)
+        if mode == "flip+rot90":
+            rotated = transformed & (uniform(batch) < 0.5)
+            square = x.shape[-1] == x.shape[-2]
+            quarter_turns = torch.randint(0, 4, (batch,), generator=generator, device=device)
+            if not square:
+                quarter_turns = quarter_turns % 2 * 2  # 0 or 180 degrees
+            quarter_turns = torch.where(rotated, quarter_turns, torch.zeros_like(quarter_turns))
+            x = _where(quarter_turns == 2, x.flip(-1).flip(-2), x)
+            if square:
+                x = _where(quarter_turns == 1, x.rot90(1, (-2, -1)), x)
+                x = _where(quarter_turns == 3, x.rot90(-1, (-2, -1)), x)
+        return x
+    if x.dim() == 3:
+        length = x.shape[-1]
+        if "shift" in mode:
+            max_shift = max(1, int(length * MAX_SHIFT_FRACTION))
+            shift = torch.randint(-max_shift, max_shift + 1, (batch, 1, 1), generator=generator, device=device)
+            time = (torch.arange(length, device=device).view(1, 1, -1) - shift) % length  # (B, 1, L)
+            x = torch.gather(x, 2, time.expand_as(x))
+        if "scale" in mode:
+            low, high = SCALE_RANGE
+            x = x * (low + (high - low) * uniform(batch, 1, 1))
+        return x
+    raise AssertionError(f"augmentation {mode!r} is not defined for inputs of rank {x.dim()}")
+
+
+# ----------------------------------------------------------------------------- splits
+def stratified_split(labels: np.ndarray, seed: int, fractions=(0.7, 0.1, 0.2)) -> dict[str, np.ndarray]:
+    """Train/valid/test row numbers drawn per class in the given proportions (the authors' 70/10/20).
+
+    Each class with at least 3 rows gets at least one row in every split. Returns sorted int64 arrays.
+    """
+    assert abs(sum(fractions) - 1) < 1e-9, f"fractions {fractions} must sum to 1"
+    rng = np.random.default_rng(seed)
+    parts = {split: [] for split in SPLITS}
+    for value in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == value))
+        n_valid = int(round(fractions[1] * len(rows)))
+        n_test = int(round(fractions[2] * len(rows)))
+        if len(rows) >= 3:
+            n_valid, n_test = max(1, n_valid), max(1, n_test)
+        parts["test"].append(rows[:n_test])
+        parts["valid"].append(rows[n_test:n_test + n_valid])
+        parts["train"].append(rows[n_test + n_valid:])
+    return {split: np.sort(np.concatenate(p)).astype(np.int64) for split, p in parts.items()}

@@ -1,0 +1,452 @@
+"""Configuration, training, evaluation and outputs of a DisCoM-KD run.
+
+`run(config, directory, first_prefix, second_prefix)` is the whole job behind
+`main_DisCoM-KD.py`; the data folder is read and checked by `data.py`, the model and losses
+live in `model_pytorch.py`. This module knows no command line.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+from data import (AUGMENTATIONS, DEFAULT_AUGMENTATION, DataError, DataFolder, Prefetcher, RowSource, augment,
+                  epoch_positions, load_data_folder)
+from model_pytorch import LOSS_TERMS, DisCoMKD, ModalityBranch, discomkd_losses
+
+CHECKPOINT_FORMAT = "discomkd-modality/1"
+RESULTS_FILE = "results.json"
+
+
+def _option(default, help_text: str, **metadata):
+    """A config field whose help text the command line shows."""
+    return field(default=default, metadata={"help": help_text, **metadata})
+
+
+@dataclass
+class Config:
+    """Every setting of a run. The defaults are the paper's (Adam 1e-4, batch 128, 300 epochs,
+    all loss weights and the reversal coefficient 1)."""
+
+    epochs: int = _option(300, "training epochs")
+    batch_size: int = _option(128, "training batch size per modality (at least 2)")
+    learning_rate: float = _option(1e-4, "Adam learning rate")
+    weight_decay: float = _option(0.0, "Adam weight decay")
+    seed: int = _option(0, "random seed; a CPU run with the same seed repeats exactly")
+    device: str = _option("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    output: str | None = _option(None, "output folder (default DIR/DisCoM-KD_<FIRST>_<SECOND>)")
+    overwrite: bool = _option(False, "replace the files of an existing output folder")
+    weight_cl: float = _option(1.0, "weight of L_cl, the task classifiers (0 drops the term)")
+    weight_aux: float = _option(1.0, "weight of L_aux, the shared auxiliary classifier")
+    weight_mod: float = _option(1.0, "weight of L_mod, the modality classifiers")
+    weight_adv: float = _option(1.0, "weight of L_adv, the adversarial modality discriminator")
+    weight_perp: float = _option(1.0, "weight of L_perp, the orthogonality term")
+    grl_coefficient: float = _option(1.0, "gradient reversal coefficient (lambda)")
+    encoder_first: str = _option("auto", "first modality's encoder: auto (by rank; MNIST prefix -> lenet), "
+                                         "resnet18, resnet1d, lenet or mlp")
+    encoder_second: str = _option("auto", "second modality's encoder, as --encoder-first")
+    augment_first: str = _option("auto", "first modality's augmentation: auto (flip+rot90 for images, none "
+                                         "otherwise), none, flip, flip+rot90; sequences: shift, scale, shift+scale")
+    augment_second: str = _option("auto", "second modality's augmentation, as --augment-first")
+    legacy_modality_targets: bool = _option(False, "build modality targets as the published code does "
+                                                   "(soft [1,1]/[0,0]; see README)")
+    eval_batch_size: int = _option(512, "evaluation batch size")
+    data_on_device: str = _option("auto", "keep the data on the training device: auto (when it fits), yes, no")
+    compile: str = _option("auto", "torch.compile the training step: auto (on CUDA), yes, no")
+    precision: str = _option("auto", "auto (bf16 autocast on CUDA with bf16 support, else fp32), fp32, bf16")
+    verbose: int = _option(1, "0: final table only, 1: one line per epoch", flag=False)
+
+    def loss_weights(self) -> dict[str, float]:
+        return {term: getattr(self, f"weight_{term}") for term in LOSS_TERMS}
+
+
+def check_config(config: Config) -> None:
+    """Raises `DataError` for settings no run can use."""
+    problems = []
+    if config.epochs < 1:
+        problems.append(f"--epochs {config.epochs}: at least 1 is expected")
+    if config.batch_size < 2:
+        problems.append(f"--batch-size {config.batch_size}: at least 2 is expected (batch normalisation)")
+    if config.eval_batch_size < 1:
+        problems.append(f"--eval-batch-size {config.eval_batch_size}: at least 1 is expected")
+    if config.learning_rate <= 0 or not math.isfinite(config.learning_rate):
+        problems.append(f"--learning-rate {config.learning_rate}: a positive number is expected")
+    for term, weight in config.loss_weights().items():
+        if weight < 0 or not math.isfinite(weight):
+            problems.append(f"--weight-{term} {weight}: a finite number >= 0 is expected")
+    for name, allowed in (("data_on_device", ("auto", "yes", "no")), ("compile", ("auto", "yes", "no")),
+                          ("precision", ("auto", "fp32", "bf16"))):
+        if getattr(config, name) not in allowed:
+            problems.append(f"--{name.replace('_', '-')} {getattr(config, name)}: expected one of {', '.join(allowed)}")
+    if problems:
+        raise DataError(problems[0])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- files
+def atomic_write(path: str, write) -> None:
+    """Calls `write(temporary_path)`, then renames onto `path`: readers see the old or the new file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+
+
+def write_json(path: str, payload: dict) -> None:
+    def write(temporary):
+        with open(temporary, "w") as handle:
+            json.dump(payload, handle, indent=1)
+
+    atomic_write(path, write)
+
+
+def prepare_output(config: Config, directory: str, first_prefix: str, second_prefix: str) -> str:
+    """The output folder's path; refuses a folder holding files unless `overwrite` is set."""
+    output = config.output or os.path.join(directory, f"DisCoM-KD_{first_prefix}_{second_prefix}")
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise DataError(f"{output}: exists and is not a folder")
+    if os.path.isdir(output) and os.listdir(output) and not config.overwrite:
+        raise DataError(f"{output}: output folder already holds files (an earlier run?); "
+                        "pass --overwrite to replace them or --output to choose another folder")
+    return output
+
+
+def checkpoint_path(output: str, prefix: str) -> str:
+    return os.path.join(output, f"best_{prefix}.pt")
+
+
+def save_checkpoint(path: str, branch: ModalityBranch, prefix: str, position: int, classes: np.ndarray,
+                    config: Config, epoch: int, metrics: dict) -> None:
+    """A checkpoint that classifies one modality alone: weights plus all inference needs to know."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "prefix": prefix,
+        "position": position,
+        "input_shape": list(branch.input_shape),
+        "encoder": branch.encoder,
+        "classes": [int(c) for c in classes],
+        "config": dataclasses.asdict(config),
+        "epoch": epoch,
+        "metrics": metrics,
+        "state_dict": {k: v.detach().cpu() for k, v in branch.state_dict().items()},
+    }
+    atomic_write(path, lambda temporary: torch.save(payload, temporary))
+
+
+def load_modality_classifier(path: str, device: torch.device | str = "cpu") -> tuple[ModalityBranch, dict]:
+    """Loads a `best_<PREFIX>.pt` checkpoint (weights only, no pickled code) in eval mode.
+
+    Returns:
+        (branch, checkpoint): the single-modality classifier and the checkpoint's metadata.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a safe checkpoint
+        raise DataError(f"{path}: not a loadable DisCoM-KD checkpoint ({type(error).__name__})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise DataError(f"{path}: not a DisCoM-KD modality checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    branch = ModalityBranch(tuple(checkpoint["input_shape"]), len(checkpoint["classes"]), checkpoint["encoder"])
+    branch.load_state_dict(checkpoint["state_dict"])
+    return branch.to(device).eval(), checkpoint
+
+
+# ----------------------------------------------------------------------------- training
+def classification_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    return {
+        "weighted_f1": float(f1_score(labels, predictions, average="weighted", zero_division=0)),
+        "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0)),
+        "accuracy": float(accuracy_score(labels, predictions)),
+    }
+
+
+def autocast_context(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class Trainer:
+    """The training state of a run: model, optimizer, data sources, and the per-run settings."""
+
+    model: DisCoMKD
+    optimizer: torch.optim.Optimizer
+    sources: tuple[RowSource, RowSource]
+    train_positions: tuple[torch.Tensor, torch.Tensor]  # training rows' positions in each source
+    labels: tuple[torch.Tensor, torch.Tensor]  # per source, label of each stored row (index device)
+    augmentations: tuple[str, str]
+    config: Config
+    device: torch.device
+    precision: str
+    generator: torch.Generator  # CPU generator for the epoch shuffles
+    step: object = None  # the (possibly compiled) forward + loss function
+
+    def losses(self, x_first, y_first, x_second, y_second) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward pass and loss of one step: (weighted total, the raw terms stacked in LOSS_TERMS order)."""
+        with autocast_context(self.device, self.precision):
+            first, second = self.model(x_first, x_second, self.config.grl_coefficient)
+            terms = discomkd_losses(first, second, y_first, y_second, self.config.legacy_modality_targets)
+        weights = self.config.loss_weights()
+        total = sum(weights[k] * terms[k].float() for k in LOSS_TERMS)  # the one place weights apply
+        return total, torch.stack([terms[k].float() for k in LOSS_TERMS])
+
+    def batch(self, modality: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        source = self.sources[modality]
+        stored = self.train_positions[modality][positions.to(source.index_device)]
+        x = augment(source.gather(stored), self.augmentations[modality])
+        y = self.labels[modality][stored].to(self.device, non_blocking=True)
+        return x, y
+
+
+def train_one_epoch(trainer: Trainer) -> dict[str, float]:
+    """One pass over the larger training set (the smaller cycled). Returns mean raw loss terms and
+    the weighted total, read from the device once at the end of the epoch."""
+    model, optimizer, config = trainer.model, trainer.optimizer, trainer.config
+    model.train()
+    sizes = tuple(len(p) for p in trainer.train_positions)
+    bounds, positions = epoch_positions(sizes, config.batch_size, trainer.generator)
+
+    def fetch(i):
+        start, end = bounds[i]
+        return trainer.batch(0, positions[0][start:end]) + trainer.batch(1, positions[1][start:end])
+
+    streamed = not all(source.resident for source in trainer.sources)
+    sums = torch.zeros(len(LOSS_TERMS) + 1, device=trainer.device)
+    step = trainer.step or trainer.losses
+    for x_first, y_first, x_second, y_second in Prefetcher(fetch, len(bounds), enabled=streamed):
+        optimizer.zero_grad(set_to_none=True)
+        total, terms = step(x_first, y_first, x_second, y_second)
+        total.backward()
+        optimizer.step()
+        sums += torch.cat([terms.detach(), total.detach().view(1)])
+    means = (sums / len(bounds)).tolist()  # the epoch's one host-device synchronisation
+    return dict(zip(LOSS_TERMS + ("total",), means))
+
+
+@torch.inference_mode()
+def predict(branch: ModalityBranch, source: RowSource, positions: torch.Tensor, batch_size: int,
+            precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and predicted classes (0..K-1) for the stored rows at `positions`."""
+    device = next(branch.parameters()).device
+    probabilities = []
+    for start in range(0, len(positions), batch_size):
+        x = source.gather(positions[start:start + batch_size])
+        with autocast_context(device, precision):
+            logits = branch(x).logits
+        probabilities.append(torch.softmax(logits.float(), dim=1))
+    probabilities = torch.cat(probabilities).cpu().numpy()
+    return probabilities, probabilities.argmax(axis=1)
+
+
+def evaluate(trainer: Trainer, data: DataFolder, splits=("valid", "test")) -> dict[str, dict]:
+    """Metrics of each modality's classifier on each split, over the whole split.
+
+    Returns:
+        {prefix: {split: {"weighted_f1", "macro_f1", "accuracy"}, "predictions": {split: (n,) classes}}}
+    """
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    results = {}
+    for m, modality in enumerate(data.modalities):
+        source = trainer.sources[m]
+        results[modality.prefix] = {"predictions": {}}
+        for split in splits:
+            rows = modality.splits[split]
+            _, predicted = predict(model.branches[m], source, source.positions(rows),
+                                   trainer.config.eval_batch_size, trainer.precision)
+            results[modality.prefix][split] = classification_metrics(data.labels[rows], predicted)
+            results[modality.prefix]["predictions"][split] = predicted
+    model.train(was_training)
+    return results
+
+
+def _resident_budget(device: torch.device) -> int:
+    """Bytes of data allowed to live on the device: half the free GPU memory (the rest is for the
+    model and activations), or a quarter of the free host memory on the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    return 1 << 30
+
+
+def build_trainer(config: Config, data: DataFolder, device: torch.device) -> Trainer:
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    sources, train_positions, labels, augmentations = [], [], [], []
+    budget = _resident_budget(device)
+    for m, modality in enumerate(data.modalities):
+        rows = np.unique(np.concatenate(list(modality.splits.values())))
+        values = len(rows) * math.prod(modality.sample_shape)
+        resident, storage = config.data_on_device == "yes", torch.float32
+        if config.data_on_device == "auto":
+            if values * 4 <= budget:
+                resident = True
+            elif device.type == "cuda" and values * 2 <= budget:
+                resident, storage = True, torch.bfloat16  # half precision is what makes it fit
+        budget -= values * (4 if storage == torch.float32 else 2) if resident else 0
+        source = RowSource(modality.array, rows, device, resident, storage)
+        sources.append(source)
+        train_positions.append(source.positions(modality.splits["train"]))
+        labels.append(torch.from_numpy(data.labels[source.rows]).to(source.index_device))
+        rank = modality.rank + 1
+        mode = getattr(config, ("augment_first", "augment_second")[m])
+        mode = DEFAULT_AUGMENTATION[rank] if mode == "auto" else mode
+        if mode not in AUGMENTATIONS[rank]:
+            raise DataError(f"--augment-{('first', 'second')[m]} {mode}: not available for {modality.prefix}'s "
+                            f"samples of shape {modality.sample_shape}; expected one of {', '.join(AUGMENTATIONS[rank])}")
+        augmentations.append(mode)
+
+    model = DisCoMKD([m.sample_shape for m in data.modalities], data.num_classes,
+                     [m.encoder for m in data.modalities]).to(device)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+                                 **fused)
+    generator = torch.Generator().manual_seed(config.seed)
+    trainer = Trainer(model, optimizer, tuple(sources), tuple(train_positions), tuple(labels), tuple(augmentations),
+                      config, device, precision, generator)
+    use_compile = config.compile == "yes" or (config.compile == "auto" and device.type == "cuda")
+    if use_compile:
+        # CUDA graphs remove the per-kernel launch cost that bounds this step's speed at batch 128
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        trainer.step = torch.compile(trainer.losses, mode=mode)
+    return trainer
+
+
+# ----------------------------------------------------------------------------- the run
+def _format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def summary_table(final: dict) -> str:
+    header = f"{'modality':<12} {'encoder':<9} {'best epoch':>10} {'valid wF1':>9} {'test wF1':>9} " \
+             f"{'test mF1':>9} {'test acc':>9}"
+    lines = [header, "-" * len(header)]
+    for prefix, result in final.items():
+        test = result["test"]
+        lines.append(f"{prefix:<12} {result['encoder']:<9} {result['best_epoch']:>10} "
+                     f"{result['valid']['weighted_f1']:>9.4f} {test['weighted_f1']:>9.4f} "
+                     f"{test['macro_f1']:>9.4f} {test['accuracy']:>9.4f}")
+    return "\n".join(lines)
+
+
+def run(config: Config, directory: str, first_prefix: str, second_prefix: str, log=print) -> dict:
+    """Checks the data, trains DisCoM-KD, keeps each modality's best-on-validation checkpoint and
+    writes results.json, best_<PREFIX>.pt and test_predictions_<PREFIX>.npy to the output folder.
+
+    Raises `DataError` (before anything is written) for bad input. Returns the results dict.
+    """
+    check_config(config)
+    data = load_data_folder(directory, first_prefix, second_prefix, (config.encoder_first, config.encoder_second))
+    output = prepare_output(config, directory, first_prefix, second_prefix)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+    trainer = build_trainer(config, data, device)
+    for warning in data.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if config.verbose:
+        log("Config: " + ", ".join(f"{k}={v}" for k, v in sorted(dataclasses.asdict(config).items())))
+        log(f"Device: {device}  precision {trainer.precision}  compiled {trainer.step is not None}  data on device "
+            + " ".join(f"{m.prefix}={s.resident}" for m, s in zip(data.modalities, trainer.sources)))
+        for m, source in zip(data.modalities, trainer.sources):
+            log(f"{m.prefix}: samples {m.sample_shape}, encoder {m.encoder}, augmentation "
+                f"{trainer.augmentations[data.modalities.index(m)]}, rows " +
+                " ".join(f"{s} {len(r)}" for s, r in m.splits.items()))
+
+    os.makedirs(output, exist_ok=True)
+    prefixes = [m.prefix for m in data.modalities]
+    results = {"config": dataclasses.asdict(config), "data": data.describe(), "output": output,
+               "environment": {"torch": torch.__version__, "device": str(device),
+                               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                               "precision": trainer.precision, "compiled": trainer.step is not None,
+                               "data_on_device": {p: s.resident for p, s in zip(prefixes, trainer.sources)},
+                               "augmentation": dict(zip(prefixes, trainer.augmentations))},
+               "warnings": data.warnings, "status": "running", "history": [], "final": {}}
+    best = {p: {"best_epoch": 0, "valid": {"weighted_f1": -1.0}} for p in prefixes}
+    test_predictions = {}
+    started = time.time()
+    for epoch in range(1, config.epochs + 1):
+        epoch_start = time.time()
+        losses = train_one_epoch(trainer)
+        train_seconds = time.time() - epoch_start
+        metrics = evaluate(trainer, data)
+        eval_seconds = time.time() - epoch_start - train_seconds
+        improved = []
+        for m, prefix in enumerate(prefixes):
+            if metrics[prefix]["valid"]["weighted_f1"] > best[prefix]["valid"]["weighted_f1"]:
+                improved.append(prefix)
+                best[prefix] = {"encoder": data.modalities[m].encoder, "best_epoch": epoch,
+                                "valid": metrics[prefix]["valid"], "test": metrics[prefix]["test"]}
+                test_predictions[prefix] = metrics[prefix]["predictions"]["test"]
+                save_checkpoint(checkpoint_path(output, prefix), trainer.model.branches[m], prefix, m, data.classes,
+                                config, epoch, {"valid": metrics[prefix]["valid"], "test": metrics[prefix]["test"]})
+        results["history"].append({
+            "epoch": epoch, "train_seconds": train_seconds, "eval_seconds": eval_seconds, "loss": losses,
+            **{p: {s: metrics[p][s] for s in ("valid", "test")} for p in prefixes}, "improved": improved})
+        results["final"] = {p: best[p] for p in prefixes if best[p]["best_epoch"]}
+        write_json(os.path.join(output, RESULTS_FILE), results)
+        if config.verbose:
+            elapsed = time.time() - started
+            eta = elapsed / epoch * (config.epochs - epoch)
+            terms = " ".join(f"{k} {losses[k]:.3f}" for k in LOSS_TERMS)
+            valid = "  ".join(f"{p} {metrics[p]['valid']['weighted_f1']:.4f}{'*' if p in improved else ' '}"
+                              for p in prefixes)
+            log(f"epoch {epoch:>{len(str(config.epochs))}}/{config.epochs}  train {train_seconds:5.1f}s  "
+                f"eval {eval_seconds:4.1f}s  eta {_format_seconds(eta)}  loss {losses['total']:.3f} "
+                f"[{terms}]  valid wF1 {valid}")
+
+    for m, prefix in enumerate(prefixes):
+        rows = data.modalities[m].splits["test"]
+        user_labels = data.classes[test_predictions[prefix]]
+        atomic_write(os.path.join(output, f"test_predictions_{prefix}.npy"),
+                     lambda temporary, values=user_labels: _save_npy(temporary, values))
+        results["final"][prefix]["test_rows"] = int(len(rows))
+    results["status"] = "finished"
+    results["total_seconds"] = time.time() - started
+    write_json(os.path.join(output, RESULTS_FILE), results)
+    log("")
+    log(summary_table(results["final"]))
+    log(f"(test metrics at each modality's best validation epoch; outputs in {output})")
+    return results
+
+
+def _save_npy(path: str, values: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # a file handle, so numpy does not append .npy to the temporary name
+        np.save(handle, values)
