@@ -1,0 +1,48 @@
+"""Toy data folders for the tests, written by the same layout rules the suite reads (data.py)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from data import array_path, stratified_split
+
+
+def toy_arrays(n: int = 120, shapes=((1, 12, 12), (6,)), num_classes: int = 3, separation: float = 2.0,
+               seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    """Learnable two-modality data: each class has its own random mean pattern per modality.
+
+    Returns ([first (n, *shapes[0]), second (n, *shapes[1])] float32, labels (n,) int64 in 0..K-1).
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % num_classes
+    rng.shuffle(labels)
+    arrays = []
+    for shape in shapes:
+        means = separation * rng.standard_normal((num_classes,) + tuple(shape))
+        arrays.append((means[labels] + rng.standard_normal((n,) + tuple(shape))).astype(np.float32))
+    return arrays, labels.astype(np.int64)
+
+
+def write_toy_folder(folder, prefixes=("IMG", "VEC"), n: int = 120, shapes=((1, 12, 12), (6,)),
+                     num_classes: int = 3, separation: float = 2.0, seed: int = 0, label_values=None) -> str:
+    """Writes a complete data folder (arrays, labels, stratified 70/10/20 split) and returns its path.
+
+    `label_values`, if given, replaces class k by label_values[k] in labels.npy (labels need not be 0..K-1).
+    """
+    folder = str(folder)
+    os.makedirs(folder, exist_ok=True)
+    arrays, labels = toy_arrays(n, shapes, num_classes, separation, seed)
+    for prefix, array in zip(prefixes, arrays):
+        np.save(array_path(folder, prefix), array)
+    user_labels = labels if label_values is None else np.asarray(label_values, dtype=np.int64)[labels]
+    np.save(os.path.join(folder, "labels.npy"), user_labels)
+    for split, rows in stratified_split(labels, seed).items():
+        np.save(os.path.join(folder, f"{split}_idx.npy"), rows)
+    return folder
+
+
+def folder_snapshot(folder) -> dict[str, int]:
+    """Every file under `folder` with its size: compare before/after to prove nothing was written."""
+    return {os.path.join(root, name): os.path.getsize(os.path.join(root, name))
+            for root, _, names in os.walk(folder) for name in names}
