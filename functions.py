@@ -12,8 +12,10 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -65,10 +67,27 @@ class Config:
     data_on_device: str = _option("auto", "keep the data on the training device: auto (when it fits), yes, no")
     compile: str = _option("auto", "torch.compile the training step: auto (on CUDA), yes, no")
     precision: str = _option("auto", "auto (bf16 autocast on CUDA with bf16 support, else fp32), fp32, bf16")
+    save_every: int = _option(1, "write the resumable state.pt every N epochs (and always on interruption)")
     verbose: int = _option(1, "0: final table only, 1: one line per epoch", flag=False)
 
     def loss_weights(self) -> dict[str, float]:
         return {term: getattr(self, f"weight_{term}") for term in LOSS_TERMS}
+
+
+def add_config_arguments(parser, skip=()) -> None:
+    """Adds one `--option` per `Config` field to an argparse parser, with the field's default and help.
+
+    Fields named in `skip`, and those marked `flag=False`, get no option.
+    """
+    for option in dataclasses.fields(Config):
+        if option.name in skip or not option.metadata.get("flag", True):
+            continue
+        flag = "--" + option.name.replace("_", "-")
+        if option.type in ("bool", bool):
+            parser.add_argument(flag, action="store_true", help=option.metadata["help"])
+        else:
+            kind = {"int": int, "float": float}.get(str(option.type), str)
+            parser.add_argument(flag, type=kind, default=option.default, help=option.metadata["help"])
 
 
 def check_config(config: Config) -> None:
@@ -78,6 +97,8 @@ def check_config(config: Config) -> None:
         problems.append(f"--epochs {config.epochs}: at least 1 is expected")
     if config.batch_size < 2:
         problems.append(f"--batch-size {config.batch_size}: at least 2 is expected (batch normalisation)")
+    if config.save_every < 1:
+        problems.append(f"--save-every {config.save_every}: at least 1 is expected")
     if config.eval_batch_size < 1:
         problems.append(f"--eval-batch-size {config.eval_batch_size}: at least 1 is expected")
     if config.learning_rate <= 0 or not math.isfinite(config.learning_rate):
@@ -222,35 +243,64 @@ class Trainer:
         return total, torch.stack([terms[k].float() for k in LOSS_TERMS])
 
     def batch(self, modality: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gathers a batch of training rows (no randomness, so it may run in the prefetch thread)."""
         source = self.sources[modality]
         stored = self.train_positions[modality][positions.to(source.index_device)]
-        x = augment(source.gather(stored), self.augmentations[modality])
-        y = self.labels[modality][stored].to(self.device, non_blocking=True)
-        return x, y
+        return source.gather(stored), self.labels[modality][stored].to(self.device, non_blocking=True)
 
 
-def train_one_epoch(trainer: Trainer) -> dict[str, float]:
-    """One pass over the larger training set (the smaller cycled). Returns mean raw loss terms and
-    the weighted total, read from the device once at the end of the epoch."""
-    model, optimizer, config = trainer.model, trainer.optimizer, trainer.config
-    model.train()
+@dataclass
+class EpochProgress:
+    """Where an epoch stands: its shuffles, the next step to run, and the loss sums so far (on the
+    device). Saved in the resumable state, so an interrupted epoch resumes at its next step."""
+
+    bounds: list[tuple[int, int]]
+    positions: list[torch.Tensor]  # per modality, (n,) positions into its training rows
+    step: int
+    sums: torch.Tensor  # (len(LOSS_TERMS) + 1,) raw terms then the weighted total
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= len(self.bounds)
+
+
+def start_epoch(trainer: Trainer) -> EpochProgress:
     sizes = tuple(len(p) for p in trainer.train_positions)
-    bounds, positions = epoch_positions(sizes, config.batch_size, trainer.generator)
+    bounds, positions = epoch_positions(sizes, trainer.config.batch_size, trainer.generator)
+    return EpochProgress(bounds, positions, 0, torch.zeros(len(LOSS_TERMS) + 1, device=trainer.device))
+
+
+def train_one_epoch(trainer: Trainer, progress: EpochProgress | None = None, should_stop=None) -> dict[str, float] | None:
+    """Trains over the larger training set once (the smaller one cycled), from `progress.step` on.
+
+    Returns the epoch's mean raw loss terms and weighted total, read from the device once, at the
+    end; or None when `should_stop()` turned true, after finishing the step in flight (`progress`
+    then says where to resume).
+    """
+    model, optimizer = trainer.model, trainer.optimizer
+    model.train()
+    progress = progress or start_epoch(trainer)
+    bounds, positions, first_step = progress.bounds, progress.positions, progress.step
 
     def fetch(i):
-        start, end = bounds[i]
+        start, end = bounds[first_step + i]
         return trainer.batch(0, positions[0][start:end]) + trainer.batch(1, positions[1][start:end])
 
     streamed = not all(source.resident for source in trainer.sources)
-    sums = torch.zeros(len(LOSS_TERMS) + 1, device=trainer.device)
     step = trainer.step or trainer.losses
-    for x_first, y_first, x_second, y_second in Prefetcher(fetch, len(bounds), enabled=streamed):
+    for x_first, y_first, x_second, y_second in Prefetcher(fetch, len(bounds) - first_step, enabled=streamed):
+        # augmentation draws random numbers, so it runs here, in order, never in the prefetch thread
+        x_first = augment(x_first, trainer.augmentations[0])
+        x_second = augment(x_second, trainer.augmentations[1])
         optimizer.zero_grad(set_to_none=True)
         total, terms = step(x_first, y_first, x_second, y_second)
         total.backward()
         optimizer.step()
-        sums += torch.cat([terms.detach(), total.detach().view(1)])
-    means = (sums / len(bounds)).tolist()  # the epoch's one host-device synchronisation
+        progress.sums += torch.cat([terms.detach(), total.detach().view(1)])
+        progress.step += 1
+        if should_stop is not None and should_stop() and not progress.finished:
+            return None
+    means = (progress.sums / len(bounds)).tolist()  # the epoch's one host-device synchronisation
     return dict(zip(LOSS_TERMS + ("total",), means))
 
 
@@ -303,10 +353,20 @@ def _resident_budget(device: torch.device) -> int:
     return 1 << 30
 
 
-def build_trainer(config: Config, data: DataFolder, device: torch.device) -> Trainer:
-    precision = config.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+def resolve_precision(config: Config, device: torch.device) -> str:
+    if config.precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return config.precision
+
+
+def build_sources(config: Config, data: DataFolder, device: torch.device):
+    """Each modality's rows (resident on the device when they fit) and its augmentation mode.
+
+    Returns:
+        (sources, train_positions, labels, augmentations), one entry per modality: the `RowSource`
+        of all rows of its splits, its training rows' positions in that source, the label of each
+        stored row (on the source's index device), and the resolved augmentation mode.
+    """
     sources, train_positions, labels, augmentations = [], [], [], []
     budget = _resident_budget(device)
     for m, modality in enumerate(data.modalities):
@@ -330,7 +390,12 @@ def build_trainer(config: Config, data: DataFolder, device: torch.device) -> Tra
             raise DataError(f"--augment-{('first', 'second')[m]} {mode}: not available for {modality.prefix}'s "
                             f"samples of shape {modality.sample_shape}; expected one of {', '.join(AUGMENTATIONS[rank])}")
         augmentations.append(mode)
+    return sources, train_positions, labels, augmentations
 
+
+def build_trainer(config: Config, data: DataFolder, device: torch.device) -> Trainer:
+    precision = resolve_precision(config, device)
+    sources, train_positions, labels, augmentations = build_sources(config, data, device)
     model = DisCoMKD([m.sample_shape for m in data.modalities], data.num_classes,
                      [m.encoder for m in data.modalities]).to(device)
     fused = {"fused": True} if device.type == "cuda" else {}
@@ -365,82 +430,242 @@ def summary_table(final: dict) -> str:
     return "\n".join(lines)
 
 
-def run(config: Config, directory: str, first_prefix: str, second_prefix: str, log=print) -> dict:
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, GPU memory exhausted); explained in one line."""
+
+
+class Interrupted(RuntimeError):
+    """The run was stopped by a signal after saving a resumable state."""
+
+
+STATE_FILE = "state.pt"
+STATE_FORMAT = "discomkd-state/1"
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag read between training steps, so the step in flight finishes
+    and a consistent state can be saved. `extra()`, if given, also requests a stop (tests use it)."""
+
+    def __init__(self, extra=None):
+        self.extra, self.signal_name, self._previous = extra, None, {}
+
+    def __call__(self) -> bool:
+        if self.signal_name is None and self.extra is not None and self.extra():
+            self.signal_name = "request"
+        return self.signal_name is not None
+
+    def _handle(self, number, frame):
+        self.signal_name = signal.Signals(number).name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+def _rng_state(trainer: Trainer) -> dict:
+    numpy_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "generator": trainer.generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if trainer.device.type == "cuda" else [],
+            # numpy and Python states as tensors and lists, so the state loads with weights_only=True
+            "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+
+
+def _restore_rng(state: dict, trainer: Trainer) -> None:
+    torch.set_rng_state(state["torch"])
+    trainer.generator.set_state(state["generator"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, key, *rest = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_state(output: str, trainer: Trainer, epoch: int, progress: EpochProgress | None, results: dict,
+               best: dict, test_predictions: dict) -> None:
+    """Writes state.pt: everything needed to continue at `epoch` (mid-epoch when `progress` is given)."""
+    payload = {
+        "format": STATE_FORMAT, "epoch": epoch, "results": results, "best": best,
+        "test_predictions": {p: torch.from_numpy(np.asarray(v)) for p, v in test_predictions.items()},
+        "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(), "rng": _rng_state(trainer),
+        "progress": None if progress is None else {
+            "bounds": [list(b) for b in progress.bounds], "positions": progress.positions,
+            "step": progress.step, "sums": progress.sums.cpu()},
+    }
+    atomic_write(os.path.join(output, STATE_FILE), lambda temporary: torch.save(payload, temporary))
+
+
+def load_state(run_folder: str) -> dict:
+    path = os.path.join(run_folder, STATE_FILE)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: not found; nothing to resume in {run_folder} (finished runs keep no state)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a safe state
+        raise DataError(f"{path}: not a loadable DisCoM-KD state ({type(error).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise DataError(f"{path}: not a DisCoM-KD state (format {STATE_FORMAT} expected)")
+    return state
+
+
+def run(config: Config, directory: str, first_prefix: str, second_prefix: str, log=print,
+        should_stop=None) -> dict:
     """Checks the data, trains DisCoM-KD, keeps each modality's best-on-validation checkpoint and
     writes results.json, best_<PREFIX>.pt and test_predictions_<PREFIX>.npy to the output folder.
 
-    Raises `DataError` (before anything is written) for bad input. Returns the results dict.
+    Raises `DataError` (before anything is written) for bad input, `TrainingError` when training
+    cannot go on, `Interrupted` after a signal (or `should_stop()`) once state.pt is saved.
+    Returns the results dict.
     """
     check_config(config)
     data = load_data_folder(directory, first_prefix, second_prefix, (config.encoder_first, config.encoder_second))
     output = prepare_output(config, directory, first_prefix, second_prefix)
+    return _train(config, data, output, None, log, should_stop)
+
+
+def resume(run_folder: str, log=print, should_stop=None) -> dict:
+    """Continues the run saved in `run_folder`/state.pt with its own config and data folder."""
+    state = load_state(run_folder)
+    results = state["results"]
+    config = Config(**results["config"])
+    described = results["data"]
+    first, second = (m["prefix"] for m in described["modalities"])
+    data = load_data_folder(described["directory"], first, second, (config.encoder_first, config.encoder_second))
+    if data.describe() != described:
+        raise DataError(f"{described['directory']}: the data folder changed since the run started "
+                        "(shapes, splits or classes differ); cannot resume")
+    return _train(config, data, run_folder, state, log, should_stop)
+
+
+def _train(config: Config, data: DataFolder, output: str, state: dict | None, log, should_stop) -> dict:
     device = resolve_device(config.device)
     seed_everything(config.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
-    trainer = build_trainer(config, data, device)
+    try:
+        trainer = build_trainer(config, data, device)
+    except torch.cuda.OutOfMemoryError:
+        raise TrainingError(f"GPU out of memory while placing the data and model on {device}: try "
+                            "--data-on-device no (data streamed from host memory)") from None
+    prefixes = [m.prefix for m in data.modalities]
+    if state is None:
+        results = {"config": dataclasses.asdict(config), "data": data.describe(), "output": output,
+                   "environment": {}, "warnings": data.warnings, "status": "running", "history": [], "final": {}}
+        best = {p: {"best_epoch": 0, "valid": {"weighted_f1": -1.0}} for p in prefixes}
+        test_predictions, first_epoch, progress = {}, 1, None
+    else:
+        results, best, first_epoch = state["results"], state["best"], state["epoch"]
+        test_predictions = {p: v.numpy() for p, v in state["test_predictions"].items()}
+        trainer.model.load_state_dict(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        _restore_rng(state["rng"], trainer)
+        saved = state["progress"]
+        progress = None if saved is None else EpochProgress(
+            [tuple(b) for b in saved["bounds"]], saved["positions"], saved["step"], saved["sums"].to(device))
+        results["status"] = "running"
+        results.setdefault("resumed_at_epoch", []).append(first_epoch)
+    results["environment"] = {
+        "torch": str(torch.__version__), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": trainer.precision, "compiled": trainer.step is not None,
+        "data_on_device": {p: s.resident for p, s in zip(prefixes, trainer.sources)},
+        "augmentation": dict(zip(prefixes, trainer.augmentations))}
     for warning in data.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if config.verbose:
         log("Config: " + ", ".join(f"{k}={v}" for k, v in sorted(dataclasses.asdict(config).items())))
         log(f"Device: {device}  precision {trainer.precision}  compiled {trainer.step is not None}  data on device "
-            + " ".join(f"{m.prefix}={s.resident}" for m, s in zip(data.modalities, trainer.sources)))
-        for m, source in zip(data.modalities, trainer.sources):
-            log(f"{m.prefix}: samples {m.sample_shape}, encoder {m.encoder}, augmentation "
-                f"{trainer.augmentations[data.modalities.index(m)]}, rows " +
-                " ".join(f"{s} {len(r)}" for s, r in m.splits.items()))
+            + " ".join(f"{p}={s.resident}" for p, s in zip(prefixes, trainer.sources)))
+        for m, modality in enumerate(data.modalities):
+            log(f"{modality.prefix}: samples {modality.sample_shape}, encoder {modality.encoder}, augmentation "
+                f"{trainer.augmentations[m]}, rows " + " ".join(f"{s} {len(r)}" for s, r in modality.splits.items()))
+        if state is not None:
+            log(f"Resuming {output} at epoch {first_epoch}" + (f", step {progress.step}" if progress else ""))
 
     os.makedirs(output, exist_ok=True)
-    prefixes = [m.prefix for m in data.modalities]
-    results = {"config": dataclasses.asdict(config), "data": data.describe(), "output": output,
-               "environment": {"torch": torch.__version__, "device": str(device),
-                               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                               "precision": trainer.precision, "compiled": trainer.step is not None,
-                               "data_on_device": {p: s.resident for p, s in zip(prefixes, trainer.sources)},
-                               "augmentation": dict(zip(prefixes, trainer.augmentations))},
-               "warnings": data.warnings, "status": "running", "history": [], "final": {}}
-    best = {p: {"best_epoch": 0, "valid": {"weighted_f1": -1.0}} for p in prefixes}
-    test_predictions = {}
+    results_path = os.path.join(output, RESULTS_FILE)
+
+    def stop_here(status: str, message: str) -> str:
+        """Records why the run stopped, shows the summary so far, returns the one-line message."""
+        results["status"] = status
+        write_json(results_path, results)
+        if results["final"]:
+            log("")
+            log(summary_table(results["final"]))
+        return message
+
     started = time.time()
-    for epoch in range(1, config.epochs + 1):
-        epoch_start = time.time()
-        losses = train_one_epoch(trainer)
-        train_seconds = time.time() - epoch_start
-        metrics = evaluate(trainer, data)
-        eval_seconds = time.time() - epoch_start - train_seconds
-        improved = []
-        for m, prefix in enumerate(prefixes):
-            if metrics[prefix]["valid"]["weighted_f1"] > best[prefix]["valid"]["weighted_f1"]:
-                improved.append(prefix)
-                best[prefix] = {"encoder": data.modalities[m].encoder, "best_epoch": epoch,
-                                "valid": metrics[prefix]["valid"], "test": metrics[prefix]["test"]}
-                test_predictions[prefix] = metrics[prefix]["predictions"]["test"]
-                save_checkpoint(checkpoint_path(output, prefix), trainer.model.branches[m], prefix, m, data.classes,
-                                config, epoch, {"valid": metrics[prefix]["valid"], "test": metrics[prefix]["test"]})
-        results["history"].append({
-            "epoch": epoch, "train_seconds": train_seconds, "eval_seconds": eval_seconds, "loss": losses,
-            **{p: {s: metrics[p][s] for s in ("valid", "test")} for p in prefixes}, "improved": improved})
-        results["final"] = {p: best[p] for p in prefixes if best[p]["best_epoch"]}
-        write_json(os.path.join(output, RESULTS_FILE), results)
-        if config.verbose:
-            elapsed = time.time() - started
-            eta = elapsed / epoch * (config.epochs - epoch)
-            terms = " ".join(f"{k} {losses[k]:.3f}" for k in LOSS_TERMS)
-            valid = "  ".join(f"{p} {metrics[p]['valid']['weighted_f1']:.4f}{'*' if p in improved else ' '}"
-                              for p in prefixes)
-            log(f"epoch {epoch:>{len(str(config.epochs))}}/{config.epochs}  train {train_seconds:5.1f}s  "
-                f"eval {eval_seconds:4.1f}s  eta {_format_seconds(eta)}  loss {losses['total']:.3f} "
-                f"[{terms}]  valid wF1 {valid}")
+    with StopRequest(should_stop) as stop:
+        for epoch in range(first_epoch, config.epochs + 1):
+            epoch_start = time.time()
+            progress = progress or start_epoch(trainer)
+            try:
+                losses = train_one_epoch(trainer, progress, stop)
+            except torch.cuda.OutOfMemoryError:
+                raise TrainingError(stop_here("failed", (
+                    f"GPU out of memory at epoch {epoch} with batch size {config.batch_size}: try a smaller "
+                    "--batch-size, --data-on-device no, or --precision bf16; last good checkpoints are kept"))) from None
+            if losses is None:
+                save_state(output, trainer, epoch, progress, results, best, test_predictions)
+                raise Interrupted(stop_here("interrupted", (
+                    f"interrupted ({stop.signal_name}) at epoch {epoch}, step {progress.step}/{len(progress.bounds)}; "
+                    f"state saved: resume with --resume {output}")))
+            progress = None
+            bad = [k for k, v in losses.items() if not math.isfinite(v)]
+            if bad:
+                raise TrainingError(stop_here("failed", (
+                    f"loss term {bad[0]} is {losses[bad[0]]} at epoch {epoch}: training stopped; the last good "
+                    f"checkpoints and state are kept in {output} (try a lower --learning-rate)")))
+            train_seconds = time.time() - epoch_start
+            metrics = evaluate(trainer, data)
+            eval_seconds = time.time() - epoch_start - train_seconds
+            improved = []
+            for m, prefix in enumerate(prefixes):
+                if metrics[prefix]["valid"]["weighted_f1"] > best[prefix]["valid"]["weighted_f1"]:
+                    improved.append(prefix)
+                    best[prefix] = {"encoder": data.modalities[m].encoder, "best_epoch": epoch,
+                                    "valid": metrics[prefix]["valid"], "test": metrics[prefix]["test"]}
+                    test_predictions[prefix] = metrics[prefix]["predictions"]["test"]
+                    save_checkpoint(checkpoint_path(output, prefix), trainer.model.branches[m], prefix, m,
+                                    data.classes, config, epoch,
+                                    {"valid": metrics[prefix]["valid"], "test": metrics[prefix]["test"]})
+            results["history"].append({
+                "epoch": epoch, "train_seconds": train_seconds, "eval_seconds": eval_seconds, "loss": losses,
+                **{p: {s: metrics[p][s] for s in ("valid", "test")} for p in prefixes}, "improved": improved})
+            results["final"] = {p: best[p] for p in prefixes if best[p]["best_epoch"]}
+            write_json(results_path, results)
+            if epoch < config.epochs and (epoch % config.save_every == 0 or stop()):
+                save_state(output, trainer, epoch + 1, None, results, best, test_predictions)
+            if config.verbose:
+                elapsed = time.time() - started
+                eta = elapsed / (epoch - first_epoch + 1) * (config.epochs - epoch)
+                terms = " ".join(f"{k} {losses[k]:.3f}" for k in LOSS_TERMS)
+                valid = "  ".join(f"{p} {metrics[p]['valid']['weighted_f1']:.4f}{'*' if p in improved else ' '}"
+                                  for p in prefixes)
+                log(f"epoch {epoch:>{len(str(config.epochs))}}/{config.epochs}  train {train_seconds:5.1f}s  "
+                    f"eval {eval_seconds:4.1f}s  eta {_format_seconds(eta)}  loss {losses['total']:.3f} "
+                    f"[{terms}]  valid wF1 {valid}")
+            if stop() and epoch < config.epochs:
+                raise Interrupted(stop_here("interrupted", (
+                    f"interrupted ({stop.signal_name}) after epoch {epoch}; state saved: resume with --resume {output}")))
 
     for m, prefix in enumerate(prefixes):
-        rows = data.modalities[m].splits["test"]
         user_labels = data.classes[test_predictions[prefix]]
         atomic_write(os.path.join(output, f"test_predictions_{prefix}.npy"),
                      lambda temporary, values=user_labels: _save_npy(temporary, values))
-        results["final"][prefix]["test_rows"] = int(len(rows))
+        results["final"][prefix]["test_rows"] = int(len(data.modalities[m].splits["test"]))
     results["status"] = "finished"
-    results["total_seconds"] = time.time() - started
-    write_json(os.path.join(output, RESULTS_FILE), results)
+    results["training_seconds"] = sum(h["train_seconds"] + h["eval_seconds"] for h in results["history"])
+    write_json(results_path, results)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(output, STATE_FILE))  # a finished run needs no state; its checkpoints stay
     log("")
     log(summary_table(results["final"]))
     log(f"(test metrics at each modality's best validation epoch; outputs in {output})")

@@ -9,26 +9,24 @@ import dataclasses
 import sys
 
 from data import DataError
-from functions import Config, run
+from functions import Config, Interrupted, TrainingError, add_config_arguments, resume, run
+
+# Exit statuses: 2 bad input (nothing written), 3 training failed (last good outputs kept),
+# 130 interrupted (state saved for --resume).
+EXIT_BAD_INPUT, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 2, 3, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="DisCoM-KD: train both single-modality classifiers jointly (Ienco & Dantas, BMVC 2024).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("directory", metavar="DIR", help="data folder (<PREFIX>_data_normalized.npy, labels.npy, "
+    parser.add_argument("directory", metavar="DIR", nargs="?", help="data folder (<PREFIX>_data_normalized.npy, labels.npy, "
                                                          "train/valid/test_idx.npy)")
-    parser.add_argument("first_prefix", metavar="FIRST_PREFIX", help="first modality, reads DIR/FIRST_PREFIX_data_normalized.npy")
-    parser.add_argument("second_prefix", metavar="SECOND_PREFIX", help="second modality")
-    for option in dataclasses.fields(Config):
-        if not option.metadata.get("flag", True):
-            continue
-        flag = "--" + option.name.replace("_", "-")
-        if option.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true", help=option.metadata["help"])
-        else:
-            kind = {"int": int, "float": float}.get(str(option.type), str)
-            parser.add_argument(flag, type=kind, default=option.default, help=option.metadata["help"])
+    parser.add_argument("first_prefix", metavar="FIRST_PREFIX", nargs="?", help="first modality, reads DIR/FIRST_PREFIX_data_normalized.npy")
+    parser.add_argument("second_prefix", metavar="SECOND_PREFIX", nargs="?", help="second modality")
+    parser.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run from RUN_FOLDER/state.pt "
+                                                              "with its own data and settings (other options ignored)")
+    add_config_arguments(parser)
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("--quiet", action="store_true", help="print only warnings and the final table")
     verbosity.add_argument("--verbose", action="store_true", help="one line per epoch (the default)")
@@ -38,18 +36,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
     directory, first, second = args.pop("directory"), args.pop("first_prefix"), args.pop("second_prefix")
+    run_folder = args.pop("resume")
+    if run_folder is None and second is None:
+        parser.error("DIR, FIRST_PREFIX and SECOND_PREFIX are required (or --resume RUN_FOLDER)")
     quiet, no_fast = args.pop("quiet"), args.pop("no_fast")
     args.pop("verbose")
     config = Config(**args, verbose=0 if quiet else 1)
     if no_fast:
         config = dataclasses.replace(config, compile="no", precision="fp32", data_on_device="no")
     try:
-        run(config, directory, first, second)
+        if run_folder is not None:
+            resume(run_folder)
+        else:
+            run(config, directory, first, second)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_TRAINING_FAILED
+    except Interrupted as error:
+        print(str(error), file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 
