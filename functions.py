@@ -47,7 +47,7 @@ class Config:
     weight_decay: float = _option(0.0, "Adam weight decay")
     seed: int = _option(0, "random seed; a CPU run with the same seed repeats exactly")
     device: str = _option("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
-    output: str | None = _option(None, "output folder (default DIR/DisCoM-KD_<FIRST>_<SECOND>)")
+    output: str | None = _option(None, "output folder (None: DIR/DisCoM-KD_<FIRST>_<SECOND>)")
     overwrite: bool = _option(False, "replace the files of an existing output folder")
     weight_cl: float = _option(1.0, "weight of L_cl, the task classifiers (0 drops the term)")
     weight_aux: float = _option(1.0, "weight of L_aux, the shared auxiliary classifier")

@@ -3,10 +3,12 @@
     python make_example.py [FOLDER]     (default: example_digits)
 
 scikit-learn ships 1,797 digits as 8x8 images (no download). Two "sensors" see each digit:
-- IMAGE (N, 1, 16, 16): the image upsampled to 16x16 under pixel noise, read by ResNet-18;
-- PROJ  (N, 32): 32 noisy random projections of the 64 pixels, read by the MLP encoder.
+- IMAGE (N, 1, 24, 24): a camera view: the digit upsampled to 16x16 at a random position of a
+  24x24 frame, under pixel noise; read by ResNet-18;
+- PROJ  (N, 32): 32 noisy random projections of the 64 centred pixels, read by the MLP encoder.
 Both are standardised, labels are the digits 0-9, and a stratified 70/10/20 split is written.
-The noise makes neither modality trivially solvable, so distillation between them can matter.
+The noise and the camera's random framing make neither modality trivially solvable, so what one
+modality learns can help the other.
 """
 import os
 import sys
@@ -20,17 +22,22 @@ from data import SPLITS, stratified_split
 
 # Noise levels (in units of the standardised signal) chosen so that a linear model on either
 # modality stays well below perfect accuracy.
-IMAGE_NOISE = 0.8
+IMAGE_NOISE = 0.5
 PROJECTION_NOISE = 0.8
 PROJECTIONS = 32
+DIGIT_SIZE, FRAME_SIZE = 16, 24
 
 
 def make_digits_example(folder: str, seed: int = 0) -> None:
     digits = load_digits()
     rng = np.random.default_rng(seed)
     pixels = digits.images.astype(np.float32) / 16.0  # (N, 8, 8) in [0, 1]
-    image = F.interpolate(torch.from_numpy(pixels)[:, None], size=(16, 16), mode="bilinear",
+    digit = F.interpolate(torch.from_numpy(pixels)[:, None], size=(DIGIT_SIZE, DIGIT_SIZE), mode="bilinear",
                           align_corners=False).numpy()  # (N, 1, 16, 16)
+    image = np.zeros((len(pixels), 1, FRAME_SIZE, FRAME_SIZE), dtype=np.float32)
+    corners = rng.integers(0, FRAME_SIZE - DIGIT_SIZE + 1, size=(len(pixels), 2))
+    for row, (top, left) in enumerate(corners):  # data preparation, once: not on a training path
+        image[row, 0, top:top + DIGIT_SIZE, left:left + DIGIT_SIZE] = digit[row, 0]
     image = (image - image.mean()) / image.std()
     image += IMAGE_NOISE * rng.standard_normal(image.shape).astype(np.float32)
     flat = pixels.reshape(len(pixels), -1)
