@@ -136,6 +136,10 @@ def atomic_write(path: str, write) -> None:
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     os.close(handle)
     try:
+        # mkstemp makes the file private (0600); give it the permissions a plain open() would
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         write(temporary)
         os.replace(temporary, path)
     except BaseException:
@@ -245,7 +249,7 @@ class Trainer:
     def batch(self, modality: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gathers a batch of training rows (no randomness, so it may run in the prefetch thread)."""
         source = self.sources[modality]
-        stored = self.train_positions[modality][positions.to(source.index_device)]
+        stored = self.train_positions[modality][positions]
         return source.gather(stored), self.labels[modality][stored].to(self.device, non_blocking=True)
 
 
@@ -267,6 +271,8 @@ class EpochProgress:
 def start_epoch(trainer: Trainer) -> EpochProgress:
     sizes = tuple(len(p) for p in trainer.train_positions)
     bounds, positions = epoch_positions(sizes, trainer.config.batch_size, trainer.generator)
+    # one copy per epoch: a pageable host-to-device copy per step would synchronise every step
+    positions = [p.to(s.index_device) for p, s in zip(positions, trainer.sources)]
     return EpochProgress(bounds, positions, 0, torch.zeros(len(LOSS_TERMS) + 1, device=trainer.device))
 
 
@@ -496,7 +502,7 @@ def save_state(output: str, trainer: Trainer, epoch: int, progress: EpochProgres
         "test_predictions": {p: torch.from_numpy(np.asarray(v)) for p, v in test_predictions.items()},
         "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(), "rng": _rng_state(trainer),
         "progress": None if progress is None else {
-            "bounds": [list(b) for b in progress.bounds], "positions": progress.positions,
+            "bounds": [list(b) for b in progress.bounds], "positions": [p.cpu() for p in progress.positions],
             "step": progress.step, "sums": progress.sums.cpu()},
     }
     atomic_write(os.path.join(output, STATE_FILE), lambda temporary: torch.save(payload, temporary))
@@ -568,7 +574,7 @@ def _train(config: Config, data: DataFolder, output: str, state: dict | None, lo
         _restore_rng(state["rng"], trainer)
         saved = state["progress"]
         progress = None if saved is None else EpochProgress(
-            [tuple(b) for b in saved["bounds"]], saved["positions"], saved["step"], saved["sums"].to(device))
+            [tuple(b) for b in saved["bounds"]], [p.to(s.index_device) for p, s in zip(saved["positions"], trainer.sources)], saved["step"], saved["sums"].to(device))
         results["status"] = "running"
         results.setdefault("resumed_at_epoch", []).append(first_epoch)
     results["environment"] = {
