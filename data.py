@@ -90,9 +90,17 @@ def _load_npy(path: str, what: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found ({what} expected here)")
     try:
+        with open(path, "rb") as handle:
+            header = handle.read(6)
+    except OSError as error:
+        raise DataError(f"{path}: not readable ({error.strerror})") from None
+    if header != b"\x93NUMPY":  # the .npy magic string; np.load would take any other file for a pickle
+        raise DataError(f"{path}: not a .npy file (no NumPy header); {what} is expected")
+    try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as error:
-        if "pickle" in str(error).lower():
+        # an object array reads as "pickled data" without a memory map, "Python objects in dtype" with one
+        if "pickle" in str(error).lower() or "python objects" in str(error).lower():
             raise DataError(f"{path}: holds Python objects; a numeric .npy array is expected") from None
         raise DataError(f"{path}: not a readable .npy array ({error})") from None
     except (OSError, EOFError) as error:

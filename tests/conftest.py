@@ -3,3 +3,22 @@ import sys
 
 # the project's modules live at the repository root, beside main_DisCoM-KD.py
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Set before torch loads OpenMP: on a small shared machine, threads that busy-wait between
+# operations slow tiny models 10-50x whenever another process holds a core; passive waiting
+# changes nothing else (same thread count, same results).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import importlib.util  # noqa: E402  (this file is extended by appending)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cli_main():
+    """`main(argv) -> exit status` of main_DisCoM-KD.py, loaded by path (its hyphen rules out an import)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main_DisCoM-KD.py")
+    spec = importlib.util.spec_from_file_location("main_discomkd", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main

@@ -1,0 +1,233 @@
+"""Epoch batching, label mapping, and every bad input: one `error:` line, exit status 2, nothing written."""
+import itertools
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from data import array_path, epoch_positions, load_data_folder
+from toy import folder_snapshot, write_toy_folder
+
+ROWS = 30  # enough for a stratified split of 3 classes with rows in every split
+
+
+# ----------------------------------------------------------------------------- epoch batching
+def check_epoch(sizes, batch_size, seed=0):
+    """Returns the batch sizes of one epoch after checking the invariants every epoch must hold."""
+    bounds, positions = epoch_positions(sizes, batch_size, torch.Generator().manual_seed(seed))
+    length = max(sizes)
+    assert bounds[0][0] == 0 and bounds[-1][1] == length
+    assert all(end == next_start for (_, end), (next_start, _) in zip(bounds, bounds[1:])), "gaps or overlaps"
+    batches = [end - start for start, end in bounds]
+    assert min(batches) >= 2, f"a batch of {min(batches)} row(s): {batches}"
+    assert max(batches) <= batch_size + 1
+    for size, order in zip(sizes, positions):
+        assert order.dtype == torch.int64 and len(order) == length
+        counts = np.bincount(order.numpy(), minlength=size)
+        assert len(counts) == size, "position outside the training rows"
+        # every row seen each epoch; the smaller set cycled evenly (each row length // size or one more times)
+        assert counts.min() == length // size and counts.max() == -(-length // size), counts
+    return batches
+
+
+def test_paired_modalities_see_every_row_once():
+    _, positions = epoch_positions((10, 10), 4, torch.Generator().manual_seed(0))
+    for order in positions:
+        assert sorted(order.tolist()) == list(range(10))
+    # independent shuffles for the two modalities
+    assert not torch.equal(positions[0], positions[1])
+    assert check_epoch((10, 10), 4) == [4, 4, 2]
+
+
+def test_smaller_modality_is_cycled_through_fresh_shuffles():
+    _, (larger, smaller) = epoch_positions((10, 4), 3, torch.Generator().manual_seed(0))
+    assert sorted(larger.tolist()) == list(range(10))
+    # each complete cycle of the smaller set is a permutation of its rows
+    assert sorted(smaller[:4].tolist()) == sorted(smaller[4:8].tolist()) == list(range(4))
+    assert len(set(smaller[8:].tolist())) == 2
+    assert check_epoch((10, 4), 3) == [3, 3, 4]  # 10 = 3 + 3 + 3 + 1: the last row joins the batch before
+
+
+def test_a_remainder_of_one_row_joins_the_previous_batch():
+    assert check_epoch((9, 9), 4) == [4, 5]
+    assert check_epoch((5, 3), 4) == [5]
+    assert check_epoch((2, 2), 2) == [2]
+
+
+def test_every_size_and_batch_size_keeps_the_epoch_invariants():
+    for first, second, batch_size in itertools.product(range(2, 13), range(2, 13), range(2, 6)):
+        check_epoch((first, second), batch_size, seed=first * 100 + second)
+
+
+def test_epoch_shuffles_repeat_with_the_same_generator():
+    _, first = epoch_positions((7, 5), 3, torch.Generator().manual_seed(4))
+    _, again = epoch_positions((7, 5), 3, torch.Generator().manual_seed(4))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+# ----------------------------------------------------------------------------- labels
+def test_user_label_values_are_mapped_to_classes_and_back(tmp_path):
+    folder = write_toy_folder(tmp_path, n=ROWS, label_values=[30, 10, 20])
+    data = load_data_folder(folder, "IMG", "VEC")
+    assert data.classes.tolist() == [10, 20, 30]
+    raw = np.load(os.path.join(folder, "labels.npy"))
+    assert data.labels.min() == 0 and data.labels.max() == 2
+    assert np.array_equal(data.classes[data.labels], raw)
+    assert [m.encoder for m in data.modalities] == ["resnet18", "mlp"]
+    assert data.warnings == []
+
+
+# ----------------------------------------------------------------------------- bad inputs
+def path(folder, name):
+    return os.path.join(folder, name)
+
+
+def save(folder, name, values):
+    np.save(path(folder, name), values)
+
+
+def load(folder, name):
+    return np.load(path(folder, name))
+
+
+def remove(name):
+    return lambda folder: os.remove(path(folder, name))
+
+
+def transform(name, make):
+    """A mutation replacing the array in `name` by make(old array)."""
+    return lambda folder: save(folder, name, make(load(folder, name)))
+
+
+def replace_array(prefix, make):
+    return transform(array_path("", prefix), make)
+
+
+def set_value(prefix, value):
+    def make(array):
+        array = array.copy()
+        array.reshape(len(array), -1)[4, 0] = value  # row 4 belongs to one of the splits
+        return array
+    return replace_array(prefix, make)
+
+
+def first_test_row_in(name):
+    return lambda folder: save(folder, name, np.append(load(folder, name), load(folder, "test_idx.npy")[0]))
+
+
+def write_object_array(prefix):
+    values = np.array([[1.0, "a"]] * ROWS, dtype=object)
+    return lambda folder: np.save(array_path(folder, prefix), values, allow_pickle=True)
+
+
+def write_garbage(name):
+    def mutate(folder):
+        with open(path(folder, name), "wb") as handle:
+            handle.write(b"not a numpy file")
+    return mutate
+
+
+def no_change(folder):
+    pass
+
+
+def options(*extra, second="VEC"):
+    """The command line after DIR: both prefixes, then `extra`."""
+    return ["IMG", second, *extra]
+
+
+def own_training_rows_overlapping_test(folder):
+    save(folder, "train_idx_VEC.npy", load(folder, "train_idx.npy"))
+    first_test_row_in("train_idx_VEC.npy")(folder)
+
+
+# id, mutation of the toy folder, command line after DIR, then what the error line must contain: the
+# offending file (or option) and the problem
+BAD_INPUTS = [
+    ("missing first array", remove(array_path("", "IMG")), options(), "IMG_data_normalized.npy", "file not found"),
+    ("missing second array", remove(array_path("", "VEC")), options(), "VEC_data_normalized.npy", "file not found"),
+    ("missing labels", remove("labels.npy"), options(), "labels.npy", "file not found"),
+    ("missing split", remove("test_idx.npy"), options(), "test_idx.npy", "file not found"),
+    ("missing data folder", shutil.rmtree, options(), "data: data folder not found"),
+    ("prefix given twice", no_change, options(second="IMG"), "IMG_data_normalized.npy", "given twice"),
+    ("rows differ from labels", replace_array("VEC", lambda a: a[:-1]), options(), "VEC_data_normalized.npy",
+     "29 rows but labels.npy has 30"),
+    ("string array", replace_array("VEC", lambda a: a.astype(str)), options(), "VEC_data_normalized.npy",
+     "not numeric"),
+    ("object array", write_object_array("VEC"), options(), "VEC_data_normalized.npy", "Python objects"),
+    ("not a npy file", write_garbage(array_path("", "IMG")), options(), "IMG_data_normalized.npy",
+     "not a .npy file"),
+    ("NaN in array", set_value("IMG", np.nan), options(), "IMG_data_normalized.npy", "row 4 holds NaN"),
+    ("Inf in array", set_value("VEC", -np.inf), options(), "VEC_data_normalized.npy", "row 4 holds NaN or Inf"),
+    ("labels 2-D", transform("labels.npy", lambda a: a.reshape(-1, 1)), options(), "labels.npy", "shape (30, 1)"),
+    ("labels float", transform("labels.npy", lambda a: a.astype(np.float64)), options(), "labels.npy",
+     "dtype float64"),
+    ("index out of range", transform("test_idx.npy", lambda a: np.append(a, ROWS)), options(), "test_idx.npy",
+     "row number 30 out of range"),
+    ("negative index", transform("valid_idx.npy", lambda a: np.append(a, -1)), options(), "valid_idx.npy",
+     "negative row number -1"),
+    ("duplicated index", transform("train_idx.npy", lambda a: np.append(a, a[0])), options(), "train_idx.npy",
+     "listed 2 times"),
+    ("float index", transform("valid_idx.npy", lambda a: a.astype(np.float32)), options(), "valid_idx.npy",
+     "dtype float32"),
+    ("empty split", transform("valid_idx.npy", lambda a: a[:0]), options(), "valid_idx.npy", "empty split"),
+    ("single training row", transform("train_idx.npy", lambda a: a[:1]), options(), "train_idx.npy",
+     "1 training row"),
+    ("train/test overlap", first_test_row_in("train_idx.npy"), options(), "train_idx.npy", "also in test_idx.npy"),
+    ("own train/test overlap", own_training_rows_overlapping_test, options(), "train_idx_VEC.npy",
+     "also in test_idx.npy"),
+    ("valid/test overlap", first_test_row_in("valid_idx.npy"), options(), "valid_idx.npy", "also in test_idx.npy"),
+    ("unsupported rank 5", replace_array("IMG", lambda a: a.reshape(ROWS, 1, 1, 12, 12)), options(),
+     "IMG_data_normalized.npy", "unsupported rank 5"),
+    ("image too small for resnet18", replace_array("IMG", lambda a: a[:, :, :5, :5]), options(),
+     "IMG_data_normalized.npy", "too small for encoder resnet18"),
+    ("image too small for lenet", replace_array("IMG", lambda a: a[:, :, :8, :8]),
+     options("--encoder-first", "lenet"), "IMG_data_normalized.npy", "too small for encoder lenet"),
+    ("encoder of the wrong rank", no_change, options("--encoder-second", "resnet18"), "VEC_data_normalized.npy",
+     "reads samples of rank 3"),
+    ("unknown encoder", no_change, options("--encoder-first", "vgg"), "IMG_data_normalized.npy",
+     "unknown encoder 'vgg'"),
+    ("batch size 1", no_change, options("--batch-size", "1"), "--batch-size 1", "at least 2"),
+    ("augmentation of vectors", no_change, options("--augment-second", "flip"), "--augment-second flip",
+     "not available"),
+]
+
+
+@pytest.mark.parametrize("mutate, arguments, expected", [(case[1], case[2], case[3:]) for case in BAD_INPUTS],
+                         ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_gives_one_error_line_and_writes_nothing(tmp_path, capsys, cli_main, mutate, arguments, expected):
+    folder = write_toy_folder(tmp_path / "data", n=ROWS)
+    mutate(folder)
+    before = folder_snapshot(tmp_path)
+    prefixes, case_options = arguments[:2], arguments[2:]
+    # the case's own options come last so that its --batch-size wins
+    status = cli_main([folder, *prefixes, "--epochs", "1", "--batch-size", "8", "--device", "cpu", *case_options])
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert all(text in lines[0] for text in expected), lines[0]
+    assert out == ""
+    assert folder_snapshot(tmp_path) == before
+    assert not os.path.exists(os.path.join(folder, "DisCoM-KD_IMG_VEC"))
+
+
+def test_class_missing_from_training_is_a_warning_not_an_error(tmp_path, capsys, cli_main):
+    folder = write_toy_folder(tmp_path / "data", n=ROWS, label_values=[10, 20, 30])
+    labels = load(folder, "labels.npy")
+    train = load(folder, "train_idx.npy")
+    save(folder, "train_idx.npy", train[labels[train] != 30])
+    output = str(tmp_path / "out")
+    status = cli_main([folder, "IMG", "VEC", "--epochs", "1", "--batch-size", "8", "--encoder-first", "lenet",
+                       "--device", "cpu", "--output", output, "--quiet"])
+    _, err = capsys.readouterr()
+    assert status == 0
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    # one warning per modality for the test split (class 30 has test rows); valid may warn as well
+    test_warnings = [line for line in warnings if "test_idx.npy" in line]
+    assert len(test_warnings) == 2 and all("[30]" in line for line in test_warnings), err
+    assert "error" not in err
+    assert os.path.isfile(os.path.join(output, "results.json"))
