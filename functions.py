@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -117,7 +118,10 @@ def check_config(config: Config) -> None:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch's message lists every backend it knows; ours names what this code runs on
+        raise DataError(f"--device {name}: not a device; expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DataError(f"--device {name}: CUDA is not available on this machine")
     return device
@@ -201,8 +205,16 @@ def load_modality_classifier(path: str, device: torch.device | str = "cpu") -> t
         raise DataError(f"{path}: not a loadable DisCoM-KD checkpoint ({type(error).__name__})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path}: not a DisCoM-KD modality checkpoint (format {CHECKPOINT_FORMAT} expected)")
-    branch = ModalityBranch(tuple(checkpoint["input_shape"]), len(checkpoint["classes"]), checkpoint["encoder"])
-    branch.load_state_dict(checkpoint["state_dict"])
+    try:
+        branch = ModalityBranch(tuple(checkpoint["input_shape"]), len(checkpoint["classes"]), checkpoint["encoder"])
+        branch.load_state_dict(checkpoint["state_dict"])
+    except KeyError as error:
+        raise DataError(f"{path}: checkpoint field {error} missing") from None
+    except (AssertionError, RuntimeError, TypeError, ValueError) as error:
+        # load_state_dict lists every mismatch on its own line; the first one tells what differs
+        detail = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error).strip())
+        raise DataError(f"{path}: the weights do not fit the checkpoint's own description (encoder "
+                        f"{checkpoint.get('encoder')!r}, input {checkpoint.get('input_shape')}): {detail[:200]}") from None
     return branch.to(device).eval(), checkpoint
 
 
@@ -536,6 +548,16 @@ def run(config: Config, directory: str, first_prefix: str, second_prefix: str, l
     return _train(config, data, output, None, log, should_stop)
 
 
+def data_fingerprint(data: DataFolder) -> str:
+    """SHA-256 of the labels and every split's row numbers: what `describe()` cannot see (labels moved
+    between rows). The modality arrays, possibly larger than memory, are compared by shape and dtype only."""
+    digest = hashlib.sha256(np.ascontiguousarray(data.labels, dtype=np.int64).tobytes())
+    for modality in data.modalities:
+        for split in sorted(modality.splits):
+            digest.update(np.ascontiguousarray(modality.splits[split], dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
 def resume(run_folder: str, log=print, should_stop=None) -> dict:
     """Continues the run saved in `run_folder`/state.pt with its own config and data folder."""
     state = load_state(run_folder)
@@ -544,9 +566,9 @@ def resume(run_folder: str, log=print, should_stop=None) -> dict:
     described = results["data"]
     first, second = (m["prefix"] for m in described["modalities"])
     data = load_data_folder(described["directory"], first, second, (config.encoder_first, config.encoder_second))
-    if data.describe() != described:
+    if data.describe() != described or results.get("data_fingerprint") != data_fingerprint(data):
         raise DataError(f"{described['directory']}: the data folder changed since the run started "
-                        "(shapes, splits or classes differ); cannot resume")
+                        "(shapes, splits, classes or labels differ); cannot resume")
     return _train(config, data, run_folder, state, log, should_stop)
 
 
@@ -562,7 +584,8 @@ def _train(config: Config, data: DataFolder, output: str, state: dict | None, lo
                             "--data-on-device no (data streamed from host memory)") from None
     prefixes = [m.prefix for m in data.modalities]
     if state is None:
-        results = {"config": dataclasses.asdict(config), "data": data.describe(), "output": output,
+        results = {"config": dataclasses.asdict(config), "data": data.describe(),
+                   "data_fingerprint": data_fingerprint(data), "output": output,
                    "environment": {}, "warnings": data.warnings, "status": "running", "history": [], "final": {}}
         best = {p: {"best_epoch": 0, "valid": {"weighted_f1": -1.0}} for p in prefixes}
         test_predictions, first_epoch, progress = {}, 1, None

@@ -1,0 +1,93 @@
+"""The baselines' models and distillation losses, against numbers computed by hand with numpy."""
+import numpy as np
+import pytest
+import torch
+
+from baselines import (DKD_ALPHA, DKD_BETA, DKD_WARMUP_EPOCHS, MultiModalTeacher, SingleModalityClassifier, dkd_losses,
+                       kd_loss, student_loss_weights, student_losses)
+
+STUDENT = np.array([[2.0, 1.0, 0.5], [0.2, -1.0, 1.5]])
+TEACHER = np.array([[1.0, 3.0, 0.0], [0.5, 0.1, 2.5]])
+LABELS = np.array([0, 2])
+T = 4.0
+
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def kl(p, q):
+    """Per-row KL(p || q)."""
+    return (p * (np.log(p) - np.log(q))).sum(axis=1)
+
+
+def tensors(*arrays):
+    return [torch.tensor(a, dtype=torch.float32 if a.dtype.kind == "f" else torch.int64) for a in arrays]
+
+
+def test_kd_loss_matches_hand_computation():
+    expected = kl(softmax(TEACHER / T), softmax(STUDENT / T)).mean() * T ** 2
+    student, teacher = tensors(STUDENT, TEACHER)
+    assert kd_loss(student, teacher, T).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_dkd_losses_match_hand_computation():
+    p_student, p_teacher = softmax(STUDENT / T), softmax(TEACHER / T)
+    rows = np.arange(len(LABELS))
+    binary_student = np.stack([p_student[rows, LABELS], 1 - p_student[rows, LABELS]], axis=1)
+    binary_teacher = np.stack([p_teacher[rows, LABELS], 1 - p_teacher[rows, LABELS]], axis=1)
+    tckd = kl(binary_teacher, binary_student).mean() * T ** 2
+    keep = np.ones_like(STUDENT, dtype=bool)
+    keep[rows, LABELS] = False
+    non_target_student = softmax(STUDENT[keep].reshape(2, 2) / T)  # the two other classes of each row
+    non_target_teacher = softmax(TEACHER[keep].reshape(2, 2) / T)
+    nckd = kl(non_target_teacher, non_target_student).mean() * T ** 2
+
+    student, teacher, labels = tensors(STUDENT, TEACHER, LABELS)
+    terms = dkd_losses(student, teacher, labels, T)
+    assert terms["tckd"].item() == pytest.approx(tckd, rel=1e-5)
+    assert terms["nckd"].item() == pytest.approx(nckd, rel=1e-5)
+    assert tckd > 0 and nckd > 0
+
+
+def test_kd_decomposes_into_tckd_and_weighted_nckd():
+    """Zhao et al.'s identity, per sample: KD = TCKD + (1 - p_target of the teacher) * NCKD."""
+    student, teacher, labels = tensors(STUDENT[:1], TEACHER[:1], LABELS[:1])
+    terms = dkd_losses(student, teacher, labels, T)
+    teacher_target = softmax(TEACHER[:1] / T)[0, LABELS[0]]
+    expected = terms["tckd"].item() + (1 - teacher_target) * terms["nckd"].item()
+    assert kd_loss(student, teacher, T).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_nckd_ignores_the_target_logit_and_tckd_stays_finite_when_confident():
+    student, teacher, labels = tensors(STUDENT, TEACHER, LABELS)
+    shifted = teacher.clone()
+    shifted[0, 0] += 5.0  # only the target logit of row 0 changes
+    assert dkd_losses(student, shifted, labels, T)["nckd"].item() == pytest.approx(
+        dkd_losses(student, teacher, labels, T)["nckd"].item(), rel=1e-6)
+    confident = teacher.clone()
+    confident[:, :] = -200.0
+    confident[0, 0] = confident[1, 2] = 200.0  # p_target rounds to 1 in float32
+    terms = dkd_losses(student, confident, labels, T)
+    assert all(torch.isfinite(t) for t in terms.values())
+
+
+def test_student_terms_and_dkd_warmup():
+    student, teacher, labels = tensors(STUDENT, TEACHER, LABELS)
+    assert set(student_losses("mono", student, labels)) == {"ce"}
+    assert set(student_losses("kd", student, labels, teacher)) == {"ce", "kd"}
+    assert set(student_losses("dkd", student, labels, teacher)) == {"ce", "tckd", "nckd"}
+    half = DKD_WARMUP_EPOCHS // 2
+    assert student_loss_weights("dkd", half) == pytest.approx(
+        {"ce": 1.0, "tckd": DKD_ALPHA * half / DKD_WARMUP_EPOCHS, "nckd": DKD_BETA * half / DKD_WARMUP_EPOCHS})
+    assert student_loss_weights("dkd", 5 * DKD_WARMUP_EPOCHS) == {"ce": 1.0, "tckd": DKD_ALPHA, "nckd": DKD_BETA}
+    assert student_loss_weights("kd", 1) == {"ce": 1.0, "kd": 1.0}
+
+
+def test_model_shapes():
+    torch.manual_seed(0)
+    student = SingleModalityClassifier((1, 12, 12), 5, "lenet")
+    assert student(torch.randn(4, 1, 12, 12)).logits.shape == (4, 5)
+    teacher = MultiModalTeacher([(1, 12, 12), (6,)], 5, ["lenet", "mlp"])
+    assert teacher(torch.randn(4, 1, 12, 12), torch.randn(4, 6)).logits.shape == (4, 5)

@@ -1,0 +1,277 @@
+"""The comparison runner (compare.py) and make_splits.py on toy folders."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+import compare
+import make_splits
+from data import load_data_folder
+from functions import Config
+from toy import folder_snapshot, write_toy_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# small, fast settings: a LeNet on (1, 12, 12) images and the MLP on 6-d vectors; lr 1e-3 so that
+# three epochs of 84 rows suffice
+SETTINGS = dict(epochs=3, batch_size=16, learning_rate=1e-3, encoder_first="lenet", device="cpu")
+NEURAL = "mono,teacher,kd,dkd,discomkd"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread: the test machine's cores are shared, and oversubscribed threads make torch slow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def neural(tmp_path_factory):
+    """Two runs of the neural methods on a learnable toy folder with its own split."""
+    folder = write_toy_folder(tmp_path_factory.mktemp("neural") / "data", separation=3.0)
+    output = os.path.join(os.path.dirname(folder), "out")
+    results = compare.compare(Config(output=output, **SETTINGS), folder, "IMG", "VEC", runs=2, methods=NEURAL,
+                              log=quiet)
+    return folder, output, results
+
+
+def without_seconds(value):
+    if isinstance(value, dict):
+        return {k: without_seconds(v) for k, v in value.items() if k not in ("seconds", "output")}
+    if isinstance(value, list):
+        return [without_seconds(v) for v in value]
+    return value
+
+
+def test_neural_baselines_learn_above_chance(neural):
+    _, output, results = neural
+    assert results["status"] == "finished"
+    for method in ("mono", "teacher", "kd", "dkd", "discomkd"):
+        for column, summary in results["aggregated"][method]["columns"].items():
+            # three balanced classes: chance is 1/3
+            assert summary["accuracy"]["mean"] >= 0.6, (method, column, summary)
+    for run in results["results"]:
+        # the teacher's training time is counted in kd's
+        methods = run["methods"]
+        assert methods["kd"]["seconds"] == pytest.approx(
+            methods["teacher"]["seconds"] + sum(c["seconds"] for c in methods["kd"]["columns"].values()))
+        saved = json.load(open(os.path.join(output, f"run_{run['seed']}", "discomkd", "results.json")))
+        assert saved["final"]["IMG"]["test"] == methods["discomkd"]["columns"]["IMG"]["test"]
+        assert saved["config"]["seed"] == run["seed"]
+
+
+def test_table_mean_and_std_match_the_runs(neural):
+    _, output, results = neural
+    saved = json.load(open(os.path.join(output, compare.RESULTS_FILE)))
+    table = open(os.path.join(output, compare.TABLE_FILE)).read()
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    best = {p: max(saved["aggregated"][m]["columns"][p]["weighted_f1"]["mean"]
+                   for m in ("mono", "kd", "dkd", "discomkd")) for p in ("IMG", "VEC")}
+    for method in ("mono", "kd", "dkd", "discomkd"):
+        for prefix in ("IMG", "VEC"):
+            for metric in ("weighted_f1", "accuracy"):
+                values = [run["methods"][method]["columns"][prefix]["test"][metric] for run in saved["results"]]
+                summary = saved["aggregated"][method]["columns"][prefix][metric]
+                assert summary["values"] == values
+                assert summary["mean"] == pytest.approx(np.mean(values))
+                assert summary["std"] == pytest.approx(np.std(values, ddof=1))
+                assert f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}" in rows[method]
+            bold = saved["aggregated"][method]["columns"][prefix]["weighted_f1"]["mean"] == best[prefix]
+            cell = rows[method].split("|")[2 if prefix == "IMG" else 3]
+            assert cell.strip().startswith("**") == bold
+    assert "[f]" in rows["teacher"] and "[t]" in rows["kd"] and "ddof=1" in table
+    assert "mono" in results["table"] and "+-" in results["table"]
+
+
+def test_same_seed_repeats_exactly_whatever_the_other_methods(neural, tmp_path):
+    """Each model is seeded on its own: dkd alone (with its teacher) and mono repeat run 0 exactly."""
+    folder, _, results = neural
+    again = compare.compare(Config(output=str(tmp_path / "again"), **SETTINGS), folder, "IMG", "VEC", runs=1,
+                            methods="dkd,mono", log=quiet)
+    for method in ("mono", "dkd"):
+        assert without_seconds(again["results"][0]["methods"][method]) == \
+            without_seconds(results["results"][0]["methods"][method])
+    assert results["results"][0]["methods"]["mono"] != results["results"][1]["methods"]["mono"]
+
+
+def test_teacher_stays_frozen_while_students_distil(tmp_path):
+    """The teacher's weights and batch-norm statistics do not move while kd/dkd students train."""
+    folder = write_toy_folder(tmp_path / "data", separation=3.0)
+    config = Config(**{**SETTINGS, "epochs": 1})
+    data = load_data_folder(folder, "IMG", "VEC", ("lenet", "auto"))
+    context = compare.RunContext(config, folder, str(tmp_path), data, torch.device("cpu"), "fp32", False, quiet)
+    sources, _, _, augmentations = compare.build_sources(config, data, context.device)
+    context.sources, context.augmentations = tuple(sources), tuple(augmentations)
+    paired = data.modalities[0].splits["train"]
+    teacher, _ = compare.train_teacher(context, paired)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    for method in ("kd", "dkd"):
+        result = compare.train_student(context, 1, method, paired, teacher)
+        assert set(result["history"][0]["loss"]) == {"ce", *({"kd"} if method == "kd" else {"tckd", "nckd"}), "total"}
+    assert not teacher.training
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_classical_baselines_reproduce_scikit_learn(tmp_path):
+    folder = write_toy_folder(tmp_path / "data", separation=0.25, n=150)  # hard enough for C to matter
+    results = compare.compare(Config(output=str(tmp_path / "out"), **SETTINGS), folder, "IMG", "VEC", runs=1,
+                              methods="svm,logreg", log=quiet)
+    data = load_data_folder(folder, "IMG", "VEC")
+    models = {"svm": lambda c: SVC(C=c, kernel="rbf"), "logreg": lambda c: LogisticRegression(C=c, max_iter=5000)}
+    for method, model in models.items():
+        for m, modality in enumerate(data.modalities):
+            result = results["results"][0]["methods"][method]["columns"][modality.prefix]
+            x = {s: np.asarray(modality.array[rows]).reshape(len(rows), -1) for s, rows in modality.splits.items()}
+            y = {s: data.labels[rows] for s, rows in modality.splits.items()}
+            valid_scores = [entry["valid"]["weighted_f1"] for entry in result["grid"]]
+            assert result["C"] == result["grid"][int(np.argmax(valid_scores))]["C"]
+            pipeline = Pipeline([("scale", StandardScaler()), ("model", model(result["C"]))])
+            pipeline.fit(x["train"], y["train"])
+            assert result["valid"]["weighted_f1"] == pytest.approx(
+                f1_score(y["valid"], pipeline.predict(x["valid"]), average="weighted"), abs=1e-12)
+            assert result["test"]["weighted_f1"] == pytest.approx(
+                f1_score(y["test"], pipeline.predict(x["test"]), average="weighted"), abs=1e-12)
+            assert result["test"]["accuracy"] == pytest.approx(pipeline.score(x["test"], y["test"]), abs=1e-12)
+
+
+def test_folder_without_splits_gets_a_saved_split_per_run(tmp_path):
+    folder = write_toy_folder(tmp_path / "data", label_values=[5, -1, 40])
+    for split in ("train", "valid", "test"):
+        os.remove(os.path.join(folder, f"{split}_idx.npy"))
+    before = folder_snapshot(folder)
+    output = str(tmp_path / "out")
+    results = compare.compare(Config(output=output, **SETTINGS), folder, "IMG", "VEC", runs=2, methods="logreg",
+                              log=quiet)
+    assert folder_snapshot(folder) == before  # the user's folder is only read
+    labels = np.load(os.path.join(folder, "labels.npy"))
+    splits = []
+    for seed in (0, 1):
+        view = os.path.join(output, f"run_{seed}", compare.SPLIT_FOLDER)
+        split = {s: np.load(os.path.join(view, f"{s}_idx.npy")) for s in ("train", "valid", "test")}
+        assert np.array_equal(np.sort(np.concatenate(list(split.values()))), np.arange(len(labels)))
+        for value in (5, -1, 40):  # 40 rows per class: 28 / 4 / 8
+            assert [int((labels[split[s]] == value).sum()) for s in ("train", "valid", "test")] == [28, 4, 8]
+        assert os.path.realpath(os.path.join(view, "IMG_data_normalized.npy")) == \
+            os.path.realpath(os.path.join(folder, "IMG_data_normalized.npy"))
+        assert results["results"][seed]["data"]["directory"] == view
+        splits.append(split)
+    assert not np.array_equal(splits[0]["test"], splits[1]["test"])
+
+
+def test_teacher_and_distillation_skipped_without_paired_rows(tmp_path):
+    folder = write_toy_folder(tmp_path / "data")
+    train = np.load(os.path.join(folder, "train_idx.npy"))
+    np.save(os.path.join(folder, "train_idx_IMG.npy"), train[: len(train) // 2])
+    np.save(os.path.join(folder, "train_idx_VEC.npy"), train[len(train) // 2:])
+    config = Config(output=str(tmp_path / "out"), **{**SETTINGS, "epochs": 1})
+    results = compare.compare(config, folder, "IMG", "VEC", runs=1, methods="mono,kd", log=quiet)
+    entries = results["results"][0]["methods"]
+    assert entries["kd"]["status"] == "skipped" and "paired" in entries["kd"]["note"]
+    assert entries["mono"]["columns"]["IMG"]["train_rows"] == len(train) // 2
+    table = open(tmp_path / "out" / compare.TABLE_FILE).read()
+    assert "skipped (needs paired rows)" in table and "need paired data" in table
+
+
+def run_main(argv, capsys):
+    status = compare.main(argv)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.mark.parametrize("case", ["no folder", "missing array", "missing array, no splits", "float labels, no splits",
+                                  "unknown method", "no runs", "output not empty", "bad augmentation"])
+def test_bad_input_gives_one_line_and_writes_nothing(case, tmp_path, capsys):
+    folder = write_toy_folder(tmp_path / "data")
+    prefixes, options = ["IMG", "VEC"], ["--epochs", "1"]
+    if case == "no folder":
+        folder = str(tmp_path / "nowhere")
+    if case.startswith("missing array"):
+        prefixes = ["IMG", "MISSING"]
+    if case.endswith("no splits"):
+        for split in ("train", "valid", "test"):
+            os.remove(os.path.join(folder, f"{split}_idx.npy"))
+    if case.startswith("float labels"):
+        np.save(os.path.join(folder, "labels.npy"), np.zeros(120))
+    options += {"unknown method": ["--methods", "mono,bagging"], "no runs": ["--runs", "0"],
+                "bad augmentation": ["--augment-first", "shift"]}.get(case, [])
+    if case == "output not empty":
+        os.makedirs(os.path.join(folder, "comparison_IMG_VEC"))
+        open(os.path.join(folder, "comparison_IMG_VEC", "keep.txt"), "w").close()
+    before = folder_snapshot(tmp_path)
+    status, out, err = run_main([folder, *prefixes, *options], capsys)
+    assert status == 2 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "compare-check" not in err  # errors name the user's files, not the temporary view
+    if case.startswith("missing array"):
+        assert os.path.join(folder, "MISSING_data_normalized.npy") in err
+    assert folder_snapshot(tmp_path) == before
+
+
+def test_command_line_bad_folder_exits_2_without_traceback(tmp_path):
+    process = subprocess.run([sys.executable, os.path.join(ROOT, "compare.py"), str(tmp_path / "none"), "A", "B"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert process.returncode == 2
+    assert process.stderr == f"error: {tmp_path / 'none'}: data folder not found\n"
+    assert os.listdir(tmp_path) == []
+
+
+def test_config_options_shared_with_main():
+    spec = importlib.util.spec_from_file_location("main_discomkd", os.path.join(ROOT, "main_DisCoM-KD.py"))
+    main_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(main_module)
+    main_args = vars(main_module.build_parser().parse_args(["D", "A", "B"]))
+    assert {k: main_args[k] for k in ("epochs", "weight_adv", "legacy_modality_targets", "encoder_first")} == \
+        {"epochs": 300, "weight_adv": 1.0, "legacy_modality_targets": False, "encoder_first": "auto"}
+    argv = ["D", "A", "B", "--epochs", "7", "--weight-adv", "0.5", "--runs", "3"]
+    args = vars(compare.build_parser().parse_args(argv))
+    assert (args["epochs"], args["weight_adv"], args["runs"], args["seed"]) == (7, 0.5, 3, 0)
+    assert "legacy_modality_targets" not in args  # a method of its own here: discomkd-legacy
+    assert compare.parse_methods("kd, mono,kd") == ("kd", "mono")
+
+
+# ----------------------------------------------------------------------------- make_splits.py
+def test_make_splits_writes_stratified_disjoint_splits_and_refuses_to_overwrite(tmp_path, capsys):
+    folder = str(tmp_path)
+    labels = np.repeat([3, 7, 9], [50, 30, 20])
+    np.save(os.path.join(folder, "labels.npy"), labels)
+    assert make_splits.main([folder, "--seed", "4"]) == 0
+    split = {s: np.load(os.path.join(folder, f"{s}_idx.npy")) for s in ("train", "valid", "test")}
+    assert np.array_equal(np.sort(np.concatenate(list(split.values()))), np.arange(len(labels)))
+    counts = {s: [int((labels[rows] == v).sum()) for v in (3, 7, 9)] for s, rows in split.items()}
+    assert counts == {"train": [35, 21, 14], "valid": [5, 3, 2], "test": [10, 6, 4]}
+    capsys.readouterr()
+
+    before = {s: open(os.path.join(folder, f"{s}_idx.npy"), "rb").read() for s in split}
+    assert make_splits.main([folder, "--seed", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "--overwrite" in err
+    assert {s: open(os.path.join(folder, f"{s}_idx.npy"), "rb").read() for s in split} == before
+
+    assert make_splits.main([folder, "--seed", "5", "--fractions", "0.6", "0.2", "0.2", "--overwrite"]) == 0
+    train = np.load(os.path.join(folder, "train_idx.npy"))
+    assert [int((labels[train] == v).sum()) for v in (3, 7, 9)] == [30, 18, 12]
+
+
+def test_make_splits_bad_input(tmp_path, capsys):
+    np.save(tmp_path / "labels.npy", np.arange(10.0))
+    assert make_splits.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'labels.npy'}: labels must be")
+    np.save(tmp_path / "labels.npy", np.arange(10))
+    assert make_splits.main([str(tmp_path), "--fractions", "0.5", "0.5", "0.5"]) == 2
+    assert "--fractions" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["labels.npy"]
