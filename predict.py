@@ -1,0 +1,247 @@
+"""Classify one modality alone with a trained DisCoM-KD checkpoint.
+
+    python predict.py CHECKPOINT INPUT.npy [--rows ROWS.npy] [--labels LABELS.npy] [--output PREFIX]
+
+CHECKPOINT is a run's best_<PREFIX>.pt; INPUT.npy holds that modality's samples only, (N, *shape),
+no labels needed. Writes <PREFIX>_classes.npy (N,) in the user's label values and
+<PREFIX>_probabilities.npy (N, K) float32. INPUT is read memory-mapped, one batch at a time, so it
+may be larger than memory. Everything inference needs (input shape, classes, encoder, precision)
+comes from the checkpoint, so no training option is repeated here.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix
+
+from data import DataError, Prefetcher, _load_npy
+from functions import (_save_npy, atomic_write, autocast_context, classification_metrics,
+                       load_modality_classifier, resolve_device)
+from model_pytorch import ModalityBranch
+
+DEFAULT_BATCH_SIZE = 512  # the training run's evaluation batch size (Config.eval_batch_size)
+
+
+def inference_precision(checkpoint: dict, device: torch.device) -> str:
+    """The precision the run evaluated in, resolved for `device` as training resolves it, so that the
+    checkpoint's own test predictions are reproduced: 'bf16' or 'fp32'."""
+    precision = checkpoint["config"].get("precision", "fp32")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return precision
+
+
+def input_batches(array: np.ndarray, rows: np.ndarray | None, batch_size: int, device: torch.device):
+    """Yields (start, x): consecutive batches of `array` (rows `rows` if given, else all), as
+    (B, *sample_shape) float32 tensors on `device`; `start` is the batch's first position.
+
+    Only one batch (two on CUDA, where the next is read while the current one computes) is in host
+    memory at a time, so a memory-mapped `array` larger than memory can be read. Raises `DataError`
+    naming the first row that holds NaN or Inf (after conversion to float32).
+    """
+    count = len(array) if rows is None else len(rows)
+    starts = list(range(0, count, batch_size))
+
+    def read(i: int) -> np.ndarray:
+        start = starts[i]
+        if rows is None:
+            # a copy: a memory map's rows are read-only, and torch wants a writable buffer
+            return np.array(array[start:start + batch_size], dtype=np.float32)
+        wanted = rows[start:start + batch_size]
+        order = np.argsort(wanted, kind="stable")  # memory maps read fastest in row order
+        block = np.empty((len(wanted),) + tuple(array.shape[1:]), dtype=np.float32)
+        block[order] = array[wanted[order]]
+        return block
+
+    for i, block in enumerate(Prefetcher(read, len(starts), enabled=device.type == "cuda")):
+        finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+        if not finite.all():
+            position = starts[i] + int(np.argmin(finite))
+            row = position if rows is None else int(rows[position])
+            raise DataError(f"row {row} holds NaN or Inf (as float32); finite numbers are expected")
+        x = torch.from_numpy(block)
+        if device.type == "cuda":
+            x = x.pin_memory().to(device, non_blocking=True)
+        yield starts[i], x
+
+
+@torch.inference_mode()
+def predict_array(branch: ModalityBranch, array: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
+                  device: torch.device | str = "cpu", rows: np.ndarray | None = None,
+                  precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities of every sample of `array` (or of its rows `rows`), batch by batch.
+
+    Args:
+        branch: a single-modality classifier (`load_modality_classifier`); it is moved to `device`
+            and evaluated in eval mode, its previous mode restored afterwards.
+        array: (N, *branch.input_shape), any numeric dtype; may be a memory map (read per batch).
+        rows: optional (n,) row numbers of `array` to predict, in the order given.
+        precision: 'fp32' or 'bf16' (autocast), see `inference_precision`.
+
+    Returns:
+        probabilities (n, K) float32 and predicted class indices (n,) int64, which index the
+        checkpoint's "classes" (the user's label values).
+    """
+    device = torch.device(device)
+    was_training = branch.training
+    branch.to(device).eval()
+    count = len(array) if rows is None else len(rows)
+    probabilities = np.empty((count, branch.task_classifier.out_features), dtype=np.float32)
+    for start, x in input_batches(array, rows, batch_size, device):
+        with autocast_context(device, precision):
+            logits = branch(x).logits  # (B, K)
+        # the batch's one host transfer
+        probabilities[start:start + len(x)] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+    branch.train(was_training)
+    return probabilities, probabilities.argmax(axis=1).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- command line
+def output_paths(prefix: str) -> tuple[str, str]:
+    return f"{prefix}_classes.npy", f"{prefix}_probabilities.npy"
+
+
+def _load_integer_vector(path: str, what: str) -> np.ndarray:
+    values = _load_npy(path, what)
+    if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
+        raise DataError(f"{path}: {what} must be a 1-D integer array, got shape {values.shape} dtype {values.dtype}")
+    return np.asarray(values, dtype=np.int64)
+
+
+def load_input(path: str, input_shape: tuple[int, ...], checkpoint_path: str) -> np.ndarray:
+    """The memory-mapped input array, checked against the checkpoint's per-sample shape."""
+    array = _load_npy(path, f"an (N, {', '.join(map(str, input_shape))}) array of samples")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise DataError(f"{path}: dtype {array.dtype} is not numeric; integers or floats are expected")
+    if array.ndim == 0 or tuple(array.shape[1:]) != tuple(input_shape):
+        raise DataError(f"{path}: samples of shape {tuple(array.shape[1:])} (array {tuple(array.shape)}), but "
+                        f"{checkpoint_path} expects samples of shape {tuple(input_shape)}")
+    if len(array) == 0:
+        raise DataError(f"{path}: no rows to predict")
+    return array
+
+
+def load_rows(path: str, num_rows: int) -> np.ndarray:
+    rows = _load_integer_vector(path, "row numbers")
+    if rows.size == 0:
+        raise DataError(f"{path}: no row numbers; at least one is expected")
+    if rows.min() < 0 or rows.max() >= num_rows:
+        bad = rows.min() if rows.min() < 0 else rows.max()
+        raise DataError(f"{path}: row number {bad} out of range; the input's rows are 0..{num_rows - 1}")
+    return rows
+
+
+def load_labels(path: str, count: int, rows: np.ndarray | None, num_rows: int) -> np.ndarray:
+    """Labels aligned with the predicted rows: `count` of them, or, with `rows`, one per input row
+    (`num_rows`, e.g. a data folder's labels.npy), from which the selected rows are taken."""
+    labels = _load_integer_vector(path, "labels")
+    if len(labels) == count:
+        return labels
+    if rows is not None and len(labels) == num_rows:
+        return labels[rows]
+    expected = f"{count} (one per selected row)" + (f" or {num_rows} (one per input row)" if rows is not None else "")
+    raise DataError(f"{path}: {len(labels)} labels, expected {expected}")
+
+
+def confusion_table(labels: np.ndarray, predicted: np.ndarray, classes: np.ndarray) -> str:
+    """Confusion matrix as text: rows true label values, columns predicted ones (the checkpoint's
+    classes); a true value outside the classes gets its own row, marked '(unknown)'."""
+    true_values = np.union1d(classes, np.unique(labels))
+    counts = confusion_matrix(labels, predicted, labels=true_values)[:, np.searchsorted(true_values, classes)]
+    names = [f"{v} (unknown)" if v not in classes else str(v) for v in true_values]
+    first = max(len("true \\ predicted"), *(len(n) for n in names))
+    width = max(5, *(len(str(c)) + 1 for c in classes), len(str(counts.max())) + 1)
+    lines = ["true \\ predicted".ljust(first) + "".join(f"{c:>{width}}" for c in classes)]
+    for name, row in zip(names, counts):
+        lines.append(name.ljust(first) + "".join(f"{n:>{width}}" for n in row))
+    return "\n".join(lines)
+
+
+def report_metrics(labels: np.ndarray, predicted: np.ndarray, classes: np.ndarray, name: str) -> str:
+    """The printed evaluation: metrics line then confusion matrix. Labels outside `classes` are errors."""
+    metrics = classification_metrics(labels, predicted)
+    return (f"{name} on {len(labels)} rows: weighted F1 {metrics['weighted_f1']:.4f}  "
+            f"macro F1 {metrics['macro_f1']:.4f}  accuracy {metrics['accuracy']:.4f}\n"
+            f"confusion matrix (rows: true label, columns: predicted label)\n"
+            + confusion_table(labels, predicted, classes))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Classify one modality's samples with a DisCoM-KD checkpoint (best_<PREFIX>.pt).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a run's best_<PREFIX>.pt")
+    parser.add_argument("input", metavar="INPUT.npy", help="(N, *shape) samples of that modality only")
+    parser.add_argument("--rows", metavar="ROWS.npy", help="predict only these row numbers of INPUT "
+                                                           "(e.g. a data folder's test_idx.npy), in this order")
+    parser.add_argument("--labels", metavar="LABELS.npy",
+                        help="true label values to score the predictions: one per predicted row, or with --rows "
+                             "one per INPUT row (e.g. the data folder's labels.npy)")
+    parser.add_argument("--output", metavar="PREFIX", help="writes PREFIX_classes.npy and PREFIX_probabilities.npy "
+                                                           "(default: INPUT without .npy, plus _pred)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rows per forward pass")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    return parser
+
+
+def run_prediction(args: argparse.Namespace) -> None:
+    """Checks every input, predicts, writes both outputs and prints the summary; raises `DataError`."""
+    if args.batch_size < 1:
+        raise DataError(f"--batch-size {args.batch_size}: at least 1 is expected")
+    for path, what in ((args.checkpoint, "checkpoint"), (args.input, "input array"), (args.rows, "row numbers"),
+                       (args.labels, "labels")):
+        if path is not None and not os.path.isfile(path):
+            raise DataError(f"{path}: file not found ({what} expected here)")
+    prefix = args.output or (args.input[:-len(".npy")] if args.input.endswith(".npy") else args.input) + "_pred"
+    classes_path, probabilities_path = output_paths(prefix)
+    folder = os.path.dirname(os.path.abspath(classes_path))
+    if not os.path.isdir(folder):
+        raise DataError(f"{classes_path}: output folder {folder} does not exist")
+    for path in (classes_path, probabilities_path):
+        if os.path.exists(path) and not args.overwrite:
+            raise DataError(f"{path}: exists; pass --overwrite to replace it or --output to choose another prefix")
+
+    device = resolve_device(args.device)
+    branch, checkpoint = load_modality_classifier(args.checkpoint, device)
+    classes = np.asarray(checkpoint["classes"], dtype=np.int64)
+    array = load_input(args.input, tuple(checkpoint["input_shape"]), args.checkpoint)
+    rows = None if args.rows is None else load_rows(args.rows, len(array))
+    count = len(array) if rows is None else len(rows)
+    labels = None if args.labels is None else load_labels(args.labels, count, rows, len(array))
+
+    try:
+        probabilities, predicted = predict_array(branch, array, args.batch_size, device, rows,
+                                                 inference_precision(checkpoint, device))
+    except DataError as error:
+        raise DataError(f"{args.input}: {error}") from None
+    values = classes[predicted]
+    # the larger file first: if the disk fills up, neither output is left behind
+    atomic_write(probabilities_path, lambda temporary: _save_npy(temporary, probabilities))
+    atomic_write(classes_path, lambda temporary: _save_npy(temporary, values))
+    print(f"{checkpoint['prefix']} (epoch {checkpoint['epoch']}, encoder {checkpoint['encoder']}, classes "
+          f"{classes.tolist()}): predicted {count} rows on {device}; wrote {classes_path} and {probabilities_path}")
+    if labels is not None:
+        unknown = np.setdiff1d(labels, classes)
+        if unknown.size:
+            print(f"warning: {int(np.isin(labels, unknown).sum())} label(s) with value(s) {unknown.tolist()} are not "
+                  f"among the checkpoint's classes {classes.tolist()}; they count as errors", file=sys.stderr)
+        print(report_metrics(labels, values, classes, checkpoint["prefix"]))
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run_prediction(args)
+    except (DataError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

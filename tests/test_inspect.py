@@ -1,0 +1,134 @@
+"""inspect_run.py: features of a finished run, disentanglement probes, figures."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data import DataError
+from functions import Config, run
+from inspect_run import (MISSING_MATPLOTLIB, PARTS, PROBES_FILE, feature_parts, load_run, main, probe_accuracy)
+from toy import folder_snapshot, write_toy_folder
+
+PREFIXES = ("IMG", "VEC")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FIGURES = ("training_curves.png", "confusion_IMG.png", "confusion_VEC.png", "tsne.png")
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """A finished 2-epoch run on toy data: returns (data folder, run folder)."""
+    folder = write_toy_folder(tmp_path_factory.mktemp("data"), PREFIXES)
+    output = os.path.join(folder, "run")
+    run(Config(epochs=2, batch_size=16, encoder_first="lenet", verbose=0, output=output), folder, *PREFIXES,
+        log=lambda *_: None)
+    return folder, output
+
+
+def two_modalities(shift: float, rows: int = 200, dims: int = 16, seed: int = 0):
+    """Pooled features of two modalities (rows each), the second's mean shifted by `shift`."""
+    rng = np.random.default_rng(seed)
+    features = rng.standard_normal((2 * rows, dims))
+    features[rows:] += shift
+    return features, np.repeat([0, 1], rows)
+
+
+def test_probe_is_at_chance_on_modality_free_features():
+    mean, std = probe_accuracy(*two_modalities(shift=0.0))
+    assert abs(mean - 0.5) < 0.15 and std < 0.15
+
+
+def test_probe_finds_a_shifted_modality():
+    mean, _ = probe_accuracy(*two_modalities(shift=3.0))
+    assert mean > 0.95
+
+
+def test_probe_is_repeatable_with_its_seed():
+    features, targets = two_modalities(shift=0.3)
+    assert probe_accuracy(features, targets, seed=1) == probe_accuracy(features, targets, seed=1)
+
+
+def test_features_reproduce_the_runs_test_predictions(toy_run):
+    folder, output = toy_run
+    _, data = load_run(output)
+    features = feature_parts(output, data)
+    for prefix in PREFIXES:
+        parts = features[prefix]
+        test_rows = np.load(os.path.join(folder, "test_idx.npy"))
+        for part in PARTS:
+            assert parts[part].shape == (len(test_rows), 256) and np.isfinite(parts[part]).all()
+        saved = np.load(os.path.join(output, f"test_predictions_{prefix}.npy"))
+        np.testing.assert_array_equal(data.classes[parts["predicted"]], saved)
+        np.testing.assert_array_equal(parts["labels"], data.labels[test_rows])
+
+
+def copy_run(output, destination):
+    """A copy of the run folder's files (not its figures or probes), so a test starts from a clean run."""
+    destination.mkdir()
+    for name in os.listdir(output):
+        if os.path.isfile(os.path.join(output, name)) and name != PROBES_FILE:
+            with open(os.path.join(output, name), "rb") as handle:
+                (destination / name).write_bytes(handle.read())
+    return str(destination)
+
+
+def test_probes_are_written_and_printed(toy_run, tmp_path, capsys):
+    output = copy_run(toy_run[1], tmp_path / "run")
+    assert main([output, "--no-figures"]) == 0
+    with open(os.path.join(output, PROBES_FILE)) as handle:
+        probes = json.load(handle)
+    for part in PARTS:
+        assert 0 <= probes["modality"][part]["mean"] <= 1
+        for prefix in PREFIXES:
+            assert 0 <= probes["class"][prefix][part]["mean"] <= 1
+    # lenet and MLP features after 2 epochs: the modality-specific parts tell the modalities apart
+    assert probes["modality"]["informative"]["mean"] > 0.9
+    assert probes["rows"]["modality"] == 2 * probes["rows"]["IMG"]
+    assert probes["chance"]["modality"] == 0.5
+    printed = capsys.readouterr().out
+    assert f"{probes['modality']['invariant']['mean']:.3f}" in printed and "irrelevant" in printed
+    assert not os.path.exists(os.path.join(output, "figures"))
+
+
+def test_figures_are_valid_pngs(toy_run):
+    pytest.importorskip("matplotlib")
+    _, output = toy_run
+    assert main([output, "--no-probes"]) == 0
+    for name in FIGURES:
+        with open(os.path.join(output, "figures", name), "rb") as handle:
+            content = handle.read()
+        assert content[:8] == PNG_SIGNATURE, name
+        assert len(content) > 10_000, name  # a drawn figure, not an empty canvas
+
+
+def test_without_matplotlib_the_figures_are_skipped_and_the_probes_run(toy_run, tmp_path, monkeypatch, capsys):
+    copy = copy_run(toy_run[1], tmp_path / "run")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    assert main([copy]) == 0
+    assert MISSING_MATPLOTLIB in capsys.readouterr().out and "pip install matplotlib" in MISSING_MATPLOTLIB
+    assert os.path.isfile(os.path.join(copy, PROBES_FILE)) and not os.path.exists(os.path.join(copy, "figures"))
+
+
+def test_a_folder_without_a_run_is_refused_in_one_line(tmp_path, capsys):
+    before = folder_snapshot(tmp_path)
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "results.json" in err
+    assert folder_snapshot(tmp_path) == before
+
+
+def test_a_moved_data_folder_is_found_with_data_and_a_changed_one_refused(toy_run, tmp_path):
+    folder, output = toy_run
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in os.listdir(folder):
+        if name.endswith(".npy"):
+            (moved / name).write_bytes((Path(folder) / name).read_bytes())
+    _, data = load_run(output, str(moved))
+    assert data.directory == str(moved)
+    labels = np.load(moved / "labels.npy")
+    np.save(moved / "labels.npy", np.roll(labels, 1))  # same classes and shapes, labels on other rows
+    with pytest.raises(DataError, match="changed since training"):
+        load_run(output, str(moved))
