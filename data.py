@@ -86,7 +86,7 @@ class DataFolder:
         }
 
 
-def _load_npy(path: str, what: str) -> np.ndarray:
+def load_npy(path: str, what: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found ({what} expected here)")
     try:
@@ -108,7 +108,7 @@ def _load_npy(path: str, what: str) -> np.ndarray:
 
 
 def _load_index(path: str, num_rows: int) -> np.ndarray:
-    index = _load_npy(path, "an array of row numbers")
+    index = load_npy(path, "an array of row numbers")
     if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
         raise DataError(f"{path}: row numbers must be a 1-D integer array, got shape {index.shape} dtype {index.dtype}")
     index = np.asarray(index, dtype=np.int64)
@@ -141,7 +141,7 @@ def _check_finite(array: np.ndarray, rows: np.ndarray, path: str) -> None:
 
 def _load_modality(directory: str, prefix: str, encoder: str, num_rows: int) -> Modality:
     path = array_path(directory, prefix)
-    array = _load_npy(path, f"the {prefix} modality array (N, C, H, W), (N, C, L) or (N, F)")
+    array = load_npy(path, f"the {prefix} modality array (N, C, H, W), (N, C, L) or (N, F)")
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise DataError(f"{path}: dtype {array.dtype} is not numeric; integers or floats are expected")
     if array.ndim not in (2, 3, 4):
@@ -178,7 +178,7 @@ def load_data_folder(directory: str, first_prefix: str, second_prefix: str,
         raise DataError(f"{array_path(directory, first_prefix)}: prefix {first_prefix!r} given twice; "
                         "two different modalities are expected")
     labels_path = os.path.join(directory, "labels.npy")
-    raw_labels = _load_npy(labels_path, "the (N,) integer labels")
+    raw_labels = load_npy(labels_path, "the (N,) integer labels")
     if raw_labels.ndim != 1 or not np.issubdtype(raw_labels.dtype, np.integer):
         raise DataError(f"{labels_path}: labels must be a 1-D integer array, got shape {raw_labels.shape} "
                         f"dtype {raw_labels.dtype}")

@@ -1,21 +1,21 @@
-"""Configuration, training, evaluation and outputs of a DisCoM-KD run.
+"""Configuration, training, evaluation and the run of DisCoM-KD.
 
 `run(config, directory, first_prefix, second_prefix)` is the whole job behind
-`main_DisCoM-KD.py`; the data folder is read and checked by `data.py`, the model and losses
-live in `model_pytorch.py`. This module knows no command line.
+`main_DisCoM-KD.py`; the data folder is read and checked by `data.py`, the files a run writes
+(results, checkpoints, resumable state) by `outputs.py`, and the model and losses live in
+`model_pytorch.py`. This module knows no command line. `load_modality_classifier`,
+`atomic_write` and the other file helpers are re-exported here for callers of `functions`.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import random
 import signal
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,9 +27,10 @@ from sklearn.metrics import accuracy_score, f1_score
 from data import (AUGMENTATIONS, DEFAULT_AUGMENTATION, DataError, DataFolder, Prefetcher, RowSource, augment,
                   epoch_positions, load_data_folder)
 from model_pytorch import LOSS_TERMS, DisCoMKD, ModalityBranch, discomkd_losses
+from outputs import (RESULTS_FILE, STATE_FILE, TEMPORARY_PREFIX, atomic_write, checkpoint_path,  # noqa: F401
+                     load_modality_classifier, load_state, prepare_output, restore_rng, save_checkpoint, save_npy,
+                     save_state, write_json)
 
-CHECKPOINT_FORMAT = "discomkd-modality/1"
-RESULTS_FILE = "results.json"
 
 
 def _option(default, help_text: str, **metadata):
@@ -131,91 +132,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-# ----------------------------------------------------------------------------- files
-def atomic_write(path: str, write) -> None:
-    """Calls `write(temporary_path)`, then renames onto `path`: readers see the old or the new file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(handle)
-    try:
-        # mkstemp makes the file private (0600); give it the permissions a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
-
-
-def write_json(path: str, payload: dict) -> None:
-    def write(temporary):
-        with open(temporary, "w") as handle:
-            json.dump(payload, handle, indent=1)
-
-    atomic_write(path, write)
-
-
-def prepare_output(config: Config, directory: str, first_prefix: str, second_prefix: str) -> str:
-    """The output folder's path; refuses a folder holding files unless `overwrite` is set."""
-    output = config.output or os.path.join(directory, f"DisCoM-KD_{first_prefix}_{second_prefix}")
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise DataError(f"{output}: exists and is not a folder")
-    if os.path.isdir(output) and os.listdir(output) and not config.overwrite:
-        raise DataError(f"{output}: output folder already holds files (an earlier run?); "
-                        "pass --overwrite to replace them or --output to choose another folder")
-    return output
-
-
-def checkpoint_path(output: str, prefix: str) -> str:
-    return os.path.join(output, f"best_{prefix}.pt")
-
-
-def save_checkpoint(path: str, branch: ModalityBranch, prefix: str, position: int, classes: np.ndarray,
-                    config: Config, epoch: int, metrics: dict) -> None:
-    """A checkpoint that classifies one modality alone: weights plus all inference needs to know."""
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "prefix": prefix,
-        "position": position,
-        "input_shape": list(branch.input_shape),
-        "encoder": branch.encoder,
-        "classes": [int(c) for c in classes],
-        "config": dataclasses.asdict(config),
-        "epoch": epoch,
-        "metrics": metrics,
-        "state_dict": {k: v.detach().cpu() for k, v in branch.state_dict().items()},
-    }
-    atomic_write(path, lambda temporary: torch.save(payload, temporary))
-
-
-def load_modality_classifier(path: str, device: torch.device | str = "cpu") -> tuple[ModalityBranch, dict]:
-    """Loads a `best_<PREFIX>.pt` checkpoint (weights only, no pickled code) in eval mode.
-
-    Returns:
-        (branch, checkpoint): the single-modality classifier and the checkpoint's metadata.
-    """
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a file that is not a safe checkpoint
-        raise DataError(f"{path}: not a loadable DisCoM-KD checkpoint ({type(error).__name__})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(f"{path}: not a DisCoM-KD modality checkpoint (format {CHECKPOINT_FORMAT} expected)")
-    try:
-        branch = ModalityBranch(tuple(checkpoint["input_shape"]), len(checkpoint["classes"]), checkpoint["encoder"])
-        branch.load_state_dict(checkpoint["state_dict"])
-    except KeyError as error:
-        raise DataError(f"{path}: checkpoint field {error} missing") from None
-    except (AssertionError, RuntimeError, TypeError, ValueError) as error:
-        # load_state_dict lists every mismatch on its own line; the first one tells what differs
-        detail = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error).strip())
-        raise DataError(f"{path}: the weights do not fit the checkpoint's own description (encoder "
-                        f"{checkpoint.get('encoder')!r}, input {checkpoint.get('input_shape')}): {detail[:200]}") from None
-    return branch.to(device).eval(), checkpoint
 
 
 # ----------------------------------------------------------------------------- training
@@ -456,10 +372,6 @@ class Interrupted(RuntimeError):
     """The run was stopped by a signal after saving a resumable state."""
 
 
-STATE_FILE = "state.pt"
-STATE_FORMAT = "discomkd-state/1"
-
-
 class StopRequest:
     """Turns SIGINT/SIGTERM into a flag read between training steps, so the step in flight finishes
     and a consistent state can be saved. `extra()`, if given, also requests a stop (tests use it)."""
@@ -484,53 +396,6 @@ class StopRequest:
     def __exit__(self, *exc):
         for number, handler in self._previous.items():
             signal.signal(number, handler)
-
-
-def _rng_state(trainer: Trainer) -> dict:
-    numpy_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "generator": trainer.generator.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if trainer.device.type == "cuda" else [],
-            # numpy and Python states as tensors and lists, so the state loads with weights_only=True
-            "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
-            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
-
-
-def _restore_rng(state: dict, trainer: Trainer) -> None:
-    torch.set_rng_state(state["torch"])
-    trainer.generator.set_state(state["generator"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    kind, key, *rest = state["numpy"]
-    np.random.set_state((kind, key.numpy().astype(np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def save_state(output: str, trainer: Trainer, epoch: int, progress: EpochProgress | None, results: dict,
-               best: dict, test_predictions: dict) -> None:
-    """Writes state.pt: everything needed to continue at `epoch` (mid-epoch when `progress` is given)."""
-    payload = {
-        "format": STATE_FORMAT, "epoch": epoch, "results": results, "best": best,
-        "test_predictions": {p: torch.from_numpy(np.asarray(v)) for p, v in test_predictions.items()},
-        "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(), "rng": _rng_state(trainer),
-        "progress": None if progress is None else {
-            "bounds": [list(b) for b in progress.bounds], "positions": [p.cpu() for p in progress.positions],
-            "step": progress.step, "sums": progress.sums.cpu()},
-    }
-    atomic_write(os.path.join(output, STATE_FILE), lambda temporary: torch.save(payload, temporary))
-
-
-def load_state(run_folder: str) -> dict:
-    path = os.path.join(run_folder, STATE_FILE)
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: not found; nothing to resume in {run_folder} (finished runs keep no state)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a file that is not a safe state
-        raise DataError(f"{path}: not a loadable DisCoM-KD state ({type(error).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise DataError(f"{path}: not a DisCoM-KD state (format {STATE_FORMAT} expected)")
-    return state
 
 
 def run(config: Config, directory: str, first_prefix: str, second_prefix: str, log=print,
@@ -569,6 +434,9 @@ def resume(run_folder: str, log=print, should_stop=None) -> dict:
     if data.describe() != described or results.get("data_fingerprint") != data_fingerprint(data):
         raise DataError(f"{described['directory']}: the data folder changed since the run started "
                         "(shapes, splits, classes or labels differ); cannot resume")
+    for name in os.listdir(run_folder):
+        if name.startswith(TEMPORARY_PREFIX):  # left by a write that a kill cut short: never a final name
+            os.remove(os.path.join(run_folder, name))
     return _train(config, data, run_folder, state, log, should_stop)
 
 
@@ -594,7 +462,7 @@ def _train(config: Config, data: DataFolder, output: str, state: dict | None, lo
         test_predictions = {p: v.numpy() for p, v in state["test_predictions"].items()}
         trainer.model.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
-        _restore_rng(state["rng"], trainer)
+        restore_rng(state["rng"], trainer)
         saved = state["progress"]
         progress = None if saved is None else EpochProgress(
             [tuple(b) for b in saved["bounds"]], [p.to(s.index_device) for p, s in zip(saved["positions"], trainer.sources)], saved["step"], saved["sums"].to(device))
@@ -688,7 +556,7 @@ def _train(config: Config, data: DataFolder, output: str, state: dict | None, lo
     for m, prefix in enumerate(prefixes):
         user_labels = data.classes[test_predictions[prefix]]
         atomic_write(os.path.join(output, f"test_predictions_{prefix}.npy"),
-                     lambda temporary, values=user_labels: _save_npy(temporary, values))
+                     lambda temporary, values=user_labels: save_npy(temporary, values))
         results["final"][prefix]["test_rows"] = int(len(data.modalities[m].splits["test"]))
     results["status"] = "finished"
     results["training_seconds"] = sum(h["train_seconds"] + h["eval_seconds"] for h in results["history"])
@@ -699,8 +567,3 @@ def _train(config: Config, data: DataFolder, output: str, state: dict | None, lo
     log(summary_table(results["final"]))
     log(f"(test metrics at each modality's best validation epoch; outputs in {output})")
     return results
-
-
-def _save_npy(path: str, values: np.ndarray) -> None:
-    with open(path, "wb") as handle:  # a file handle, so numpy does not append .npy to the temporary name
-        np.save(handle, values)

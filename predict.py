@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix
 
-from data import DataError, Prefetcher, _load_npy
-from functions import (_save_npy, atomic_write, autocast_context, classification_metrics,
-                       load_modality_classifier, resolve_device)
+from data import DataError, Prefetcher, load_npy
+from functions import autocast_context, classification_metrics, resolve_device
 from model_pytorch import ModalityBranch
+from outputs import atomic_write, load_modality_classifier, save_npy
 
 DEFAULT_BATCH_SIZE = 512  # the training run's evaluation batch size (Config.eval_batch_size)
 
@@ -106,7 +106,7 @@ def output_paths(prefix: str) -> tuple[str, str]:
 
 
 def _load_integer_vector(path: str, what: str) -> np.ndarray:
-    values = _load_npy(path, what)
+    values = load_npy(path, what)
     if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
         raise DataError(f"{path}: {what} must be a 1-D integer array, got shape {values.shape} dtype {values.dtype}")
     return np.asarray(values, dtype=np.int64)
@@ -114,7 +114,7 @@ def _load_integer_vector(path: str, what: str) -> np.ndarray:
 
 def load_input(path: str, input_shape: tuple[int, ...], checkpoint_path: str) -> np.ndarray:
     """The memory-mapped input array, checked against the checkpoint's per-sample shape."""
-    array = _load_npy(path, f"an (N, {', '.join(map(str, input_shape))}) array of samples")
+    array = load_npy(path, f"an (N, {', '.join(map(str, input_shape))}) array of samples")
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise DataError(f"{path}: dtype {array.dtype} is not numeric; integers or floats are expected")
     if array.ndim == 0 or tuple(array.shape[1:]) != tuple(input_shape):
@@ -221,8 +221,8 @@ def run_prediction(args: argparse.Namespace) -> None:
         raise DataError(f"{args.input}: {error}") from None
     values = classes[predicted]
     # the larger file first: if the disk fills up, neither output is left behind
-    atomic_write(probabilities_path, lambda temporary: _save_npy(temporary, probabilities))
-    atomic_write(classes_path, lambda temporary: _save_npy(temporary, values))
+    atomic_write(probabilities_path, lambda temporary: save_npy(temporary, probabilities))
+    atomic_write(classes_path, lambda temporary: save_npy(temporary, values))
     print(f"{checkpoint['prefix']} (epoch {checkpoint['epoch']}, encoder {checkpoint['encoder']}, classes "
           f"{classes.tolist()}): predicted {count} rows on {device}; wrote {classes_path} and {probabilities_path}")
     if labels is not None:

@@ -1,0 +1,169 @@
+"""The files a DisCoM-KD run writes, all atomically: results, checkpoints, predictions, state.
+
+`results.json` and `best_<PREFIX>.pt` are the run's results; `state.pt` is the resumable state of
+an unfinished run. Everything loads with `torch.load(..., weights_only=True)`: no pickled code.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import tempfile
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from data import DataError
+from model_pytorch import ModalityBranch
+
+if TYPE_CHECKING:  # annotations only: functions imports this module
+    from functions import Config, EpochProgress, Trainer
+
+CHECKPOINT_FORMAT = "discomkd-modality/1"
+RESULTS_FILE = "results.json"
+TEMPORARY_PREFIX = ".tmp-"  # atomic_write's temporary files: hidden, and never a final name
+
+
+def atomic_write(path: str, write) -> None:
+    """Calls `write(temporary_path)`, then renames onto `path`: readers see the old or the new file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX, suffix=os.path.basename(path))
+    os.close(handle)
+    try:
+        # mkstemp makes the file private (0600); give it the permissions a plain open() would
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+
+
+def write_json(path: str, payload: dict) -> None:
+    def write(temporary):
+        with open(temporary, "w") as handle:
+            json.dump(payload, handle, indent=1)
+
+    atomic_write(path, write)
+
+
+def prepare_output(config: Config, directory: str, first_prefix: str, second_prefix: str) -> str:
+    """The output folder's path; refuses a folder holding files unless `overwrite` is set."""
+    output = config.output or os.path.join(directory, f"DisCoM-KD_{first_prefix}_{second_prefix}")
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise DataError(f"{output}: exists and is not a folder")
+    if os.path.isdir(output) and os.listdir(output) and not config.overwrite:
+        raise DataError(f"{output}: output folder already holds files (an earlier run?); "
+                        "pass --overwrite to replace them or --output to choose another folder")
+    return output
+
+
+def checkpoint_path(output: str, prefix: str) -> str:
+    return os.path.join(output, f"best_{prefix}.pt")
+
+
+def save_checkpoint(path: str, branch: ModalityBranch, prefix: str, position: int, classes: np.ndarray,
+                    config: Config, epoch: int, metrics: dict) -> None:
+    """A checkpoint that classifies one modality alone: weights plus all inference needs to know."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "prefix": prefix,
+        "position": position,
+        "input_shape": list(branch.input_shape),
+        "encoder": branch.encoder,
+        "classes": [int(c) for c in classes],
+        "config": dataclasses.asdict(config),
+        "epoch": epoch,
+        "metrics": metrics,
+        "state_dict": {k: v.detach().cpu() for k, v in branch.state_dict().items()},
+    }
+    atomic_write(path, lambda temporary: torch.save(payload, temporary))
+
+
+def load_modality_classifier(path: str, device: torch.device | str = "cpu") -> tuple[ModalityBranch, dict]:
+    """Loads a `best_<PREFIX>.pt` checkpoint (weights only, no pickled code) in eval mode.
+
+    Returns:
+        (branch, checkpoint): the single-modality classifier and the checkpoint's metadata.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a safe checkpoint
+        raise DataError(f"{path}: not a loadable DisCoM-KD checkpoint ({type(error).__name__})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise DataError(f"{path}: not a DisCoM-KD modality checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    try:
+        branch = ModalityBranch(tuple(checkpoint["input_shape"]), len(checkpoint["classes"]), checkpoint["encoder"])
+        branch.load_state_dict(checkpoint["state_dict"])
+    except KeyError as error:
+        raise DataError(f"{path}: checkpoint field {error} missing") from None
+    except (AssertionError, RuntimeError, TypeError, ValueError) as error:
+        # load_state_dict lists every mismatch on its own line; the first one tells what differs
+        detail = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error).strip())
+        raise DataError(f"{path}: the weights do not fit the checkpoint's own description (encoder "
+                        f"{checkpoint.get('encoder')!r}, input {checkpoint.get('input_shape')}): {detail[:200]}") from None
+    return branch.to(device).eval(), checkpoint
+
+
+# ----------------------------------------------------------------------------- resumable state
+STATE_FILE = "state.pt"
+STATE_FORMAT = "discomkd-state/1"
+
+
+def rng_state(trainer: Trainer) -> dict:
+    """Every random number generator a run draws from, in types that load with weights_only=True."""
+    numpy_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "generator": trainer.generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if trainer.device.type == "cuda" else [],
+            # numpy and Python states as tensors and lists, so the state loads with weights_only=True
+            "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+
+
+def restore_rng(state: dict, trainer: Trainer) -> None:
+    torch.set_rng_state(state["torch"])
+    trainer.generator.set_state(state["generator"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, key, *rest = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_state(output: str, trainer: Trainer, epoch: int, progress: EpochProgress | None, results: dict,
+               best: dict, test_predictions: dict) -> None:
+    """Writes state.pt: everything needed to continue at `epoch` (mid-epoch when `progress` is given)."""
+    payload = {
+        "format": STATE_FORMAT, "epoch": epoch, "results": results, "best": best,
+        "test_predictions": {p: torch.from_numpy(np.asarray(v)) for p, v in test_predictions.items()},
+        "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(), "rng": rng_state(trainer),
+        "progress": None if progress is None else {
+            "bounds": [list(b) for b in progress.bounds], "positions": [p.cpu() for p in progress.positions],
+            "step": progress.step, "sums": progress.sums.cpu()},
+    }
+    atomic_write(os.path.join(output, STATE_FILE), lambda temporary: torch.save(payload, temporary))
+
+
+def load_state(run_folder: str) -> dict:
+    path = os.path.join(run_folder, STATE_FILE)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: not found; nothing to resume in {run_folder} (finished runs keep no state)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a safe state
+        raise DataError(f"{path}: not a loadable DisCoM-KD state ({type(error).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise DataError(f"{path}: not a DisCoM-KD state (format {STATE_FORMAT} expected)")
+    return state
+
+
+def save_npy(path: str, values: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # a file handle, so numpy does not append .npy to the temporary name
+        np.save(handle, values)
