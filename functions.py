@@ -89,7 +89,8 @@ def add_config_arguments(parser, skip=()) -> None:
             parser.add_argument(flag, action="store_true", help=option.metadata["help"])
         else:
             kind = {"int": int, "float": float}.get(str(option.type), str)
-            parser.add_argument(flag, type=kind, default=option.default, help=option.metadata["help"])
+            parser.add_argument(flag, type=kind, default=option.default,
+                                help=f"{option.metadata['help']} (default: %(default)s)")
 
 
 def check_config(config: Config) -> None:
