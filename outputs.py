@@ -92,12 +92,7 @@ def load_modality_classifier(path: str, device: torch.device | str = "cpu") -> t
     Returns:
         (branch, checkpoint): the single-modality classifier and the checkpoint's metadata.
     """
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a file that is not a safe checkpoint
-        raise DataError(f"{path}: not a loadable DisCoM-KD checkpoint ({type(error).__name__})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(f"{path}: not a DisCoM-KD modality checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    checkpoint = _load_weights_only(path, CHECKPOINT_FORMAT, "checkpoint")
     try:
         branch = ModalityBranch(tuple(checkpoint["input_shape"]), len(checkpoint["classes"]), checkpoint["encoder"])
         branch.load_state_dict(checkpoint["state_dict"])
@@ -155,13 +150,19 @@ def load_state(run_folder: str) -> dict:
     path = os.path.join(run_folder, STATE_FILE)
     if not os.path.isfile(path):
         raise DataError(f"{path}: not found; nothing to resume in {run_folder} (finished runs keep no state)")
+    return _load_weights_only(path, STATE_FORMAT, "state")
+
+
+def _load_weights_only(path: str, expected_format: str, what: str) -> dict:
+    """torch.load with weights_only=True (tensors and plain containers, never pickled code), and a
+    check of the file's `format` field; any failure is one DataError line naming the file."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a file that is not a safe state
-        raise DataError(f"{path}: not a loadable DisCoM-KD state ({type(error).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise DataError(f"{path}: not a DisCoM-KD state (format {STATE_FORMAT} expected)")
-    return state
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a safe payload
+        raise DataError(f"{path}: not a loadable DisCoM-KD {what} ({type(error).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != expected_format:
+        raise DataError(f"{path}: not a DisCoM-KD {what} (format {expected_format} expected)")
+    return payload
 
 
 def save_npy(path: str, values: np.ndarray) -> None:

@@ -1,6 +1,5 @@
 """Interrupt and resume: a resumed run is the uninterrupted run, bit for bit; SIGINT through the CLI."""
 import dataclasses
-import json
 import os
 import random
 import signal
@@ -14,7 +13,7 @@ import torch
 
 import functions
 from functions import STATE_FILE, Config, Interrupted, resume, run
-from toy import folder_snapshot, write_toy_folder
+from toy import folder_snapshot, quiet, read_results, write_toy_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIXES = ("IMG", "VEC")
@@ -24,15 +23,6 @@ EPOCHS = 4
 # Image augmentation and the MLP's dropout stay on: both draw random numbers, which resuming must restore.
 CONFIG = Config(epochs=EPOCHS, batch_size=16, encoder_first="lenet", learning_rate=2e-3, device="cpu", verbose=0)
 CLI_OPTIONS = ["--batch-size", "16", "--encoder-first", "lenet", "--learning-rate", "2e-3", "--device", "cpu"]
-
-
-def quiet(*_):
-    pass
-
-
-def read_results(output):
-    with open(os.path.join(output, "results.json")) as handle:
-        return json.load(handle)
 
 
 @pytest.fixture(scope="module")

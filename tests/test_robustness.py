@@ -21,20 +21,11 @@ from data import DataError, array_path, stratified_split
 from functions import Config, TrainingError, run
 from model_pytorch import LOSS_TERMS, ModalityBranch
 from outputs import CHECKPOINT_FORMAT, STATE_FILE, load_modality_classifier, load_state, save_checkpoint
-from toy import toy_arrays, write_toy_folder
+from toy import quiet, read_results, toy_arrays, write_toy_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIXES = ("IMG", "VEC")
 CLI_OPTIONS = ["--batch-size", "16", "--encoder-first", "lenet", "--learning-rate", "2e-3", "--device", "cpu"]
-
-
-def quiet(*_):
-    pass
-
-
-def read_results(output):
-    with open(os.path.join(output, "results.json")) as handle:
-        return json.load(handle)
 
 
 def one_error_line(err: str) -> str:

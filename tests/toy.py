@@ -1,6 +1,7 @@
 """Toy data folders for the tests, written by the same layout rules the suite reads (data.py)."""
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -46,3 +47,13 @@ def folder_snapshot(folder) -> dict[str, int]:
     """Every file under `folder` with its size: compare before/after to prove nothing was written."""
     return {os.path.join(root, name): os.path.getsize(os.path.join(root, name))
             for root, _, names in os.walk(folder) for name in names}
+
+
+def read_results(output) -> dict:
+    """The results.json of a run folder."""
+    with open(os.path.join(output, "results.json")) as handle:
+        return json.load(handle)
+
+
+def quiet(*_) -> None:
+    """A `log` that prints nothing."""
