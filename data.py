@@ -24,7 +24,8 @@ import torch
 from model_pytorch import ENCODER_RANK, MIN_INPUT_SIZE
 
 SPLITS = ("train", "valid", "test")
-# Rows checked for NaN/Inf per read, so checking an array larger than memory stays bounded.
+# Bytes read from a memory map at once (finiteness checks, copies to the device), so an array
+# larger than memory is handled in bounded pieces.
 _CHECK_CHUNK_BYTES = 64 << 20
 
 
@@ -246,8 +247,12 @@ class RowSource:
         # batches are indexed on the device when the data lives there, on the host otherwise
         self.index_device = device if resident else torch.device("cpu")
         if resident:
-            host = torch.from_numpy(np.ascontiguousarray(array[self.rows])).to(storage_dtype)
-            self.data = host.to(device)
+            self.data = torch.empty((len(self.rows),) + tuple(array.shape[1:]), dtype=storage_dtype, device=device)
+            # copied in bounded chunks, so the host never holds more than one chunk of a large array
+            chunk = max(1, _CHECK_CHUNK_BYTES // max(1, array.itemsize * int(np.prod(array.shape[1:]))))
+            for start in range(0, len(self.rows), chunk):
+                block = torch.from_numpy(np.ascontiguousarray(array[self.rows[start:start + chunk]]))
+                self.data[start:start + chunk] = block.to(device=device, dtype=storage_dtype)
 
     def positions(self, rows: np.ndarray) -> torch.Tensor:
         """Positions of the user's row numbers `rows` within this source, on `index_device`."""
