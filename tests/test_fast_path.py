@@ -41,9 +41,19 @@ def test_bf16_autocast_follows_the_fp32_trajectory(folder, tmp_path):
     assert bf16[-1]["total"] < bf16[0]["total"]
 
 
+def test_compiled_graph_of_the_step_is_the_eager_step(folder, tmp_path, monkeypatch):
+    """torch.compile's capture of the step (the graph, the GRL, autograd) with the aot_eager backend,
+    which runs the captured graph with eager kernels: the trajectory must be bit-identical."""
+    compile_function = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda function, mode=None: compile_function(function, backend="aot_eager"))
+    eager, _ = _history(folder, tmp_path / "eager", compile="no")
+    compiled, _ = _history(folder, tmp_path / "compiled", compile="yes")
+    assert compiled == eager
+
+
 @pytest.mark.skipif(not os.environ.get("DISCOMKD_SLOW_TESTS"),
-                    reason="torch.compile on a 2-core CPU takes minutes; set DISCOMKD_SLOW_TESTS=1")
-def test_compiled_step_follows_the_eager_trajectory(folder, tmp_path, monkeypatch):
+                    reason="torch.compile's inductor on a 2-core CPU takes minutes; set DISCOMKD_SLOW_TESTS=1")
+def test_inductor_compiled_step_stays_close_to_the_eager_trajectory(folder, tmp_path, monkeypatch):
     import torch._inductor.config
 
     # compiled dropout draws from inductor's own generator unless told to use eager's random numbers
@@ -52,8 +62,10 @@ def test_compiled_step_follows_the_eager_trajectory(folder, tmp_path, monkeypatc
     compiled, _ = _history(folder, tmp_path / "compiled", compile="yes")
     for epoch_eager, epoch_compiled in zip(eager, compiled):
         for term, value in epoch_eager.items():
-            # fused kernels reorder float sums: agreement to float32 rounding, amplified by training
-            assert epoch_compiled[term] == pytest.approx(value, rel=1e-3, abs=1e-4), term
+            # Measured on a 2-core CPU: cl, aux and adv within 0.3%, mod and perp drifting by up to 2% at
+            # epoch 3. The aot_eager test above shows the captured graph is the eager step exactly, so the
+            # drift comes from inductor's generated kernels, amplified by training.
+            assert epoch_compiled[term] == pytest.approx(value, rel=0.04, abs=1e-3), term
 
 
 def test_benchmark_reports_timings_for_both_paths(tmp_path):
