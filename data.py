@@ -26,7 +26,7 @@ from model_pytorch import ENCODER_RANK, MIN_INPUT_SIZE
 SPLITS = ("train", "valid", "test")
 # Bytes read from a memory map at once (finiteness checks, copies to the device), so an array
 # larger than memory is handled in bounded pieces.
-_CHECK_CHUNK_BYTES = 64 << 20
+_CHUNK_BYTES = 64 << 20
 
 
 class DataError(ValueError):
@@ -130,7 +130,7 @@ def _check_finite(array: np.ndarray, rows: np.ndarray, path: str) -> None:
     if not np.issubdtype(array.dtype, np.floating):
         return
     row_bytes = max(1, array.itemsize * int(np.prod(array.shape[1:])))
-    chunk = max(1, _CHECK_CHUNK_BYTES // row_bytes)
+    chunk = max(1, _CHUNK_BYTES // row_bytes)
     rows = np.sort(rows)
     for start in range(0, len(rows), chunk):
         block = array[rows[start:start + chunk]]
@@ -249,7 +249,7 @@ class RowSource:
         if resident:
             self.data = torch.empty((len(self.rows),) + tuple(array.shape[1:]), dtype=storage_dtype, device=device)
             # copied in bounded chunks, so the host never holds more than one chunk of a large array
-            chunk = max(1, _CHECK_CHUNK_BYTES // max(1, array.itemsize * int(np.prod(array.shape[1:]))))
+            chunk = max(1, _CHUNK_BYTES // max(1, array.itemsize * int(np.prod(array.shape[1:]))))
             for start in range(0, len(self.rows), chunk):
                 block = torch.from_numpy(np.ascontiguousarray(array[self.rows[start:start + chunk]]))
                 self.data[start:start + chunk] = block.to(device=device, dtype=storage_dtype)
