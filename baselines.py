@@ -8,7 +8,7 @@
   non-target-class (NCKD) terms.
 
 The encoders are DisCoM-KD's own (`model_pytorch.build_encoder`), so only the method differs.
-Training lives in `compare.py`.
+How each is trained is its spec in `methods.py`.
 """
 from __future__ import annotations
 
@@ -29,9 +29,6 @@ DKD_WARMUP_EPOCHS = 20
 # Subtracted from the target logit (after dividing by T) so that its probability underflows to 0 while
 # every log-probability stays finite (-inf would make the KL's 0 * log 0 a NaN).
 _MASK_OFFSET = 1000.0
-
-STUDENT_METHODS = ("mono", "kd", "dkd")
-
 
 class Prediction(NamedTuple):
     logits: torch.Tensor  # (B, K)
@@ -58,6 +55,7 @@ class MultiModalTeacher(nn.Module):
 
     def __init__(self, input_shapes, num_classes: int, encoders):
         super().__init__()
+        self.input_shapes, self.encoder_kinds = [tuple(s) for s in input_shapes], list(encoders)
         self.encoders = nn.ModuleList(
             [build_encoder(kind, tuple(shape)) for shape, kind in zip(input_shapes, encoders)])
         self.classifier = nn.Linear(FEATURE_DIM, num_classes)
@@ -107,24 +105,3 @@ def dkd_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, label
     nckd = F.kl_div(non_target_log_probabilities(student_logits), non_target_log_probabilities(teacher_logits),
                     reduction="batchmean", log_target=True)
     return {"tckd": tckd * temperature ** 2, "nckd": nckd * temperature ** 2}
-
-
-def student_losses(method: str, student_logits: torch.Tensor, labels: torch.Tensor,
-                   teacher_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """The raw loss terms of a single-modality student: {"ce"} for mono, + {"kd"} or {"tckd", "nckd"}."""
-    terms = {"ce": F.cross_entropy(student_logits.float(), labels)}
-    if method == "kd":
-        terms["kd"] = kd_loss(student_logits, teacher_logits)
-    elif method == "dkd":
-        terms.update(dkd_losses(student_logits, teacher_logits, labels))
-    return terms
-
-
-def student_loss_weights(method: str, epoch: int) -> dict[str, float]:
-    """Weight of each of `student_losses`' terms at `epoch` (1-based); DKD's part is warmed up linearly."""
-    if method == "mono":
-        return {"ce": 1.0}
-    if method == "kd":
-        return {"ce": 1.0, "kd": 1.0}
-    warmup = min(epoch / DKD_WARMUP_EPOCHS, 1.0)
-    return {"ce": 1.0, "tckd": DKD_ALPHA * warmup, "nckd": DKD_BETA * warmup}

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from data import array_path, load_data_folder, stratified_split
-from functions import Config, build_trainer, evaluate, resolve_device, seed_everything, start_epoch, train_one_epoch
+from functions import (Config, build_trainer, evaluate, plain_path, resolve_device, seed_everything, start_epoch,
+                       train_one_epoch)
 
 # EuroSAT as the authors prepare it: 13-band multispectral and 2-band SAR 64x64 patches, 10 classes.
 SHAPES = {
@@ -73,12 +74,12 @@ def measure(config: Config, folder: str, epochs: int) -> dict:
         torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(device)
     trainer = build_trainer(config, data, device)
-    data_bytes = sum(s.data.numel() * s.data.element_size() for s in trainer.sources if s.resident)
+    data_bytes = sum(s.data.numel() * s.data.element_size() for s in trainer.sources.values() if s.resident)
     train_seconds, eval_seconds = [], []
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         _synchronize(device)
         start = time.perf_counter()
-        train_one_epoch(trainer, start_epoch(trainer))  # returns after reading the losses: synchronised
+        train_one_epoch(trainer, epoch, start_epoch(trainer))  # returns after reading the losses: synchronised
         middle = time.perf_counter()
         evaluate(trainer, data)
         _synchronize(device)
@@ -87,15 +88,15 @@ def measure(config: Config, folder: str, epochs: int) -> dict:
     steady = slice(1, None) if epochs > 1 else slice(None)
     train_mean = float(np.mean(train_seconds[steady]))
     eval_mean = float(np.mean(eval_seconds[steady]))
-    pairs = max(len(p) for p in trainer.train_positions)
+    pairs = max(len(p) for p in trainer.train_positions.values())
     result = {
         "first_epoch_train_seconds": train_seconds[0], "first_epoch_eval_seconds": eval_seconds[0],
         "train_seconds_per_epoch": train_mean, "eval_seconds_per_epoch": eval_mean,
         "epoch_seconds": train_mean + eval_mean, "pairs_per_second": pairs / train_mean,
         "training_pairs": pairs, "steps_per_epoch": -(-pairs // config.batch_size),
         "all_train_seconds": train_seconds, "all_eval_seconds": eval_seconds,
-        "precision": trainer.precision, "compiled": trainer.step is not None,
-        "data_on_device": [s.resident for s in trainer.sources], "resident_data_gib": data_bytes / 2**30,
+        "precision": trainer.precision, "compiled": trainer.compiled_terms is not None,
+        "data_on_device": [s.resident for s in trainer.sources.values()], "resident_data_gib": data_bytes / 2**30,
     }
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
         report["data_generation_seconds"] = time.perf_counter() - started
         variants = {"fast": config}
         if args.compare_plain:
-            variants["plain"] = dataclasses.replace(config, compile="no", precision="fp32", data_on_device="no")
+            variants["plain"] = plain_path(config)
         for name, variant in variants.items():
             report["runs"][name] = result = measure(variant, folder, args.epochs)
             memory = (f"  peak GPU {result['peak_gpu_gib']:.2f} GiB (model side {result['peak_model_side_gib']:.2f}, "

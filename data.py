@@ -14,6 +14,7 @@ names the file, the problem and what was expected.
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from model_pytorch import ENCODER_RANK, MIN_INPUT_SIZE
+from model_pytorch import ENCODERS, default_encoder_for
 
 SPLITS = ("train", "valid", "test")
 # Bytes read from a memory map at once (finiteness checks, copies to the device), so an array
@@ -38,10 +39,10 @@ def array_path(directory: str, prefix: str) -> str:
 
 
 def default_encoder(prefix: str, sample_shape: tuple[int, ...]) -> str:
-    """Encoder chosen from the sample rank; the prefix MNIST selects LeNet, as the authors did."""
-    if len(sample_shape) == 3:
-        return "lenet" if prefix.upper() == "MNIST" else "resnet18"
-    return {2: "resnet1d", 1: "mlp"}[len(sample_shape)]
+    """Encoder chosen from the sample rank; the prefix MNIST selects LeNet for images, as the authors did."""
+    if len(sample_shape) == 3 and prefix.upper() == "MNIST":
+        return "lenet"
+    return default_encoder_for(sample_shape)
 
 
 @dataclass
@@ -72,6 +73,7 @@ class DataFolder:
     labels: np.ndarray  # (N,) int64 in 0..K-1
     classes: np.ndarray  # (K,) the user's label values; classes[k] is class k
     warnings: list[str] = field(default_factory=list)
+    splits_from: str | None = None  # the folder whose split files were read (None: the data folder)
 
     @property
     def num_classes(self) -> int:
@@ -80,6 +82,7 @@ class DataFolder:
     def describe(self) -> dict:
         return {
             "directory": self.directory,
+            "splits_from": self.splits_from or self.directory,
             "classes": self.classes.tolist(),
             "modalities": [{"prefix": m.prefix, "file": m.path, "sample_shape": list(m.sample_shape),
                             "dtype": str(m.array.dtype), "encoder": m.encoder,
@@ -108,21 +111,47 @@ def load_npy(path: str, what: str) -> np.ndarray:
         raise DataError(f"{path}: not a readable .npy array ({error})") from None
 
 
-def _load_index(path: str, num_rows: int) -> np.ndarray:
-    index = load_npy(path, "an array of row numbers")
+def _check_index(index: np.ndarray, name: str, num_rows: int) -> np.ndarray:
+    """Checks an array of row numbers (from a file or given in memory); `name` names it in errors."""
+    index = np.asarray(index)
     if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
-        raise DataError(f"{path}: row numbers must be a 1-D integer array, got shape {index.shape} dtype {index.dtype}")
+        raise DataError(f"{name}: row numbers must be a 1-D integer array, got shape {index.shape} dtype {index.dtype}")
     index = np.asarray(index, dtype=np.int64)
     if index.size == 0:
-        raise DataError(f"{path}: empty split; at least one row number is expected")
+        raise DataError(f"{name}: empty split; at least one row number is expected")
     if index.min() < 0:
-        raise DataError(f"{path}: negative row number {index.min()}; rows are 0..{num_rows - 1}")
+        raise DataError(f"{name}: negative row number {index.min()}; rows are 0..{num_rows - 1}")
     if index.max() >= num_rows:
-        raise DataError(f"{path}: row number {index.max()} out of range; rows are 0..{num_rows - 1}")
+        raise DataError(f"{name}: row number {index.max()} out of range; rows are 0..{num_rows - 1}")
     unique, counts = np.unique(index, return_counts=True)
     if len(unique) != len(index):
-        raise DataError(f"{path}: row {unique[counts > 1][0]} listed {counts.max()} times; each row at most once")
+        raise DataError(f"{name}: row {unique[counts > 1][0]} listed {counts.max()} times; each row at most once")
     return index
+
+
+def split_file_name(split: str, prefix: str | None = None) -> str:
+    """train_idx.npy, valid_idx.npy, test_idx.npy, or train_idx_<PREFIX>.npy (a modality's own)."""
+    return f"{split}_idx.npy" if prefix is None else f"{split}_idx_{prefix}.npy"
+
+
+def read_split_files(directory: str, prefixes) -> dict[str, np.ndarray]:
+    """The split files of a folder, as the `splits` argument of `load_data_folder` takes them:
+    {"train", "valid", "test", and "train_<PREFIX>" for each modality's own file}. Missing files are
+    left out (the loader names what it needed); unreadable ones raise `DataError`."""
+    names = {split: split_file_name(split) for split in SPLITS}
+    names.update({f"train_{prefix}": split_file_name("train", prefix) for prefix in prefixes})
+    return {key: load_npy(os.path.join(directory, name), "an array of row numbers")
+            for key, name in names.items() if os.path.lexists(os.path.join(directory, name))}
+
+
+def read_labels(path: str) -> np.ndarray:
+    """A (N,) integer label array from `path`; raises `DataError` naming the problem."""
+    labels = load_npy(path, "the (N,) integer labels")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: labels must be a 1-D integer array, got shape {labels.shape} dtype {labels.dtype}")
+    if labels.size == 0:
+        raise DataError(f"{path}: no labels")
+    return labels
 
 
 def _check_finite(array: np.ndarray, rows: np.ndarray, path: str) -> None:
@@ -154,22 +183,29 @@ def _load_modality(directory: str, prefix: str, encoder: str, num_rows: int) -> 
     if min(sample_shape) < 1:
         raise DataError(f"{path}: empty sample shape {sample_shape}")
     encoder = default_encoder(prefix, sample_shape) if encoder == "auto" else encoder
-    if encoder not in ENCODER_RANK:
-        raise DataError(f"{path}: unknown encoder {encoder!r}; expected auto or one of {', '.join(ENCODER_RANK)}")
-    rank = ENCODER_RANK[encoder]
+    if encoder not in ENCODERS:
+        raise DataError(f"{path}: unknown encoder {encoder!r}; expected auto or one of {', '.join(ENCODERS)}")
+    rank, min_size = ENCODERS[encoder].rank, ENCODERS[encoder].min_size
     if rank is not None and rank != len(sample_shape):
         raise DataError(f"{path}: encoder {encoder} reads samples of rank {rank}, this array's samples "
                         f"have shape {sample_shape}")
     spatial = sample_shape[1:] if rank is not None else ()
-    if spatial and min(spatial) < MIN_INPUT_SIZE[encoder]:
+    if spatial and min(spatial) < min_size:
         raise DataError(f"{path}: samples of shape {sample_shape} too small for encoder {encoder}, which needs "
-                        f"at least {MIN_INPUT_SIZE[encoder]} in each spatial dimension")
+                        f"at least {min_size} in each spatial dimension")
     return Modality(prefix, path, array, encoder, {})
 
 
 def load_data_folder(directory: str, first_prefix: str, second_prefix: str,
-                     encoders: tuple[str, str] = ("auto", "auto")) -> DataFolder:
-    """Loads and checks a data folder (see the module docstring); raises `DataError` on any problem."""
+                     encoders: tuple[str, str] = ("auto", "auto"), splits: dict[str, np.ndarray] | None = None,
+                     splits_name: str | None = None) -> DataFolder:
+    """Loads and checks a data folder (see the module docstring); raises `DataError` on any problem.
+
+    `splits`, if given, replaces the folder's split files: {"train", "valid", "test", and optionally
+    "train_<PREFIX>"} -> row numbers, checked as the files would be (`read_split_files` reads them
+    from another folder); `splits_name` names them in errors and is recorded as where they came
+    from (a folder holding them as files, for a later resume). The data folder is only read.
+    """
     if not os.path.isdir(directory):
         raise DataError(f"{directory}: data folder not found")
     for prefix in (first_prefix, second_prefix):
@@ -179,34 +215,44 @@ def load_data_folder(directory: str, first_prefix: str, second_prefix: str,
         raise DataError(f"{array_path(directory, first_prefix)}: prefix {first_prefix!r} given twice; "
                         "two different modalities are expected")
     labels_path = os.path.join(directory, "labels.npy")
-    raw_labels = load_npy(labels_path, "the (N,) integer labels")
-    if raw_labels.ndim != 1 or not np.issubdtype(raw_labels.dtype, np.integer):
-        raise DataError(f"{labels_path}: labels must be a 1-D integer array, got shape {raw_labels.shape} "
-                        f"dtype {raw_labels.dtype}")
+    raw_labels = read_labels(labels_path)
     num_rows = len(raw_labels)
-    if num_rows == 0:
-        raise DataError(f"{labels_path}: no labels")
     modalities = tuple(_load_modality(directory, p, e, num_rows)
                        for p, e in zip((first_prefix, second_prefix), encoders))
 
-    shared = {}
+    def index(key: str, prefix: str | None = None) -> tuple[np.ndarray, str]:
+        """The row numbers of split `key` and the name that errors give them."""
+        split = key.split("_")[0]
+        if splits is None:
+            path = os.path.join(directory, split_file_name(split, prefix))
+            return _check_index(load_npy(path, "an array of row numbers"), path, num_rows), path
+        name = f"{splits_name or 'the given split'} ({split_file_name(split, prefix)})"
+        if key not in splits:
+            raise DataError(f"{name}: missing")
+        return _check_index(splits[key], name, num_rows), name
+
+    def has_own_train(prefix: str) -> bool:
+        if splits is None:
+            return os.path.lexists(os.path.join(directory, split_file_name("train", prefix)))
+        return f"train_{prefix}" in splits
+
+    shared, names = {}, {}
     for split in ("valid", "test"):
-        shared[split] = _load_index(os.path.join(directory, f"{split}_idx.npy"), num_rows)
+        shared[split], names[split] = index(split)
     for modality in modalities:
-        own_train = os.path.join(directory, f"train_idx_{modality.prefix}.npy")
-        train_path = own_train if os.path.isfile(own_train) else os.path.join(directory, "train_idx.npy")
-        train = _load_index(train_path, num_rows)
+        own = has_own_train(modality.prefix)
+        train, train_name = index(f"train_{modality.prefix}" if own else "train", modality.prefix if own else None)
         if len(train) < 2:
-            raise DataError(f"{train_path}: {len(train)} training row; at least 2 are needed (batch normalisation)")
+            raise DataError(f"{train_name}: {len(train)} training row; at least 2 are needed (batch normalisation)")
         for split in ("valid", "test"):
             overlap = np.intersect1d(train, shared[split])
             if overlap.size:
-                raise DataError(f"{train_path}: row {overlap[0]} is also in {split}_idx.npy "
+                raise DataError(f"{train_name}: row {overlap[0]} is also in {split_file_name(split)} "
                                 f"({overlap.size} shared rows); training rows must not be evaluated on")
         modality.splits = {"train": train, **shared}
     overlap = np.intersect1d(shared["valid"], shared["test"])
     if overlap.size:
-        raise DataError(f"{os.path.join(directory, 'valid_idx.npy')}: row {overlap[0]} is also in test_idx.npy "
+        raise DataError(f"{names['valid']}: row {overlap[0]} is also in {split_file_name('test')} "
                         f"({overlap.size} shared rows); validation and test must be disjoint")
 
     for modality in modalities:
@@ -226,7 +272,8 @@ def load_data_folder(directory: str, first_prefix: str, second_prefix: str,
             if missing:
                 warnings.append(f"{split}_idx.npy: class(es) {classes[missing].tolist()} never seen in "
                                 f"{modality.prefix}'s training rows; they cannot be predicted")
-    return DataFolder(directory, modalities, labels, classes.astype(np.int64), warnings)
+    return DataFolder(directory, modalities, labels, classes.astype(np.int64), warnings,
+                      splits_name if splits is not None else None)
 
 
 # ----------------------------------------------------------------------------- feeding batches
@@ -325,6 +372,40 @@ def epoch_positions(sizes: tuple[int, int], batch_size: int,
     return bounds, positions
 
 
+def input_batches(array: np.ndarray, rows: np.ndarray | None, batch_size: int, device: torch.device):
+    """Yields (start, x): consecutive batches of `array` (rows `rows` if given, else all), as
+    (B, *sample_shape) float32 tensors on `device`; `start` is the batch's first position.
+
+    Only one batch (two on CUDA, where the next is read while the current one computes) is in host
+    memory at a time, so a memory-mapped `array` larger than memory can be read. Raises `DataError`
+    naming the first row that holds NaN or Inf (after conversion to float32).
+    """
+    count = len(array) if rows is None else len(rows)
+    starts = list(range(0, count, batch_size))
+
+    def read(i: int) -> np.ndarray:
+        start = starts[i]
+        if rows is None:
+            # a copy: a memory map's rows are read-only, and torch wants a writable buffer
+            return np.array(array[start:start + batch_size], dtype=np.float32)
+        wanted = rows[start:start + batch_size]
+        order = np.argsort(wanted, kind="stable")  # memory maps read fastest in row order
+        block = np.empty((len(wanted),) + tuple(array.shape[1:]), dtype=np.float32)
+        block[order] = array[wanted[order]]
+        return block
+
+    for i, block in enumerate(Prefetcher(read, len(starts), enabled=device.type == "cuda")):
+        finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+        if not finite.all():
+            position = starts[i] + int(np.argmin(finite))
+            row = position if rows is None else int(rows[position])
+            raise DataError(f"row {row} holds NaN or Inf (as float32); finite numbers are expected")
+        x = torch.from_numpy(block)
+        if device.type == "cuda":
+            x = x.pin_memory().to(device, non_blocking=True)
+        yield starts[i], x
+
+
 # ----------------------------------------------------------------------------- augmentation
 AUGMENTATIONS = {
     4: ("none", "flip", "flip+rot90"),  # images (B, C, H, W)
@@ -406,3 +487,24 @@ def stratified_split(labels: np.ndarray, seed: int, fractions=(0.7, 0.1, 0.2)) -
         parts["valid"].append(rows[n_test:n_test + n_valid])
         parts["train"].append(rows[n_test + n_valid:])
     return {split: np.sort(np.concatenate(p)).astype(np.int64) for split, p in parts.items()}
+
+
+DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)  # the authors' train/valid/test shares
+
+
+def draw_split(labels: np.ndarray, seed: int, fractions=DEFAULT_FRACTIONS, labels_path: str = "labels.npy"
+               ) -> dict[str, np.ndarray]:
+    """`stratified_split`, refusing bad fractions and a split with an empty part or fewer than 2
+    training rows; raises `DataError` naming `labels_path`."""
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != len(SPLITS) or not all(math.isfinite(f) and f > 0 for f in fractions) \
+            or abs(sum(fractions) - 1) > 1e-6:
+        raise DataError(f"--fractions {' '.join(map(str, fractions))}: three positive numbers summing to 1 "
+                        "(train valid test) are expected")
+    total = sum(fractions)
+    split = stratified_split(labels, seed, tuple(f / total for f in fractions))
+    for name, rows in split.items():
+        if len(rows) < (2 if name == "train" else 1):
+            raise DataError(f"{labels_path}: too few rows per class for a {'/'.join(f'{f:g}' for f in fractions)} "
+                            f"split ({name} would get {len(rows)} rows with seed {seed})")
+    return split

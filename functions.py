@@ -1,10 +1,10 @@
-"""Configuration, training, evaluation and the run of DisCoM-KD.
+"""Configuration, the training engine, evaluation and the run.
 
-`run(config, directory, first_prefix, second_prefix)` is the whole job behind
-`main_DisCoM-KD.py`; the data folder is read and checked by `data.py`, the files a run writes
-(results, checkpoints, resumable state) by `outputs.py`, and the model and losses live in
-`model_pytorch.py`. This module knows no command line. `load_modality_classifier`,
-`atomic_write` and the other file helpers are re-exported here for callers of `functions`.
+`run(config, directory, first_prefix, second_prefix)` is the whole job behind `main_DisCoM-KD.py`;
+`fit(config, data, output)` is the one training loop, for DisCoM-KD and every neural baseline
+(each method is a spec in `methods.py`). The data folder is read and checked by `data.py`, the files
+a run writes (results, checkpoints, resumable state) by `outputs.py`, and the models and losses live
+in `model_pytorch.py` and `baselines.py`. This module knows no command line.
 """
 from __future__ import annotations
 
@@ -24,14 +24,17 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from data import (AUGMENTATIONS, DEFAULT_AUGMENTATION, DataError, DataFolder, Prefetcher, RowSource, augment,
-                  epoch_positions, load_data_folder)
-from model_pytorch import LOSS_TERMS, DisCoMKD, ModalityBranch, discomkd_losses
-from outputs import (RESULTS_FILE, STATE_FILE, TEMPORARY_PREFIX, atomic_write, checkpoint_path,  # noqa: F401
-                     load_modality_classifier, load_state, prepare_output, restore_rng, save_checkpoint, save_npy,
-                     save_state, write_json)
+from data import (AUGMENTATIONS, DEFAULT_AUGMENTATION, DataError, DataFolder, Modality, Prefetcher, RowSource,
+                  augment, epoch_positions, load_data_folder, read_split_files)
+from methods import FUSED, METHODS, MethodSpec, ModelShape, build_model, classifier_description
+from model_pytorch import LOSS_TERMS
+from outputs import (RESULTS_FILE, STATE_FILE, atomic_write, checkpoint_path, load_classifier, load_state,
+                     prepare_output, remove_temporaries, save_checkpoint, save_npy, save_state, write_json)
 
-
+# Exit statuses of every command: bad input (nothing written), training failed (the last good
+# outputs kept), interrupted (state saved for --resume).
+EXIT_BAD_INPUT, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 2, 3, 130
+DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
 
 def _option(default, help_text: str, **metadata):
     """A config field whose help text the command line shows."""
@@ -48,7 +51,7 @@ class Config:
     learning_rate: float = _option(1e-4, "Adam learning rate")
     weight_decay: float = _option(0.0, "Adam weight decay")
     seed: int = _option(0, "random seed; a CPU run with the same seed repeats exactly")
-    device: str = _option("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    device: str = _option("auto", DEVICE_HELP)
     output: str | None = _option(None, "output folder (None: DIR/DisCoM-KD_<FIRST>_<SECOND>)")
     overwrite: bool = _option(False, "replace the files of an existing output folder")
     weight_cl: float = _option(1.0, "weight of L_cl, the task classifiers (0 drops the term)")
@@ -70,7 +73,13 @@ class Config:
     compile: str = _option("auto", "torch.compile the training step: auto (on CUDA), yes, no")
     precision: str = _option("auto", "auto (bf16 autocast on CUDA with bf16 support, else fp32), fp32, bf16")
     save_every: int = _option(1, "write the resumable state.pt every N epochs (and always on interruption)")
+    test_every_epoch: bool = _option(False, "score the test split at every epoch (the history then holds test "
+                                            "curves); by default only at epochs where validation improves")
     verbose: int = _option(1, "0: final table only, 1: one line per epoch", flag=False)
+    # Set by the comparison (compare.py), not on main_DisCoM-KD.py's command line:
+    method: str = _option("discomkd", "the method trained: a key of methods.METHODS", flag=False)
+    modality: str | None = _option(None, "the prefix a per-modality method trains on", flag=False)
+    teacher: str | None = _option(None, "checkpoint of the trained teacher a distillation method reads", flag=False)
 
     def loss_weights(self) -> dict[str, float]:
         return {term: getattr(self, f"weight_{term}") for term in LOSS_TERMS}
@@ -113,8 +122,15 @@ def check_config(config: Config) -> None:
                           ("precision", ("auto", "fp32", "bf16"))):
         if getattr(config, name) not in allowed:
             problems.append(f"--{name.replace('_', '-')} {getattr(config, name)}: expected one of {', '.join(allowed)}")
+    if config.method not in METHODS:
+        problems.append(f"method {config.method!r}: expected one of {', '.join(METHODS)}")
     if problems:
         raise DataError(problems[0])
+
+
+def plain_path(config: Config) -> Config:
+    """`--no-fast`: no torch.compile, fp32, data streamed from the host (the reference path)."""
+    return dataclasses.replace(config, compile="no", precision="fp32", data_on_device="no")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -129,10 +145,32 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# ----------------------------------------------------------------------------- randomness
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def rng_state(generator: torch.Generator, device: torch.device) -> dict:
+    """Every random number generator a run draws from, in types that load with weights_only=True."""
+    numpy_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "generator": generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+            # numpy and Python states as tensors and lists, so the state loads with weights_only=True
+            "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+
+
+def restore_rng(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, key, *rest = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 # ----------------------------------------------------------------------------- training
@@ -151,35 +189,54 @@ def autocast_context(device: torch.device, precision: str):
 
 
 @dataclass
-class Trainer:
-    """The training state of a run: model, optimizer, data sources, and the per-run settings."""
+class Classifier:
+    """One classifier a method yields: selected on validation, checkpointed as best_<column>.pt."""
 
-    model: DisCoMKD
+    column: str  # the modality's prefix, or FUSED for a classifier reading both
+    modality: int | None  # the modality it classifies alone; None: it reads both
+    module: torch.nn.Module  # forward(*inputs) -> .logits (B, K)
+
+    @property
+    def reads(self) -> tuple[int, ...]:
+        return (0, 1) if self.modality is None else (self.modality,)
+
+
+@dataclass
+class Trainer:
+    """The training state of a run: the method, its model and optimizer, the data sources, the settings."""
+
+    spec: MethodSpec
+    model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    sources: tuple[RowSource, RowSource]
-    train_positions: tuple[torch.Tensor, torch.Tensor]  # training rows' positions in each source
-    labels: tuple[torch.Tensor, torch.Tensor]  # per source, label of each stored row (index device)
-    augmentations: tuple[str, str]
+    reads: tuple[int, ...]  # the modalities a training step reads
+    sources: dict[int, RowSource]  # every modality the run reads or evaluates
+    train_positions: dict[int, torch.Tensor]  # per modality read, its training rows' positions in its source
+    labels: dict[int, torch.Tensor]  # per source, the label of each stored row (index device)
+    augmentations: dict[int, str]
+    classifiers: list[Classifier]
+    shape: ModelShape
     config: Config
     device: torch.device
     precision: str
     generator: torch.Generator  # CPU generator for the epoch shuffles
-    step: object = None  # the (possibly compiled) forward + loss function
+    compiled_terms: object = None  # `loss_terms` through torch.compile, when compiling
 
-    def losses(self, x_first, y_first, x_second, y_second) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward pass and loss of one step: (weighted total, the raw terms stacked in LOSS_TERMS order)."""
+    def loss_terms(self, inputs: dict, labels: dict) -> torch.Tensor:
+        """Forward pass of one step: the method's raw loss terms, stacked in `spec.terms` order."""
         with autocast_context(self.device, self.precision):
-            first, second = self.model(x_first, x_second, self.config.grl_coefficient)
-            terms = discomkd_losses(first, second, y_first, y_second, self.config.legacy_modality_targets)
-        weights = self.config.loss_weights()
-        total = sum(weights[k] * terms[k].float() for k in LOSS_TERMS)  # the one place weights apply
-        return total, torch.stack([terms[k].float() for k in LOSS_TERMS])
+            terms = self.spec.losses(self.model, inputs, labels, self.config)
+        return torch.stack([terms[k].float() for k in self.spec.terms])
 
     def batch(self, modality: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gathers a batch of training rows (no randomness, so it may run in the prefetch thread)."""
         source = self.sources[modality]
         stored = self.train_positions[modality][positions]
         return source.gather(stored), self.labels[modality][stored].to(self.device, non_blocking=True)
+
+    def finite_weights(self) -> torch.Tensor:
+        """A 0-d bool tensor on the device: every floating weight and buffer is finite (no sync)."""
+        checks = [torch.isfinite(t).all() for t in self.model.state_dict().values() if t.is_floating_point()]
+        return torch.stack(checks).all()
 
 
 @dataclass
@@ -188,9 +245,9 @@ class EpochProgress:
     device). Saved in the resumable state, so an interrupted epoch resumes at its next step."""
 
     bounds: list[tuple[int, int]]
-    positions: list[torch.Tensor]  # per modality, (n,) positions into its training rows
+    positions: list[torch.Tensor]  # per modality read, (n,) positions into its training rows
     step: int
-    sums: torch.Tensor  # (len(LOSS_TERMS) + 1,) raw terms then the weighted total
+    sums: torch.Tensor  # (len(terms) + 1,) raw terms then the weighted total
 
     @property
     def finished(self) -> bool:
@@ -198,81 +255,103 @@ class EpochProgress:
 
 
 def start_epoch(trainer: Trainer) -> EpochProgress:
-    sizes = tuple(len(p) for p in trainer.train_positions)
+    """The epoch's shuffles: one per modality read, or one shared when the method reads paired rows."""
+    shared = trainer.spec.paired or len(trainer.reads) == 1
+    sizes = (len(trainer.train_positions[trainer.reads[0]]),) if shared else \
+        tuple(len(trainer.train_positions[m]) for m in trainer.reads)
     bounds, positions = epoch_positions(sizes, trainer.config.batch_size, trainer.generator)
+    if shared:
+        positions = positions * len(trainer.reads)
     # one copy per epoch: a pageable host-to-device copy per step would synchronise every step
-    positions = [p.to(s.index_device) for p, s in zip(positions, trainer.sources)]
-    return EpochProgress(bounds, positions, 0, torch.zeros(len(LOSS_TERMS) + 1, device=trainer.device))
+    positions = [p.to(trainer.sources[m].index_device) for p, m in zip(positions, trainer.reads)]
+    return EpochProgress(bounds, positions, 0, torch.zeros(len(trainer.spec.terms) + 1, device=trainer.device))
 
 
-def train_one_epoch(trainer: Trainer, progress: EpochProgress | None = None, should_stop=None) -> dict[str, float] | None:
-    """Trains over the larger training set once (the smaller one cycled), from `progress.step` on.
+def train_one_epoch(trainer: Trainer, epoch: int, progress: EpochProgress | None = None,
+                    should_stop=None) -> dict[str, float] | None:
+    """Trains epoch `epoch` (1-based) over the training rows once, from `progress.step` on.
 
-    Returns the epoch's mean raw loss terms and weighted total, read from the device once, at the
-    end; or None when `should_stop()` turned true, after finishing the step in flight (`progress`
-    then says where to resume).
+    Returns the epoch's mean raw loss terms, the weighted total and `finite_weights` (1.0 or 0.0),
+    read from the device once, at the end; or None when `should_stop()` turned true, after finishing
+    the step in flight (`progress` then says where to resume).
     """
-    model, optimizer = trainer.model, trainer.optimizer
+    model, optimizer, reads = trainer.model, trainer.optimizer, trainer.reads
     model.train()
     progress = progress or start_epoch(trainer)
     bounds, positions, first_step = progress.bounds, progress.positions, progress.step
+    weights = trainer.spec.weights(trainer.config, epoch)
 
     def fetch(i):
         start, end = bounds[first_step + i]
-        return trainer.batch(0, positions[0][start:end]) + trainer.batch(1, positions[1][start:end])
+        return [trainer.batch(m, p[start:end]) for m, p in zip(reads, positions)]
 
-    streamed = not all(source.resident for source in trainer.sources)
-    step = trainer.step or trainer.losses
-    for x_first, y_first, x_second, y_second in Prefetcher(fetch, len(bounds) - first_step, enabled=streamed):
+    streamed = not all(trainer.sources[m].resident for m in reads)
+    loss_terms = trainer.compiled_terms or trainer.loss_terms
+    for batch in Prefetcher(fetch, len(bounds) - first_step, enabled=streamed):
         # augmentation draws random numbers, so it runs here, in order, never in the prefetch thread
-        x_first = augment(x_first, trainer.augmentations[0])
-        x_second = augment(x_second, trainer.augmentations[1])
+        inputs = {m: augment(x, trainer.augmentations[m]) for m, (x, _) in zip(reads, batch)}
+        labels = {m: y for m, (_, y) in zip(reads, batch)}
         optimizer.zero_grad(set_to_none=True)
-        total, terms = step(x_first, y_first, x_second, y_second)
+        terms = loss_terms(inputs, labels)
+        total = sum(weights[k] * terms[i] for i, k in enumerate(trainer.spec.terms))  # the one place weights apply
         total.backward()
         optimizer.step()
         progress.sums += torch.cat([terms.detach(), total.detach().view(1)])
         progress.step += 1
         if should_stop is not None and should_stop() and not progress.finished:
             return None
-    means = (progress.sums / len(bounds)).tolist()  # the epoch's one host-device synchronisation
-    return dict(zip(LOSS_TERMS + ("total",), means))
+    values = torch.cat([progress.sums / len(bounds), trainer.finite_weights().float().view(1)])
+    values = values.tolist()  # the epoch's one host-device synchronisation
+    return dict(zip(trainer.spec.terms + ("total", "finite_weights"), values))
 
 
 @torch.inference_mode()
-def predict(branch: ModalityBranch, source: RowSource, positions: torch.Tensor, batch_size: int,
+def predict(classifier: Classifier, sources: dict[int, RowSource], rows: np.ndarray, batch_size: int,
             precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities and predicted classes (0..K-1) for the stored rows at `positions`."""
-    device = next(branch.parameters()).device
+    """Class probabilities (n, K) and predicted classes (0..K-1) of the user's rows `rows`.
+
+    The probabilities may hold NaN when the model does; callers check (`evaluate` does).
+    """
+    device = next(classifier.module.parameters()).device
+    positions = [sources[m].positions(rows) for m in classifier.reads]
     probabilities = []
-    for start in range(0, len(positions), batch_size):
-        x = source.gather(positions[start:start + batch_size])
+    for start in range(0, len(rows), batch_size):
+        inputs = [sources[m].gather(p[start:start + batch_size]) for m, p in zip(classifier.reads, positions)]
         with autocast_context(device, precision):
-            logits = branch(x).logits
+            logits = classifier.module(*inputs).logits
         probabilities.append(torch.softmax(logits.float(), dim=1))
     probabilities = torch.cat(probabilities).cpu().numpy()
     return probabilities, probabilities.argmax(axis=1)
 
 
-def evaluate(trainer: Trainer, data: DataFolder, splits=("valid", "test")) -> dict[str, dict]:
-    """Metrics of each modality's classifier on each split, over the whole split.
+def evaluation_rows(data: DataFolder, classifier: Classifier, split: str) -> np.ndarray:
+    """Valid and test rows are shared by both modalities (data.py reads one file of each)."""
+    return data.modalities[0 if classifier.modality is None else classifier.modality].splits[split]
+
+
+def evaluate(trainer: Trainer, data: DataFolder, splits=("valid", "test"), classifiers=None) -> dict[str, dict]:
+    """Metrics of each classifier (all, or those in `classifiers`) on each split, over the whole split.
 
     Returns:
-        {prefix: {split: {"weighted_f1", "macro_f1", "accuracy"}, "predictions": {split: (n,) classes}}}
+        {column: {split: {"weighted_f1", "macro_f1", "accuracy"}, "predictions": {split: (n,) classes}}};
+        a classifier whose outputs are not finite gets {"finite": False} instead.
     """
     model = trainer.model
     was_training = model.training
     model.eval()
     results = {}
-    for m, modality in enumerate(data.modalities):
-        source = trainer.sources[m]
-        results[modality.prefix] = {"predictions": {}}
+    for classifier in classifiers or trainer.classifiers:
+        result = {"predictions": {}}
         for split in splits:
-            rows = modality.splits[split]
-            _, predicted = predict(model.branches[m], source, source.positions(rows),
-                                   trainer.config.eval_batch_size, trainer.precision)
-            results[modality.prefix][split] = classification_metrics(data.labels[rows], predicted)
-            results[modality.prefix]["predictions"][split] = predicted
+            rows = evaluation_rows(data, classifier, split)
+            probabilities, predicted = predict(classifier, trainer.sources, rows, trainer.config.eval_batch_size,
+                                               trainer.precision)
+            if not np.isfinite(probabilities).all():
+                result = {"finite": False}
+                break
+            result[split] = classification_metrics(data.labels[rows], predicted)
+            result["predictions"][split] = predicted
+        results[classifier.column] = result
     model.train(was_training)
     return results
 
@@ -288,23 +367,42 @@ def _resident_budget(device: torch.device) -> int:
     return 1 << 30
 
 
-def resolve_precision(config: Config, device: torch.device) -> str:
-    if config.precision == "auto":
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """'auto' -> bf16 autocast on CUDA devices that support it, else fp32; 'fp32'/'bf16' as given."""
+    if setting == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return config.precision
+    return setting
 
 
-def build_sources(config: Config, data: DataFolder, device: torch.device):
-    """Each modality's rows (resident on the device when they fit) and its augmentation mode.
+def checkpoint_precision(checkpoint: dict, device: torch.device) -> str:
+    """The precision a checkpoint's run evaluated in, resolved for `device` as training resolves it, so
+    that its own test predictions are reproduced: 'bf16' or 'fp32'."""
+    return resolve_precision(checkpoint["config"].get("precision", "fp32"), device)
+
+
+def resolve_augmentation(config: Config, modality: Modality, position: int) -> str:
+    """The augmentation mode of a modality: its option, or the default for its sample rank."""
+    rank = modality.rank + 1
+    mode = getattr(config, ("augment_first", "augment_second")[position])
+    mode = DEFAULT_AUGMENTATION[rank] if mode == "auto" else mode
+    if mode not in AUGMENTATIONS[rank]:
+        raise DataError(f"--augment-{('first', 'second')[position]} {mode}: not available for {modality.prefix}'s "
+                        f"samples of shape {modality.sample_shape}; expected one of {', '.join(AUGMENTATIONS[rank])}")
+    return mode
+
+
+def build_sources(config: Config, data: DataFolder, device: torch.device, modalities=(0, 1)):
+    """The rows of `modalities` (resident on the device when they fit) and their augmentation modes.
 
     Returns:
-        (sources, train_positions, labels, augmentations), one entry per modality: the `RowSource`
-        of all rows of its splits, its training rows' positions in that source, the label of each
-        stored row (on the source's index device), and the resolved augmentation mode.
+        (sources, labels, augmentations), dicts by modality: the `RowSource` of all rows of its
+        splits, the label of each stored row (on the source's index device), the augmentation mode.
     """
-    sources, train_positions, labels, augmentations = [], [], [], []
+    sources, labels, augmentations = {}, {}, {}
     budget = _resident_budget(device)
-    for m, modality in enumerate(data.modalities):
+    for m in modalities:
+        modality = data.modalities[m]
+        augmentations[m] = resolve_augmentation(config, modality, m)
         rows = np.unique(np.concatenate(list(modality.splits.values())))
         values = len(rows) * math.prod(modality.sample_shape)
         resident, storage = config.data_on_device == "yes", torch.float32
@@ -314,41 +412,61 @@ def build_sources(config: Config, data: DataFolder, device: torch.device):
             elif device.type == "cuda" and values * 2 <= budget:
                 resident, storage = True, torch.bfloat16  # half precision is what makes it fit
         budget -= values * (4 if storage == torch.float32 else 2) if resident else 0
-        source = RowSource(modality.array, rows, device, resident, storage)
-        sources.append(source)
-        train_positions.append(source.positions(modality.splits["train"]))
-        labels.append(torch.from_numpy(data.labels[source.rows]).to(source.index_device))
-        rank = modality.rank + 1
-        mode = getattr(config, ("augment_first", "augment_second")[m])
-        mode = DEFAULT_AUGMENTATION[rank] if mode == "auto" else mode
-        if mode not in AUGMENTATIONS[rank]:
-            raise DataError(f"--augment-{('first', 'second')[m]} {mode}: not available for {modality.prefix}'s "
-                            f"samples of shape {modality.sample_shape}; expected one of {', '.join(AUGMENTATIONS[rank])}")
-        augmentations.append(mode)
-    return sources, train_positions, labels, augmentations
+        sources[m] = RowSource(modality.array, rows, device, resident, storage)
+        labels[m] = torch.from_numpy(data.labels[sources[m].rows]).to(sources[m].index_device)
+    return sources, labels, augmentations
+
+
+def method_target(config: Config, data: DataFolder) -> int | None:
+    """The modality a per-modality method trains (config.modality, a prefix), else None."""
+    if not METHODS[config.method].per_modality:
+        return None
+    return [m.prefix for m in data.modalities].index(config.modality)
+
+
+def training_rows(spec: MethodSpec, data: DataFolder, reads: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """Each read modality's training rows; for paired methods the rows in both training sets, alike."""
+    if spec.paired:
+        paired = np.intersect1d(data.modalities[0].splits["train"], data.modalities[1].splits["train"])
+        return {m: paired for m in reads}
+    return {m: data.modalities[m].splits["train"] for m in reads}
 
 
 def build_trainer(config: Config, data: DataFolder, device: torch.device) -> Trainer:
-    precision = resolve_precision(config, device)
-    sources, train_positions, labels, augmentations = build_sources(config, data, device)
-    model = DisCoMKD([m.sample_shape for m in data.modalities], data.num_classes,
-                     [m.encoder for m in data.modalities]).to(device)
+    """Everything a run trains with, built right after seeding so the weights depend on the seed only."""
+    spec = METHODS[config.method]
+    target = method_target(config, data)
+    reads = spec.reads(target)
+    shape = ModelShape(tuple(m.sample_shape for m in data.modalities), tuple(m.encoder for m in data.modalities),
+                       data.num_classes)
+    teacher = load_classifier(config.teacher)[0] if spec.needs_teacher else None
+    model = build_model(config.method, shape, target, teacher).to(device)
+    classifiers = [Classifier(FUSED if m is None else data.modalities[m].prefix, m, module)
+                   for m, module in spec.classifiers(model, target)]
+    used = sorted(set(reads) | {m for c in classifiers for m in c.reads})
+    precision = resolve_precision(config.precision, device)
+    sources, labels, augmentations = build_sources(config, data, device, used)
+    rows = training_rows(spec, data, reads)
+    train_positions = {m: sources[m].positions(rows[m]) for m in reads}
     fused = {"fused": True} if device.type == "cuda" else {}
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
-                                 **fused)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=config.learning_rate, weight_decay=config.weight_decay, **fused)
     generator = torch.Generator().manual_seed(config.seed)
-    trainer = Trainer(model, optimizer, tuple(sources), tuple(train_positions), tuple(labels), tuple(augmentations),
-                      config, device, precision, generator)
-    use_compile = config.compile == "yes" or (config.compile == "auto" and device.type == "cuda")
-    if use_compile:
+    trainer = Trainer(spec, model, optimizer, reads, sources, train_positions, labels, augmentations, classifiers,
+                      shape, config, device, precision, generator)
+    if config.compile == "yes" or (config.compile == "auto" and device.type == "cuda"):
         # CUDA graphs remove the per-kernel launch cost that bounds this step's speed at batch 128
         mode = "reduce-overhead" if device.type == "cuda" else None
-        trainer.step = torch.compile(trainer.losses, mode=mode)
+        trainer.compiled_terms = torch.compile(trainer.loss_terms, mode=mode)
     return trainer
 
 
 # ----------------------------------------------------------------------------- the run
-def _format_seconds(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """12.3s, 4m05s or 1h02m."""
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
     seconds = int(round(seconds))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
@@ -357,16 +475,16 @@ def summary_table(final: dict) -> str:
     header = f"{'modality':<12} {'encoder':<9} {'best epoch':>10} {'valid wF1':>9} {'test wF1':>9} " \
              f"{'test mF1':>9} {'test acc':>9}"
     lines = [header, "-" * len(header)]
-    for prefix, result in final.items():
+    for column, result in final.items():
         test = result["test"]
-        lines.append(f"{prefix:<12} {result['encoder']:<9} {result['best_epoch']:>10} "
+        lines.append(f"{column:<12} {result['encoder']:<9} {result['best_epoch']:>10} "
                      f"{result['valid']['weighted_f1']:>9.4f} {test['weighted_f1']:>9.4f} "
                      f"{test['macro_f1']:>9.4f} {test['accuracy']:>9.4f}")
     return "\n".join(lines)
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss, GPU memory exhausted); explained in one line."""
+    """Training cannot go on (a non-finite loss or model, GPU memory exhausted); explained in one line."""
 
 
 class Interrupted(RuntimeError):
@@ -401,8 +519,9 @@ class StopRequest:
 
 def run(config: Config, directory: str, first_prefix: str, second_prefix: str, log=print,
         should_stop=None) -> dict:
-    """Checks the data, trains DisCoM-KD, keeps each modality's best-on-validation checkpoint and
-    writes results.json, best_<PREFIX>.pt and test_predictions_<PREFIX>.npy to the output folder.
+    """Checks the data, trains `config.method` (DisCoM-KD by default), keeps each classifier's
+    best-on-validation checkpoint and writes results.json, best_<COLUMN>.pt and
+    test_predictions_<COLUMN>.npy to the output folder.
 
     Raises `DataError` (before anything is written) for bad input, `TrainingError` when training
     cannot go on, `Interrupted` after a signal (or `should_stop()`) once state.pt is saved.
@@ -410,8 +529,13 @@ def run(config: Config, directory: str, first_prefix: str, second_prefix: str, l
     """
     check_config(config)
     data = load_data_folder(directory, first_prefix, second_prefix, (config.encoder_first, config.encoder_second))
-    output = prepare_output(config, directory, first_prefix, second_prefix)
-    return _train(config, data, output, None, log, should_stop)
+    output = prepare_output(config.output or default_output(directory, first_prefix, second_prefix),
+                            config.overwrite)
+    return fit(config, data, output, log=log, should_stop=should_stop)
+
+
+def default_output(directory: str, first_prefix: str, second_prefix: str) -> str:
+    return os.path.join(directory, f"DisCoM-KD_{first_prefix}_{second_prefix}")
 
 
 def data_fingerprint(data: DataFolder) -> str:
@@ -430,18 +554,161 @@ def resume(run_folder: str, log=print, should_stop=None) -> dict:
     results = state["results"]
     config = Config(**results["config"])
     described = results["data"]
-    first, second = (m["prefix"] for m in described["modalities"])
-    data = load_data_folder(described["directory"], first, second, (config.encoder_first, config.encoder_second))
+    prefixes = [m["prefix"] for m in described["modalities"]]
+    encoders = (config.encoder_first, config.encoder_second)
+    splits_from = described.get("splits_from", described["directory"])
+    if splits_from == described["directory"]:
+        data = load_data_folder(described["directory"], *prefixes, encoders)
+    else:
+        data = load_data_folder(described["directory"], *prefixes, encoders,
+                                splits=read_split_files(splits_from, prefixes), splits_name=splits_from)
     if data.describe() != described or results.get("data_fingerprint") != data_fingerprint(data):
         raise DataError(f"{described['directory']}: the data folder changed since the run started "
                         "(shapes, splits, classes or labels differ); cannot resume")
-    for name in os.listdir(run_folder):
-        if name.startswith(TEMPORARY_PREFIX):  # left by a write that a kill cut short: never a final name
-            os.remove(os.path.join(run_folder, name))
-    return _train(config, data, run_folder, state, log, should_stop)
+    remove_temporaries(run_folder)
+    return fit(config, data, run_folder, state, log, should_stop)
 
 
-def _train(config: Config, data: DataFolder, output: str, state: dict | None, log, should_stop) -> dict:
+def state_payload(trainer: Trainer, epoch: int, progress: EpochProgress | None, results: dict, best: dict,
+                  test_predictions: dict) -> dict:
+    """Everything needed to continue at `epoch` (mid-epoch when `progress` is given), for outputs.save_state."""
+    return {
+        "epoch": epoch, "results": results, "best": best,
+        "test_predictions": {c: torch.from_numpy(np.asarray(v)) for c, v in test_predictions.items()},
+        "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+        "rng": rng_state(trainer.generator, trainer.device),
+        "progress": None if progress is None else {
+            "bounds": [list(b) for b in progress.bounds], "positions": [p.cpu() for p in progress.positions],
+            "step": progress.step, "sums": progress.sums.cpu()},
+    }
+
+
+@dataclass
+class RunRecord:
+    """What a run accumulates and its state file keeps: the results dict, each classifier's best so far,
+    and the best epochs' test predictions."""
+
+    results: dict
+    best: dict
+    test_predictions: dict
+
+
+def _start_record(config: Config, data: DataFolder, output: str, trainer: Trainer) -> RunRecord:
+    results = {"config": dataclasses.asdict(config), "data": data.describe(), "data_fingerprint": data_fingerprint(data),
+               "output": output, "environment": {}, "warnings": data.warnings, "status": "running",
+               "train_rows": {data.modalities[m].prefix: len(p) for m, p in trainer.train_positions.items()},
+               "history": [], "final": {}}
+    best = {c.column: {"best_epoch": 0, "valid": {"weighted_f1": -1.0}} for c in trainer.classifiers}
+    return RunRecord(results, best, {})
+
+
+def _restore(trainer: Trainer, state: dict) -> tuple[RunRecord, int, EpochProgress | None]:
+    """The record, first epoch and epoch progress of a saved state, with the trainer brought back to it."""
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    restore_rng(state["rng"], trainer.generator)
+    saved, progress = state["progress"], None
+    if saved is not None:
+        progress = EpochProgress([tuple(b) for b in saved["bounds"]],
+                                 [p.to(trainer.sources[m].index_device) for p, m in zip(saved["positions"], trainer.reads)],
+                                 saved["step"], saved["sums"].to(trainer.device))
+    record = RunRecord(state["results"], state["best"],
+                       {c: v.numpy() for c, v in state["test_predictions"].items()})
+    record.results["status"] = "running"
+    record.results.setdefault("resumed_at_epoch", []).append(state["epoch"])
+    return record, state["epoch"], progress
+
+
+def _describe_environment(trainer: Trainer, data: DataFolder) -> dict:
+    prefixes = {m: data.modalities[m].prefix for m in trainer.sources}
+    return {"torch": str(torch.__version__), "device": str(trainer.device),
+            "device_name": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu",
+            "precision": trainer.precision, "compiled": trainer.compiled_terms is not None,
+            "data_on_device": {prefixes[m]: s.resident for m, s in trainer.sources.items()},
+            "augmentation": {prefixes[m]: a for m, a in trainer.augmentations.items()}}
+
+
+def _log_start(trainer: Trainer, data: DataFolder, output: str, log, first_epoch: int, progress, resumed: bool):
+    config = trainer.config
+    environment = _describe_environment(trainer, data)
+    log("Config: " + ", ".join(f"{k}={v}" for k, v in sorted(dataclasses.asdict(config).items())))
+    log(f"Method: {config.method}  device: {trainer.device}  precision {trainer.precision}  compiled "
+        f"{environment['compiled']}  data on device "
+        + " ".join(f"{p}={r}" for p, r in environment["data_on_device"].items()))
+    for m in trainer.sources:
+        modality = data.modalities[m]
+        log(f"{modality.prefix}: samples {modality.sample_shape}, encoder {modality.encoder}, augmentation "
+            f"{trainer.augmentations[m]}, rows " + " ".join(f"{s} {len(r)}" for s, r in modality.splits.items())
+            + (f" (training on {len(trainer.train_positions[m])} paired rows)" if trainer.spec.paired
+               and m in trainer.train_positions else ""))
+    if resumed:
+        log(f"Resuming {output} at epoch {first_epoch}" + (f", step {progress.step}" if progress else ""))
+
+
+def _record_best(trainer: Trainer, data: DataFolder, output: str, epoch: int, metrics: dict,
+                 record: RunRecord) -> list[str]:
+    """Scores the test split of each classifier whose validation improved, keeps it as the best and
+    writes its checkpoint. Returns the improved columns."""
+    improved = [c for c in trainer.classifiers
+                if metrics[c.column]["valid"]["weighted_f1"] > record.best[c.column]["valid"]["weighted_f1"]]
+    if not trainer.config.test_every_epoch and improved:
+        # the test split is only read at the epochs that model selection can pick
+        tested = evaluate(trainer, data, ("test",), improved)
+        for c in improved:
+            if tested[c.column].get("finite", True):
+                metrics[c.column]["test"] = tested[c.column]["test"]
+                metrics[c.column]["predictions"]["test"] = tested[c.column]["predictions"]["test"]
+            else:
+                metrics[c.column] = tested[c.column]
+        improved = [c for c in improved if metrics[c.column].get("finite", True)]
+    for classifier in improved:
+        column, result = classifier.column, metrics[classifier.column]
+        encoder = "fused" if classifier.modality is None else data.modalities[classifier.modality].encoder
+        record.best[column] = {"encoder": encoder, "best_epoch": epoch, "valid": result["valid"],
+                               "test": result["test"]}
+        record.test_predictions[column] = result["predictions"]["test"]
+        save_checkpoint(checkpoint_path(output, column), classifier.module,
+                        classifier_description(classifier.module, trainer.shape, classifier.modality),
+                        {"prefix": column, "position": classifier.modality, "classes": [int(c) for c in data.classes],
+                         "config": dataclasses.asdict(trainer.config), "epoch": epoch,
+                         "metrics": {"valid": result["valid"], "test": result["test"]}})
+    return [c.column for c in improved]
+
+
+def _epoch_line(config: Config, epoch: int, losses: dict, metrics: dict, improved, train_seconds: float,
+                eval_seconds: float, eta: float, terms) -> str:
+    loss_text = " ".join(f"{k} {losses[k]:.3f}" for k in terms)
+    valid = "  ".join(f"{c} {m['valid']['weighted_f1']:.4f}{'*' if c in improved else ' '}" if "valid" in m
+                      else f"{c} non-finite" for c, m in metrics.items())
+    return (f"epoch {epoch:>{len(str(config.epochs))}}/{config.epochs}  train {train_seconds:5.1f}s  "
+            f"eval {eval_seconds:4.1f}s  eta {format_duration(eta)}  loss {losses['total']:.3f} "
+            f"[{loss_text}]  valid wF1 {valid}")
+
+
+def _finish(data: DataFolder, output: str, record: RunRecord, log) -> dict:
+    """Writes the best epochs' test predictions and the final results; removes the resumable state."""
+    results = record.results
+    for column, predictions in record.test_predictions.items():
+        user_labels = data.classes[predictions]
+        atomic_write(os.path.join(output, f"test_predictions_{column}.npy"),
+                     lambda temporary, values=user_labels: save_npy(temporary, values))
+        results["final"][column]["test_rows"] = int(len(predictions))
+    results["status"] = "finished"
+    results["training_seconds"] = sum(h["train_seconds"] + h["eval_seconds"] for h in results["history"])
+    write_json(os.path.join(output, RESULTS_FILE), results)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(output, STATE_FILE))  # a finished run needs no state; its checkpoints stay
+    log("")
+    log(summary_table(results["final"]))
+    log(f"(test metrics at each classifier's best validation epoch; outputs in {output})")
+    return results
+
+
+def fit(config: Config, data: DataFolder, output: str, state: dict | None = None, log=print,
+        should_stop=None) -> dict:
+    """Trains `config.method` on `data` into `output` (from `state` when resuming); the one training
+    loop of every method. Returns the results dict; raises `TrainingError` or `Interrupted`."""
+    config = dataclasses.replace(config, **METHODS[config.method].overrides)
     device = resolve_device(config.device)
     seed_everything(config.seed)
     if device.type == "cuda":
@@ -451,42 +718,16 @@ def _train(config: Config, data: DataFolder, output: str, state: dict | None, lo
     except torch.cuda.OutOfMemoryError:
         raise TrainingError(f"GPU out of memory while placing the data and model on {device}: try "
                             "--data-on-device no (data streamed from host memory)") from None
-    prefixes = [m.prefix for m in data.modalities]
     if state is None:
-        results = {"config": dataclasses.asdict(config), "data": data.describe(),
-                   "data_fingerprint": data_fingerprint(data), "output": output,
-                   "environment": {}, "warnings": data.warnings, "status": "running", "history": [], "final": {}}
-        best = {p: {"best_epoch": 0, "valid": {"weighted_f1": -1.0}} for p in prefixes}
-        test_predictions, first_epoch, progress = {}, 1, None
+        record, first_epoch, progress = _start_record(config, data, output, trainer), 1, None
     else:
-        results, best, first_epoch = state["results"], state["best"], state["epoch"]
-        test_predictions = {p: v.numpy() for p, v in state["test_predictions"].items()}
-        trainer.model.load_state_dict(state["model"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        restore_rng(state["rng"], trainer)
-        saved = state["progress"]
-        progress = None if saved is None else EpochProgress(
-            [tuple(b) for b in saved["bounds"]], [p.to(s.index_device) for p, s in zip(saved["positions"], trainer.sources)], saved["step"], saved["sums"].to(device))
-        results["status"] = "running"
-        results.setdefault("resumed_at_epoch", []).append(first_epoch)
-    results["environment"] = {
-        "torch": str(torch.__version__), "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": trainer.precision, "compiled": trainer.step is not None,
-        "data_on_device": {p: s.resident for p, s in zip(prefixes, trainer.sources)},
-        "augmentation": dict(zip(prefixes, trainer.augmentations))}
+        record, first_epoch, progress = _restore(trainer, state)
+    results = record.results
+    results["environment"] = _describe_environment(trainer, data)
     for warning in data.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if config.verbose:
-        log("Config: " + ", ".join(f"{k}={v}" for k, v in sorted(dataclasses.asdict(config).items())))
-        log(f"Device: {device}  precision {trainer.precision}  compiled {trainer.step is not None}  data on device "
-            + " ".join(f"{p}={s.resident}" for p, s in zip(prefixes, trainer.sources)))
-        for m, modality in enumerate(data.modalities):
-            log(f"{modality.prefix}: samples {modality.sample_shape}, encoder {modality.encoder}, augmentation "
-                f"{trainer.augmentations[m]}, rows " + " ".join(f"{s} {len(r)}" for s, r in modality.splits.items()))
-        if state is not None:
-            log(f"Resuming {output} at epoch {first_epoch}" + (f", step {progress.step}" if progress else ""))
-
+        _log_start(trainer, data, output, log, first_epoch, progress, state is not None)
     os.makedirs(output, exist_ok=True)
     results_path = os.path.join(output, RESULTS_FILE)
 
@@ -499,72 +740,60 @@ def _train(config: Config, data: DataFolder, output: str, state: dict | None, lo
             log(summary_table(results["final"]))
         return message
 
+    def kept() -> str:
+        epochs = ", ".join(f"{c} epoch {b['best_epoch']}" for c, b in record.best.items() if b["best_epoch"])
+        return (f"the checkpoints kept in {output} are the last finite ones ({epochs})" if epochs
+                else f"no checkpoint was written to {output}")
+
     started = time.time()
     with StopRequest(should_stop) as stop:
         for epoch in range(first_epoch, config.epochs + 1):
             epoch_start = time.time()
             progress = progress or start_epoch(trainer)
             try:
-                losses = train_one_epoch(trainer, progress, stop)
+                losses = train_one_epoch(trainer, epoch, progress, stop)
             except torch.cuda.OutOfMemoryError:
                 raise TrainingError(stop_here("failed", (
                     f"GPU out of memory at epoch {epoch} with batch size {config.batch_size}: try a smaller "
-                    "--batch-size, --data-on-device no, or --precision bf16; last good checkpoints are kept"))) from None
+                    f"--batch-size, --data-on-device no, or --precision bf16; {kept()}"))) from None
             if losses is None:
-                save_state(output, trainer, epoch, progress, results, best, test_predictions)
+                if not bool(trainer.finite_weights()):
+                    raise TrainingError(stop_here("failed", (
+                        f"the model holds NaN or Inf at epoch {epoch}, step {progress.step}: training stopped; "
+                        f"{kept()} (try a lower --learning-rate)")))
+                save_state(output, state_payload(trainer, epoch, progress, record.results, record.best, record.test_predictions))
                 raise Interrupted(stop_here("interrupted", (
                     f"interrupted ({stop.signal_name}) at epoch {epoch}, step {progress.step}/{len(progress.bounds)}; "
                     f"state saved: resume with --resume {output}")))
             progress = None
             bad = [k for k, v in losses.items() if not math.isfinite(v)]
-            if bad:
+            if bad or not losses.pop("finite_weights"):
+                what = f"loss term {bad[0]} is {losses[bad[0]]}" if bad else "the model holds NaN or Inf"
                 raise TrainingError(stop_here("failed", (
-                    f"loss term {bad[0]} is {losses[bad[0]]} at epoch {epoch}: training stopped; the last good "
-                    f"checkpoints and state are kept in {output} (try a lower --learning-rate)")))
+                    f"{what} at epoch {epoch}: training stopped; {kept()} (try a lower --learning-rate)")))
             train_seconds = time.time() - epoch_start
-            metrics = evaluate(trainer, data)
+            splits = ("valid", "test") if config.test_every_epoch else ("valid",)
+            metrics = evaluate(trainer, data, splits)
+            broken = [c for c, m in metrics.items() if not m.get("finite", True)]
+            if broken:
+                raise TrainingError(stop_here("failed", (
+                    f"classifier {broken[0]} outputs NaN or Inf at epoch {epoch}: training stopped; {kept()}")))
+            improved = _record_best(trainer, data, output, epoch, metrics, record)
             eval_seconds = time.time() - epoch_start - train_seconds
-            improved = []
-            for m, prefix in enumerate(prefixes):
-                if metrics[prefix]["valid"]["weighted_f1"] > best[prefix]["valid"]["weighted_f1"]:
-                    improved.append(prefix)
-                    best[prefix] = {"encoder": data.modalities[m].encoder, "best_epoch": epoch,
-                                    "valid": metrics[prefix]["valid"], "test": metrics[prefix]["test"]}
-                    test_predictions[prefix] = metrics[prefix]["predictions"]["test"]
-                    save_checkpoint(checkpoint_path(output, prefix), trainer.model.branches[m], prefix, m,
-                                    data.classes, config, epoch,
-                                    {"valid": metrics[prefix]["valid"], "test": metrics[prefix]["test"]})
             results["history"].append({
                 "epoch": epoch, "train_seconds": train_seconds, "eval_seconds": eval_seconds, "loss": losses,
-                **{p: {s: metrics[p][s] for s in ("valid", "test")} for p in prefixes}, "improved": improved})
-            results["final"] = {p: best[p] for p in prefixes if best[p]["best_epoch"]}
+                **{c: {s: m[s] for s in ("valid", "test") if s in m} for c, m in metrics.items()},
+                "improved": improved})
+            results["final"] = {c: b for c, b in record.best.items() if b["best_epoch"]}
             write_json(results_path, results)
             if epoch < config.epochs and (epoch % config.save_every == 0 or stop()):
-                save_state(output, trainer, epoch + 1, None, results, best, test_predictions)
+                save_state(output, state_payload(trainer, epoch + 1, None, record.results, record.best, record.test_predictions))
             if config.verbose:
                 elapsed = time.time() - started
                 eta = elapsed / (epoch - first_epoch + 1) * (config.epochs - epoch)
-                terms = " ".join(f"{k} {losses[k]:.3f}" for k in LOSS_TERMS)
-                valid = "  ".join(f"{p} {metrics[p]['valid']['weighted_f1']:.4f}{'*' if p in improved else ' '}"
-                                  for p in prefixes)
-                log(f"epoch {epoch:>{len(str(config.epochs))}}/{config.epochs}  train {train_seconds:5.1f}s  "
-                    f"eval {eval_seconds:4.1f}s  eta {_format_seconds(eta)}  loss {losses['total']:.3f} "
-                    f"[{terms}]  valid wF1 {valid}")
+                log(_epoch_line(config, epoch, losses, metrics, improved, train_seconds, eval_seconds, eta,
+                                trainer.spec.terms))
             if stop() and epoch < config.epochs:
                 raise Interrupted(stop_here("interrupted", (
                     f"interrupted ({stop.signal_name}) after epoch {epoch}; state saved: resume with --resume {output}")))
-
-    for m, prefix in enumerate(prefixes):
-        user_labels = data.classes[test_predictions[prefix]]
-        atomic_write(os.path.join(output, f"test_predictions_{prefix}.npy"),
-                     lambda temporary, values=user_labels: save_npy(temporary, values))
-        results["final"][prefix]["test_rows"] = int(len(data.modalities[m].splits["test"]))
-    results["status"] = "finished"
-    results["training_seconds"] = sum(h["train_seconds"] + h["eval_seconds"] for h in results["history"])
-    write_json(results_path, results)
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(output, STATE_FILE))  # a finished run needs no state; its checkpoints stay
-    log("")
-    log(summary_table(results["final"]))
-    log(f"(test metrics at each modality's best validation epoch; outputs in {output})")
-    return results
+    return _finish(data, output, record, log)

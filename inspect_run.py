@@ -32,11 +32,11 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from data import DataError, DataFolder, load_data_folder
-from functions import (RESULTS_FILE, atomic_write, autocast_context, checkpoint_path, classification_metrics,
-                       data_fingerprint, load_modality_classifier, resolve_device, write_json)
+from data import DataError, DataFolder, input_batches, load_data_folder
+from functions import (Config, autocast_context, checkpoint_precision, classification_metrics, data_fingerprint,
+                       resolve_device)
 from model_pytorch import LOSS_TERMS
-from predict import DEFAULT_BATCH_SIZE, inference_precision, input_batches
+from outputs import RESULTS_FILE, atomic_write, checkpoint_path, load_classifier, write_json
 
 PARTS = ("invariant", "informative", "irrelevant")
 PROBES_FILE = "probes.json"
@@ -88,7 +88,7 @@ def load_run(run_folder: str, data_directory: str | None = None) -> tuple[dict, 
 
 @torch.inference_mode()
 def feature_parts(run_folder: str, data: DataFolder, split: str = "test", device: torch.device | str = "cpu",
-                  batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, dict[str, np.ndarray]]:
+                  batch_size: int = Config.eval_batch_size) -> dict[str, dict[str, np.ndarray]]:
     """Each modality's best checkpoint applied to the rows of `split`.
 
     Returns:
@@ -98,8 +98,8 @@ def feature_parts(run_folder: str, data: DataFolder, split: str = "test", device
     device = torch.device(device)
     features = {}
     for modality in data.modalities:
-        branch, checkpoint = load_modality_classifier(checkpoint_path(run_folder, modality.prefix), device)
-        precision = inference_precision(checkpoint, device)
+        branch, checkpoint = load_classifier(checkpoint_path(run_folder, modality.prefix), device)
+        precision = checkpoint_precision(checkpoint, device)
         rows = modality.splits[split]
         batches = {name: [] for name in PARTS + ("predicted",)}
         for _, x in input_batches(modality.array, rows, batch_size, device):

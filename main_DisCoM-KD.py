@@ -5,15 +5,11 @@
 See README.md for the data layout and every option. All logic lives in functions.py.
 """
 import argparse
-import dataclasses
 import sys
 
 from data import DataError
-from functions import Config, Interrupted, TrainingError, add_config_arguments, resume, run
-
-# Exit statuses: 2 bad input (nothing written), 3 training failed (last good outputs kept),
-# 130 interrupted (state saved for --resume).
-EXIT_BAD_INPUT, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 2, 3, 130
+from functions import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TRAINING_FAILED, Config, Interrupted, TrainingError,
+                       add_config_arguments, plain_path, resume, run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +41,7 @@ def main(argv=None) -> int:
     args.pop("verbose")
     config = Config(**args, verbose=0 if quiet else 1)
     if no_fast:
-        config = dataclasses.replace(config, compile="no", precision="fp32", data_on_device="no")
+        config = plain_path(config)
     try:
         if run_folder is not None:
             resume(run_folder)

@@ -14,64 +14,23 @@ import sys
 
 import numpy as np
 
-from data import SPLITS, DataError, stratified_split
-from functions import atomic_write
-
-DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
-
-
-def read_labels(directory: str) -> np.ndarray:
-    """DIR/labels.npy as a (N,) integer array; raises `DataError` naming the problem."""
-    if not os.path.isdir(directory):
-        raise DataError(f"{directory}: data folder not found")
-    path = os.path.join(directory, "labels.npy")
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found (the (N,) integer labels expected here)")
-    try:
-        labels = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise DataError(f"{path}: not a readable numeric .npy array ({error})") from None
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{path}: labels must be a 1-D integer array, got shape {labels.shape} dtype {labels.dtype}")
-    if labels.size == 0:
-        raise DataError(f"{path}: no labels")
-    return labels
-
-
-def draw_split(labels: np.ndarray, seed: int, fractions=DEFAULT_FRACTIONS, labels_path: str = "labels.npy"
-               ) -> dict[str, np.ndarray]:
-    """`data.stratified_split`, refusing a split with an empty part or fewer than 2 training rows."""
-    if len(fractions) != len(SPLITS) or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
-        raise DataError(f"--fractions {' '.join(map(str, fractions))}: three positive numbers summing to 1 "
-                        "(train valid test) are expected")
-    total = sum(fractions)
-    split = stratified_split(labels, seed, tuple(f / total for f in fractions))
-    for name, rows in split.items():
-        if len(rows) < (2 if name == "train" else 1):
-            raise DataError(f"{labels_path}: too few rows per class for a {'/'.join(f'{f:g}' for f in fractions)} "
-                            f"split ({name} would get {len(rows)} rows with seed {seed})")
-    return split
-
-
-def save_index(path: str, rows: np.ndarray) -> None:
-    def write(temporary):
-        with open(temporary, "wb") as handle:  # a handle, so numpy does not append .npy to the temporary name
-            np.save(handle, np.asarray(rows, dtype=np.int64))
-
-    atomic_write(path, write)
+from data import DEFAULT_FRACTIONS, SPLITS, DataError, draw_split, read_labels, split_file_name
+from outputs import atomic_write, save_npy
 
 
 def make_splits(directory: str, seed: int = 0, fractions=DEFAULT_FRACTIONS, overwrite: bool = False,
                 log=print) -> dict[str, np.ndarray]:
     """Writes DIR/{train,valid,test}_idx.npy; raises `DataError` before writing anything on bad input."""
-    labels = read_labels(directory)
-    paths = {name: os.path.join(directory, f"{name}_idx.npy") for name in SPLITS}
+    if not os.path.isdir(directory):
+        raise DataError(f"{directory}: data folder not found")
+    labels = read_labels(os.path.join(directory, "labels.npy"))
+    paths = {name: os.path.join(directory, split_file_name(name)) for name in SPLITS}
     existing = [path for path in paths.values() if os.path.exists(path)]
     if existing and not overwrite:
         raise DataError(f"{existing[0]}: split file already exists; pass --overwrite to replace the split files")
     split = draw_split(labels, seed, fractions, os.path.join(directory, "labels.npy"))
     for name, rows in split.items():
-        save_index(paths[name], rows)
+        atomic_write(paths[name], lambda temporary, values=rows: save_npy(temporary, values))
     classes = np.unique(labels)
     for name, rows in split.items():
         counts = np.bincount(np.searchsorted(classes, labels[rows]), minlength=len(classes))

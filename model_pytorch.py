@@ -14,7 +14,7 @@ gradient reversal layer.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -146,32 +146,41 @@ class MLPEncoder(nn.Module):
         return self.net(x.flatten(1))
 
 
-# Smallest spatial size (height/width or length) each encoder accepts, and why.
-MIN_INPUT_SIZE = {
-    # below 8 pixels the stem and max-pool leave a single position before the second stage
-    "resnet18": 8,
-    "resnet1d": 8,
-    # 5x5 conv (padded), pool, 5x5 conv (valid), pool must leave at least one position
-    "lenet": 12,
-    "mlp": 1,
+class EncoderSpec(NamedTuple):
+    """What the data checks and the models need to know of an encoder kind."""
+
+    rank: int | None  # per-sample input rank it reads: (C, H, W) = 3, (C, L) = 2, (F,) = 1; None = any
+    min_size: int  # smallest spatial size (height/width or length) it accepts
+    build: Callable[[tuple[int, ...]], nn.Module]  # input_shape (without the batch dimension) -> encoder
+    default_for_rank: bool  # chosen by `auto` for samples of its rank
+
+
+# The one table of encoder kinds. Minimum sizes: below 8 pixels ResNet's stem and max-pool leave a
+# single position before the second stage; LeNet's 5x5 conv (padded), pool, 5x5 conv (valid), pool
+# must leave at least one position.
+ENCODERS = {
+    "resnet18": EncoderSpec(3, 8, lambda shape: ResNet18Encoder(shape[0], spatial_dims=2), True),
+    "resnet1d": EncoderSpec(2, 8, lambda shape: ResNet18Encoder(shape[0], spatial_dims=1), True),
+    "lenet": EncoderSpec(3, 12, lambda shape: LeNetEncoder(*shape), False),
+    "mlp": EncoderSpec(None, 1, lambda shape: MLPEncoder(math.prod(shape)), True),
 }
-# Per-sample input rank each encoder reads: (C, H, W) = 3, (C, L) = 2, (F,) = 1; None = any.
-ENCODER_RANK = {"resnet18": 3, "resnet1d": 2, "lenet": 3, "mlp": None}
-ENCODER_KINDS = tuple(ENCODER_RANK)
+VECTOR_ENCODER = "mlp"  # the default for (F,) vectors, and the only kind that reads any rank
+
+
+def default_encoder_for(sample_shape: tuple[int, ...]) -> str:
+    """The encoder `auto` picks for samples of `sample_shape` (by rank)."""
+    for kind, spec in ENCODERS.items():
+        if spec.default_for_rank and spec.rank == len(sample_shape):
+            return kind
+    return VECTOR_ENCODER
 
 
 def build_encoder(kind: str, input_shape: tuple[int, ...]) -> nn.Module:
     """Builds one encoder of `kind` for samples of `input_shape` (without the batch dimension)."""
-    assert kind in ENCODER_RANK, f"unknown encoder {kind!r}, expected one of {ENCODER_KINDS}"
-    rank = ENCODER_RANK[kind]
+    assert kind in ENCODERS, f"unknown encoder {kind!r}, expected one of {tuple(ENCODERS)}"
+    rank = ENCODERS[kind].rank
     assert rank is None or len(input_shape) == rank, f"{kind} reads rank-{rank} samples, got {input_shape}"
-    if kind == "resnet18":
-        return ResNet18Encoder(input_shape[0], spatial_dims=2)
-    if kind == "resnet1d":
-        return ResNet18Encoder(input_shape[0], spatial_dims=1)
-    if kind == "lenet":
-        return LeNetEncoder(*input_shape)
-    return MLPEncoder(math.prod(input_shape))
+    return ENCODERS[kind].build(tuple(input_shape))
 
 
 # ----------------------------------------------------------------------------- model
@@ -235,7 +244,7 @@ class DisCoMKD(nn.Module):
     Args:
         input_shapes: per-sample shape of the first and second modality, e.g. (13, 64, 64), (2, 64, 64).
         num_classes: number of task classes K.
-        encoders: encoder kind of each modality, keys of `ENCODER_RANK`.
+        encoders: encoder kind of each modality, keys of `ENCODERS`.
     """
 
     def __init__(self, input_shapes, num_classes: int, encoders=("resnet18", "resnet18")):

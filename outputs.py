@@ -1,26 +1,21 @@
-"""The files a DisCoM-KD run writes, all atomically: results, checkpoints, predictions, state.
+"""The files a run writes, all atomically: results, checkpoints, predictions, state.
 
-`results.json` and `best_<PREFIX>.pt` are the run's results; `state.pt` is the resumable state of
+`results.json` and `best_<COLUMN>.pt` are the run's results; `state.pt` is the resumable state of
 an unfinished run. Everything loads with `torch.load(..., weights_only=True)`: no pickled code.
+What is saved is handed in as data; this module knows nothing of the training loop.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
-import random
 import tempfile
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from data import DataError
-from model_pytorch import ModalityBranch
-
-if TYPE_CHECKING:  # annotations only: functions imports this module
-    from functions import Config, EpochProgress, Trainer
+from methods import CLASSIFIER_KINDS, build_classifier
 
 CHECKPOINT_FORMAT = "discomkd-modality/1"
 RESULTS_FILE = "results.json"
@@ -45,6 +40,14 @@ def atomic_write(path: str, write) -> None:
         raise
 
 
+def write_text(path: str, text: str) -> None:
+    def write(temporary):
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    atomic_write(path, write)
+
+
 def write_json(path: str, payload: dict) -> None:
     def write(temporary):
         with open(temporary, "w") as handle:
@@ -53,12 +56,11 @@ def write_json(path: str, payload: dict) -> None:
     atomic_write(path, write)
 
 
-def prepare_output(config: Config, directory: str, first_prefix: str, second_prefix: str) -> str:
-    """The output folder's path; refuses a folder holding files unless `overwrite` is set."""
-    output = config.output or os.path.join(directory, f"DisCoM-KD_{first_prefix}_{second_prefix}")
+def prepare_output(output: str, overwrite: bool) -> str:
+    """Checks that `output` can hold a run; refuses a folder holding files unless `overwrite`."""
     if os.path.exists(output) and not os.path.isdir(output):
         raise DataError(f"{output}: exists and is not a folder")
-    if os.path.isdir(output) and os.listdir(output) and not config.overwrite:
+    if os.path.isdir(output) and os.listdir(output) and not overwrite:
         raise DataError(f"{output}: output folder already holds files (an earlier run?); "
                         "pass --overwrite to replace them or --output to choose another folder")
     return output
@@ -68,42 +70,58 @@ def checkpoint_path(output: str, prefix: str) -> str:
     return os.path.join(output, f"best_{prefix}.pt")
 
 
-def save_checkpoint(path: str, branch: ModalityBranch, prefix: str, position: int, classes: np.ndarray,
-                    config: Config, epoch: int, metrics: dict) -> None:
-    """A checkpoint that classifies one modality alone: weights plus all inference needs to know."""
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "prefix": prefix,
-        "position": position,
-        "input_shape": list(branch.input_shape),
-        "encoder": branch.encoder,
-        "classes": [int(c) for c in classes],
-        "config": dataclasses.asdict(config),
-        "epoch": epoch,
-        "metrics": metrics,
-        "state_dict": {k: v.detach().cpu() for k, v in branch.state_dict().items()},
-    }
+def save_checkpoint(path: str, module: torch.nn.Module, description: dict, metadata: dict) -> None:
+    """A checkpoint of one classifier: its weights, `description` (what rebuilds it, see
+    methods.classifier_description) and `metadata` (classes, config, epoch, metrics, ...)."""
+    payload = {"format": CHECKPOINT_FORMAT, "classifier": description, **metadata,
+               "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}}
+    if "input_shape" in description:  # single-modality classifiers: what prediction checks inputs against
+        payload.update(input_shape=description["input_shape"], encoder=description["encoder"])
     atomic_write(path, lambda temporary: torch.save(payload, temporary))
 
 
-def load_modality_classifier(path: str, device: torch.device | str = "cpu") -> tuple[ModalityBranch, dict]:
-    """Loads a `best_<PREFIX>.pt` checkpoint (weights only, no pickled code) in eval mode.
-
-    Returns:
-        (branch, checkpoint): the single-modality classifier and the checkpoint's metadata.
-    """
+def read_checkpoint(path: str) -> dict:
+    """A checkpoint's payload (weights only, no pickled code), its classifier description filled in for
+    checkpoints of DisCoM-KD's first format, which held a modality branch."""
     checkpoint = _load_weights_only(path, CHECKPOINT_FORMAT, "checkpoint")
     try:
-        branch = ModalityBranch(tuple(checkpoint["input_shape"]), len(checkpoint["classes"]), checkpoint["encoder"])
-        branch.load_state_dict(checkpoint["state_dict"])
+        if "classifier" not in checkpoint:
+            checkpoint["classifier"] = {"kind": "discomkd-branch", "input_shape": checkpoint["input_shape"],
+                                        "encoder": checkpoint["encoder"], "num_classes": len(checkpoint["classes"])}
+        classes, described = len(checkpoint["classes"]), checkpoint["classifier"].get("num_classes")
+        checkpoint["state_dict"]  # noqa: B018 (present, or the KeyError below)
+    except KeyError as error:
+        raise DataError(f"{path}: checkpoint field {error} missing") from None
+    except (TypeError, AttributeError):
+        raise DataError(f"{path}: not a DisCoM-KD checkpoint (malformed fields)") from None
+    if described != classes:
+        raise DataError(f"{path}: the checkpoint lists {classes} classes but its classifier has {described}")
+    return checkpoint
+
+
+def load_classifier(path: str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Loads a `best_<COLUMN>.pt` checkpoint of any method, rebuilt, in eval mode.
+
+    The module is built under a forked random state, so loading never shifts a run's random draws.
+    Returns:
+        (classifier, checkpoint): the module and the checkpoint's metadata.
+    """
+    checkpoint = read_checkpoint(path)
+    if checkpoint["classifier"].get("kind") not in CLASSIFIER_KINDS:
+        raise DataError(f"{path}: unknown classifier kind {checkpoint['classifier'].get('kind')!r}; expected one of "
+                        f"{', '.join(CLASSIFIER_KINDS)}")
+    try:
+        with torch.random.fork_rng(devices=[]):
+            module = build_classifier(checkpoint["classifier"])
+        module.load_state_dict(checkpoint["state_dict"])
     except KeyError as error:
         raise DataError(f"{path}: checkpoint field {error} missing") from None
     except (AssertionError, RuntimeError, TypeError, ValueError) as error:
         # load_state_dict lists every mismatch on its own line; the first one tells what differs
         detail = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error).strip())
-        raise DataError(f"{path}: the weights do not fit the checkpoint's own description (encoder "
-                        f"{checkpoint.get('encoder')!r}, input {checkpoint.get('input_shape')}): {detail[:200]}") from None
-    return branch.to(device).eval(), checkpoint
+        raise DataError(f"{path}: the weights do not fit the checkpoint's own description "
+                        f"({checkpoint['classifier']}): {detail[:200]}") from None
+    return module.to(device).eval(), checkpoint
 
 
 # ----------------------------------------------------------------------------- resumable state
@@ -111,38 +129,9 @@ STATE_FILE = "state.pt"
 STATE_FORMAT = "discomkd-state/1"
 
 
-def rng_state(trainer: Trainer) -> dict:
-    """Every random number generator a run draws from, in types that load with weights_only=True."""
-    numpy_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "generator": trainer.generator.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if trainer.device.type == "cuda" else [],
-            # numpy and Python states as tensors and lists, so the state loads with weights_only=True
-            "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
-            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
-
-
-def restore_rng(state: dict, trainer: Trainer) -> None:
-    torch.set_rng_state(state["torch"])
-    trainer.generator.set_state(state["generator"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    kind, key, *rest = state["numpy"]
-    np.random.set_state((kind, key.numpy().astype(np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def save_state(output: str, trainer: Trainer, epoch: int, progress: EpochProgress | None, results: dict,
-               best: dict, test_predictions: dict) -> None:
-    """Writes state.pt: everything needed to continue at `epoch` (mid-epoch when `progress` is given)."""
-    payload = {
-        "format": STATE_FORMAT, "epoch": epoch, "results": results, "best": best,
-        "test_predictions": {p: torch.from_numpy(np.asarray(v)) for p, v in test_predictions.items()},
-        "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(), "rng": rng_state(trainer),
-        "progress": None if progress is None else {
-            "bounds": [list(b) for b in progress.bounds], "positions": [p.cpu() for p in progress.positions],
-            "step": progress.step, "sums": progress.sums.cpu()},
-    }
+def save_state(output: str, payload: dict) -> None:
+    """Writes state.pt from `payload` (tensors and plain containers: what a run needs to continue)."""
+    payload = {"format": STATE_FORMAT, **payload}
     atomic_write(os.path.join(output, STATE_FILE), lambda temporary: torch.save(payload, temporary))
 
 
@@ -163,6 +152,13 @@ def _load_weights_only(path: str, expected_format: str, what: str) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != expected_format:
         raise DataError(f"{path}: not a DisCoM-KD {what} (format {expected_format} expected)")
     return payload
+
+
+def remove_temporaries(folder: str) -> None:
+    """Removes what writes cut short by a kill left behind: never a final name."""
+    for name in os.listdir(folder):
+        if name.startswith(TEMPORARY_PREFIX):
+            os.remove(os.path.join(folder, name))
 
 
 def save_npy(path: str, values: np.ndarray) -> None:

@@ -18,59 +18,13 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix
 
-from data import DataError, Prefetcher, load_npy
-from functions import autocast_context, classification_metrics, resolve_device
-from model_pytorch import ModalityBranch
-from outputs import atomic_write, load_modality_classifier, save_npy
-
-DEFAULT_BATCH_SIZE = 512  # the training run's evaluation batch size (Config.eval_batch_size)
-
-
-def inference_precision(checkpoint: dict, device: torch.device) -> str:
-    """The precision the run evaluated in, resolved for `device` as training resolves it, so that the
-    checkpoint's own test predictions are reproduced: 'bf16' or 'fp32'."""
-    precision = checkpoint["config"].get("precision", "fp32")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return precision
-
-
-def input_batches(array: np.ndarray, rows: np.ndarray | None, batch_size: int, device: torch.device):
-    """Yields (start, x): consecutive batches of `array` (rows `rows` if given, else all), as
-    (B, *sample_shape) float32 tensors on `device`; `start` is the batch's first position.
-
-    Only one batch (two on CUDA, where the next is read while the current one computes) is in host
-    memory at a time, so a memory-mapped `array` larger than memory can be read. Raises `DataError`
-    naming the first row that holds NaN or Inf (after conversion to float32).
-    """
-    count = len(array) if rows is None else len(rows)
-    starts = list(range(0, count, batch_size))
-
-    def read(i: int) -> np.ndarray:
-        start = starts[i]
-        if rows is None:
-            # a copy: a memory map's rows are read-only, and torch wants a writable buffer
-            return np.array(array[start:start + batch_size], dtype=np.float32)
-        wanted = rows[start:start + batch_size]
-        order = np.argsort(wanted, kind="stable")  # memory maps read fastest in row order
-        block = np.empty((len(wanted),) + tuple(array.shape[1:]), dtype=np.float32)
-        block[order] = array[wanted[order]]
-        return block
-
-    for i, block in enumerate(Prefetcher(read, len(starts), enabled=device.type == "cuda")):
-        finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1)
-        if not finite.all():
-            position = starts[i] + int(np.argmin(finite))
-            row = position if rows is None else int(rows[position])
-            raise DataError(f"row {row} holds NaN or Inf (as float32); finite numbers are expected")
-        x = torch.from_numpy(block)
-        if device.type == "cuda":
-            x = x.pin_memory().to(device, non_blocking=True)
-        yield starts[i], x
-
+from data import DataError, input_batches, load_npy
+from functions import (DEVICE_HELP, EXIT_BAD_INPUT, Config, autocast_context, checkpoint_precision,
+                       classification_metrics, resolve_device)
+from outputs import atomic_write, load_classifier, save_npy
 
 @torch.inference_mode()
-def predict_array(branch: ModalityBranch, array: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
+def predict_array(branch: torch.nn.Module, array: np.ndarray, batch_size: int = Config.eval_batch_size,
                   device: torch.device | str = "cpu", rows: np.ndarray | None = None,
                   precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities of every sample of `array` (or of its rows `rows`), batch by batch.
@@ -80,7 +34,7 @@ def predict_array(branch: ModalityBranch, array: np.ndarray, batch_size: int = D
             and evaluated in eval mode, its previous mode restored afterwards.
         array: (N, *branch.input_shape), any numeric dtype; may be a memory map (read per batch).
         rows: optional (n,) row numbers of `array` to predict, in the order given.
-        precision: 'fp32' or 'bf16' (autocast), see `inference_precision`.
+        precision: 'fp32' or 'bf16' (autocast), as the run evaluated (`checkpoint_precision`).
 
     Returns:
         probabilities (n, K) float32 and predicted class indices (n,) int64, which index the
@@ -90,10 +44,12 @@ def predict_array(branch: ModalityBranch, array: np.ndarray, batch_size: int = D
     was_training = branch.training
     branch.to(device).eval()
     count = len(array) if rows is None else len(rows)
-    probabilities = np.empty((count, branch.task_classifier.out_features), dtype=np.float32)
+    probabilities = None
     for start, x in input_batches(array, rows, batch_size, device):
         with autocast_context(device, precision):
             logits = branch(x).logits  # (B, K)
+        if probabilities is None:
+            probabilities = np.empty((count, logits.shape[1]), dtype=np.float32)
         # the batch's one host transfer
         probabilities[start:start + len(x)] = torch.softmax(logits.float(), dim=1).cpu().numpy()
     branch.train(was_training)
@@ -183,8 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "one per INPUT row (e.g. the data folder's labels.npy)")
     parser.add_argument("--output", metavar="PREFIX", help="writes PREFIX_classes.npy and PREFIX_probabilities.npy "
                                                            "(default: INPUT without .npy, plus _pred)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rows per forward pass")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=Config.eval_batch_size, help="rows per forward pass")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser
 
@@ -207,7 +163,10 @@ def run_prediction(args: argparse.Namespace) -> None:
             raise DataError(f"{path}: exists; pass --overwrite to replace it or --output to choose another prefix")
 
     device = resolve_device(args.device)
-    branch, checkpoint = load_modality_classifier(args.checkpoint, device)
+    branch, checkpoint = load_classifier(args.checkpoint, device)
+    if "input_shape" not in checkpoint["classifier"]:
+        raise DataError(f"{args.checkpoint}: a classifier of both modalities ({checkpoint['classifier']['kind']}); "
+                        "predict.py classifies one modality with a best_<PREFIX>.pt")
     classes = np.asarray(checkpoint["classes"], dtype=np.int64)
     array = load_input(args.input, tuple(checkpoint["input_shape"]), args.checkpoint)
     rows = None if args.rows is None else load_rows(args.rows, len(array))
@@ -216,7 +175,7 @@ def run_prediction(args: argparse.Namespace) -> None:
 
     try:
         probabilities, predicted = predict_array(branch, array, args.batch_size, device, rows,
-                                                 inference_precision(checkpoint, device))
+                                                 checkpoint_precision(checkpoint, device))
     except DataError as error:
         raise DataError(f"{args.input}: {error}") from None
     values = classes[predicted]
@@ -239,7 +198,7 @@ def main(argv=None) -> int:
         run_prediction(args)
     except (DataError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     return 0
 
 

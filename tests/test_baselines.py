@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from baselines import (DKD_ALPHA, DKD_BETA, DKD_WARMUP_EPOCHS, MultiModalTeacher, SingleModalityClassifier, dkd_losses,
-                       kd_loss, student_loss_weights, student_losses)
+                       kd_loss)
+from methods import METHODS, ModelShape, build_model
 
 STUDENT = np.array([[2.0, 1.0, 0.5], [0.2, -1.0, 1.5]])
 TEACHER = np.array([[1.0, 3.0, 0.0], [0.5, 0.1, 2.5]])
@@ -73,16 +74,31 @@ def test_nckd_ignores_the_target_logit_and_tckd_stays_finite_when_confident():
     assert all(torch.isfinite(t) for t in terms.values())
 
 
-def test_student_terms_and_dkd_warmup():
-    student, teacher, labels = tensors(STUDENT, TEACHER, LABELS)
-    assert set(student_losses("mono", student, labels)) == {"ce"}
-    assert set(student_losses("kd", student, labels, teacher)) == {"ce", "kd"}
-    assert set(student_losses("dkd", student, labels, teacher)) == {"ce", "tckd", "nckd"}
+def test_method_terms_and_dkd_warmup():
+    torch.manual_seed(0)
+    shape = ModelShape(((1, 12, 12), (6,)), ("lenet", "mlp"), 3)
+    inputs = {0: torch.randn(4, 1, 12, 12), 1: torch.randn(4, 6)}
+    labels = {0: torch.tensor([0, 1, 2, 0]), 1: torch.tensor([0, 1, 2, 0])}
+    teacher = build_model("teacher", shape)
+    for method, terms in (("mono", {"ce"}), ("kd", {"ce", "kd"}), ("dkd", {"ce", "tckd", "nckd"})):
+        model = build_model(method, shape, 0, teacher)
+        reads = METHODS[method].reads(0)
+        computed = METHODS[method].losses(model, {m: inputs[m] for m in reads}, labels, None)
+        assert set(computed) == terms == set(METHODS[method].terms)
+        assert set(METHODS[method].weights(None, 1)) == terms
+    dkd_weights = METHODS["dkd"].weights
     half = DKD_WARMUP_EPOCHS // 2
-    assert student_loss_weights("dkd", half) == pytest.approx(
+    assert dkd_weights(None, half) == pytest.approx(
         {"ce": 1.0, "tckd": DKD_ALPHA * half / DKD_WARMUP_EPOCHS, "nckd": DKD_BETA * half / DKD_WARMUP_EPOCHS})
-    assert student_loss_weights("dkd", 5 * DKD_WARMUP_EPOCHS) == {"ce": 1.0, "tckd": DKD_ALPHA, "nckd": DKD_BETA}
-    assert student_loss_weights("kd", 1) == {"ce": 1.0, "kd": 1.0}
+    assert dkd_weights(None, 5 * DKD_WARMUP_EPOCHS) == {"ce": 1.0, "tckd": DKD_ALPHA, "nckd": DKD_BETA}
+    assert METHODS["kd"].weights(None, 1) == {"ce": 1.0, "kd": 1.0}
+
+
+def test_distilled_student_keeps_its_teacher_frozen_and_in_eval_mode():
+    shape = ModelShape(((1, 12, 12), (6,)), ("lenet", "mlp"), 3)
+    model = build_model("kd", shape, 1, build_model("teacher", shape)).train()
+    assert not model.teacher.training and model.student.training
+    assert not any(p.requires_grad for p in model.teacher.parameters())
 
 
 def test_model_shapes():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from functions import load_modality_classifier
+from outputs import load_classifier
 from model_pytorch import LOSS_TERMS
 from toy import folder_snapshot, write_toy_folder
 
@@ -78,7 +78,7 @@ def test_test_predictions_hold_the_users_labels(finished_run, prefix):
 @pytest.mark.parametrize("prefix", PREFIXES)
 def test_reloaded_checkpoint_reproduces_the_saved_test_predictions(finished_run, prefix):
     folder, output, _ = finished_run
-    branch, checkpoint = load_modality_classifier(os.path.join(output, f"best_{prefix}.pt"))
+    branch, checkpoint = load_classifier(os.path.join(output, f"best_{prefix}.pt"))
     assert checkpoint["classes"] == LABEL_VALUES
     assert checkpoint["prefix"] == prefix
     assert checkpoint["epoch"] == read_results(output)["final"][prefix]["best_epoch"]

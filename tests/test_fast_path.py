@@ -8,6 +8,7 @@ import torch
 
 import benchmark
 import functions
+from data import load_data_folder
 from toy import write_toy_folder
 
 QUIET = dict(epochs=3, batch_size=16, encoder_first="lenet", augment_first="flip+rot90", verbose=0, overwrite=True)
@@ -86,7 +87,7 @@ def test_benchmark_reports_timings_for_both_paths(tmp_path):
 
 def test_synthetic_folder_is_a_valid_data_folder(tmp_path):
     benchmark.write_synthetic_folder(str(tmp_path), 50, (2, 8, 8), (5,), 3)
-    data = functions.load_data_folder(str(tmp_path), "FIRST", "SECOND")
+    data = load_data_folder(str(tmp_path), "FIRST", "SECOND")
     assert [m.sample_shape for m in data.modalities] == [(2, 8, 8), (5,)]
     assert data.num_classes == 3 and sum(len(r) for r in data.modalities[0].splits.values()) == 50
 

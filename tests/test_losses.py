@@ -183,8 +183,8 @@ def test_a_few_epochs_lower_the_loss(tmp_path):
     config = Config(batch_size=16, learning_rate=1e-3, augment_first="none", compile="no", verbose=0)
     seed_everything(0)
     trainer = build_trainer(config, data, torch.device("cpu"))
-    history = [train_one_epoch(trainer) for _ in range(5)]
-    assert set(history[0]) == set(LOSS_TERMS) | {"total"}
+    history = [train_one_epoch(trainer, epoch) for epoch in range(1, 6)]
+    assert set(history[0]) == set(LOSS_TERMS) | {"total", "finite_weights"}
     first, last = history[0], history[-1]
     assert last["total"] < first["total"] - 0.5, [h["total"] for h in history]
     assert last["cl"] < 0.5 * first["cl"], [h["cl"] for h in history]

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from model_pytorch import (FEATURE_DIM, MIN_INPUT_SIZE, PART_DIM, DisCoMKD, ModalityBranch, build_encoder,
+from model_pytorch import (FEATURE_DIM, ENCODERS, PART_DIM, DisCoMKD, ModalityBranch, build_encoder,
                            gradient_reverse)
 
 # torchvision's resnet18 has 11,689,512 parameters; without its fc layer (512 * 1000 + 1000) it has
@@ -78,7 +78,7 @@ def test_resnet1d_has_the_resnet18_layout_with_1d_kernels():
 
 
 def test_lenet_smallest_input_is_accepted():
-    size = MIN_INPUT_SIZE["lenet"]
+    size = ENCODERS["lenet"].min_size
     encoder = build_encoder("lenet", (2, size, size)).eval()
     with torch.no_grad():
         assert encoder(torch.randn(2, 2, size, size)).shape == (2, FEATURE_DIM)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from data import array_path
-from functions import Config, load_modality_classifier, run
+from functions import Config, run
+from outputs import load_classifier
 from predict import main, predict_array
 from toy import folder_snapshot, write_toy_folder
 
@@ -36,7 +37,7 @@ def predict_cli(*args):
 @pytest.mark.parametrize("prefix", PREFIXES)
 def test_predict_array_reproduces_the_runs_test_predictions(toy_run, prefix):
     folder, output = toy_run
-    branch, checkpoint = load_modality_classifier(os.path.join(output, f"best_{prefix}.pt"))
+    branch, checkpoint = load_classifier(os.path.join(output, f"best_{prefix}.pt"))
     array = np.load(array_path(folder, prefix), mmap_mode="r")
     test_rows = np.load(os.path.join(folder, "test_idx.npy"))
     expected = np.load(os.path.join(output, f"test_predictions_{prefix}.npy"))
@@ -73,7 +74,7 @@ def test_cli_reproduces_the_runs_test_predictions_and_scores_them(toy_run, prefi
 
 def test_predict_array_reads_one_batch_at_a_time(toy_run):
     folder, output = toy_run
-    branch, _ = load_modality_classifier(os.path.join(output, "best_VEC.pt"))
+    branch, _ = load_classifier(os.path.join(output, "best_VEC.pt"))
     array = np.load(array_path(folder, "VEC"))
 
     class RecordingArray:

@@ -12,7 +12,10 @@ import pytest
 import torch
 
 import functions
-from functions import STATE_FILE, Config, Interrupted, resume, run
+import methods
+import outputs
+from functions import Config, Interrupted, resume, run
+from outputs import STATE_FILE
 from toy import folder_snapshot, quiet, read_results, write_toy_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,13 +45,13 @@ def reference(data_folder, tmp_path_factory):
 def step_counter(monkeypatch):
     """Counts training steps (one loss evaluation each; evaluation computes no loss)."""
     count = [0]
-    losses = functions.discomkd_losses
+    losses = methods.discomkd_losses
 
     def counted(*args, **kwargs):
         count[0] += 1
         return losses(*args, **kwargs)
 
-    monkeypatch.setattr(functions, "discomkd_losses", counted)
+    monkeypatch.setattr(methods, "discomkd_losses", counted)
     return count
 
 
@@ -100,7 +103,7 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(data_folder, r
     for i, point in enumerate(points):
         assert step_counter[0] == point, "the run must stop right after the step that asked"
         epoch, step = divmod(point, STEPS_PER_EPOCH)
-        state = functions.load_state(output)
+        state = outputs.load_state(output)
         results = read_results(output)
         assert results["status"] == "interrupted"
         assert len(results["history"]) == epoch, "every finished epoch is recorded"

@@ -19,8 +19,9 @@ import functions
 import outputs
 from data import DataError, array_path, stratified_split
 from functions import Config, TrainingError, run
+from methods import ModelShape, classifier_description
 from model_pytorch import LOSS_TERMS, ModalityBranch
-from outputs import CHECKPOINT_FORMAT, STATE_FILE, load_modality_classifier, load_state, save_checkpoint
+from outputs import CHECKPOINT_FORMAT, STATE_FILE, load_classifier, load_state, save_checkpoint
 from toy import quiet, read_results, toy_arrays, write_toy_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +52,7 @@ def check_every_file_is_complete(output: str) -> list[str]:
         elif name == STATE_FILE:
             assert load_state(output)["epoch"] >= 2
         elif name.startswith("best_") and name.endswith(".pt"):
-            branch, checkpoint = load_modality_classifier(path)
+            branch, checkpoint = load_classifier(path)
             assert checkpoint["prefix"] == name[len("best_"):-len(".pt")]
         elif name.startswith("test_predictions_") and name.endswith(".npy"):
             assert np.load(path, allow_pickle=False).ndim == 1
@@ -191,7 +192,7 @@ def test_nan_in_a_batch_stops_training_naming_the_term_and_epoch(tmp_path, nan_i
     results = read_results(output)
     assert results["status"] == "failed" and [h["epoch"] for h in results["history"]] == [1]
     for prefix in PREFIXES:
-        branch, checkpoint = load_modality_classifier(os.path.join(output, f"best_{prefix}.pt"))
+        branch, checkpoint = load_classifier(os.path.join(output, f"best_{prefix}.pt"))
         assert checkpoint["epoch"] == 1
         assert all(torch.isfinite(p).all() for p in branch.state_dict().values() if p.is_floating_point())
     state = load_state(output)  # the state written after epoch 1, before the NaN reached the weights
@@ -239,7 +240,7 @@ def test_weights_only_loading_refuses_a_crafted_pickle(tmp_path):
 
     for path in (checkpoint, raw):
         with pytest.raises(DataError, match="not a loadable DisCoM-KD checkpoint") as refused:
-            load_modality_classifier(path)
+            load_classifier(path)
         assert str(refused.value).startswith(path)
     with pytest.raises(DataError, match="not a loadable DisCoM-KD state"):
         load_state(str(run_folder))
@@ -251,19 +252,24 @@ def checkpoint_file(tmp_path):
     """A genuine single-modality checkpoint: image (1, 12, 12), LeNet, 3 classes."""
     branch = ModalityBranch((1, 12, 12), 3, "lenet")
     path = str(tmp_path / "best_IMG.pt")
-    save_checkpoint(path, branch, "IMG", 0, np.array([0, 1, 2]), Config(), 1, {})
+    description = classifier_description(branch, ModelShape(((1, 12, 12), (6,)), ("lenet", "mlp"), 3), 0)
+    save_checkpoint(path, branch, description, {"prefix": "IMG", "position": 0, "classes": [0, 1, 2],
+                                                "config": dataclasses.asdict(Config()), "epoch": 1, "metrics": {}})
     return path
 
 
 def edited(path: str, **changes) -> str:
+    """Changes fields of the checkpoint's classifier description (what rebuilds it), or of the
+    checkpoint itself for `format`, `classes` and `state_dict`."""
     checkpoint = torch.load(path, weights_only=True)
-    checkpoint.update(changes)
+    for key, value in changes.items():
+        (checkpoint if key in ("format", "classes", "state_dict") else checkpoint["classifier"])[key] = value
     torch.save(checkpoint, path)
     return path
 
 
 def test_checkpoint_loads_and_classifies(checkpoint_file):
-    branch, checkpoint = load_modality_classifier(checkpoint_file)
+    branch, checkpoint = load_classifier(checkpoint_file)
     assert checkpoint["prefix"] == "IMG" and not branch.training
     assert branch(torch.zeros(2, 1, 12, 12)).logits.shape == (2, 3)
 
@@ -272,24 +278,26 @@ def test_checkpoint_loads_and_classifies(checkpoint_file):
     ({"format": "discomkd-modality/0"}, "format discomkd-modality/1 expected"),
     ({"encoder": "mlp"}, "do not fit"),  # weights of another architecture
     ({"input_shape": [1, 16, 16]}, "do not fit"),  # LeNet's fully connected layer has another size
-    ({"classes": [0, 1, 2, 3]}, "do not fit"),
+    ({"classes": [0, 1, 2, 3]}, "4 classes"),
+    ({"num_classes": 4}, "classifier has 4"),
     ({"encoder": "transformer"}, "do not fit"),  # an encoder this code does not know
+    ({"kind": "transformer"}, "unknown classifier kind"),
     ({"state_dict": {}}, "do not fit"),
 ])
 def test_mismatched_checkpoint_gives_one_line_naming_the_file(checkpoint_file, changes, expected):
     edited(checkpoint_file, **changes)
     with pytest.raises(DataError) as refused:
-        load_modality_classifier(checkpoint_file)
+        load_classifier(checkpoint_file)
     message = str(refused.value)
     assert message.startswith(checkpoint_file) and expected in message and "\n" not in message
 
 
 def test_checkpoint_missing_a_field_gives_one_line(checkpoint_file):
     checkpoint = torch.load(checkpoint_file, weights_only=True)
-    del checkpoint["input_shape"]
+    del checkpoint["classifier"]["input_shape"]
     torch.save(checkpoint, checkpoint_file)
     with pytest.raises(DataError) as refused:
-        load_modality_classifier(checkpoint_file)
+        load_classifier(checkpoint_file)
     assert str(refused.value).startswith(checkpoint_file) and "input_shape" in str(refused.value)
 
 

@@ -1,0 +1,217 @@
+"""Every neural method the training engine runs, each a small spec in one table, `METHODS`.
+
+A method says how to build its model, which modalities a training step reads (and whether the two
+are the same rows), a pure function returning its named, unweighted loss terms, their weights, and
+the classifiers it yields. The engine (`functions.fit`) does the rest identically for all: batching,
+augmentation, the compiled step, loss sums read once per epoch, stop requests, non-finite checks,
+best-on-validation selection per classifier and checkpoints. Adding a method touches this file only.
+
+This module knows only torch and the models: no files, command lines or metrics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines import (DKD_ALPHA, DKD_BETA, DKD_WARMUP_EPOCHS, MultiModalTeacher, SingleModalityClassifier,
+                       dkd_losses, kd_loss)
+from model_pytorch import LOSS_TERMS, DisCoMKD, ModalityBranch, discomkd_losses
+
+FUSED = "fused"  # the column of a classifier that reads both modalities (the teacher)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What every model is built from: the per-sample shape and encoder of each modality, K classes."""
+
+    input_shapes: tuple[tuple[int, ...], tuple[int, ...]]
+    encoders: tuple[str, str]
+    num_classes: int
+
+
+class DistilledStudent(nn.Module):
+    """A single-modality student and the frozen multi-modal teacher it learns from (kd, dkd).
+
+    The teacher stays in eval mode and out of the optimizer (`requires_grad` off) whatever mode the
+    module is put in; only the student is a classifier of the method.
+    """
+
+    def __init__(self, student: SingleModalityClassifier, teacher: MultiModalTeacher, target: int):
+        super().__init__()
+        self.student, self.target = student, target
+        self.teacher = teacher.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method, as the engine sees it.
+
+    Attributes:
+        description: one line for tables and --help.
+        terms: names of the loss terms `losses` returns, in order.
+        build: (shape, target modality or None, teacher or None) -> the model to train.
+        losses: (model, inputs {modality: (B, ...)}, labels {modality: (B,)}, config) -> {term: scalar},
+            unweighted; run under autocast by the engine.
+        weights: (config, epoch 1-based) -> {term: weight}; the engine applies them, in one place.
+        classifiers: (model, target) -> ((modality it classifies or None for fused, module), ...); each
+            module's forward reads the inputs of that modality (both for fused) and returns `.logits`.
+        per_modality: one model per modality (target 0, then 1) instead of one for both.
+        reads_both: a step reads both modalities (else only the target's).
+        paired: the two modalities of a step are the same rows (needs rows in both training sets).
+        needs_teacher: the model is built around a trained teacher (config.teacher, a checkpoint).
+        overrides: config fields this method sets (e.g. the published modality targets).
+    """
+
+    description: str
+    terms: tuple[str, ...]
+    build: Callable
+    losses: Callable
+    weights: Callable
+    classifiers: Callable
+    per_modality: bool = False
+    reads_both: bool = True
+    paired: bool = False
+    needs_teacher: bool = False
+    overrides: dict = field(default_factory=dict)
+
+    def reads(self, target: int | None) -> tuple[int, ...]:
+        """The modalities a training step of this method reads."""
+        return (0, 1) if self.reads_both else (target,)
+
+
+# ----------------------------------------------------------------------------- DisCoM-KD
+def _discomkd_build(shape: ModelShape, target, teacher) -> DisCoMKD:
+    return DisCoMKD(shape.input_shapes, shape.num_classes, shape.encoders)
+
+
+def _discomkd_losses(model: DisCoMKD, inputs, labels, config) -> dict[str, torch.Tensor]:
+    first, second = model(inputs[0], inputs[1], config.grl_coefficient)
+    return discomkd_losses(first, second, labels[0], labels[1], config.legacy_modality_targets)
+
+
+def _discomkd_weights(config, epoch: int) -> dict[str, float]:
+    return {term: float(getattr(config, f"weight_{term}")) for term in LOSS_TERMS}
+
+
+def _discomkd_classifiers(model: DisCoMKD, target) -> tuple:
+    return ((0, model.branches[0]), (1, model.branches[1]))
+
+
+def _discomkd(description: str, **overrides) -> MethodSpec:
+    return MethodSpec(description, LOSS_TERMS, _discomkd_build, _discomkd_losses, _discomkd_weights,
+                      _discomkd_classifiers, overrides=overrides)
+
+
+# ----------------------------------------------------------------------------- baselines
+def _mono_build(shape: ModelShape, target: int, teacher) -> SingleModalityClassifier:
+    return SingleModalityClassifier(shape.input_shapes[target], shape.num_classes, shape.encoders[target])
+
+
+def _mono_losses(model: SingleModalityClassifier, inputs, labels, config) -> dict[str, torch.Tensor]:
+    (modality, x), = inputs.items()
+    return {"ce": F.cross_entropy(model(x).logits.float(), labels[modality])}
+
+
+def _teacher_build(shape: ModelShape, target, teacher) -> MultiModalTeacher:
+    return MultiModalTeacher(shape.input_shapes, shape.num_classes, shape.encoders)
+
+
+def _teacher_losses(model: MultiModalTeacher, inputs, labels, config) -> dict[str, torch.Tensor]:
+    return {"ce": F.cross_entropy(model(inputs[0], inputs[1]).logits.float(), labels[0])}
+
+
+def _student_build(shape: ModelShape, target: int, teacher: MultiModalTeacher) -> DistilledStudent:
+    # the student first: its weights then come from the freshly seeded generator, as mono's do
+    return DistilledStudent(_mono_build(shape, target, None), teacher, target)
+
+
+def _distillation_inputs(model: DistilledStudent, inputs, labels):
+    """(student logits, teacher logits, labels): the student reads its modality of the same rows the
+    teacher reads both modalities of (augmented alike)."""
+    target = model.target
+    with torch.no_grad():
+        teacher_logits = model.teacher(inputs[0], inputs[1]).logits
+    return model.student(inputs[target]).logits, teacher_logits, labels[target]
+
+
+def _kd_losses(model: DistilledStudent, inputs, labels, config) -> dict[str, torch.Tensor]:
+    student, teacher, y = _distillation_inputs(model, inputs, labels)
+    return {"ce": F.cross_entropy(student.float(), y), "kd": kd_loss(student, teacher)}
+
+
+def _dkd_losses(model: DistilledStudent, inputs, labels, config) -> dict[str, torch.Tensor]:
+    student, teacher, y = _distillation_inputs(model, inputs, labels)
+    return {"ce": F.cross_entropy(student.float(), y), **dkd_losses(student, teacher, y)}
+
+
+def _dkd_weights(config, epoch: int) -> dict[str, float]:
+    """DKD's part warmed up linearly over its first epochs (Zhao et al.)."""
+    warmup = min(epoch / DKD_WARMUP_EPOCHS, 1.0)
+    return {"ce": 1.0, "tckd": DKD_ALPHA * warmup, "nckd": DKD_BETA * warmup}
+
+
+def _cross_entropy_only(config, epoch: int) -> dict[str, float]:
+    return {"ce": 1.0}
+
+
+METHODS: dict[str, MethodSpec] = {  # in the order the comparison lists them
+    "mono": MethodSpec("each modality alone: its encoder + Linear(512, K)", ("ce",), _mono_build, _mono_losses,
+                       _cross_entropy_only, lambda model, target: ((target, model),),
+                       per_modality=True, reads_both=False),
+    "teacher": MethodSpec("one encoder per modality, features summed, Linear(512, K); reads both at test time",
+                          ("ce",), _teacher_build, _teacher_losses, _cross_entropy_only,
+                          lambda model, target: ((None, model),), paired=True),
+    "kd": MethodSpec("single-modality student distilled from the teacher (Hinton et al.)", ("ce", "kd"),
+                     _student_build, _kd_losses, lambda config, epoch: {"ce": 1.0, "kd": 1.0},
+                     lambda model, target: ((target, model.student),), per_modality=True, paired=True,
+                     needs_teacher=True),
+    "dkd": MethodSpec("decoupled KD (Zhao et al., CVPR 2022)", ("ce", "tckd", "nckd"), _student_build, _dkd_losses,
+                      _dkd_weights, lambda model, target: ((target, model.student),), per_modality=True,
+                      paired=True, needs_teacher=True),
+    "discomkd": _discomkd("DisCoM-KD: both single-modality classifiers trained at once"),
+    "discomkd-legacy": _discomkd("DisCoM-KD with the published code's modality targets",
+                                 legacy_modality_targets=True),
+}
+
+
+def build_model(method: str, shape: ModelShape, target: int | None = None,
+                teacher: MultiModalTeacher | None = None) -> nn.Module:
+    """The untrained model of `method` (for `target`'s modality when the method has one per modality)."""
+    return METHODS[method].build(shape, target, teacher)
+
+
+# ----------------------------------------------------------------------------- classifiers alone
+# Every classifier a method yields is one of these kinds; a checkpoint names its kind and carries
+# what rebuilding it needs (`classifier_description`), so prediction rebuilds it without the method.
+CLASSIFIER_KINDS = {
+    "discomkd-branch": (ModalityBranch, lambda d: ModalityBranch(tuple(d["input_shape"]), d["num_classes"],
+                                                                 d["encoder"])),
+    "single": (SingleModalityClassifier, lambda d: SingleModalityClassifier(tuple(d["input_shape"]),
+                                                                            d["num_classes"], d["encoder"])),
+    "fused": (MultiModalTeacher, lambda d: MultiModalTeacher([tuple(s) for s in d["input_shapes"]], d["num_classes"],
+                                                             d["encoders"])),
+}
+
+
+def classifier_description(module: nn.Module, shape: ModelShape, modality: int | None) -> dict:
+    """The kind of a classifier module and the JSON-able fields that rebuild it (see CLASSIFIER_KINDS)."""
+    kind = next(name for name, (cls, _) in CLASSIFIER_KINDS.items() if isinstance(module, cls))
+    if modality is None:
+        return {"kind": kind, "input_shapes": [list(s) for s in shape.input_shapes],
+                "encoders": list(shape.encoders), "num_classes": shape.num_classes}
+    return {"kind": kind, "input_shape": list(shape.input_shapes[modality]), "encoder": shape.encoders[modality],
+            "num_classes": shape.num_classes}
+
+
+def build_classifier(description: dict) -> nn.Module:
+    """An untrained classifier as `classifier_description` described it (KeyError: unknown fields)."""
+    return CLASSIFIER_KINDS[description["kind"]][1](description)
