@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from data import array_path, load_data_folder, stratified_split
-from functions import (Config, build_trainer, evaluate, plain_path, resolve_device, seed_everything, start_epoch,
-                       train_one_epoch)
+from functions import build_trainer, evaluate, start_epoch, train_one_epoch
+from settings import Config, plain_path, resolve_device, seed_everything
 
 # EuroSAT as the authors prepare it: 13-band multispectral and 2-band SAR 64x64 patches, 10 classes.
 SHAPES = {

@@ -34,13 +34,28 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from data import (SPLITS, DataError, DataFolder, draw_split, load_data_folder, read_labels, read_split_files,
-                  split_file_name)
-from functions import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TRAINING_FAILED, Config, Interrupted, TrainingError,
-                       add_config_arguments, build_sources, check_config, classification_metrics, fit,
-                       format_duration, resolve_device, resolve_precision)
+from data import (
+    SPLITS,
+    DataError,
+    DataFolder,
+    draw_split,
+    load_data_folder,
+    read_labels,
+    split_file_name,
+)
+from functions import Interrupted, TrainingError, build_sources, classification_metrics, fit, format_duration
 from methods import FUSED, METHODS
 from outputs import atomic_write, checkpoint_path, prepare_output, save_npy, write_json, write_text
+from settings import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_TRAINING_FAILED,
+    Config,
+    add_config_arguments,
+    check_config,
+    resolve_device,
+    resolve_precision,
+)
 
 RESULTS_FILE, TABLE_FILE = "comparison.json", "comparison.md"
 SPLIT_FOLDER = "split"

@@ -1,10 +1,11 @@
-"""Configuration, the training engine, evaluation and the run.
+"""The training engine, evaluation and the run.
 
 `run(config, directory, first_prefix, second_prefix)` is the whole job behind `main_DisCoM-KD.py`;
 `fit(config, data, output)` is the one training loop, for DisCoM-KD and every neural baseline
-(each method is a spec in `methods.py`). The data folder is read and checked by `data.py`, the files
-a run writes (results, checkpoints, resumable state) by `outputs.py`, and the models and losses live
-in `model_pytorch.py` and `baselines.py`. This module knows no command line.
+(each method is a spec in `methods.py`). The settings are `settings.Config`; the data folder is read
+and checked by `data.py`, the files a run writes (results, checkpoints, resumable state) by
+`outputs.py`, and the models and losses live in `model_pytorch.py` and `baselines.py`. This module
+knows no command line.
 """
 from __future__ import annotations
 
@@ -13,164 +14,45 @@ import dataclasses
 import hashlib
 import math
 import os
-import random
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from data import (AUGMENTATIONS, DEFAULT_AUGMENTATION, DataError, DataFolder, Modality, Prefetcher, RowSource,
-                  augment, epoch_positions, load_data_folder, read_split_files)
+from data import (
+    AUGMENTATIONS,
+    DEFAULT_AUGMENTATION,
+    DataError,
+    DataFolder,
+    Modality,
+    Prefetcher,
+    RowSource,
+    augment,
+    epoch_positions,
+    load_data_folder,
+    read_split_files,
+)
 from methods import FUSED, METHODS, MethodSpec, ModelShape, build_model, classifier_description
-from model_pytorch import LOSS_TERMS
-from outputs import (RESULTS_FILE, STATE_FILE, atomic_write, checkpoint_path, load_classifier, load_state,
-                     prepare_output, remove_temporaries, save_checkpoint, save_npy, save_state, write_json)
-
-# Exit statuses of every command: bad input (nothing written), training failed (the last good
-# outputs kept), interrupted (state saved for --resume).
-EXIT_BAD_INPUT, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 2, 3, 130
-DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
-
-def _option(default, help_text: str, **metadata):
-    """A config field whose help text the command line shows."""
-    return field(default=default, metadata={"help": help_text, **metadata})
-
-
-@dataclass
-class Config:
-    """Every setting of a run. The defaults are the paper's (Adam 1e-4, batch 128, 300 epochs,
-    all loss weights and the reversal coefficient 1)."""
-
-    epochs: int = _option(300, "training epochs")
-    batch_size: int = _option(128, "training batch size per modality (at least 2)")
-    learning_rate: float = _option(1e-4, "Adam learning rate")
-    weight_decay: float = _option(0.0, "Adam weight decay")
-    seed: int = _option(0, "random seed; a CPU run with the same seed repeats exactly")
-    device: str = _option("auto", DEVICE_HELP)
-    output: str | None = _option(None, "output folder (None: DIR/DisCoM-KD_<FIRST>_<SECOND>)")
-    overwrite: bool = _option(False, "replace the files of an existing output folder")
-    weight_cl: float = _option(1.0, "weight of L_cl, the task classifiers (0 drops the term)")
-    weight_aux: float = _option(1.0, "weight of L_aux, the shared auxiliary classifier")
-    weight_mod: float = _option(1.0, "weight of L_mod, the modality classifiers")
-    weight_adv: float = _option(1.0, "weight of L_adv, the adversarial modality discriminator")
-    weight_perp: float = _option(1.0, "weight of L_perp, the orthogonality term")
-    grl_coefficient: float = _option(1.0, "gradient reversal coefficient (lambda)")
-    encoder_first: str = _option("auto", "first modality's encoder: auto (by rank; MNIST prefix -> lenet), "
-                                         "resnet18, resnet1d, lenet or mlp")
-    encoder_second: str = _option("auto", "second modality's encoder, as --encoder-first")
-    augment_first: str = _option("auto", "first modality's augmentation: auto (flip+rot90 for images, none "
-                                         "otherwise), none, flip, flip+rot90; sequences: shift, scale, shift+scale")
-    augment_second: str = _option("auto", "second modality's augmentation, as --augment-first")
-    legacy_modality_targets: bool = _option(False, "build modality targets as the published code does "
-                                                   "(soft [1,1]/[0,0]; see README)")
-    eval_batch_size: int = _option(512, "evaluation batch size")
-    data_on_device: str = _option("auto", "keep the data on the training device: auto (when it fits), yes, no")
-    compile: str = _option("auto", "torch.compile the training step: auto (on CUDA), yes, no")
-    precision: str = _option("auto", "auto (bf16 autocast on CUDA with bf16 support, else fp32), fp32, bf16")
-    save_every: int = _option(1, "write the resumable state.pt every N epochs (and always on interruption)")
-    test_every_epoch: bool = _option(False, "score the test split at every epoch (the history then holds test "
-                                            "curves); by default only at epochs where validation improves")
-    verbose: int = _option(1, "0: final table only, 1: one line per epoch", flag=False)
-    # Set by the comparison (compare.py), not on main_DisCoM-KD.py's command line:
-    method: str = _option("discomkd", "the method trained: a key of methods.METHODS", flag=False)
-    modality: str | None = _option(None, "the prefix a per-modality method trains on", flag=False)
-    teacher: str | None = _option(None, "checkpoint of the trained teacher a distillation method reads", flag=False)
-
-    def loss_weights(self) -> dict[str, float]:
-        return {term: getattr(self, f"weight_{term}") for term in LOSS_TERMS}
-
-
-def add_config_arguments(parser, skip=()) -> None:
-    """Adds one `--option` per `Config` field to an argparse parser, with the field's default and help.
-
-    Fields named in `skip`, and those marked `flag=False`, get no option.
-    """
-    for option in dataclasses.fields(Config):
-        if option.name in skip or not option.metadata.get("flag", True):
-            continue
-        flag = "--" + option.name.replace("_", "-")
-        if option.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true", help=option.metadata["help"])
-        else:
-            kind = {"int": int, "float": float}.get(str(option.type), str)
-            parser.add_argument(flag, type=kind, default=option.default,
-                                help=f"{option.metadata['help']} (default: %(default)s)")
-
-
-def check_config(config: Config) -> None:
-    """Raises `DataError` for settings no run can use."""
-    problems = []
-    if config.epochs < 1:
-        problems.append(f"--epochs {config.epochs}: at least 1 is expected")
-    if config.batch_size < 2:
-        problems.append(f"--batch-size {config.batch_size}: at least 2 is expected (batch normalisation)")
-    if config.save_every < 1:
-        problems.append(f"--save-every {config.save_every}: at least 1 is expected")
-    if config.eval_batch_size < 1:
-        problems.append(f"--eval-batch-size {config.eval_batch_size}: at least 1 is expected")
-    if config.learning_rate <= 0 or not math.isfinite(config.learning_rate):
-        problems.append(f"--learning-rate {config.learning_rate}: a positive number is expected")
-    for term, weight in config.loss_weights().items():
-        if weight < 0 or not math.isfinite(weight):
-            problems.append(f"--weight-{term} {weight}: a finite number >= 0 is expected")
-    for name, allowed in (("data_on_device", ("auto", "yes", "no")), ("compile", ("auto", "yes", "no")),
-                          ("precision", ("auto", "fp32", "bf16"))):
-        if getattr(config, name) not in allowed:
-            problems.append(f"--{name.replace('_', '-')} {getattr(config, name)}: expected one of {', '.join(allowed)}")
-    if config.method not in METHODS:
-        problems.append(f"method {config.method!r}: expected one of {', '.join(METHODS)}")
-    if problems:
-        raise DataError(problems[0])
-
-
-def plain_path(config: Config) -> Config:
-    """`--no-fast`: no torch.compile, fp32, data streamed from the host (the reference path)."""
-    return dataclasses.replace(config, compile="no", precision="fp32", data_on_device="no")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:  # torch's message lists every backend it knows; ours names what this code runs on
-        raise DataError(f"--device {name}: not a device; expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DataError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
-# ----------------------------------------------------------------------------- randomness
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state(generator: torch.Generator, device: torch.device) -> dict:
-    """Every random number generator a run draws from, in types that load with weights_only=True."""
-    numpy_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "generator": generator.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-            # numpy and Python states as tensors and lists, so the state loads with weights_only=True
-            "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
-            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
-
-
-def restore_rng(state: dict, generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    kind, key, *rest = state["numpy"]
-    np.random.set_state((kind, key.numpy().astype(np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
+from outputs import (
+    RESULTS_FILE,
+    STATE_FILE,
+    atomic_write,
+    checkpoint_path,
+    load_classifier,
+    load_state,
+    prepare_output,
+    remove_temporaries,
+    save_checkpoint,
+    save_npy,
+    save_state,
+    write_json,
+)
+from settings import Config, check_config, resolve_device, resolve_precision, restore_rng, rng_state, seed_everything
 
 
 # ----------------------------------------------------------------------------- training
@@ -365,19 +247,6 @@ def _resident_budget(device: torch.device) -> int:
     with contextlib.suppress(ValueError, OSError, AttributeError):
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
     return 1 << 30
-
-
-def resolve_precision(setting: str, device: torch.device) -> str:
-    """'auto' -> bf16 autocast on CUDA devices that support it, else fp32; 'fp32'/'bf16' as given."""
-    if setting == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return setting
-
-
-def checkpoint_precision(checkpoint: dict, device: torch.device) -> str:
-    """The precision a checkpoint's run evaluated in, resolved for `device` as training resolves it, so
-    that its own test predictions are reproduced: 'bf16' or 'fp32'."""
-    return resolve_precision(checkpoint["config"].get("precision", "fp32"), device)
 
 
 def resolve_augmentation(config: Config, modality: Modality, position: int) -> str:

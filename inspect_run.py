@@ -33,10 +33,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from data import DataError, DataFolder, input_batches, load_data_folder
-from functions import (Config, autocast_context, checkpoint_precision, classification_metrics, data_fingerprint,
-                       resolve_device)
+from functions import autocast_context, classification_metrics, data_fingerprint
 from model_pytorch import LOSS_TERMS
 from outputs import RESULTS_FILE, atomic_write, checkpoint_path, load_classifier, write_json
+from settings import Config, checkpoint_precision, resolve_device
 
 PARTS = ("invariant", "informative", "irrelevant")
 PROBES_FILE = "probes.json"

@@ -8,8 +8,8 @@ import argparse
 import sys
 
 from data import DataError
-from functions import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TRAINING_FAILED, Config, Interrupted, TrainingError,
-                       add_config_arguments, plain_path, resume, run)
+from functions import Interrupted, TrainingError, resume, run
+from settings import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TRAINING_FAILED, Config, add_config_arguments, plain_path
 
 
 def build_parser() -> argparse.ArgumentParser:

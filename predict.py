@@ -19,9 +19,10 @@ import torch
 from sklearn.metrics import confusion_matrix
 
 from data import DataError, input_batches, load_npy
-from functions import (DEVICE_HELP, EXIT_BAD_INPUT, Config, autocast_context, checkpoint_precision,
-                       classification_metrics, resolve_device)
+from functions import autocast_context, classification_metrics
 from outputs import atomic_write, load_classifier, save_npy
+from settings import DEVICE_HELP, EXIT_BAD_INPUT, Config, checkpoint_precision, resolve_device
+
 
 @torch.inference_mode()
 def predict_array(branch: torch.nn.Module, array: np.ndarray, batch_size: int = Config.eval_batch_size,

@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-from outputs import load_classifier
-from model_pytorch import LOSS_TERMS
 from toy import folder_snapshot, write_toy_folder
+
+from model_pytorch import LOSS_TERMS
+from outputs import load_classifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIXES = ("IMG", "VEC")

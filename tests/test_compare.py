@@ -14,14 +14,15 @@ from sklearn.metrics import f1_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
+from toy import folder_snapshot, write_toy_folder
 
 import compare
 import make_splits
 from data import load_data_folder
-from functions import Config, build_trainer, train_one_epoch
+from functions import build_trainer, train_one_epoch
 from methods import FUSED
 from outputs import checkpoint_path
-from toy import folder_snapshot, write_toy_folder
+from settings import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # small, fast settings: a LeNet on (1, 12, 12) images and the MLP on 6-d vectors; lr 1e-3 so that

@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from toy import folder_snapshot, write_toy_folder
 
 from data import array_path, epoch_positions, load_data_folder
-from toy import folder_snapshot, write_toy_folder
 
 ROWS = 30  # enough for a stratified split of 3 classes with rows in every split
 

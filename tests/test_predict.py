@@ -6,12 +6,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from toy import folder_snapshot, write_toy_folder
 
 from data import array_path
-from functions import Config, run
+from functions import run
 from outputs import load_classifier
 from predict import main, predict_array
-from toy import folder_snapshot, write_toy_folder
+from settings import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIXES = ("IMG", "VEC")

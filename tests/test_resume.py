@@ -10,13 +10,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from toy import folder_snapshot, quiet, read_results, write_toy_folder
 
-import functions
 import methods
 import outputs
-from functions import Config, Interrupted, resume, run
+from functions import Interrupted, resume, run
 from outputs import STATE_FILE
-from toy import folder_snapshot, quiet, read_results, write_toy_folder
+from settings import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIXES = ("IMG", "VEC")

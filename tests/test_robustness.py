@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 import torch
 from numpy.lib.format import open_memmap
+from toy import quiet, read_results, toy_arrays, write_toy_folder
 
 import functions
 import outputs
 from data import DataError, array_path, stratified_split
-from functions import Config, TrainingError, run
+from functions import TrainingError, run
 from methods import ModelShape, classifier_description
 from model_pytorch import LOSS_TERMS, ModalityBranch
 from outputs import CHECKPOINT_FORMAT, STATE_FILE, load_classifier, load_state, save_checkpoint
-from toy import quiet, read_results, toy_arrays, write_toy_folder
+from settings import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIXES = ("IMG", "VEC")
