@@ -533,7 +533,8 @@ def _train(config: Config, data: DataFolder, output: str, state: dict | None, lo
                     test_predictions[prefix] = metrics[prefix]["predictions"]["test"]
                     save_checkpoint(checkpoint_path(output, prefix), trainer.model.branches[m], prefix, m,
                                     data.classes, config, epoch,
-                                    {"valid": metrics[prefix]["valid"], "test": metrics[prefix]["test"]})
+                                    {"valid": metrics[prefix]["valid"], "test": metrics[prefix]["test"]},
+                                    data.metadata.get(prefix))
             results["history"].append({
                 "epoch": epoch, "train_seconds": train_seconds, "eval_seconds": eval_seconds, "loss": losses,
                 **{p: {s: metrics[p][s] for s in ("valid", "test")} for p in prefixes}, "improved": improved})

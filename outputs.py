@@ -69,9 +69,11 @@ def checkpoint_path(output: str, prefix: str) -> str:
 
 
 def save_checkpoint(path: str, branch: ModalityBranch, prefix: str, position: int, classes: np.ndarray,
-                    config: Config, epoch: int, metrics: dict) -> None:
-    """A checkpoint that classifies one modality alone: weights plus all inference needs to know."""
+                    config: Config, epoch: int, metrics: dict, extra: dict | None = None) -> None:
+    """A checkpoint that classifies one modality alone: weights plus all inference needs to know.
+    `extra`: further JSON-able fields, e.g. the data folder's class names and preprocessing."""
     payload = {
+        **(extra or {}),
         "format": CHECKPOINT_FORMAT,
         "prefix": prefix,
         "position": position,
