@@ -232,8 +232,8 @@ def read_manifest(path: str) -> Table:
     manifest's folder; empty where absent), optional split (train, valid or test)."""
     try:
         with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-            header = list(rows[0].keys()) if rows else []
+            reader = csv.DictReader(handle)
+            rows, header = list(reader), list(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{path}: not a readable CSV manifest ({error})") from None
     names = tuple(c for c in header if c not in MANIFEST_COLUMNS)
