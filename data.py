@@ -8,6 +8,8 @@ training, see `train_idx_<PREFIX>.npy`):
     DIR/train_idx.npy                  row numbers of the training split
     DIR/valid_idx.npy, DIR/test_idx.npy
     DIR/train_idx_<PREFIX>.npy         optional: this modality's own training rows
+    DIR/classes.json, DIR/normalization.json   optional (prepare_data.py): class names and each
+                                       modality's preprocessing, carried into its checkpoint
 
 Everything is checked before training starts; a problem raises `DataError` with one line that
 names the file, the problem and what was expected.
@@ -15,6 +17,7 @@ names the file, the problem and what was expected.
 from __future__ import annotations
 
 import math
+import json
 import os
 import threading
 from dataclasses import dataclass, field
@@ -74,6 +77,8 @@ class DataFolder:
     classes: np.ndarray  # (K,) the user's label values; classes[k] is class k
     warnings: list[str] = field(default_factory=list)
     splits_from: str | None = None  # the folder whose split files were read (None: the data folder)
+    # per prefix: JSON-able fields that modality's checkpoint carries (read_descriptions)
+    metadata: dict[str, dict] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -273,7 +278,55 @@ def load_data_folder(directory: str, first_prefix: str, second_prefix: str,
                 warnings.append(f"{split}_idx.npy: class(es) {classes[missing].tolist()} never seen in "
                                 f"{modality.prefix}'s training rows; they cannot be predicted")
     return DataFolder(directory, modalities, labels, classes.astype(np.int64), warnings,
-                      splits_name if splits is not None else None)
+                      splits_name if splits is not None else None,
+                      read_descriptions(directory, modalities, classes))
+
+
+CLASSES_FILE = "classes.json"  # a list of class names: names[v] names label value v
+NORMALIZATION_FILE = "normalization.json"  # {"modalities": {prefix: {"mean": [...], "std": [...], ...}}}
+
+
+def read_descriptions(directory: str, modalities, classes: np.ndarray) -> dict[str, dict]:
+    """What a folder written by prepare_data.py records beside its arrays, per modality prefix:
+    "class_names" (aligned with `classes`) and "preprocessing" (the prefix's normalization.json
+    entry: per-channel mean and std, sample shape, resize), for that modality's checkpoint.
+    Both files are optional; a malformed one raises `DataError`."""
+    found = {}
+    for name in (CLASSES_FILE, NORMALIZATION_FILE):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            try:
+                with open(path) as handle:
+                    found[name] = json.load(handle)
+            except (OSError, ValueError) as error:
+                raise DataError(f"{path}: not readable JSON ({error})") from None
+    metadata = {m.prefix: {} for m in modalities}
+    names = found.get(CLASSES_FILE)
+    if names is not None:
+        path = os.path.join(directory, CLASSES_FILE)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DataError(f"{path}: a JSON list of class names is expected")
+        if classes.min() < 0 or classes.max() >= len(names):
+            raise DataError(f"{path}: {len(names)} class names, but labels.npy holds the value {classes.max()}; "
+                            "names[v] must name label value v")
+        for entry in metadata.values():
+            entry["class_names"] = [names[int(v)] for v in classes]
+    described = found.get(NORMALIZATION_FILE)
+    if described is not None:
+        path = os.path.join(directory, NORMALIZATION_FILE)
+        entries = described.get("modalities") if isinstance(described, dict) else None
+        if not isinstance(entries, dict):
+            raise DataError(f'{path}: a JSON object with "modalities": {{prefix: {{"mean": ..., "std": ...}}}} is expected')
+        for modality in modalities:
+            entry = entries.get(modality.prefix)
+            if entry is None:
+                continue
+            channels = modality.sample_shape[0]
+            if not (isinstance(entry, dict) and all(isinstance(entry.get(k), list) and len(entry[k]) == channels
+                                                    for k in ("mean", "std"))):
+                raise DataError(f"{path}: {modality.prefix} needs a mean and a std per channel ({channels})")
+            metadata[modality.prefix]["preprocessing"] = entry
+    return metadata
 
 
 # ----------------------------------------------------------------------------- feeding batches

@@ -538,7 +538,8 @@ def _record_best(trainer: Trainer, data: DataFolder, output: str, epoch: int, me
         record.test_predictions[column] = result["predictions"]["test"]
         save_checkpoint(checkpoint_path(output, column), classifier.module,
                         classifier_description(classifier.module, trainer.shape, classifier.modality),
-                        {"prefix": column, "position": classifier.modality, "classes": [int(c) for c in data.classes],
+                        {**data.metadata.get(column, {}),  # class names and preprocessing of prepared folders
+                         "prefix": column, "position": classifier.modality, "classes": [int(c) for c in data.classes],
                          "config": dataclasses.asdict(trainer.config), "epoch": epoch,
                          "metrics": {"valid": result["valid"], "test": result["test"]}})
     return [c.column for c in improved]

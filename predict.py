@@ -1,16 +1,24 @@
 """Classify one modality alone with a trained DisCoM-KD checkpoint.
 
     python predict.py CHECKPOINT INPUT.npy [--rows ROWS.npy] [--labels LABELS.npy] [--output PREFIX]
+    python predict.py CHECKPOINT FILE_OR_FOLDER ...   (raw PNG/JPG/TIFF/.npy samples, see below)
 
 CHECKPOINT is a run's best_<PREFIX>.pt; INPUT.npy holds that modality's samples only, (N, *shape),
 no labels needed. Writes <PREFIX>_classes.npy (N,) in the user's label values and
 <PREFIX>_probabilities.npy (N, K) float32. INPUT is read memory-mapped, one batch at a time, so it
 may be larger than memory. Everything inference needs (input shape, classes, encoder, precision)
 comes from the checkpoint, so no training option is repeated here.
+
+Raw sample files (PNG/JPG, TIFF, per-sample .npy) or a folder of them (searched recursively, in sorted
+order) are read as prepare_data.py reads them, resized as its data was and normalised with the
+statistics the checkpoint recorded; this needs a run on a folder made by prepare_data.py. When the
+checkpoint knows the class names, or the input is raw files, <PREFIX>_predictions.csv lists each
+input with its class value, class name and probability.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
 
@@ -20,8 +28,11 @@ from sklearn.metrics import confusion_matrix
 
 from data import DataError, input_batches, load_npy
 from functions import autocast_context, classification_metrics
+from image_folders import SAMPLE_EXTENSIONS, raw_input_files, read_raw_samples
 from outputs import atomic_write, load_classifier, save_npy
 from settings import DEVICE_HELP, EXIT_BAD_INPUT, Config, checkpoint_precision, resolve_device
+
+LISTED_INPUTS = 20  # raw files whose predicted class is printed; all of them are in the CSV
 
 
 @torch.inference_mode()
@@ -31,7 +42,7 @@ def predict_array(branch: torch.nn.Module, array: np.ndarray, batch_size: int = 
     """Class probabilities of every sample of `array` (or of its rows `rows`), batch by batch.
 
     Args:
-        branch: a single-modality classifier (`load_modality_classifier`); it is moved to `device`
+        branch: a single-modality classifier (`outputs.load_classifier`); it is moved to `device`
             and evaluated in eval mode, its previous mode restored afterwards.
         array: (N, *branch.input_shape), any numeric dtype; may be a memory map (read per batch).
         rows: optional (n,) row numbers of `array` to predict, in the order given.
@@ -146,15 +157,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def write_listing(path: str, inputs: list[str], values: np.ndarray, predicted: np.ndarray,
+                  probabilities: np.ndarray, names: list[str] | None) -> None:
+    """CSV: input (file or row number), class (label value), name (class name, when known), probability."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["input", "class", "name", "probability"])
+        for i, (source, k) in enumerate(zip(inputs, predicted)):
+            writer.writerow([source, int(values[i]), names[k] if names else "", f"{probabilities[i, k]:.6f}"])
+
+
 def run_prediction(args: argparse.Namespace) -> None:
     """Checks every input, predicts, writes both outputs and prints the summary; raises `DataError`."""
     if args.batch_size < 1:
         raise DataError(f"--batch-size {args.batch_size}: at least 1 is expected")
-    for path, what in ((args.checkpoint, "checkpoint"), (args.input, "input array"), (args.rows, "row numbers"),
-                       (args.labels, "labels")):
+    for path, what in ((args.checkpoint, "checkpoint"), (args.rows, "row numbers"), (args.labels, "labels")):
         if path is not None and not os.path.isfile(path):
             raise DataError(f"{path}: file not found ({what} expected here)")
-    prefix = args.output or (args.input[:-len(".npy")] if args.input.endswith(".npy") else args.input) + "_pred"
+    if not (os.path.isfile(args.input) or os.path.isdir(args.input)):
+        raise DataError(f"{args.input}: not found (an input array, sample file or folder expected here)")
+    stem, extension = os.path.splitext(args.input.rstrip(os.sep))
+    prefix = args.output or (stem if extension.lower() in SAMPLE_EXTENSIONS else args.input.rstrip(os.sep)) + "_pred"
     classes_path, probabilities_path = output_paths(prefix)
     folder = os.path.dirname(os.path.abspath(classes_path))
     if not os.path.isdir(folder):
@@ -169,7 +192,16 @@ def run_prediction(args: argparse.Namespace) -> None:
         raise DataError(f"{args.checkpoint}: a classifier of both modalities ({checkpoint['classifier']['kind']}); "
                         "predict.py classifies one modality with a best_<PREFIX>.pt")
     classes = np.asarray(checkpoint["classes"], dtype=np.int64)
-    array = load_input(args.input, tuple(checkpoint["input_shape"]), args.checkpoint)
+    files = raw_input_files(args.input, tuple(checkpoint["input_shape"]))
+    if files is None:
+        array = load_input(args.input, tuple(checkpoint["input_shape"]), args.checkpoint)
+    else:
+        array = read_raw_samples(files, checkpoint.get("preprocessing"), tuple(checkpoint["input_shape"]),
+                                 args.checkpoint)
+    names = checkpoint.get("class_names")
+    listing_path = f"{prefix}_predictions.csv" if files is not None or names else None
+    if listing_path and os.path.exists(listing_path) and not args.overwrite:
+        raise DataError(f"{listing_path}: exists; pass --overwrite to replace it or --output to choose another prefix")
     rows = None if args.rows is None else load_rows(args.rows, len(array))
     count = len(array) if rows is None else len(rows)
     labels = None if args.labels is None else load_labels(args.labels, count, rows, len(array))
@@ -183,8 +215,20 @@ def run_prediction(args: argparse.Namespace) -> None:
     # the larger file first: if the disk fills up, neither output is left behind
     atomic_write(probabilities_path, lambda temporary: save_npy(temporary, probabilities))
     atomic_write(classes_path, lambda temporary: save_npy(temporary, values))
+    if listing_path:
+        sources = files or [str(i) for i in range(len(array))]
+        inputs = sources if rows is None else [sources[i] for i in rows]
+        atomic_write(listing_path, lambda temporary: write_listing(temporary, inputs, values, predicted,
+                                                                    probabilities, names))
     print(f"{checkpoint['prefix']} (epoch {checkpoint['epoch']}, encoder {checkpoint['encoder']}, classes "
           f"{classes.tolist()}): predicted {count} rows on {device}; wrote {classes_path} and {probabilities_path}")
+    if listing_path:
+        print(f"wrote {listing_path}")
+    if files is not None:  # raw files: each one's class, the first few
+        for i, (source, k) in enumerate(zip(inputs[:LISTED_INPUTS], predicted)):
+            print(f"  {source}: {names[k] if names else classes[k]} (probability {probabilities[i, k]:.2f})")
+        if count > LISTED_INPUTS:
+            print(f"  ... {count - LISTED_INPUTS} more in {listing_path}")
     if labels is not None:
         unknown = np.setdiff1d(labels, classes)
         if unknown.size:
