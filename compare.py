@@ -34,28 +34,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from data import (
-    SPLITS,
-    DataError,
-    DataFolder,
-    draw_split,
-    load_data_folder,
-    read_labels,
-    split_file_name,
-)
-from functions import Interrupted, TrainingError, build_sources, classification_metrics, fit, format_duration
+from data import SPLITS, DataError, DataFolder, draw_split, load_data_folder, read_labels, split_file_name
+from functions import (Interrupted, TrainingError, build_sources, classification_metrics, command_status, fit,
+                       format_duration)
 from methods import FUSED, METHODS
 from outputs import atomic_write, checkpoint_path, prepare_output, save_npy, write_json, write_text
-from settings import (
-    EXIT_BAD_INPUT,
-    EXIT_INTERRUPTED,
-    EXIT_TRAINING_FAILED,
-    Config,
-    add_config_arguments,
-    check_config,
-    resolve_device,
-    resolve_precision,
-)
+from settings import Config, add_config_arguments, check_config, resolve_device, resolve_precision
 
 RESULTS_FILE, TABLE_FILE = "comparison.json", "comparison.md"
 SPLIT_FOLDER = "split"
@@ -474,19 +458,9 @@ def main(argv=None) -> int:
     config = Config(**args, verbose=int(verbose))
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        compare(config, directory, first, second, runs, methods, resplit, verbose)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except TrainingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_TRAINING_FAILED
-    except Interrupted as error:
-        print(f"interrupted: {error}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return command_status(lambda: compare(config, directory, first, second, runs, methods, resplit, verbose))
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return 0
 
 
 if __name__ == "__main__":

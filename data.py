@@ -16,8 +16,8 @@ names the file, the problem and what was expected.
 """
 from __future__ import annotations
 
-import math
 import json
+import math
 import os
 import threading
 from dataclasses import dataclass, field

@@ -7,9 +7,8 @@ See README.md for the data layout and every option. All logic lives in functions
 import argparse
 import sys
 
-from data import DataError
-from functions import Interrupted, TrainingError, resume, run
-from settings import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TRAINING_FAILED, Config, add_config_arguments, plain_path
+from functions import command_status, resume, run
+from settings import Config, add_config_arguments, plain_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,21 +41,9 @@ def main(argv=None) -> int:
     config = Config(**args, verbose=0 if quiet else 1)
     if no_fast:
         config = plain_path(config)
-    try:
-        if run_folder is not None:
-            resume(run_folder)
-        else:
-            run(config, directory, first, second)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except TrainingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_TRAINING_FAILED
-    except Interrupted as error:
-        print(str(error), file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return 0
+    if run_folder is not None:
+        return command_status(lambda: resume(run_folder))
+    return command_status(lambda: run(config, directory, first, second))
 
 
 if __name__ == "__main__":

@@ -3,15 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from baselines import (
-    DKD_ALPHA,
-    DKD_BETA,
-    DKD_WARMUP_EPOCHS,
-    MultiModalTeacher,
-    SingleModalityClassifier,
-    dkd_losses,
-    kd_loss,
-)
+from baselines import (DKD_ALPHA, DKD_BETA, DKD_WARMUP_EPOCHS, MultiModalTeacher, SingleModalityClassifier, dkd_losses,
+                       kd_loss)
 from methods import METHODS, ModelShape, build_model
 
 STUDENT = np.array([[2.0, 1.0, 0.5], [0.2, -1.0, 1.5]])

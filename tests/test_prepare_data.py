@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from toy import folder_snapshot
 
 from data import load_data_folder
-from image_folders import Progress, combine_moments, channel_moments, read_sample
-from prepare_data import main as prepare_main
+from image_folders import Progress, channel_moments, combine_moments, read_sample
 from predict import main as predict_main
-from toy import folder_snapshot
+from prepare_data import main as prepare_main
 
 Image = pytest.importorskip("PIL.Image")
 tifffile = pytest.importorskip("tifffile")
