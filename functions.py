@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from data import (AUGMENTATIONS, DEFAULT_AUGMENTATION, DataError, DataFolder, Prefetcher, RowSource, augment,
+from data import (AUGMENTATIONS, DataError, DataFolder, Prefetcher, RowSource, augment, default_augmentation,
                   epoch_positions, load_data_folder)
 from model_pytorch import LOSS_TERMS, DisCoMKD, ModalityBranch, discomkd_losses
 from outputs import (RESULTS_FILE, STATE_FILE, TEMPORARY_PREFIX, atomic_write, checkpoint_path,  # noqa: F401
-                     load_modality_classifier, load_state, prepare_output, restore_rng, save_checkpoint, save_npy,
-                     save_state, write_json)
+                     clear_run_outputs, load_modality_classifier, load_state, prepare_output, restore_rng,
+                     save_checkpoint, save_npy, save_state, write_json)
 
 
 
@@ -61,7 +61,8 @@ class Config:
                                          "resnet18, resnet1d, lenet or mlp")
     encoder_second: str = _option("auto", "second modality's encoder, as --encoder-first")
     augment_first: str = _option("auto", "first modality's augmentation: auto (flip+rot90 for images, none "
-                                         "otherwise), none, flip, flip+rot90; sequences: shift, scale, shift+scale")
+                                         "for the SPECTRO prefix and otherwise), none, flip, flip+rot90; "
+                                         "sequences: shift, scale, shift+scale")
     augment_second: str = _option("auto", "second modality's augmentation, as --augment-first")
     legacy_modality_targets: bool = _option(False, "build modality targets as the published code does "
                                                    "(soft [1,1]/[0,0]; see README)")
@@ -93,9 +94,29 @@ def add_config_arguments(parser, skip=()) -> None:
                                 help=f"{option.metadata['help']} (default: %(default)s)")
 
 
+# The seeds numpy accepts (np.random.seed: 0..2**32-1); torch and Python accept these too.
+MAX_SEED = 2**32 - 1
+
+
+def seed_problem(seed: int, option: str = "--seed") -> str | None:
+    """The one-line problem of a seed numpy cannot use, or None."""
+    if not 0 <= seed <= MAX_SEED:
+        return f"{option} {seed}: an integer from 0 to {MAX_SEED} (2**32-1) is expected"
+    return None
+
+
 def check_config(config: Config) -> None:
     """Raises `DataError` for settings no run can use."""
     problems = []
+    if seed_problem(config.seed):
+        problems.append(seed_problem(config.seed))
+    if config.weight_decay < 0 or not math.isfinite(config.weight_decay):
+        problems.append(f"--weight-decay {config.weight_decay}: a finite number >= 0 is expected")
+    if not math.isfinite(config.grl_coefficient):
+        problems.append(f"--grl-coefficient {config.grl_coefficient}: a finite number is expected")
+    if all(weight == 0 for weight in config.loss_weights().values()):
+        problems.append("--weight-cl, --weight-aux, --weight-mod, --weight-adv, --weight-perp: all 0, nothing "
+                        "would be trained; at least one positive loss weight is expected")
     if config.epochs < 1:
         problems.append(f"--epochs {config.epochs}: at least 1 is expected")
     if config.batch_size < 2:
@@ -115,6 +136,7 @@ def check_config(config: Config) -> None:
             problems.append(f"--{name.replace('_', '-')} {getattr(config, name)}: expected one of {', '.join(allowed)}")
     if problems:
         raise DataError(problems[0])
+    resolve_device(config.device)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,10 +144,15 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:  # torch's message lists every backend it knows; ours names what this code runs on
-        raise DataError(f"--device {name}: not a device; expected auto, cpu, cuda or cuda:N") from None
+    except (RuntimeError, TypeError, ValueError):  # torch's message lists every backend it knows
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):  # meta, mps, xla...: not what this code runs on
+        raise DataError(f"--device {name}: not a device; expected auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DataError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DataError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                        f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
@@ -320,7 +347,7 @@ def build_sources(config: Config, data: DataFolder, device: torch.device):
         labels.append(torch.from_numpy(data.labels[source.rows]).to(source.index_device))
         rank = modality.rank + 1
         mode = getattr(config, ("augment_first", "augment_second")[m])
-        mode = DEFAULT_AUGMENTATION[rank] if mode == "auto" else mode
+        mode = default_augmentation(modality.prefix, rank) if mode == "auto" else mode
         if mode not in AUGMENTATIONS[rank]:
             raise DataError(f"--augment-{('first', 'second')[m]} {mode}: not available for {modality.prefix}'s "
                             f"samples of shape {modality.sample_shape}; expected one of {', '.join(AUGMENTATIONS[rank])}")
@@ -410,7 +437,11 @@ def run(config: Config, directory: str, first_prefix: str, second_prefix: str, l
     """
     check_config(config)
     data = load_data_folder(directory, first_prefix, second_prefix, (config.encoder_first, config.encoder_second))
+    # the augmentation settings are checked without copying anything to the device
+    build_sources(dataclasses.replace(config, data_on_device="no"), data, torch.device("cpu"))
     output = prepare_output(config, directory, first_prefix, second_prefix)
+    if config.overwrite:  # every check passed: an earlier run's files must not mix with this run's
+        clear_run_outputs(output)
     return _train(config, data, output, None, log, should_stop)
 
 
@@ -430,6 +461,9 @@ def resume(run_folder: str, log=print, should_stop=None) -> dict:
     results = state["results"]
     config = Config(**results["config"])
     described = results["data"]
+    # runs recorded before paths were stored absolute: relative to the working folder, as they were read
+    described.update(directory=os.path.abspath(described["directory"]),
+                     modalities=[dict(m, file=os.path.abspath(m["file"])) for m in described["modalities"]])
     first, second = (m["prefix"] for m in described["modalities"])
     data = load_data_folder(described["directory"], first, second, (config.encoder_first, config.encoder_second))
     if data.describe() != described or results.get("data_fingerprint") != data_fingerprint(data):
