@@ -36,6 +36,7 @@ from data import DataError, DataFolder, load_data_folder
 from functions import (RESULTS_FILE, atomic_write, autocast_context, checkpoint_path, classification_metrics,
                        data_fingerprint, load_modality_classifier, resolve_device, write_json)
 from model_pytorch import LOSS_TERMS
+from outputs import folder_problem, line_buffered_stdout
 from predict import DEFAULT_BATCH_SIZE, inference_precision, input_batches
 
 PARTS = ("invariant", "informative", "irrelevant")
@@ -372,7 +373,15 @@ def draw_figures(new_figure, run_folder: str, results: dict, data: DataFolder,
 def inspect_run_folder(run_folder: str, figures: bool = True, probes: bool = True, data_directory: str | None = None,
             device: str = "auto", log=print) -> dict:
     """The whole job of the command line; raises `DataError`. Returns {"probes": ..., "figures": [paths]}."""
+    if not figures and not probes:
+        raise DataError("--no-figures --no-probes: nothing to do; drop one of them")
     results, data = load_run(run_folder, data_directory)
+    if results.get("status") != "finished":
+        # its checkpoints are the best epochs so far, not the final ones
+        print(f"warning: {os.path.join(run_folder, RESULTS_FILE)}: the run's status is {results.get('status')}, "
+              "not finished; inspecting its best checkpoints so far", file=sys.stderr)
+    if folder_problem(run_folder) is not None:
+        raise DataError(f"{run_folder}: {folder_problem(run_folder)}")
     new_figure = matplotlib_figure() if figures else None
     if figures and new_figure is None:
         log(MISSING_MATPLOTLIB)
@@ -405,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    line_buffered_stdout()
     args = build_parser().parse_args(argv)
     try:
         inspect_run_folder(args.run_folder, not args.no_figures, not args.no_probes, args.data, args.device)
