@@ -9,13 +9,15 @@ with at least 3 rows gets a row in each split). Existing split files are kept un
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
 import numpy as np
 
-from data import SPLITS, DataError, stratified_split
-from functions import atomic_write
+from data import SPLITS, DataError, as_int64, file_problem, is_integer_dtype, stratified_split
+from functions import atomic_write, seed_problem
+from outputs import folder_problem, line_buffered_stdout
 
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 
@@ -25,23 +27,25 @@ def read_labels(directory: str) -> np.ndarray:
     if not os.path.isdir(directory):
         raise DataError(f"{directory}: data folder not found")
     path = os.path.join(directory, "labels.npy")
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found (the (N,) integer labels expected here)")
+    if file_problem(path) is not None:
+        raise DataError(f"{path}: {file_problem(path)} (the (N,) integer labels expected here)")
     try:
         labels = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         raise DataError(f"{path}: not a readable numeric .npy array ({error})") from None
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    if labels.ndim != 1 or not is_integer_dtype(labels.dtype):
         raise DataError(f"{path}: labels must be a 1-D integer array, got shape {labels.shape} dtype {labels.dtype}")
     if labels.size == 0:
         raise DataError(f"{path}: no labels")
+    as_int64(labels, path, "label")  # as training reads them
     return labels
 
 
 def draw_split(labels: np.ndarray, seed: int, fractions=DEFAULT_FRACTIONS, labels_path: str = "labels.npy"
                ) -> dict[str, np.ndarray]:
     """`data.stratified_split`, refusing a split with an empty part or fewer than 2 training rows."""
-    if len(fractions) != len(SPLITS) or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
+    if (len(fractions) != len(SPLITS) or not all(math.isfinite(f) for f in fractions) or min(fractions) <= 0
+            or abs(sum(fractions) - 1) > 1e-6):
         raise DataError(f"--fractions {' '.join(map(str, fractions))}: three positive numbers summing to 1 "
                         "(train valid test) are expected")
     total = sum(fractions)
@@ -61,17 +65,39 @@ def save_index(path: str, rows: np.ndarray) -> None:
     atomic_write(path, write)
 
 
+def save_split_files(paths: dict[str, str], split: dict[str, np.ndarray]) -> None:
+    """Writes every split file or none: each goes to its temporary file, and only when all are written
+    are they renamed (nested `atomic_write`s: each one's write starts the next, the renames unwind)."""
+    names = list(paths)
+
+    def write_from(i):
+        def write(temporary):
+            with open(temporary, "wb") as handle:  # a handle, so numpy does not append .npy to the temporary name
+                np.save(handle, np.asarray(split[names[i]], dtype=np.int64))
+            if i + 1 < len(names):
+                atomic_write(paths[names[i + 1]], write_from(i + 1))
+        return write
+
+    atomic_write(paths[names[0]], write_from(0))
+
+
 def make_splits(directory: str, seed: int = 0, fractions=DEFAULT_FRACTIONS, overwrite: bool = False,
                 log=print) -> dict[str, np.ndarray]:
     """Writes DIR/{train,valid,test}_idx.npy; raises `DataError` before writing anything on bad input."""
+    if seed_problem(seed):
+        raise DataError(seed_problem(seed))
     labels = read_labels(directory)
     paths = {name: os.path.join(directory, f"{name}_idx.npy") for name in SPLITS}
-    existing = [path for path in paths.values() if os.path.exists(path)]
+    existing = [path for path in paths.values() if os.path.lexists(path)]
     if existing and not overwrite:
         raise DataError(f"{existing[0]}: split file already exists; pass --overwrite to replace the split files")
+    for path in existing:  # every target checked before the first is replaced: never a mixed split
+        if file_problem(path) is not None:
+            raise DataError(f"{path}: {file_problem(path)}; a split file would be written there")
+    if folder_problem(directory) is not None:
+        raise DataError(f"{directory}: {folder_problem(directory)}")
     split = draw_split(labels, seed, fractions, os.path.join(directory, "labels.npy"))
-    for name, rows in split.items():
-        save_index(paths[name], rows)
+    save_split_files(paths, split)
     classes = np.unique(labels)
     for name, rows in split.items():
         counts = np.bincount(np.searchsorted(classes, labels[rows]), minlength=len(classes))
@@ -85,6 +111,7 @@ def make_splits(directory: str, seed: int = 0, fractions=DEFAULT_FRACTIONS, over
 
 
 def main(argv=None) -> int:
+    line_buffered_stdout()
     parser = argparse.ArgumentParser(description="Write stratified train/valid/test_idx.npy for a data folder.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("directory", metavar="DIR", help="data folder holding labels.npy")
