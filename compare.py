@@ -47,13 +47,18 @@ from data import SPLITS, DataError, DataFolder, Prefetcher, RowSource, array_pat
 from functions import (Config, Interrupted, TrainingError, add_config_arguments, atomic_write, autocast_context,
                        build_sources, check_config, classification_metrics, predict, prepare_output, resolve_device,
                        resolve_precision, run, seed_everything, write_json)
+from functions import MAX_SEED
 from make_splits import draw_split, read_labels, save_index
+from outputs import line_buffered_stdout
 
 METHODS = ("mono", "teacher", "kd", "dkd", "discomkd", "discomkd-legacy", "svm", "logreg")
 DISTILLATION_METHODS = ("teacher", "kd", "dkd")  # need rows present in both modalities' training sets
 FUSED = "fused"  # the teacher's one result column: its prediction reads both modalities
 SPLIT_FOLDER = "split"
 RESULTS_FILE, TABLE_FILE = "comparison.json", "comparison.md"
+# Far beyond any comparison (the paper: 5 runs), and it bounds the per-run splits drawn and checked
+# before anything is written.
+MAX_RUNS = 1000
 STD_DDOF = 1  # sample standard deviation over runs: with few runs the population formula understates the spread
 
 # Regularisation grids, a factor 10 apart; the C with the best validation weighted F1 is kept.
@@ -512,9 +517,12 @@ def compare(config: Config, directory: str, first_prefix: str, second_prefix: st
     on bad input. Returns the contents of comparison.json.
     """
     methods = parse_methods(methods if isinstance(methods, str) else ",".join(methods))
-    if runs < 1:
-        raise DataError(f"--runs {runs}: at least 1 is expected")
+    if not 1 <= runs <= MAX_RUNS:
+        raise DataError(f"--runs {runs}: 1 to {MAX_RUNS} is expected")
     check_config(config)
+    if config.seed + runs - 1 > MAX_SEED:
+        raise DataError(f"--seed {config.seed} --runs {runs}: the last run's seed {config.seed + runs - 1} exceeds "
+                        f"{MAX_SEED} (2**32-1)")
     device = resolve_device(config.device)
     prefixes = (first_prefix, second_prefix)
     seeds = [config.seed + k for k in range(runs)]
@@ -610,6 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    line_buffered_stdout()
     args = vars(build_parser().parse_args(argv))
     directory, first, second = args.pop("directory"), args.pop("first_prefix"), args.pop("second_prefix")
     runs, methods, resplit, verbose = args.pop("runs"), args.pop("methods"), args.pop("resplit"), args.pop("verbose")
