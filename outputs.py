@@ -211,7 +211,7 @@ def load_state(run_folder: str) -> dict:
     path = os.path.join(run_folder, STATE_FILE)
     if not os.path.isdir(run_folder):
         raise DataError(f"{run_folder}: " + ("not a folder" if os.path.exists(run_folder) else "run folder not found")
-                        + "; --resume expects the output folder of an interrupted run")
+                        + f"; --resume expects the output folder of an interrupted run (holding {STATE_FILE})")
     if not os.path.isfile(path):
         status = None
         with contextlib.suppress(OSError, ValueError, AttributeError):
