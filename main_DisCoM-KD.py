@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("first_prefix", metavar="FIRST_PREFIX", nargs="?", help="first modality: reads DIR/FIRST_PREFIX_data_normalized.npy")
     parser.add_argument("second_prefix", metavar="SECOND_PREFIX", nargs="?", help="second modality")
     parser.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run from RUN_FOLDER/state.pt "
-                                                              "with its own data and settings (no other argument may be given)")
+                                                              "with its own data and settings (given alone)")
     add_config_arguments(parser)
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("--quiet", action="store_true", help="print only warnings and the final table")

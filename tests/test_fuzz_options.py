@@ -15,7 +15,6 @@ import os
 import shutil
 import tempfile
 
-import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis (a test-only dependency) is not installed")

@@ -273,13 +273,15 @@ def test_make_splits_checks_every_target_before_replacing_any(folder, capsys):
 
 def test_make_splits_refuses_seeds_numpy_cannot_use(folder, capsys):
     before = folder_snapshot(folder)
-    refused(make_splits.main([folder, "--overwrite", "--seed", "-1"]), capsys, before, folder_snapshot(folder), "--seed")
+    refused(make_splits.main([folder, "--overwrite", "--seed", "-1"]), capsys, before, folder_snapshot(folder),
+            "--seed")
 
 
 def test_make_splits_writes_all_three_or_none(folder, monkeypatch):
     """A write that fails midway (disk full on the last file) leaves the previous split whole."""
     before = folder_snapshot(folder)
-    contents = {n: open(os.path.join(folder, n), "rb").read() for n in ("train_idx.npy", "valid_idx.npy", "test_idx.npy")}
+    names = ("train_idx.npy", "valid_idx.npy", "test_idx.npy")
+    contents = {n: open(os.path.join(folder, n), "rb").read() for n in names}
     saves = [0]
     real_save = np.save
 
