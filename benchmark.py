@@ -25,9 +25,11 @@ import time
 import numpy as np
 import torch
 
-from data import array_path, load_data_folder, stratified_split
+from data import DataError, array_path, default_encoder, load_data_folder, stratified_split
 from functions import build_trainer, evaluate, start_epoch, train_one_epoch
-from settings import Config, plain_path, resolve_device, seed_everything
+from model_pytorch import ENCODERS
+from outputs import folder_problem, line_buffered_stdout
+from configuration import Config, check_config, plain_path, resolve_device, seed_everything
 
 # EuroSAT as the authors prepare it: 13-band multispectral and 2-band SAR 64x64 patches, 10 classes.
 SHAPES = {
@@ -105,7 +107,37 @@ def measure(config: Config, folder: str, epochs: int) -> dict:
     return result
 
 
+def check_options(preset: dict, epochs: int, config: Config, output: str) -> None:
+    """Raises `DataError` for options the benchmark cannot run with, before anything is generated."""
+    check_config(config)
+    if epochs < 1:
+        raise DataError(f"--epochs {epochs}: at least 1 is expected")
+    if preset["classes"] < 2:
+        raise DataError(f"--classes {preset['classes']}: at least 2 are expected")
+    # 3 rows per class give every class a row in each split, and at least 2 training rows in all
+    if preset["samples"] < 3 * preset["classes"]:
+        raise DataError(f"--samples {preset['samples']}: at least 3 per class ({3 * preset['classes']}) are expected")
+    for option, prefix, shape in (("--first-shape", "FIRST", preset["first"]),
+                                  ("--second-shape", "SECOND", preset["second"])):
+        if not 1 <= len(shape) <= 3 or min(shape) < 1:
+            raise DataError(f"{option} {' '.join(map(str, shape))}: 1 to 3 positive sizes are expected "
+                            "(C H W images, C L sequences or F vectors)")
+        encoder = default_encoder(prefix, tuple(shape))
+        spatial = tuple(shape)[1:] if ENCODERS[encoder].rank is not None else ()
+        if spatial and min(spatial) < ENCODERS[encoder].min_size:
+            raise DataError(f"{option} {' '.join(map(str, shape))}: too small for encoder {encoder}, which needs at "
+                            f"least {ENCODERS[encoder].min_size} in each spatial dimension")
+    needed = preset["samples"] * (int(np.prod(preset["first"])) + int(np.prod(preset["second"]))) * 4  # float32
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    if needed > free:
+        raise DataError(f"--samples {preset['samples']}: the synthetic data needs {needed / 2**30:.1f} GiB, "
+                        f"{tempfile.gettempdir()} has {free / 2**30:.1f} GiB free")
+    if folder_problem(output) is not None:
+        raise DataError(f"{output}: {folder_problem(output)}")
+
+
 def main(argv=None) -> int:
+    line_buffered_stdout()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="eurosat", help="preset data shape")
@@ -131,6 +163,11 @@ def main(argv=None) -> int:
             preset[key] = tuple(value) if isinstance(value, list) else value
     config = Config(batch_size=args.batch_size, device=args.device, precision=args.precision,
                     compile=args.compile, data_on_device=args.data_on_device, verbose=0)
+    try:
+        check_options(preset, args.epochs, config, args.output)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     device = resolve_device(config.device)
     report = {
         "shape": {k: list(v) if isinstance(v, tuple) else v for k, v in preset.items()},

@@ -38,11 +38,15 @@ from data import SPLITS, DataError, DataFolder, draw_split, load_data_folder, re
 from functions import (Interrupted, TrainingError, build_sources, classification_metrics, command_status, fit,
                        format_duration)
 from methods import FUSED, METHODS
-from outputs import atomic_write, checkpoint_path, prepare_output, save_npy, write_json, write_text
-from settings import Config, add_config_arguments, check_config, resolve_device, resolve_precision
+from outputs import (atomic_write, checkpoint_path, line_buffered_stdout, prepare_output, save_npy, write_json,
+                     write_text)
+from configuration import MAX_SEED, Config, add_config_arguments, check_config, resolve_device, resolve_precision
 
 RESULTS_FILE, TABLE_FILE = "comparison.json", "comparison.md"
 SPLIT_FOLDER = "split"
+# Far beyond any comparison (the paper: 5 runs), and it bounds the per-run splits drawn and checked
+# before anything is written.
+MAX_RUNS = 1000
 STD_DDOF = 1  # sample standard deviation over runs: with few runs the population formula understates the spread
 
 # Regularisation grids, a factor 10 apart; the C with the best validation weighted F1 is kept.
@@ -313,10 +317,10 @@ def _check_inputs(config: Config, directory: str, prefixes, runs: int, per_run_s
                   ) -> tuple[DataFolder, list | None]:
     """Every check that can fail on the user's input, before anything is written: the data as each run
     will see it, the drawn splits, the augmentation settings."""
-    if runs < 1:
-        raise DataError(f"--runs {runs}: at least 1 is expected")
     check_config(config)
-    resolve_device(config.device)
+    if config.seed + runs - 1 > MAX_SEED:
+        raise DataError(f"--seed {config.seed} --runs {runs}: the last run's seed {config.seed + runs - 1} exceeds "
+                        f"{MAX_SEED} (2**32-1)")
     splits = None
     if per_run_splits:
         labels_path = os.path.join(directory, "labels.npy")
@@ -340,6 +344,8 @@ def compare(config: Config, directory: str, first_prefix: str, second_prefix: st
     finished leaves nothing behind). Returns the contents of comparison.json.
     """
     methods = parse_methods(methods if isinstance(methods, str) else ",".join(methods))
+    if not 1 <= runs <= MAX_RUNS:  # before the seeds are listed
+        raise DataError(f"--runs {runs}: 1 to {MAX_RUNS} is expected")
     prefixes = (first_prefix, second_prefix)
     seeds = [config.seed + k for k in range(runs)]
     output = config.output or os.path.join(directory, f"comparison_{first_prefix}_{second_prefix}")
@@ -452,6 +458,7 @@ def _raise_keyboard_interrupt(number, frame):
 
 
 def main(argv=None) -> int:
+    line_buffered_stdout()
     args = vars(build_parser().parse_args(argv))
     directory, first, second = args.pop("directory"), args.pop("first_prefix"), args.pop("second_prefix")
     runs, methods, resplit, verbose = args.pop("runs"), args.pop("methods"), args.pop("resplit"), args.pop("verbose")

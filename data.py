@@ -16,9 +16,11 @@ names the file, the problem and what was expected.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import stat
 import threading
 from dataclasses import dataclass, field
 
@@ -39,6 +41,49 @@ class DataError(ValueError):
 
 def array_path(directory: str, prefix: str) -> str:
     return os.path.join(directory, f"{prefix}_data_normalized.npy")
+
+
+def default_augmentation(prefix: str, rank: int) -> str:
+    """Augmentation for `--augment-* auto` of batches of `rank` (sample rank + 1); the authors never
+    augment the SPECTRO (spectrogram) prefix: flipping time or frequency changes what it shows."""
+    return "none" if prefix.upper() == "SPECTRO" else DEFAULT_AUGMENTATION[rank]
+
+
+# Accepted array dtypes: signed and unsigned integers (dtype kind 'i', 'u'; not bool, nor timedelta64,
+# which numpy counts among the integers) and floats of at most 64 bits (float128 has no torch dtype).
+INTEGER_KINDS = "iu"
+MAX_FLOAT_BYTES = 8
+
+
+def is_integer_dtype(dtype: np.dtype) -> bool:
+    return dtype.kind in INTEGER_KINDS
+
+
+def is_numeric_dtype(dtype: np.dtype) -> bool:
+    return is_integer_dtype(dtype) or (dtype.kind == "f" and dtype.itemsize <= MAX_FLOAT_BYTES)
+
+
+def as_int64(values: np.ndarray, path: str, what: str) -> np.ndarray:
+    """An integer array as int64, refusing uint64 values that int64 cannot hold (they would wrap)."""
+    if values.dtype.kind == "u" and values.size and values.max() > np.iinfo(np.int64).max:
+        raise DataError(f"{path}: {what} value {values.max()} exceeds {np.iinfo(np.int64).max}; "
+                        "values that fit a 64-bit signed integer are expected")
+    return np.asarray(values, dtype=np.int64)
+
+
+def file_problem(path: str) -> str | None:
+    """None when `path` is a regular file (or a link to one), else what it is, for an error line."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if os.path.islink(path):
+            return "broken symbolic link (its target does not exist)"
+        return "file not found"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    return None if stat.S_ISREG(mode) else "not a regular file (a FIFO, socket or device?)"
 
 
 def default_encoder(prefix: str, sample_shape: tuple[int, ...]) -> str:
@@ -86,18 +131,19 @@ class DataFolder:
 
     def describe(self) -> dict:
         return {
-            "directory": self.directory,
-            "splits_from": self.splits_from or self.directory,
+            "directory": os.path.abspath(self.directory),  # absolute: --resume may run from another folder
+            "splits_from": os.path.abspath(self.splits_from or self.directory),
             "classes": self.classes.tolist(),
-            "modalities": [{"prefix": m.prefix, "file": m.path, "sample_shape": list(m.sample_shape),
+            "modalities": [{"prefix": m.prefix, "file": os.path.abspath(m.path), "sample_shape": list(m.sample_shape),
                             "dtype": str(m.array.dtype), "encoder": m.encoder,
                             "rows": {s: int(len(r)) for s, r in m.splits.items()}} for m in self.modalities],
         }
 
 
 def load_npy(path: str, what: str) -> np.ndarray:
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found ({what} expected here)")
+    problem = file_problem(path)
+    if problem is not None:
+        raise DataError(f"{path}: {problem} ({what} expected here)")
     try:
         with open(path, "rb") as handle:
             header = handle.read(6)
@@ -119,9 +165,9 @@ def load_npy(path: str, what: str) -> np.ndarray:
 def _check_index(index: np.ndarray, name: str, num_rows: int) -> np.ndarray:
     """Checks an array of row numbers (from a file or given in memory); `name` names it in errors."""
     index = np.asarray(index)
-    if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
+    if index.ndim != 1 or not is_integer_dtype(index.dtype):
         raise DataError(f"{name}: row numbers must be a 1-D integer array, got shape {index.shape} dtype {index.dtype}")
-    index = np.asarray(index, dtype=np.int64)
+    index = as_int64(index, name, "row number")
     if index.size == 0:
         raise DataError(f"{name}: empty split; at least one row number is expected")
     if index.min() < 0:
@@ -152,33 +198,38 @@ def read_split_files(directory: str, prefixes) -> dict[str, np.ndarray]:
 def read_labels(path: str) -> np.ndarray:
     """A (N,) integer label array from `path`; raises `DataError` naming the problem."""
     labels = load_npy(path, "the (N,) integer labels")
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    if labels.ndim != 1 or not is_integer_dtype(labels.dtype):
         raise DataError(f"{path}: labels must be a 1-D integer array, got shape {labels.shape} dtype {labels.dtype}")
     if labels.size == 0:
         raise DataError(f"{path}: no labels")
+    as_int64(labels, path, "label")
     return labels
 
 
 def _check_finite(array: np.ndarray, rows: np.ndarray, path: str) -> None:
-    """Raises on the first NaN/Inf among `rows`, reading the memory map in bounded chunks."""
+    """Raises on the first NaN/Inf among `rows`, as float32 (what training reads: 1e300 in float64 is
+    Inf there), reading the memory map in bounded chunks."""
     if not np.issubdtype(array.dtype, np.floating):
         return
     row_bytes = max(1, array.itemsize * int(np.prod(array.shape[1:])))
     chunk = max(1, _CHUNK_BYTES // row_bytes)
     rows = np.sort(rows)
     for start in range(0, len(rows), chunk):
-        block = array[rows[start:start + chunk]]
+        with np.errstate(over="ignore"):  # an overflow to Inf is what this check reports
+            block = array[rows[start:start + chunk]].astype(np.float32)
         finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1)
         if not finite.all():
             bad = rows[start + int(np.argmin(finite))]
-            raise DataError(f"{path}: row {bad} holds NaN or Inf; finite numbers are expected")
+            raise DataError(f"{path}: row {bad} holds NaN or Inf, or a value beyond float32's range "
+                            f"(|x| > {np.finfo(np.float32).max:.4g}); finite float32 numbers are expected")
 
 
 def _load_modality(directory: str, prefix: str, encoder: str, num_rows: int) -> Modality:
     path = array_path(directory, prefix)
     array = load_npy(path, f"the {prefix} modality array (N, C, H, W), (N, C, L) or (N, F)")
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise DataError(f"{path}: dtype {array.dtype} is not numeric; integers or floats are expected")
+    if not is_numeric_dtype(array.dtype):
+        kind = "not supported" if array.dtype.kind in "iuf" else "not numeric"
+        raise DataError(f"{path}: dtype {array.dtype} is {kind}; integers or floats of at most 64 bits are expected")
     if array.ndim not in (2, 3, 4):
         raise DataError(f"{path}: unsupported rank {array.ndim} (shape {array.shape}); expected "
                         "(N, C, H, W) images, (N, C, L) sequences or (N, F) vectors")
@@ -351,7 +402,9 @@ class RowSource:
             # copied in bounded chunks, so the host never holds more than one chunk of a large array
             chunk = max(1, _CHUNK_BYTES // max(1, array.itemsize * int(np.prod(array.shape[1:]))))
             for start in range(0, len(self.rows), chunk):
-                block = torch.from_numpy(np.ascontiguousarray(array[self.rows[start:start + chunk]]))
+                # native byte order: torch.from_numpy refuses big-endian arrays
+                block = torch.from_numpy(np.ascontiguousarray(array[self.rows[start:start + chunk]],
+                                                              dtype=array.dtype.newbyteorder("=")))
                 self.data[start:start + chunk] = block.to(device=device, dtype=storage_dtype)
 
     def positions(self, rows: np.ndarray) -> torch.Tensor:
@@ -437,6 +490,10 @@ def input_batches(array: np.ndarray, rows: np.ndarray | None, batch_size: int, d
     starts = list(range(0, count, batch_size))
 
     def read(i: int) -> np.ndarray:
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes Inf, reported below as the row's error
+            return _read(i)
+
+    def _read(i: int) -> np.ndarray:
         start = starts[i]
         if rows is None:
             # a copy: a memory map's rows are read-only, and torch wants a writable buffer

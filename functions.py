@@ -2,7 +2,7 @@
 
 `run(config, directory, first_prefix, second_prefix)` is the whole job behind `main_DisCoM-KD.py`;
 `fit(config, data, output)` is the one training loop, for DisCoM-KD and every neural baseline
-(each method is a spec in `methods.py`). The settings are `settings.Config`; the data folder is read
+(each method is a spec in `methods.py`). The settings are `configuration.Config`; the data folder is read
 and checked by `data.py`, the files a run writes (results, checkpoints, resumable state) by
 `outputs.py`, and the models and losses live in `model_pytorch.py` and `baselines.py`. This module
 knows no command line.
@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from data import (AUGMENTATIONS, DEFAULT_AUGMENTATION, DataError, DataFolder, Modality, Prefetcher, RowSource, augment,
-                  epoch_positions, load_data_folder, read_split_files)
+from data import (AUGMENTATIONS, DataError, DataFolder, Modality, Prefetcher, RowSource, augment,
+                  default_augmentation, epoch_positions, load_data_folder, read_split_files)
 from methods import FUSED, METHODS, MethodSpec, ModelShape, build_model, classifier_description
-from outputs import (RESULTS_FILE, STATE_FILE, atomic_write, checkpoint_path, load_classifier, load_state,
+from outputs import (RESULTS_FILE, STATE_FILE, atomic_write, checkpoint_path, clear_run_outputs, load_classifier, load_state,
                      prepare_output, remove_temporaries, save_checkpoint, save_npy, save_state, write_json)
-from settings import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TRAINING_FAILED, Config, check_config, resolve_device,
+from configuration import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TRAINING_FAILED, Config, check_config, resolve_device,
                       resolve_precision, restore_rng, rng_state, seed_everything)
 
 
@@ -231,7 +231,7 @@ def resolve_augmentation(config: Config, modality: Modality, position: int) -> s
     """The augmentation mode of a modality: its option, or the default for its sample rank."""
     rank = modality.rank + 1
     mode = getattr(config, ("augment_first", "augment_second")[position])
-    mode = DEFAULT_AUGMENTATION[rank] if mode == "auto" else mode
+    mode = default_augmentation(modality.prefix, rank) if mode == "auto" else mode
     if mode not in AUGMENTATIONS[rank]:
         raise DataError(f"--augment-{('first', 'second')[position]} {mode}: not available for {modality.prefix}'s "
                         f"samples of shape {modality.sample_shape}; expected one of {', '.join(AUGMENTATIONS[rank])}")
@@ -394,8 +394,12 @@ def run(config: Config, directory: str, first_prefix: str, second_prefix: str, l
     """
     check_config(config)
     data = load_data_folder(directory, first_prefix, second_prefix, (config.encoder_first, config.encoder_second))
+    for m, modality in enumerate(data.modalities):  # before the output folder is touched
+        resolve_augmentation(config, modality, m)
     output = prepare_output(config.output or default_output(directory, first_prefix, second_prefix),
                             config.overwrite)
+    if config.overwrite:  # every check passed: an earlier run's files must not mix with this run's
+        clear_run_outputs(output)
     return fit(config, data, output, log=log, should_stop=should_stop)
 
 
@@ -419,14 +423,18 @@ def resume(run_folder: str, log=print, should_stop=None) -> dict:
     results = state["results"]
     config = Config(**results["config"])
     described = results["data"]
+    # runs recorded before paths were stored absolute: relative to the working folder, as they were read
+    described.update(directory=os.path.abspath(described["directory"]),
+                     splits_from=os.path.abspath(described.get("splits_from", described["directory"])),
+                     modalities=[dict(m, file=os.path.abspath(m["file"])) for m in described["modalities"]])
     prefixes = [m["prefix"] for m in described["modalities"]]
     encoders = (config.encoder_first, config.encoder_second)
-    splits_from = described.get("splits_from", described["directory"])
-    if splits_from == described["directory"]:
+    if described["splits_from"] == described["directory"]:
         data = load_data_folder(described["directory"], *prefixes, encoders)
     else:
         data = load_data_folder(described["directory"], *prefixes, encoders,
-                                splits=read_split_files(splits_from, prefixes), splits_name=splits_from)
+                                splits=read_split_files(described["splits_from"], prefixes),
+                                splits_name=described["splits_from"])
     if data.describe() != described or results.get("data_fingerprint") != data_fingerprint(data):
         raise DataError(f"{described['directory']}: the data folder changed since the run started "
                         "(shapes, splits, classes or labels differ); cannot resume")

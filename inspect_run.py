@@ -35,8 +35,9 @@ from sklearn.preprocessing import StandardScaler
 from data import DataError, DataFolder, input_batches, load_data_folder
 from functions import autocast_context, classification_metrics, data_fingerprint
 from model_pytorch import LOSS_TERMS
-from outputs import RESULTS_FILE, atomic_write, checkpoint_path, load_classifier, write_json
-from settings import Config, checkpoint_precision, resolve_device
+from outputs import (RESULTS_FILE, atomic_write, checkpoint_path, folder_problem, line_buffered_stdout, load_classifier,
+                     write_json)
+from configuration import Config, checkpoint_precision, resolve_device
 
 PARTS = ("invariant", "informative", "irrelevant")
 PROBES_FILE = "probes.json"
@@ -372,7 +373,15 @@ def draw_figures(new_figure, run_folder: str, results: dict, data: DataFolder,
 def inspect_run_folder(run_folder: str, figures: bool = True, probes: bool = True, data_directory: str | None = None,
             device: str = "auto", log=print) -> dict:
     """The whole job of the command line; raises `DataError`. Returns {"probes": ..., "figures": [paths]}."""
+    if not figures and not probes:
+        raise DataError("--no-figures --no-probes: nothing to do; drop one of them")
     results, data = load_run(run_folder, data_directory)
+    if results.get("status") != "finished":
+        # its checkpoints are the best epochs so far, not the final ones
+        print(f"warning: {os.path.join(run_folder, RESULTS_FILE)}: the run's status is {results.get('status')}, "
+              "not finished; inspecting its best checkpoints so far", file=sys.stderr)
+    if folder_problem(run_folder) is not None:
+        raise DataError(f"{run_folder}: {folder_problem(run_folder)}")
     new_figure = matplotlib_figure() if figures else None
     if figures and new_figure is None:
         log(MISSING_MATPLOTLIB)
@@ -405,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    line_buffered_stdout()
     args = build_parser().parse_args(argv)
     try:
         inspect_run_folder(args.run_folder, not args.no_figures, not args.no_probes, args.data, args.device)

@@ -8,7 +8,8 @@ import argparse
 import sys
 
 from functions import command_status, resume, run
-from settings import Config, add_config_arguments, plain_path
+from configuration import EXIT_BAD_INPUT, Config, add_config_arguments, plain_path
+from outputs import line_buffered_stdout
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("first_prefix", metavar="FIRST_PREFIX", nargs="?", help="first modality: reads DIR/FIRST_PREFIX_data_normalized.npy")
     parser.add_argument("second_prefix", metavar="SECOND_PREFIX", nargs="?", help="second modality")
     parser.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run from RUN_FOLDER/state.pt "
-                                                              "with its own data and settings (other options ignored)")
+                                                              "with its own data and settings (given alone)")
     add_config_arguments(parser)
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("--quiet", action="store_true", help="print only warnings and the final table")
@@ -29,13 +30,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def given_arguments(parser: argparse.ArgumentParser, argv) -> list[str]:
+    """The arguments given explicitly in `argv` (an option given with its default value included),
+    as the user spells them: found by parsing into a namespace that already holds a marker for
+    every destination, since argparse only fills in defaults for destinations it does not find."""
+    unset = object()
+    destinations = vars(parser.parse_args(argv))
+    given = vars(parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(destinations, unset))))
+    names = {"directory": "DIR", "first_prefix": "FIRST_PREFIX", "second_prefix": "SECOND_PREFIX"}
+    # an absent optional positional is set to its default (None) rather than left alone
+    return [names.get(k, "--" + k.replace("_", "-")) for k, v in given.items() if v is not unset and v is not None]
+
+
 def main(argv=None) -> int:
+    line_buffered_stdout()
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     directory, first, second = args.pop("directory"), args.pop("first_prefix"), args.pop("second_prefix")
     run_folder = args.pop("resume")
     if run_folder is None and second is None:
         parser.error("DIR, FIRST_PREFIX and SECOND_PREFIX are required (or --resume RUN_FOLDER)")
+    others = [name for name in given_arguments(parser, argv) if name != "--resume"]
+    if run_folder is not None and others:
+        print(f"error: --resume {run_folder}: continues the run with its own data and settings; remove "
+              f"{', '.join(others)} (no other argument may be given with --resume)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     quiet, no_fast = args.pop("quiet"), args.pop("no_fast")
     args.pop("verbose")
     config = Config(**args, verbose=0 if quiet else 1)

@@ -1,6 +1,6 @@
 """Writes the embedded example: two modalities of scikit-learn's handwritten digits.
 
-    python make_example.py [FOLDER]     (default: example_digits)
+    python make_example.py [FOLDER] [--overwrite]     (default: example_digits)
 
 scikit-learn ships 1,797 digits as 8x8 images (no download). Two "sensors" see each digit:
 - IMAGE (N, 1, 24, 24): a camera view: the digit upsampled to 16x16 at a random position of a
@@ -10,6 +10,7 @@ Both are standardised, labels are the digits 0-9, and a stratified 70/10/20 spli
 The noise and the camera's random framing make neither modality trivially solvable, so what one
 modality learns can help the other.
 """
+import argparse
 import os
 import sys
 
@@ -18,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from data import SPLITS, stratified_split
+from data import SPLITS, DataError, stratified_split
+from outputs import folder_problem, line_buffered_stdout
 
 # Noise levels (in units of the standardised signal) chosen so that a linear model on either
 # modality stays well below perfect accuracy.
@@ -28,7 +30,17 @@ PROJECTIONS = 32
 DIGIT_SIZE, FRAME_SIZE = 16, 24
 
 
-def make_digits_example(folder: str, seed: int = 0) -> None:
+def make_digits_example(folder: str, seed: int = 0, overwrite: bool = False) -> None:
+    """Writes the example into `folder`; raises `DataError`, before writing anything, when `folder` is a
+    file, cannot be created, or already holds files (unless `overwrite`: then the example's own files
+    are replaced and any other file is kept)."""
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise DataError(f"{folder}: exists and is not a folder")
+    if folder_problem(folder) is not None:
+        raise DataError(f"{folder}: {folder_problem(folder)}")
+    if os.path.isdir(folder) and os.listdir(folder) and not overwrite:
+        raise DataError(f"{folder}: exists and holds files; pass --overwrite to replace the example's files "
+                        "or choose another folder")
     digits = load_digits()
     rng = np.random.default_rng(seed)
     pixels = digits.images.astype(np.float32) / 16.0  # (N, 8, 8) in [0, 1]
@@ -52,13 +64,30 @@ def make_digits_example(folder: str, seed: int = 0) -> None:
               "labels": labels}
     arrays.update({f"{split}_idx": rows for split, rows in stratified_split(labels, seed).items()})
     for name in arrays:
-        if os.path.exists(os.path.join(folder, f"{name}.npy")):
-            raise SystemExit(f"error: {os.path.join(folder, name)}.npy exists; remove it or choose another folder")
+        if os.path.isdir(os.path.join(folder, f"{name}.npy")):
+            raise DataError(f"{os.path.join(folder, name)}.npy: is a folder; the example writes a file there")
     for name, values in arrays.items():
         np.save(os.path.join(folder, f"{name}.npy"), values)
     print(f"wrote {len(labels)} digits to {folder}: IMAGE {image.shape[1:]}, PROJ {projection.shape[1:]}, "
           + ", ".join(f"{s} {len(arrays[s + '_idx'])}" for s in SPLITS))
 
 
+def main(argv=None) -> int:
+    line_buffered_stdout()
+    parser = argparse.ArgumentParser(description="Write the embedded example data folder: two modalities of "
+                                                 "scikit-learn's handwritten digits (no download).",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("folder", metavar="FOLDER", nargs="?", default="example_digits", help="folder to write")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the example's files in a folder that already holds files")
+    args = parser.parse_args(argv)
+    try:
+        make_digits_example(args.folder, overwrite=args.overwrite)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    make_digits_example(sys.argv[1] if len(sys.argv) > 1 else "example_digits")
+    sys.exit(main())

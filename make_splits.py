@@ -14,23 +14,46 @@ import sys
 
 import numpy as np
 
-from data import DEFAULT_FRACTIONS, SPLITS, DataError, draw_split, read_labels, split_file_name
-from outputs import atomic_write, save_npy
+from data import DEFAULT_FRACTIONS, SPLITS, DataError, draw_split, file_problem, read_labels, split_file_name
+from outputs import atomic_write, folder_problem, line_buffered_stdout
+from configuration import seed_problem
+
+
+def save_split_files(paths: dict[str, str], split: dict[str, np.ndarray]) -> None:
+    """Writes every split file or none: each goes to its temporary file, and only when all are written
+    are they renamed (nested `atomic_write`s: each one's write starts the next, the renames unwind)."""
+    names = list(paths)
+
+    def write_from(i):
+        def write(temporary):
+            with open(temporary, "wb") as handle:  # a handle, so numpy does not append .npy to the temporary name
+                np.save(handle, np.asarray(split[names[i]], dtype=np.int64))
+            if i + 1 < len(names):
+                atomic_write(paths[names[i + 1]], write_from(i + 1))
+        return write
+
+    atomic_write(paths[names[0]], write_from(0))
 
 
 def make_splits(directory: str, seed: int = 0, fractions=DEFAULT_FRACTIONS, overwrite: bool = False,
                 log=print) -> dict[str, np.ndarray]:
     """Writes DIR/{train,valid,test}_idx.npy; raises `DataError` before writing anything on bad input."""
+    if seed_problem(seed):
+        raise DataError(seed_problem(seed))
     if not os.path.isdir(directory):
         raise DataError(f"{directory}: data folder not found")
     labels = read_labels(os.path.join(directory, "labels.npy"))
     paths = {name: os.path.join(directory, split_file_name(name)) for name in SPLITS}
-    existing = [path for path in paths.values() if os.path.exists(path)]
+    existing = [path for path in paths.values() if os.path.lexists(path)]
     if existing and not overwrite:
         raise DataError(f"{existing[0]}: split file already exists; pass --overwrite to replace the split files")
+    for path in existing:  # every target checked before the first is replaced: never a mixed split
+        if file_problem(path) is not None:
+            raise DataError(f"{path}: {file_problem(path)}; a split file would be written there")
+    if folder_problem(directory) is not None:
+        raise DataError(f"{directory}: {folder_problem(directory)}")
     split = draw_split(labels, seed, fractions, os.path.join(directory, "labels.npy"))
-    for name, rows in split.items():
-        atomic_write(paths[name], lambda temporary, values=rows: save_npy(temporary, values))
+    save_split_files(paths, split)
     classes = np.unique(labels)
     for name, rows in split.items():
         counts = np.bincount(np.searchsorted(classes, labels[rows]), minlength=len(classes))
@@ -44,6 +67,7 @@ def make_splits(directory: str, seed: int = 0, fractions=DEFAULT_FRACTIONS, over
 
 
 def main(argv=None) -> int:
+    line_buffered_stdout()
     parser = argparse.ArgumentParser(description="Write stratified train/valid/test_idx.npy for a data folder.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("directory", metavar="DIR", help="data folder holding labels.npy")

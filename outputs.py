@@ -7,8 +7,10 @@ What is saved is handed in as data; this module knows nothing of the training lo
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -60,10 +62,69 @@ def prepare_output(output: str, overwrite: bool) -> str:
     """Checks that `output` can hold a run; refuses a folder holding files unless `overwrite`."""
     if os.path.exists(output) and not os.path.isdir(output):
         raise DataError(f"{output}: exists and is not a folder")
+    problem = folder_problem(output)
+    if problem is not None:
+        raise DataError(f"{output}: {problem}")
     if os.path.isdir(output) and os.listdir(output) and not overwrite:
         raise DataError(f"{output}: output folder already holds files (an earlier run?); "
                         "pass --overwrite to replace them or --output to choose another folder")
     return output
+
+
+SYSTEM_FOLDERS = ("/proc", "/sys")  # the kernel's views: writable files there are settings, never outputs
+
+
+def folder_problem(folder: str) -> str | None:
+    """Why `folder` cannot be created (with its parents) and written to, or None; checked before
+    anything is written, so that a run does not fail after creating part of its outputs."""
+    path = os.path.abspath(folder)
+    real = os.path.realpath(path)
+    for system in SYSTEM_FOLDERS:
+        if real == system or real.startswith(system + os.sep):
+            return f"inside {system}, the kernel's interface; choose an output folder elsewhere"
+    existing, missing = path, []
+    while not os.path.lexists(existing):  # the deepest existing ancestor (a broken link counts as existing)
+        existing, name = os.path.dirname(existing), os.path.basename(existing)
+        missing.append(name)
+    if not os.path.isdir(existing):
+        return f"cannot create the folder: {existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot create or write the folder: {existing} is not writable"
+    with contextlib.suppress(OSError, ValueError):
+        longest = max(missing, key=len, default="")
+        if len(longest.encode()) > os.pathconf(existing, "PC_NAME_MAX"):
+            return f"cannot create the folder: name {longest[:20]}... longer than the file system allows"
+    return None
+
+
+# Files a run folder receives (main_DisCoM-KD.py, then inspect_run.py); --overwrite removes these only.
+RUN_OUTPUT_PATTERNS = ("results.json", "state.pt", "best_*.pt", "test_predictions_*.npy", "probes.json",
+                       TEMPORARY_PREFIX + "*")
+FIGURE_PATTERNS = ("training_curves.png", "confusion_*.png", "tsne.png")
+
+
+def clear_run_outputs(output: str) -> list[str]:
+    """Removes an earlier run's files from `output` (see RUN_OUTPUT_PATTERNS, and figures/ with
+    inspect_run's figures), so that none is mistaken for the new run's; any other file is kept.
+    Returns the removed paths."""
+    removed = []
+    for folder, patterns in ((output, RUN_OUTPUT_PATTERNS), (os.path.join(output, "figures"), FIGURE_PATTERNS)):
+        for pattern in patterns:
+            for path in glob.glob(os.path.join(glob.escape(folder), pattern), include_hidden=True):
+                if os.path.isfile(path) or os.path.islink(path):
+                    os.remove(path)
+                    removed.append(path)
+    with contextlib.suppress(OSError):  # kept when the user put other files there
+        os.rmdir(os.path.join(output, "figures"))
+    return removed
+
+
+def line_buffered_stdout() -> None:
+    """Makes stdout write each line at once, also when redirected to a file (`> train.log`), where
+    Python would otherwise buffer blocks of 8 kB and lose them on kill -9."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)  # absent on a test's io.StringIO
+    if reconfigure is not None:
+        reconfigure(line_buffering=True)
 
 
 def checkpoint_path(output: str, prefix: str) -> str:
@@ -137,8 +198,19 @@ def save_state(output: str, payload: dict) -> None:
 
 def load_state(run_folder: str) -> dict:
     path = os.path.join(run_folder, STATE_FILE)
+    if not os.path.isdir(run_folder):
+        raise DataError(f"{run_folder}: " + ("not a folder" if os.path.exists(run_folder) else "run folder not found")
+                        + f"; --resume expects the output folder of an interrupted run (holding {STATE_FILE})")
     if not os.path.isfile(path):
-        raise DataError(f"{path}: not found; nothing to resume in {run_folder} (finished runs keep no state)")
+        status = None
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            with open(os.path.join(run_folder, RESULTS_FILE)) as handle:
+                status = json.load(handle).get("status")
+        if status == "finished":
+            raise DataError(f"{run_folder}: holds a finished run (results.json status finished, no {STATE_FILE}); "
+                            "nothing to resume")
+        raise DataError(f"{path}: not found; {run_folder} holds no resumable state "
+                        + (f"(its run's status is {status})" if status else "(no run was interrupted there)"))
     return _load_weights_only(path, STATE_FORMAT, "state")
 
 

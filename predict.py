@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix
 
-from data import DataError, input_batches, load_npy
+from data import DataError, as_int64, file_problem, input_batches, is_integer_dtype, is_numeric_dtype, load_npy
 from functions import autocast_context, classification_metrics
 from image_folders import SAMPLE_EXTENSIONS, raw_input_files, read_raw_samples
-from outputs import atomic_write, load_classifier, save_npy
-from settings import DEVICE_HELP, EXIT_BAD_INPUT, Config, checkpoint_precision, resolve_device
+from outputs import atomic_write, folder_problem, line_buffered_stdout, load_classifier, save_npy
+from configuration import DEVICE_HELP, EXIT_BAD_INPUT, Config, checkpoint_precision, resolve_device
 
 LISTED_INPUTS = 20  # raw files whose predicted class is printed; all of them are in the CSV
 
@@ -75,16 +75,17 @@ def output_paths(prefix: str) -> tuple[str, str]:
 
 def _load_integer_vector(path: str, what: str) -> np.ndarray:
     values = load_npy(path, what)
-    if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
+    if values.ndim != 1 or not is_integer_dtype(values.dtype):
         raise DataError(f"{path}: {what} must be a 1-D integer array, got shape {values.shape} dtype {values.dtype}")
-    return np.asarray(values, dtype=np.int64)
+    return as_int64(values, path, what)
 
 
 def load_input(path: str, input_shape: tuple[int, ...], checkpoint_path: str) -> np.ndarray:
     """The memory-mapped input array, checked against the checkpoint's per-sample shape."""
     array = load_npy(path, f"an (N, {', '.join(map(str, input_shape))}) array of samples")
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise DataError(f"{path}: dtype {array.dtype} is not numeric; integers or floats are expected")
+    if not is_numeric_dtype(array.dtype):
+        raise DataError(f"{path}: dtype {array.dtype} is not supported; integers or floats of at most 64 bits "
+                        "are expected")
     if array.ndim == 0 or tuple(array.shape[1:]) != tuple(input_shape):
         raise DataError(f"{path}: samples of shape {tuple(array.shape[1:])} (array {tuple(array.shape)}), but "
                         f"{checkpoint_path} expects samples of shape {tuple(input_shape)}")
@@ -103,16 +104,16 @@ def load_rows(path: str, num_rows: int) -> np.ndarray:
     return rows
 
 
-def load_labels(path: str, count: int, rows: np.ndarray | None, num_rows: int) -> np.ndarray:
-    """Labels aligned with the predicted rows: `count` of them, or, with `rows`, one per input row
-    (`num_rows`, e.g. a data folder's labels.npy), from which the selected rows are taken."""
+def load_labels(path: str, rows: np.ndarray | None, num_rows: int) -> np.ndarray:
+    """Labels aligned with the predicted rows. The file holds one label per INPUT row (`num_rows`,
+    e.g. a data folder's labels.npy), always: with `rows`, the labels of those rows are taken, in
+    their order. (One rule, so that a file of as many labels as `rows` is never silently read as
+    per-predicted-row labels: then it would be ambiguous whenever len(rows) == num_rows.)"""
     labels = _load_integer_vector(path, "labels")
-    if len(labels) == count:
-        return labels
-    if rows is not None and len(labels) == num_rows:
-        return labels[rows]
-    expected = f"{count} (one per selected row)" + (f" or {num_rows} (one per input row)" if rows is not None else "")
-    raise DataError(f"{path}: {len(labels)} labels, expected {expected}")
+    if len(labels) != num_rows:
+        raise DataError(f"{path}: {len(labels)} labels, expected {num_rows} (one per row of the input, "
+                        "also with --rows)")
+    return labels if rows is None else labels[rows]
 
 
 def confusion_table(labels: np.ndarray, predicted: np.ndarray, classes: np.ndarray) -> str:
@@ -147,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rows", metavar="ROWS.npy", help="predict only these row numbers of INPUT "
                                                            "(e.g. a data folder's test_idx.npy), in this order")
     parser.add_argument("--labels", metavar="LABELS.npy",
-                        help="true label values to score the predictions: one per predicted row, or with --rows "
-                             "one per INPUT row (e.g. the data folder's labels.npy)")
+                        help="true label values to score the predictions: one per INPUT row (e.g. the data "
+                             "folder's labels.npy), also with --rows, which selects the labels of its rows")
     parser.add_argument("--output", metavar="PREFIX", help="writes PREFIX_classes.npy and PREFIX_probabilities.npy "
                                                            "(default: INPUT without .npy, plus _pred)")
     parser.add_argument("--batch-size", type=int, default=Config.eval_batch_size, help="rows per forward pass")
@@ -172,8 +173,8 @@ def run_prediction(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise DataError(f"--batch-size {args.batch_size}: at least 1 is expected")
     for path, what in ((args.checkpoint, "checkpoint"), (args.rows, "row numbers"), (args.labels, "labels")):
-        if path is not None and not os.path.isfile(path):
-            raise DataError(f"{path}: file not found ({what} expected here)")
+        if path is not None and file_problem(path) is not None:
+            raise DataError(f"{path}: {file_problem(path)} ({what} expected here)")
     if not (os.path.isfile(args.input) or os.path.isdir(args.input)):
         raise DataError(f"{args.input}: not found (an input array, sample file or folder expected here)")
     stem, extension = os.path.splitext(args.input.rstrip(os.sep))
@@ -182,6 +183,11 @@ def run_prediction(args: argparse.Namespace) -> None:
     folder = os.path.dirname(os.path.abspath(classes_path))
     if not os.path.isdir(folder):
         raise DataError(f"{classes_path}: output folder {folder} does not exist")
+    if folder_problem(folder) is not None:
+        raise DataError(f"{classes_path}: {folder_problem(folder)}")
+    for path in (classes_path, probabilities_path):
+        if os.path.isdir(path):
+            raise DataError(f"{path}: is a folder; an output file is written there")
     for path in (classes_path, probabilities_path):
         if os.path.exists(path) and not args.overwrite:
             raise DataError(f"{path}: exists; pass --overwrite to replace it or --output to choose another prefix")
@@ -204,7 +210,7 @@ def run_prediction(args: argparse.Namespace) -> None:
         raise DataError(f"{listing_path}: exists; pass --overwrite to replace it or --output to choose another prefix")
     rows = None if args.rows is None else load_rows(args.rows, len(array))
     count = len(array) if rows is None else len(rows)
-    labels = None if args.labels is None else load_labels(args.labels, count, rows, len(array))
+    labels = None if args.labels is None else load_labels(args.labels, rows, len(array))
 
     try:
         probabilities, predicted = predict_array(branch, array, args.batch_size, device, rows,
@@ -238,6 +244,7 @@ def run_prediction(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
+    line_buffered_stdout()
     args = build_parser().parse_args(argv)
     try:
         run_prediction(args)

@@ -22,7 +22,7 @@ from data import load_data_folder
 from functions import build_trainer, train_one_epoch
 from methods import FUSED
 from outputs import checkpoint_path
-from settings import Config
+from configuration import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # small, fast settings: a LeNet on (1, 12, 12) images and the MLP on 6-d vectors; lr 1e-3 so that

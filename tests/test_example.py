@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from data import load_data_folder
+from data import DataError, load_data_folder
 from make_example import make_digits_example
 
 
@@ -23,5 +23,5 @@ def test_example_is_reproducible_and_never_overwrites(tmp_path):
     make_digits_example(str(tmp_path / "b"))
     for name in ("IMAGE_data_normalized", "PROJ_data_normalized", "labels", "train_idx"):
         assert np.array_equal(np.load(tmp_path / "a" / f"{name}.npy"), np.load(tmp_path / "b" / f"{name}.npy"))
-    with pytest.raises(SystemExit, match="exists"):
+    with pytest.raises(DataError, match="exists"):
         make_digits_example(str(tmp_path / "a"))

@@ -9,14 +9,14 @@ from toy import write_toy_folder
 
 import benchmark
 import functions
-import settings
+import configuration
 from data import load_data_folder
 
 QUIET = dict(epochs=3, batch_size=16, encoder_first="lenet", augment_first="flip+rot90", verbose=0, overwrite=True)
 
 
 def _history(folder, output, **overrides):
-    config = settings.Config(output=str(output), **{**QUIET, **overrides})
+    config = configuration.Config(output=str(output), **{**QUIET, **overrides})
     results = functions.run(config, str(folder), "IMG", "VEC", log=lambda *args: None)
     return [h["loss"] for h in results["history"]], results["final"]
 
@@ -99,4 +99,4 @@ def test_plain_switch_turns_every_fast_option_off(cli_main, tmp_path, monkeypatc
     assert cli_main([str(tmp_path), "A", "B", "--no-fast"]) == 0
     config = seen["config"]
     assert (config.compile, config.precision, config.data_on_device) == ("no", "fp32", "no")
-    assert dataclasses.replace(config, compile="auto", precision="auto", data_on_device="auto") == settings.Config()
+    assert dataclasses.replace(config, compile="auto", precision="auto", data_on_device="auto") == configuration.Config()

@@ -11,7 +11,7 @@ from toy import folder_snapshot, write_toy_folder
 from data import DataError
 from functions import run
 from inspect_run import MISSING_MATPLOTLIB, PARTS, PROBES_FILE, feature_parts, load_run, main, probe_accuracy
-from settings import Config
+from configuration import Config
 
 PREFIXES = ("IMG", "VEC")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

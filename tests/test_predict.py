@@ -12,7 +12,7 @@ from data import array_path
 from functions import run
 from outputs import load_classifier
 from predict import main, predict_array
-from settings import Config
+from configuration import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIXES = ("IMG", "VEC")

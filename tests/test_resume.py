@@ -16,7 +16,7 @@ import methods
 import outputs
 from functions import Interrupted, resume, run
 from outputs import STATE_FILE
-from settings import Config
+from configuration import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIXES = ("IMG", "VEC")

@@ -23,7 +23,7 @@ from functions import TrainingError, run
 from methods import ModelShape, classifier_description
 from model_pytorch import LOSS_TERMS, ModalityBranch
 from outputs import CHECKPOINT_FORMAT, STATE_FILE, load_classifier, load_state, save_checkpoint
-from settings import Config
+from configuration import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIXES = ("IMG", "VEC")

@@ -49,7 +49,8 @@ class Config:
                                          "resnet18, resnet1d, lenet or mlp")
     encoder_second: str = _option("auto", "second modality's encoder, as --encoder-first")
     augment_first: str = _option("auto", "first modality's augmentation: auto (flip+rot90 for images, none "
-                                         "otherwise), none, flip, flip+rot90; sequences: shift, scale, shift+scale")
+                                         "for the SPECTRO prefix and otherwise), none, flip, flip+rot90; "
+                                         "sequences: shift, scale, shift+scale")
     augment_second: str = _option("auto", "second modality's augmentation, as --augment-first")
     legacy_modality_targets: bool = _option(False, "build modality targets as the published code does "
                                                    "(soft [1,1]/[0,0]; see README)")
@@ -87,9 +88,29 @@ def add_config_arguments(parser, skip=()) -> None:
                                 help=f"{option.metadata['help']} (default: %(default)s)")
 
 
+# The seeds numpy accepts (np.random.seed: 0..2**32-1); torch and Python accept these too.
+MAX_SEED = 2**32 - 1
+
+
+def seed_problem(seed: int, option: str = "--seed") -> str | None:
+    """The one-line problem of a seed numpy cannot use, or None."""
+    if not 0 <= seed <= MAX_SEED:
+        return f"{option} {seed}: an integer from 0 to {MAX_SEED} (2**32-1) is expected"
+    return None
+
+
 def check_config(config: Config) -> None:
-    """Raises `DataError` for settings no run can use."""
+    """Raises `DataError` for settings no run can use (the device included)."""
     problems = []
+    if seed_problem(config.seed):
+        problems.append(seed_problem(config.seed))
+    if config.weight_decay < 0 or not math.isfinite(config.weight_decay):
+        problems.append(f"--weight-decay {config.weight_decay}: a finite number >= 0 is expected")
+    if not math.isfinite(config.grl_coefficient):
+        problems.append(f"--grl-coefficient {config.grl_coefficient}: a finite number is expected")
+    if all(weight == 0 for weight in config.loss_weights().values()):
+        problems.append("--weight-cl, --weight-aux, --weight-mod, --weight-adv, --weight-perp: all 0, nothing "
+                        "would be trained; at least one positive loss weight is expected")
     if config.epochs < 1:
         problems.append(f"--epochs {config.epochs}: at least 1 is expected")
     if config.batch_size < 2:
@@ -111,6 +132,7 @@ def check_config(config: Config) -> None:
         problems.append(f"method {config.method!r}: expected one of {', '.join(METHODS)}")
     if problems:
         raise DataError(problems[0])
+    resolve_device(config.device)
 
 
 def plain_path(config: Config) -> Config:
@@ -123,10 +145,15 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:  # torch's message lists every backend it knows; ours names what this code runs on
-        raise DataError(f"--device {name}: not a device; expected auto, cpu, cuda or cuda:N") from None
+    except (RuntimeError, TypeError, ValueError):  # torch's message lists every backend it knows
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):  # meta, mps, xla...: not what this code runs on
+        raise DataError(f"--device {name}: not a device; expected auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DataError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DataError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                        f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
