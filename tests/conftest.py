@@ -22,3 +22,19 @@ def cli_main():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory):
+    """One finished 2-epoch DisCoM-KD run on the toy folder, shared by the tests that read a run
+    (predict, inspect, hardening, option fuzzing): (data folder, run folder). Label values 3, 7, 11:
+    labels need not be 0..K-1. Tests that write into the run folder work on a copy."""
+    from configuration import Config
+    from functions import run
+    from toy import PREFIXES, TOY_RUN_LABELS, quiet, write_toy_folder
+
+    folder = write_toy_folder(tmp_path_factory.mktemp("toy-run") / "data", PREFIXES, label_values=TOY_RUN_LABELS)
+    output = os.path.join(folder, "run")
+    run(Config(epochs=2, batch_size=16, encoder_first="lenet", device="cpu", verbose=0, output=output), folder,
+        *PREFIXES, log=quiet)
+    return folder, output

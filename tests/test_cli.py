@@ -7,13 +7,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from toy import folder_snapshot, write_toy_folder
+from toy import PREFIXES, ROOT, folder_snapshot, write_toy_folder
 
 from model_pytorch import LOSS_TERMS
 from outputs import load_classifier
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PREFIXES = ("IMG", "VEC")
 LABEL_VALUES = [10, 20, 30]  # labels need not be 0..K-1
 EPOCHS = 4
 # 2e-3 instead of the paper's 1e-4 so that 4 short epochs (24 steps) learn; no image augmentation because the toy

@@ -14,7 +14,7 @@ from sklearn.metrics import f1_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
-from toy import folder_snapshot, write_toy_folder
+from toy import ROOT, folder_snapshot, write_toy_folder
 
 import compare
 import make_splits
@@ -24,7 +24,6 @@ from methods import FUSED
 from outputs import checkpoint_path
 from configuration import Config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # small, fast settings: a LeNet on (1, 12, 12) images and the MLP on 6-d vectors; lr 1e-3 so that
 # three epochs of 84 rows suffice
 SETTINGS = dict(epochs=3, batch_size=16, learning_rate=1e-3, encoder_first="lenet", device="cpu")

@@ -14,11 +14,10 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis (a test-only dependency) is not installed")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from toy import folder_snapshot, write_toy_folder  # noqa: E402
+from toy import PREFIXES, folder_snapshot, write_toy_folder  # noqa: E402
 
 from data import array_path  # noqa: E402
 
-PREFIXES = ("IMG", "VEC")
 ROWS = 30
 SPLIT_FILES = ("train_idx.npy", "valid_idx.npy", "test_idx.npy")
 # --epochs 1 and small batches: an input that wrongly passed the checks would train, quickly, and exit 0

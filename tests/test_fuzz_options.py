@@ -28,11 +28,8 @@ import make_example  # noqa: E402
 import make_splits  # noqa: E402
 import predict  # noqa: E402
 from data import array_path  # noqa: E402
-from configuration import Config  # noqa: E402
-from functions import run  # noqa: E402
-from toy import folder_snapshot, quiet, write_toy_folder  # noqa: E402
+from toy import PREFIXES, folder_snapshot, write_toy_folder  # noqa: E402
 
-PREFIXES = ("IMG", "VEC")
 ROWS = 30
 EXAMPLES_PER_OPTION = 2  # derandomized: the same examples every run
 MAX_EXTRA_OPTIONS = 2
@@ -225,13 +222,10 @@ def test_compare_options(focus):
 
 
 # ----------------------------------------------------------------------------- predict.py and inspect_run.py
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    data = write_toy_folder(tmp_path_factory.mktemp("fuzz-run") / "data", PREFIXES, n=ROWS)
-    output = os.path.join(data, "run")
-    run(Config(epochs=1, batch_size=8, encoder_first="lenet", device="cpu", verbose=0, output=output), data,
-        *PREFIXES, log=quiet)
-    return output
+@pytest.fixture
+def finished_run(toy_run):
+    """The run folder of conftest's shared finished run (each example works on a copy)."""
+    return toy_run[1]
 
 
 PREDICT_OPTIONS = {

@@ -22,10 +22,8 @@ import predict
 from data import DataError, RowSource, array_path, load_data_folder, load_npy
 from configuration import MAX_SEED, Config, check_config
 from functions import Interrupted, build_sources, resume, run
-from toy import folder_snapshot, quiet, read_results, write_toy_folder
+from toy import PREFIXES, ROOT, folder_snapshot, quiet, read_results, write_toy_folder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PREFIXES = ("IMG", "VEC")
 ROWS = 30
 FAST = ["--epochs", "1", "--batch-size", "8", "--encoder-first", "lenet", "--device", "cpu", "--quiet"]
 FAST_CONFIG = Config(epochs=1, batch_size=8, encoder_first="lenet", device="cpu", verbose=0)
@@ -48,13 +46,10 @@ def folder(tmp_path):
     return write_toy_folder(tmp_path / "data", PREFIXES, n=ROWS)
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A finished 1-epoch run: (data folder, run folder)."""
-    data = write_toy_folder(tmp_path_factory.mktemp("hardening") / "data", PREFIXES, n=ROWS)
-    output = os.path.join(data, "run")
-    run(Config(**{**FAST_CONFIG.__dict__, "output": output}), data, *PREFIXES, log=quiet)
-    return data, output
+@pytest.fixture
+def finished_run(toy_run):
+    """conftest's shared finished run: (data folder, run folder)."""
+    return toy_run
 
 
 # ----------------------------------------------------------------------------- 2. options
@@ -209,7 +204,7 @@ def test_resume_says_why_a_folder_cannot_be_resumed(cli_main, finished_run, tmp_
 def test_predict_labels_are_per_input_row_and_follow_rows(finished_run, tmp_path, capsys):
     data, output = finished_run
     labels = np.load(os.path.join(data, "labels.npy"))
-    rows = np.random.default_rng(0).permutation(ROWS)  # as many rows as the input: the ambiguous case
+    rows = np.random.default_rng(0).permutation(len(labels))  # as many rows as the input: the ambiguous case
     np.save(tmp_path / "rows.npy", rows)
     assert predict.main([os.path.join(output, "best_VEC.pt"), array_path(data, "VEC"), "--rows",
                          str(tmp_path / "rows.npy"), "--labels", os.path.join(data, "labels.npy"),
@@ -223,7 +218,7 @@ def test_predict_labels_are_per_input_row_and_follow_rows(finished_run, tmp_path
     refused(predict.main([os.path.join(output, "best_VEC.pt"), array_path(data, "VEC"), "--rows",
                           str(tmp_path / "rows.npy"), "--labels", str(tmp_path / "short.npy"),
                           "--output", str(tmp_path / "q")]), capsys, before, folder_snapshot(tmp_path),
-            f"expected {ROWS} (one per row of the input")
+            f"expected {len(labels)} (one per row of the input")
 
 
 # ----------------------------------------------------------------------------- 8. make_example, make_splits

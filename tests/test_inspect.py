@@ -6,26 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from toy import folder_snapshot, write_toy_folder
+from toy import PREFIXES, folder_snapshot
 
 from data import DataError
-from functions import run
 from inspect_run import MISSING_MATPLOTLIB, PARTS, PROBES_FILE, feature_parts, load_run, main, probe_accuracy
-from configuration import Config
 
-PREFIXES = ("IMG", "VEC")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("training_curves.png", "confusion_IMG.png", "confusion_VEC.png", "tsne.png")
-
-
-@pytest.fixture(scope="module")
-def toy_run(tmp_path_factory):
-    """A finished 2-epoch run on toy data: returns (data folder, run folder)."""
-    folder = write_toy_folder(tmp_path_factory.mktemp("data"), PREFIXES)
-    output = os.path.join(folder, "run")
-    run(Config(epochs=2, batch_size=16, encoder_first="lenet", verbose=0, output=output), folder, *PREFIXES,
-        log=lambda *_: None)
-    return folder, output
 
 
 def two_modalities(shift: float, rows: int = 200, dims: int = 16, seed: int = 0):

@@ -6,28 +6,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from toy import folder_snapshot, write_toy_folder
+from toy import PREFIXES, ROOT, TOY_RUN_LABELS, folder_snapshot
 
 from data import array_path
-from functions import run
 from outputs import load_classifier
 from predict import main, predict_array
-from configuration import Config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PREFIXES = ("IMG", "VEC")
 # class values that are not 0..K-1, so that a prediction returned as an index would be caught
-LABEL_VALUES = (3, 7, 11)
-
-
-@pytest.fixture(scope="module")
-def toy_run(tmp_path_factory):
-    """A finished 2-epoch run on toy data: returns (data folder, run folder)."""
-    folder = write_toy_folder(tmp_path_factory.mktemp("data"), PREFIXES, label_values=LABEL_VALUES)
-    output = os.path.join(folder, "run")
-    run(Config(epochs=2, batch_size=16, encoder_first="lenet", verbose=0, output=output), folder, *PREFIXES,
-        log=lambda *_: None)
-    return folder, output
+LABEL_VALUES = TOY_RUN_LABELS
 
 
 def predict_cli(*args):

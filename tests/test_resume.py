@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from toy import folder_snapshot, quiet, read_results, write_toy_folder
+from toy import CLI_OPTIONS, PREFIXES, ROOT, folder_snapshot, quiet, read_results, write_toy_folder
 
 import methods
 import outputs
@@ -18,14 +18,11 @@ from functions import Interrupted, resume, run
 from outputs import STATE_FILE
 from configuration import Config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PREFIXES = ("IMG", "VEC")
 ROWS = 72  # 51 training rows: batches of 16, 16, 16, 3 -> 4 steps per epoch
 STEPS_PER_EPOCH = 4
 EPOCHS = 4
 # Image augmentation and the MLP's dropout stay on: both draw random numbers, which resuming must restore.
 CONFIG = Config(epochs=EPOCHS, batch_size=16, encoder_first="lenet", learning_rate=2e-3, device="cpu", verbose=0)
-CLI_OPTIONS = ["--batch-size", "16", "--encoder-first", "lenet", "--learning-rate", "2e-3", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")

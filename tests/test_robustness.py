@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from numpy.lib.format import open_memmap
-from toy import quiet, read_results, toy_arrays, write_toy_folder
+from toy import CLI_OPTIONS, PREFIXES, ROOT, one_error_line, quiet, read_results, toy_arrays, write_toy_folder
 
 import functions
 import outputs
@@ -25,16 +25,6 @@ from model_pytorch import LOSS_TERMS, ModalityBranch
 from outputs import CHECKPOINT_FORMAT, STATE_FILE, load_classifier, load_state, save_checkpoint
 from configuration import Config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PREFIXES = ("IMG", "VEC")
-CLI_OPTIONS = ["--batch-size", "16", "--encoder-first", "lenet", "--learning-rate", "2e-3", "--device", "cpu"]
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 # ----------------------------------------------------------------------------- SIGKILL at random moments
@@ -62,74 +52,75 @@ def check_every_file_is_complete(output: str) -> list[str]:
     return final
 
 
-# Runs the CLI's main() in processes forked from one that has imported everything, then kills
-# them: a kill during the imports would test nothing, and one import instead of one per cycle
-# keeps the test short. Prints one JSON line per run: {"delay", "exit", "seconds"}, the full
-# run's with "first_write", the time its results.json appeared.
+# Runs the CLI's main() in processes forked from one that has imported everything; each killed child
+# SIGKILLs itself inside its k-th file replacement (every file a run writes goes through
+# outputs.atomic_write, which ends in os.replace): just before the rename, or with the temporary file
+# cut to half its size (a kill in the middle of writing it). No handler runs, as with a real kill -9.
+# Prints one JSON line per run: {"kill_at", "mode", "exit", "replacements"}.
 KILLER = r"""
-import importlib.util, json, os, random, signal, sys, time
+import importlib.util, json, os, signal, sys
 spec = importlib.util.spec_from_file_location("cli", "main_DisCoM-KD.py")
 cli = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(cli)
-arguments, reference, outputs, seed = json.loads(sys.argv[1])
+arguments, runs = json.loads(sys.argv[1])
+real_replace = os.replace
 
 
-def start(output):
+def child(output, kill_at, mode):
+    count = [0]
+
+    def replace(source, destination):
+        count[0] += 1
+        if count[0] == kill_at:
+            if mode == "mid-write":
+                os.truncate(source, os.path.getsize(source) // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(source, destination)
+
+    os.replace = replace
+    silent = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(silent, 1)
+    os.dup2(silent, 2)
+    status = cli.main(arguments + ["--output", output])
+    with open(output + ".replacements", "w") as handle:  # how many a whole run makes
+        handle.write(str(count[0]))
+    os._exit(status)
+
+
+for output, kill_at, mode in runs:
     pid = os.fork()
     if pid == 0:  # the parent only imported modules: no thread pool exists yet for the fork to break
-        silent = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(silent, 1)
-        os.dup2(silent, 2)
-        os._exit(cli.main(arguments + ["--output", output]))
-    return pid
-
-
-def finish(pid, delay, started, **extra):
+        child(output, kill_at, mode)
     _, status = os.waitpid(pid, 0)
-    print(json.dumps({"delay": delay, "exit": os.waitstatus_to_exitcode(status), "seconds": time.time() - started,
-                      **extra}), flush=True)
-
-
-started = time.time()
-pid = start(reference)
-while not os.path.exists(os.path.join(reference, "results.json")) and os.waitpid(pid, os.WNOHANG) == (0, 0):
-    time.sleep(0.01)
-first_write = time.time() - started
-finish(pid, None, started, first_write=first_write)
-duration = time.time() - started
-# one kill before the first file is written, the others spread evenly over the part that writes files
-bounds = [0.0] + [first_write + (duration - first_write) * i / (len(outputs) - 1) for i in range(len(outputs))]
-rng = random.Random(seed)
-for i, output in enumerate(outputs):
-    delay = rng.uniform(bounds[i], bounds[i + 1])
-    started = time.time()
-    pid = start(output)
-    time.sleep(delay)
-    os.kill(pid, signal.SIGKILL)  # no handler runs: whatever was being written stays as it was
-    finish(pid, delay, started)
+    replacements = open(output + ".replacements").read() if os.path.exists(output + ".replacements") else None
+    print(json.dumps({"kill_at": kill_at, "mode": mode, "exit": os.waitstatus_to_exitcode(status),
+                      "replacements": replacements}), flush=True)
 """
-KILL_CYCLES = 4
+# (k-th replacement, how): the first ones fall on epoch 1's checkpoints and results (before any
+# state.pt), later ones on the checkpoints, results and state files of later epochs.
+KILLS = [(1, "before-rename"), (3, "mid-write"), (6, "before-rename"), (10, "mid-write"), (15, "before-rename")]
 
 
-def test_sigkill_at_random_moments_leaves_only_complete_files(tmp_path, cli_main, capsys):
+def test_sigkill_inside_file_replacements_leaves_only_complete_files_and_resumes_exactly(tmp_path, cli_main,
+                                                                                           capsys):
     folder = write_toy_folder(tmp_path / "data", n=60)
     arguments = [folder, *PREFIXES, *CLI_OPTIONS, "--epochs", "6", "--save-every", "1", "--quiet"]
     reference = str(tmp_path / "reference")
-    outputs = [str(tmp_path / f"killed{cycle}") for cycle in range(KILL_CYCLES)]
-    completed = subprocess.run([sys.executable, "-c", KILLER, json.dumps([arguments, reference, outputs, 0])],
+    runs = [[reference, 0, "none"]] + [[str(tmp_path / f"killed{k}-{mode}"), k, mode] for k, mode in KILLS]
+    completed = subprocess.run([sys.executable, "-c", KILLER, json.dumps([arguments, runs])],
                                cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     full, *killed = [json.loads(line) for line in completed.stdout.splitlines()]
-    assert full["exit"] == 0 and len(killed) == KILL_CYCLES
+    assert full["exit"] == 0 and int(full["replacements"]) > max(k for k, _ in KILLS)
+    assert all(kill["exit"] == -9 for kill in killed), killed
     expected = read_results(reference)
 
     outcomes = []
-    for cycle, (output, kill) in enumerate(zip(outputs, killed)):
+    for (output, kill_at, mode), kill in zip(runs[1:], killed):
         names = check_every_file_is_complete(output)
-        temporaries = len(os.listdir(output)) - len(names) if os.path.isdir(output) else 0
+        temporaries = len(os.listdir(output)) - len(names)
         epochs_done = len(read_results(output)["history"]) if "results.json" in names else 0
         if STATE_FILE in names:
-            assert kill["exit"] == -9
             assert cli_main(["--resume", output]) == 0
             capsys.readouterr()
             results = read_results(output)
@@ -137,21 +128,17 @@ def test_sigkill_at_random_moments_leaves_only_complete_files(tmp_path, cli_main
             assert [h["loss"] for h in results["history"]] == [h["loss"] for h in expected["history"]]
             assert results["final"] == expected["final"], "the resumed run must end where the uninterrupted one did"
             assert check_every_file_is_complete(output) and not os.path.exists(os.path.join(output, STATE_FILE))
+            assert not any(name.startswith(".tmp-") for name in os.listdir(output)), "resume removes temporaries"
             outcome = "resumed to the uninterrupted run's exact results"
-        elif kill["exit"] == 0:
-            assert read_results(output)["status"] == "finished"
-            outcome = "had finished before the kill"
         else:
             # killed before the first state.pt: resuming is refused with one line; a fresh run is needed
-            assert kill["exit"] == -9
             assert cli_main(["--resume", output]) == 2
             assert STATE_FILE in one_error_line(capsys.readouterr().err)
             outcome = "killed before the first state.pt (resume refused, exit 2)"
-        outcomes.append(f"cycle {cycle}: SIGKILL after {kill['delay']:.2f}s (full run {full['seconds']:.2f}s, "
-                        f"first file at {full['first_write']:.2f}s), "
-                        f"exit {kill['exit']}, {epochs_done} epoch(s) recorded, files {names}, "
+        outcomes.append(f"killed in replacement {kill_at} ({mode}): {epochs_done} epoch(s) recorded, files {names}, "
                         f"{temporaries} temporary file(s) left: {outcome}")
     print("\n" + "\n".join(outcomes))
+    assert sum("resumed" in o for o in outcomes) >= 3 and "refused" in outcomes[0], outcomes
 
 
 # ----------------------------------------------------------------------------- NaN in a batch

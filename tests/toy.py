@@ -8,6 +8,12 @@ import numpy as np
 
 from data import array_path, stratified_split
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: the commands live here
+PREFIXES = ("IMG", "VEC")  # the toy folder's modalities: (1, 12, 12) images and 6-d vectors
+# command-line options for a fast toy run: LeNet on the small images, lr 2e-3 so few epochs learn
+TOY_RUN_LABELS = (3, 7, 11)  # the label values of conftest's shared toy run
+CLI_OPTIONS = ["--batch-size", "16", "--encoder-first", "lenet", "--learning-rate", "2e-3", "--device", "cpu"]
+
 
 def toy_arrays(n: int = 120, shapes=((1, 12, 12), (6,)), num_classes: int = 3, separation: float = 2.0,
                seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
@@ -57,3 +63,11 @@ def read_results(output) -> dict:
 
 def quiet(*_) -> None:
     """A `log` that prints nothing."""
+
+
+def one_error_line(err: str) -> str:
+    """The single `error: ...` line a refused command prints on stderr (asserted: one line, no traceback)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
