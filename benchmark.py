@@ -25,11 +25,11 @@ import time
 import numpy as np
 import torch
 
+from configuration import Config, check_config, plain_path, resolve_device, seed_everything
 from data import DataError, array_path, default_encoder, load_data_folder, stratified_split
 from functions import build_trainer, evaluate, start_epoch, train_one_epoch
 from model_pytorch import ENCODERS
 from outputs import folder_problem, line_buffered_stdout
-from configuration import Config, check_config, plain_path, resolve_device, seed_everything
 
 # EuroSAT as the authors prepare it: 13-band multispectral and 2-band SAR 64x64 patches, 10 classes.
 SHAPES = {

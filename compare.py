@@ -34,13 +34,13 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from configuration import MAX_SEED, Config, add_config_arguments, check_config, resolve_device, resolve_precision
 from data import SPLITS, DataError, DataFolder, draw_split, load_data_folder, read_labels, split_file_name
 from functions import (Interrupted, TrainingError, build_sources, classification_metrics, command_status, fit,
                        format_duration)
 from methods import FUSED, METHODS
 from outputs import (atomic_write, checkpoint_path, line_buffered_stdout, prepare_output, save_npy, write_json,
                      write_text)
-from configuration import MAX_SEED, Config, add_config_arguments, check_config, resolve_device, resolve_precision
 
 RESULTS_FILE, TABLE_FILE = "comparison.json", "comparison.md"
 SPLIT_FOLDER = "split"

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
+from configuration import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TRAINING_FAILED, Config, check_config, resolve_device,
+                      resolve_precision, restore_rng, rng_state, seed_everything)
 from data import (AUGMENTATIONS, DataError, DataFolder, Modality, Prefetcher, RowSource, augment,
                   default_augmentation, epoch_positions, load_data_folder, read_split_files)
 from methods import FUSED, METHODS, MethodSpec, ModelShape, build_model, classifier_description
 from outputs import (RESULTS_FILE, STATE_FILE, atomic_write, checkpoint_path, clear_run_outputs, load_classifier, load_state,
                      prepare_output, remove_temporaries, save_checkpoint, save_npy, save_state, write_json)
-from configuration import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TRAINING_FAILED, Config, check_config, resolve_device,
-                      resolve_precision, restore_rng, rng_state, seed_everything)
 
 
 # ----------------------------------------------------------------------------- training
@@ -338,13 +338,13 @@ class Interrupted(RuntimeError):
     """The run was stopped by a signal after saving a resumable state."""
 
 
-def command_status(action) -> int:
-    """Runs a command's `action()` and returns its exit status: 0, or for a `DataError`, a
+def command_status(action, bad_input=(DataError,)) -> int:
+    """Runs a command's `action()` and returns its exit status: 0, or for a `bad_input` error, a
     `TrainingError` or an `Interrupted` one line on stderr and EXIT_BAD_INPUT,
     EXIT_TRAINING_FAILED or EXIT_INTERRUPTED (the statuses every command shares)."""
     try:
         action()
-    except DataError as error:
+    except bad_input as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingError as error:

@@ -32,12 +32,12 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from configuration import DEVICE_HELP, Config, checkpoint_precision, resolve_device
 from data import DataError, DataFolder, input_batches, load_data_folder
-from functions import autocast_context, classification_metrics, data_fingerprint
+from functions import autocast_context, classification_metrics, command_status, data_fingerprint
 from model_pytorch import LOSS_TERMS
 from outputs import (RESULTS_FILE, atomic_write, checkpoint_path, folder_problem, line_buffered_stdout, load_classifier,
                      write_json)
-from configuration import Config, checkpoint_precision, resolve_device
 
 PARTS = ("invariant", "informative", "irrelevant")
 PROBES_FILE = "probes.json"
@@ -409,19 +409,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-probes", action="store_true", help="skip the probes")
     parser.add_argument("--data", metavar="DIR", help="data folder, if it moved since training "
                                                       "(default: the one recorded in results.json)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     return parser
 
 
 def main(argv=None) -> int:
     line_buffered_stdout()
     args = build_parser().parse_args(argv)
-    try:
-        inspect_run_folder(args.run_folder, not args.no_figures, not args.no_probes, args.data, args.device)
-    except (DataError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return command_status(lambda: inspect_run_folder(args.run_folder, not args.no_figures, not args.no_probes,
+                                                     args.data, args.device), (DataError, OSError))
 
 
 if __name__ == "__main__":

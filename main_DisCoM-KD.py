@@ -7,8 +7,8 @@ See README.md for the data layout and every option. All logic lives in functions
 import argparse
 import sys
 
-from functions import command_status, resume, run
 from configuration import EXIT_BAD_INPUT, Config, add_config_arguments, plain_path
+from functions import command_status, resume, run
 from outputs import line_buffered_stdout
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
 from data import SPLITS, DataError, stratified_split
+from functions import command_status
 from outputs import folder_problem, line_buffered_stdout
 
 # Noise levels (in units of the standardised signal) chosen so that a linear model on either
@@ -81,12 +82,7 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the example's files in a folder that already holds files")
     args = parser.parse_args(argv)
-    try:
-        make_digits_example(args.folder, overwrite=args.overwrite)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return command_status(lambda: make_digits_example(args.folder, overwrite=args.overwrite))
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ import sys
 
 import numpy as np
 
-from data import DEFAULT_FRACTIONS, SPLITS, DataError, draw_split, file_problem, read_labels, split_file_name
-from outputs import atomic_write, folder_problem, line_buffered_stdout
 from configuration import seed_problem
+from data import DEFAULT_FRACTIONS, SPLITS, DataError, draw_split, file_problem, read_labels, split_file_name
+from functions import command_status
+from outputs import atomic_write, folder_problem, line_buffered_stdout
 
 
 def save_split_files(paths: dict[str, str], split: dict[str, np.ndarray]) -> None:
@@ -76,12 +77,7 @@ def main(argv=None) -> int:
                         metavar=("TRAIN", "VALID", "TEST"), help="share of each class's rows in each split")
     parser.add_argument("--overwrite", action="store_true", help="replace existing split files")
     args = parser.parse_args(argv)
-    try:
-        make_splits(args.directory, args.seed, tuple(args.fractions), args.overwrite)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return command_status(lambda: make_splits(args.directory, args.seed, tuple(args.fractions), args.overwrite))
 
 
 if __name__ == "__main__":

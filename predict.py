@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix
 
+from configuration import DEVICE_HELP, Config, checkpoint_precision, resolve_device
 from data import DataError, as_int64, file_problem, input_batches, is_integer_dtype, is_numeric_dtype, load_npy
-from functions import autocast_context, classification_metrics
+from functions import autocast_context, classification_metrics, command_status
 from image_folders import SAMPLE_EXTENSIONS, raw_input_files, read_raw_samples
 from outputs import atomic_write, folder_problem, line_buffered_stdout, load_classifier, save_npy
-from configuration import DEVICE_HELP, EXIT_BAD_INPUT, Config, checkpoint_precision, resolve_device
 
 LISTED_INPUTS = 20  # raw files whose predicted class is printed; all of them are in the CSV
 
@@ -246,12 +246,7 @@ def run_prediction(args: argparse.Namespace) -> None:
 def main(argv=None) -> int:
     line_buffered_stdout()
     args = build_parser().parse_args(argv)
-    try:
-        run_prediction(args)
-    except (DataError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return 0
+    return command_status(lambda: run_prediction(args), (DataError, OSError))
 
 
 if __name__ == "__main__":

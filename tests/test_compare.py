@@ -18,11 +18,11 @@ from toy import ROOT, folder_snapshot, write_toy_folder
 
 import compare
 import make_splits
+from configuration import Config
 from data import load_data_folder
 from functions import build_trainer, train_one_epoch
 from methods import FUSED
 from outputs import checkpoint_path
-from configuration import Config
 
 # small, fast settings: a LeNet on (1, 12, 12) images and the MLP on 6-d vectors; lr 1e-3 so that
 # three epochs of 84 rows suffice

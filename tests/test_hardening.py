@@ -19,8 +19,8 @@ import make_example
 import make_splits
 import outputs
 import predict
-from data import DataError, RowSource, array_path, load_data_folder, load_npy
 from configuration import MAX_SEED, Config, check_config
+from data import DataError, RowSource, array_path, load_data_folder, load_npy
 from functions import Interrupted, build_sources, resume, run
 from toy import PREFIXES, ROOT, folder_snapshot, quiet, read_results, write_toy_folder
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 from toy import write_toy_folder
 
+from configuration import Config, seed_everything
 from data import load_data_folder
 from functions import build_trainer, train_one_epoch
 from model_pytorch import LOSS_TERMS, BranchOutput, discomkd_losses
-from configuration import Config, seed_everything
 
 # Two rows of the first modality, one of the second, three classes, 2-d feature parts (the losses
 # do not depend on the 256-d size). Values chosen by hand so that no term is trivially 0 or log(K).

@@ -14,9 +14,9 @@ from toy import CLI_OPTIONS, PREFIXES, ROOT, folder_snapshot, quiet, read_result
 
 import methods
 import outputs
+from configuration import Config
 from functions import Interrupted, resume, run
 from outputs import STATE_FILE
-from configuration import Config
 
 ROWS = 72  # 51 training rows: batches of 16, 16, 16, 3 -> 4 steps per epoch
 STEPS_PER_EPOCH = 4

@@ -18,12 +18,12 @@ from toy import CLI_OPTIONS, PREFIXES, ROOT, one_error_line, quiet, read_results
 
 import functions
 import outputs
+from configuration import Config
 from data import DataError, array_path, stratified_split
 from functions import TrainingError, run
 from methods import ModelShape, classifier_description
 from model_pytorch import LOSS_TERMS, ModalityBranch
 from outputs import CHECKPOINT_FORMAT, STATE_FILE, load_classifier, load_state, save_checkpoint
-from configuration import Config
 
 
 
