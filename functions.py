@@ -128,12 +128,13 @@ def start_epoch(trainer: Trainer) -> EpochProgress:
 
 
 def train_one_epoch(trainer: Trainer, epoch: int, progress: EpochProgress | None = None,
-                    should_stop=None) -> dict[str, float] | None:
+                    should_stop=None, on_step=None) -> dict[str, float] | None:
     """Trains epoch `epoch` (1-based) over the training rows once, from `progress.step` on.
 
     Returns the epoch's mean raw loss terms, the weighted total and `finite_weights` (1.0 or 0.0),
     read from the device once, at the end; or None when `should_stop()` turned true, after finishing
-    the step in flight (`progress` then says where to resume).
+    the step in flight (`progress` then says where to resume). `on_step(step, steps)`, if given, is
+    called after each step (it must not read the device).
     """
     model, optimizer, reads = trainer.model, trainer.optimizer, trainer.reads
     model.train()
@@ -158,6 +159,8 @@ def train_one_epoch(trainer: Trainer, epoch: int, progress: EpochProgress | None
         optimizer.step()
         progress.sums += torch.cat([terms.detach(), total.detach().view(1)])
         progress.step += 1
+        if on_step is not None:
+            on_step(progress.step, len(bounds))
         if should_stop is not None and should_stop() and not progress.finished:
             return None
     values = torch.cat([progress.sums / len(bounds), trainer.finite_weights().float().view(1)])
@@ -328,6 +331,32 @@ def summary_table(final: dict) -> str:
                      f"{result['valid']['weighted_f1']:>9.4f} {test['weighted_f1']:>9.4f} "
                      f"{test['macro_f1']:>9.4f} {test['accuracy']:>9.4f}")
     return "\n".join(lines)
+
+
+class StepProgress:
+    """A progress line rewritten in place while an epoch trains (at most once a second), for slow
+    epochs on a terminal; erased before the epoch's own line is printed."""
+
+    INTERVAL_SECONDS = 1.0
+
+    def __init__(self, epoch: int, epochs: int, stream=None):
+        self.stream = stream or sys.stdout
+        self.label, self.started, self.last, self.width = f"epoch {epoch}/{epochs}", time.monotonic(), 0.0, 0
+
+    def __call__(self, step: int, steps: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.INTERVAL_SECONDS:
+            return
+        self.last = now
+        text = f"{self.label}  step {step}/{steps} ({100 * step // steps}%)  {format_duration(now - self.started)}"
+        self.width = max(self.width, len(text))
+        self.stream.write("\r" + text.ljust(self.width))
+        self.stream.flush()
+
+    def erase(self) -> None:
+        if self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
 
 
 class TrainingError(RuntimeError):
@@ -624,12 +653,17 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
         for epoch in range(first_epoch, config.epochs + 1):
             epoch_start = time.time()
             progress = progress or start_epoch(trainer)
+            # on a terminal only: a log file gets the epoch lines alone
+            steps_line = StepProgress(epoch, config.epochs) if config.verbose and log is print and \
+                sys.stdout.isatty() else None
             try:
-                losses = train_one_epoch(trainer, epoch, progress, stop)
+                losses = train_one_epoch(trainer, epoch, progress, stop, steps_line)
             except torch.cuda.OutOfMemoryError:
                 raise TrainingError(stop_here("failed", (
                     f"GPU out of memory at epoch {epoch} with batch size {config.batch_size}: try a smaller "
                     f"--batch-size, --data-on-device no, or --precision bf16; {kept()}"))) from None
+            if steps_line is not None:
+                steps_line.erase()
             if losses is None:
                 if not bool(trainer.finite_weights()):
                     raise TrainingError(stop_here("failed", (

@@ -1,14 +1,15 @@
 """The one training engine: every method's spec goes through `functions.fit`, and a diverged run keeps
 nothing broken."""
+import io
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from configuration import Config
+from configuration import Config, seed_everything
 from data import array_path, load_data_folder
-from functions import TrainingError, fit, run
+from functions import StepProgress, TrainingError, build_trainer, fit, run, train_one_epoch
 from methods import FUSED, METHODS
 from outputs import STATE_FILE, checkpoint_path, load_classifier, load_state
 from predict import predict_array
@@ -33,14 +34,15 @@ def teacher(data, tmp_path_factory):
     return checkpoint_path(output, FUSED)
 
 
-@pytest.mark.parametrize("method", list(METHODS))
-@pytest.mark.parametrize("target", [0, 1])
+# every method; the per-modality ones for each modality
+CASES = [(method, target) for method, spec in METHODS.items() for target in ((0, 1) if spec.per_modality else (0,))]
+
+
+@pytest.mark.parametrize("method, target", CASES)
 def test_every_method_trains_through_the_one_loop(method, target, data, teacher, tmp_path):
     """Each spec through `fit`: a results.json with every raw term per epoch, the classifiers the spec
     declares, checkpoints that reload and reproduce the recorded test predictions, no state left."""
     spec = METHODS[method]
-    if not spec.per_modality and target == 1:
-        pytest.skip("one model for both modalities")
     config = Config(**SETTINGS, method=method, modality=PREFIXES[target] if spec.per_modality else None,
                     teacher=teacher if spec.needs_teacher else None)
     results = fit(config, data, str(tmp_path), log=quiet)
@@ -100,3 +102,24 @@ def test_a_nan_grl_coefficient_is_refused_before_anything_is_written(tmp_path):
         run(Config(**SETTINGS, grl_coefficient=float("nan"), output=str(tmp_path / "out")), folder, *PREFIXES,
             log=quiet)
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_the_step_progress_line_is_rewritten_in_place_and_erased():
+    stream = io.StringIO()
+    line = StepProgress(3, 30, stream)
+    line.INTERVAL_SECONDS = 0.0  # every step, for the test
+    for step in range(1, 5):
+        line(step, 4)
+    line.erase()
+    written = stream.getvalue()
+    assert written.count("\r") == 4 + 2 and "\n" not in written  # four lines, then the erasing one
+    assert "epoch 3/30  step 4/4 (100%)" in written and written.endswith("\r")
+
+
+def test_on_step_is_called_after_every_step(data):
+    seed_everything(0)
+    trainer = build_trainer(Config(**SETTINGS), data, torch.device("cpu"))
+    calls = []
+    train_one_epoch(trainer, 1, on_step=lambda step, steps: calls.append((step, steps)))
+    steps = len(range(0, len(data.modalities[0].splits["train"]), SETTINGS["batch_size"]))
+    assert calls == [(step, steps) for step in range(1, steps + 1)]
