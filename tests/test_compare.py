@@ -279,3 +279,74 @@ def test_make_splits_bad_input(tmp_path, capsys):
     assert make_splits.main([str(tmp_path), "--fractions", "0.5", "0.5", "0.5"]) == 2
     assert "--fractions" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["labels.npy"]
+
+
+# ----------------------------------------------------------------------------- stopping and failing
+def test_single_class_training_rows_get_a_constant_classical_prediction(tmp_path):
+    """svm/logreg need two classes: a modality whose training rows hold one gets a constant prediction,
+    said in the result, instead of a crash after the output folder was written."""
+    folder = write_toy_folder(tmp_path / "data")
+    labels = np.load(os.path.join(folder, "labels.npy"))
+    train = np.load(os.path.join(folder, "train_idx.npy"))
+    np.save(os.path.join(folder, "train_idx_VEC.npy"), train[labels[train] == labels[train][0]])
+    results = compare.compare(Config(output=str(tmp_path / "out"), **SETTINGS), folder, "IMG", "VEC", runs=1,
+                              methods="svm,logreg", log=quiet)
+    for method in ("svm", "logreg"):
+        column = results["results"][0]["methods"][method]["columns"]["VEC"]
+        assert "single class" in column["note"] and column["C"] is None
+        assert column["test"]["accuracy"] == pytest.approx(float(np.mean(labels[np.load(
+            os.path.join(folder, "test_idx.npy"))] == labels[train][0])))
+        assert "note" not in results["results"][0]["methods"][method]["columns"]["IMG"]
+
+
+@pytest.mark.parametrize("finished_runs", [0, 1])
+def test_an_interrupted_comparison_keeps_what_finished_and_says_so(tmp_path, monkeypatch, capsys, finished_runs):
+    """A stop request during run `finished_runs + 1`: with a run finished, comparison.json/.md keep it (status
+    interrupted) and the message says where; with none, nothing is left behind, so the same command runs again."""
+    folder = write_toy_folder(tmp_path / "data", separation=3.0)
+    output = str(tmp_path / "out")
+    real_fit = compare.fit
+    calls = [0]
+
+    def stopping_fit(config, data, run_output, state=None, log=print, should_stop=None):
+        calls[0] += 1
+        stop_now = calls[0] == finished_runs + 1  # one neural model per run here: discomkd
+        return real_fit(config, data, run_output, state, log, (lambda: True) if stop_now else should_stop)
+
+    monkeypatch.setattr(compare, "fit", stopping_fit)
+    argv = [folder, "IMG", "VEC", "--runs", "2", "--methods", "discomkd,logreg", "--output", output,
+            "--epochs", "2", "--batch-size", "16", "--encoder-first", "lenet", "--device", "cpu"]
+    assert compare.main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("comparison interrupted during run") and "Traceback" not in err[0]
+    if finished_runs:
+        saved = json.load(open(os.path.join(output, compare.RESULTS_FILE)))
+        assert saved["status"] == "interrupted" and len(saved["results"]) == 1
+        assert os.path.join(output, compare.RESULTS_FILE) in err[0]
+        assert "discomkd" in open(os.path.join(output, compare.TABLE_FILE)).read()
+    else:
+        assert "nothing was kept" in err[0] and not os.path.exists(output)
+        monkeypatch.setattr(compare, "fit", real_fit)
+        assert compare.main(argv[:4] + ["1"] + argv[5:]) == 0  # the same folder is free again
+
+
+def test_sigterm_during_the_classical_baselines_stops_cleanly(tmp_path):
+    """SIGTERM outside a neural training (here: while svm fits) ends like Ctrl-C: one line, exit 130, nothing
+    left when no run had finished."""
+    folder = write_toy_folder(tmp_path / "data", n=150)
+    output = str(tmp_path / "out")
+    script = (
+        "import os, signal, sys\n"
+        f"sys.path.insert(0, {ROOT!r})\n"
+        "import compare\n"
+        "real = compare.fit_classical\n"
+        "def terminated(*args):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return real(*args)\n"
+        "compare.fit_classical = terminated\n"
+        f"sys.exit(compare.main([{folder!r}, 'IMG', 'VEC', '--methods', 'svm', '--output', {output!r}]))\n")
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert process.returncode == 130, process.stderr
+    lines = process.stderr.strip().splitlines()
+    assert len(lines) == 1 and "interrupted" in lines[0] and "nothing was kept" in lines[0], process.stderr
+    assert not os.path.exists(output)
