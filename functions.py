@@ -27,8 +27,9 @@ from sklearn.metrics import accuracy_score, f1_score
 from data import (AUGMENTATIONS, DataError, DataFolder, Modality, Prefetcher, RowSource, augment,
                   default_augmentation, epoch_positions, load_data_folder, read_split_files)
 from methods import FUSED, METHODS, MethodSpec, ModelShape, build_model, classifier_description
-from outputs import (RESULTS_FILE, STATE_FILE, atomic_write, checkpoint_path, clear_run_outputs, load_classifier, load_state,
-                     prepare_output, remove_temporaries, save_checkpoint, save_npy, save_state, write_json)
+from outputs import (RESULTS_FILE, STATE_FILE, atomic_write, checkpoint_path, checkpoint_payload, clear_run_outputs,
+                     load_classifier, load_state, prepare_output, remove_temporaries, save_npy, write_json)
+from snapshots import RunWriter
 from configuration import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TRAINING_FAILED, Config, check_config, resolve_device,
                       resolve_precision, restore_rng, rng_state, seed_everything)
 
@@ -519,9 +520,9 @@ def _log_start(trainer: Trainer, data: DataFolder, output: str, log, first_epoch
 
 
 def _record_best(trainer: Trainer, data: DataFolder, output: str, epoch: int, metrics: dict,
-                 record: RunRecord) -> list[str]:
-    """Scores the test split of each classifier whose validation improved, keeps it as the best and
-    writes its checkpoint. Returns the improved columns."""
+                 record: RunRecord) -> tuple[list[str], dict]:
+    """Scores the test split of each classifier whose validation improved and keeps it as the best.
+    Returns the improved columns and their checkpoints to write, {path: payload}."""
     improved = [c for c in trainer.classifiers
                 if metrics[c.column]["valid"]["weighted_f1"] > record.best[c.column]["valid"]["weighted_f1"]]
     if not trainer.config.test_every_epoch and improved:
@@ -534,19 +535,20 @@ def _record_best(trainer: Trainer, data: DataFolder, output: str, epoch: int, me
             else:
                 metrics[c.column] = tested[c.column]
         improved = [c for c in improved if metrics[c.column].get("finite", True)]
+    checkpoints = {}
     for classifier in improved:
         column, result = classifier.column, metrics[classifier.column]
         encoder = "fused" if classifier.modality is None else data.modalities[classifier.modality].encoder
         record.best[column] = {"encoder": encoder, "best_epoch": epoch, "valid": result["valid"],
                                "test": result["test"]}
         record.test_predictions[column] = result["predictions"]["test"]
-        save_checkpoint(checkpoint_path(output, column), classifier.module,
-                        classifier_description(classifier.module, trainer.shape, classifier.modality),
-                        {**data.metadata.get(column, {}),  # class names and preprocessing of prepared folders
-                         "prefix": column, "position": classifier.modality, "classes": [int(c) for c in data.classes],
-                         "config": dataclasses.asdict(trainer.config), "epoch": epoch,
-                         "metrics": {"valid": result["valid"], "test": result["test"]}})
-    return [c.column for c in improved]
+        checkpoints[checkpoint_path(output, column)] = checkpoint_payload(
+            classifier.module, classifier_description(classifier.module, trainer.shape, classifier.modality),
+            {**data.metadata.get(column, {}),  # class names and preprocessing of prepared folders
+             "prefix": column, "position": classifier.modality, "classes": [int(c) for c in data.classes],
+             "config": dataclasses.asdict(trainer.config), "epoch": epoch,
+             "metrics": {"valid": result["valid"], "test": result["test"]}})
+    return [c.column for c in improved], checkpoints
 
 
 def _epoch_line(config: Config, epoch: int, losses: dict, metrics: dict, improved, train_seconds: float,
@@ -559,9 +561,12 @@ def _epoch_line(config: Config, epoch: int, losses: dict, metrics: dict, improve
             f"[{loss_text}]  valid wF1 {valid}")
 
 
-def _finish(data: DataFolder, output: str, record: RunRecord, log) -> dict:
-    """Writes the best epochs' test predictions and the final results; removes the resumable state."""
+def _finish(data: DataFolder, output: str, record: RunRecord, log, writer: RunWriter) -> dict:
+    """Writes the best epochs' test predictions and the final results; removes the resumable state
+    once the write in flight (the last epoch's) is done."""
+    writer.close()
     results = record.results
+    results["background_writes"] = writer.timings
     for column, predictions in record.test_predictions.items():
         user_labels = data.classes[predictions]
         atomic_write(os.path.join(output, f"test_predictions_{column}.npy"),
@@ -569,6 +574,7 @@ def _finish(data: DataFolder, output: str, record: RunRecord, log) -> dict:
         results["final"][column]["test_rows"] = int(len(predictions))
     results["status"] = "finished"
     results["training_seconds"] = sum(h["train_seconds"] + h["eval_seconds"] for h in results["history"])
+    results["write_seconds"] = sum(h.get("write_seconds", 0.0) for h in results["history"])
     write_json(os.path.join(output, RESULTS_FILE), results)
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(output, STATE_FILE))  # a finished run needs no state; its checkpoints stay
@@ -604,9 +610,11 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
         _log_start(trainer, data, output, log, first_epoch, progress, state is not None)
     os.makedirs(output, exist_ok=True)
     results_path = os.path.join(output, RESULTS_FILE)
+    writer = RunWriter(output, trainer.device)  # the epoch's files, written while the next epoch trains
 
     def stop_here(status: str, message: str) -> str:
         """Records why the run stopped, shows the summary so far, returns the one-line message."""
+        writer.close(failing=status == "failed")  # the write in flight first: it holds an older results.json
         results["status"] = status
         write_json(results_path, results)
         if results["final"]:
@@ -619,8 +627,8 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
         return (f"the checkpoints kept in {output} are the last finite ones ({epochs})" if epochs
                 else f"no checkpoint was written to {output}")
 
-    started = time.time()
-    with StopRequest(should_stop) as stop:
+    started, last_state = time.time(), time.time()
+    with StopRequest(should_stop) as stop, writer:
         for epoch in range(first_epoch, config.epochs + 1):
             epoch_start = time.time()
             progress = progress or start_epoch(trainer)
@@ -635,7 +643,8 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
                     raise TrainingError(stop_here("failed", (
                         f"the model holds NaN or Inf at epoch {epoch}, step {progress.step}: training stopped; "
                         f"{kept()} (try a lower --learning-rate)")))
-                save_state(output, state_payload(trainer, epoch, progress, record.results, record.best, record.test_predictions))
+                writer.write(epoch, results, {}, state_payload(trainer, epoch, progress, record.results, record.best,
+                                                               record.test_predictions))
                 raise Interrupted(stop_here("interrupted", (
                     f"interrupted ({stop.signal_name}) at epoch {epoch}, step {progress.step}/{len(progress.bounds)}; "
                     f"state saved: resume with --resume {output}")))
@@ -652,16 +661,21 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
             if broken:
                 raise TrainingError(stop_here("failed", (
                     f"classifier {broken[0]} outputs NaN or Inf at epoch {epoch}: training stopped; {kept()}")))
-            improved = _record_best(trainer, data, output, epoch, metrics, record)
+            improved, checkpoints = _record_best(trainer, data, output, epoch, metrics, record)
             eval_seconds = time.time() - epoch_start - train_seconds
             results["history"].append({
                 "epoch": epoch, "train_seconds": train_seconds, "eval_seconds": eval_seconds, "loss": losses,
                 **{c: {s: m[s] for s in ("valid", "test") if s in m} for c, m in metrics.items()},
                 "improved": improved})
             results["final"] = {c: b for c, b in record.best.items() if b["best_epoch"]}
-            write_json(results_path, results)
-            if epoch < config.epochs and (epoch % config.save_every == 0 or stop()):
-                save_state(output, state_payload(trainer, epoch + 1, None, record.results, record.best, record.test_predictions))
+            snapshot = epoch < config.epochs and (stop() or time.time() - last_state >= config.save_every_seconds
+                                                  or (config.save_every > 0 and epoch % config.save_every == 0))
+            results["history"][-1]["state_written"] = snapshot
+            state_now = state_payload(trainer, epoch + 1, None, record.results, record.best,
+                                      record.test_predictions) if snapshot else None
+            # the files this epoch wrote hold the history up to here; the write time joins the next ones
+            results["history"][-1]["write_seconds"] = writer.write(epoch, results, checkpoints, state_now)
+            last_state = time.time() if snapshot else last_state
             if config.verbose:
                 elapsed = time.time() - started
                 eta = elapsed / (epoch - first_epoch + 1) * (config.epochs - epoch)
@@ -670,4 +684,4 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
             if stop() and epoch < config.epochs:
                 raise Interrupted(stop_here("interrupted", (
                     f"interrupted ({stop.signal_name}) after epoch {epoch}; state saved: resume with --resume {output}")))
-    return _finish(data, output, record, log)
+    return _finish(data, output, record, log, writer)

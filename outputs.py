@@ -147,13 +147,26 @@ def checkpoint_path(output: str, prefix: str) -> str:
     return os.path.join(output, f"best_{prefix}.pt")
 
 
-def save_checkpoint(path: str, module: torch.nn.Module, description: dict, metadata: dict) -> None:
-    """A checkpoint of one classifier: its weights, `description` (what rebuilds it, see
-    methods.classifier_description) and `metadata` (classes, config, epoch, metrics, ...)."""
+def checkpoint_payload(module: torch.nn.Module, description: dict, metadata: dict) -> dict:
+    """What a checkpoint of one classifier holds: its weights (as they are, on their device),
+    `description` (what rebuilds it, see methods.classifier_description) and `metadata` (classes,
+    config, epoch, metrics, ...)."""
     payload = {"format": CHECKPOINT_FORMAT, "classifier": description, **metadata,
-               "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}}
+               "state_dict": {k: v.detach() for k, v in module.state_dict().items()}}
     if "input_shape" in description:  # single-modality classifiers: what prediction checks inputs against
         payload.update(input_shape=description["input_shape"], encoder=description["encoder"])
+    return payload
+
+
+def save_checkpoint(path: str, module: torch.nn.Module, description: dict, metadata: dict) -> None:
+    """Writes a checkpoint of one classifier (see `checkpoint_payload`)."""
+    payload = checkpoint_payload(module, description, metadata)
+    payload["state_dict"] = {k: v.cpu() for k, v in payload["state_dict"].items()}
+    write_payload(path, payload)
+
+
+def write_payload(path: str, payload: dict) -> None:
+    """torch.save of host tensors and plain containers, atomically."""
     atomic_write(path, lambda temporary: torch.save(payload, temporary))
 
 
@@ -208,8 +221,7 @@ STATE_FORMAT = "discomkd-state/1"
 
 def save_state(output: str, payload: dict) -> None:
     """Writes state.pt from `payload` (tensors and plain containers: what a run needs to continue)."""
-    payload = {"format": STATE_FORMAT, **payload}
-    atomic_write(os.path.join(output, STATE_FILE), lambda temporary: torch.save(payload, temporary))
+    write_payload(os.path.join(output, STATE_FILE), {"format": STATE_FORMAT, **payload})
 
 
 def load_state(run_folder: str) -> dict:

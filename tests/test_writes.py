@@ -1,15 +1,22 @@
 """Durable, background and fallback writes: fsync around every atomic write; state snapshots written
 off the training thread equal the synchronous ones and resume bit-identically; a failing compile
 falls back to eager."""
+import copy
 import dataclasses
 import os
 
 import pytest
+import torch
+from test_resume import CONFIG as RESUME_CONFIG
+from test_resume import ROWS as RESUME_ROWS
+from test_resume import STEPS_PER_EPOCH, assert_same_run
 from toy import quiet, read_results, write_toy_folder
 
+import methods
 import outputs
+import snapshots
 from configuration import Config
-from functions import run
+from functions import resume, run
 from outputs import TEMPORARY_PREFIX
 
 PREFIXES = ("IMG", "VEC")
@@ -64,3 +71,99 @@ def test_every_file_a_run_writes_is_fsynced_then_renamed(data_folder, tmp_path, 
         assert ("fsync", output) in disk_events[position:], f"{target}: folder not fsynced after its rename"
     for name in names:
         assert os.path.join(output, name) in renamed, f"{name}: not written through atomic_write"
+
+
+# ----------------------------------------------------------------------------- state snapshots
+def test_a_background_snapshot_holds_the_tensors_as_they_were_when_written(tmp_path):
+    weights = {"layer": torch.arange(6.0).view(2, 3), "step": torch.tensor(4)}
+    payload = {"model": weights, "results": {"history": [{"loss": 1.5}]}, "rng": [torch.ones(3), 7, None]}
+    expected = copy.deepcopy(payload)
+    writer = snapshots.RunWriter(str(tmp_path), torch.device("cpu"), background=True)
+    writer.write(1, payload["results"], {str(tmp_path / "best_A.pt"): {"state_dict": weights}}, payload)
+    weights["layer"].add_(100)  # the next optimizer step, while the file is being written
+    payload["results"]["history"].append({"loss": 0.5})
+    writer.close()
+    state = outputs.load_state(str(tmp_path))
+    assert torch.equal(state["model"]["layer"], expected["model"]["layer"])
+    assert state["results"] == expected["results"] == read_results(tmp_path)
+    assert torch.equal(torch.load(tmp_path / "best_A.pt", weights_only=True)["state_dict"]["layer"],
+                       expected["model"]["layer"])
+    buffers = dict(writer.copier.buffers)
+    writer.write(2, payload["results"], {}, payload)
+    writer.close()
+    assert all(writer.copier.buffers[path] is buffer for path, buffer in buffers.items() if path[0] == "state"), \
+        "host buffers are allocated once and reused"
+    assert torch.equal(outputs.load_state(str(tmp_path))["model"]["layer"], weights["layer"])
+    assert [t["state"] for t in writer.timings] == [True, True]
+
+
+def test_a_failed_background_write_is_raised_on_the_training_thread(tmp_path):
+    writer = snapshots.RunWriter(str(tmp_path / "missing-folder"), torch.device("cpu"), background=True)
+    writer.write(1, {"status": "running"}, {}, None)
+    with pytest.raises(FileNotFoundError):
+        writer.wait()
+    writer.wait()  # raised once
+
+
+class Crash(Exception):
+    """Stands for kill -9: the run stops where it is, nothing more is saved."""
+
+
+def crashing_run(data_folder, output, monkeypatch, crash_at_step):
+    """Runs CONFIG (a state.pt at every epoch's end) until the step `crash_at_step` and crashes there."""
+    count = [0]
+    losses = methods.discomkd_losses
+
+    def counted(*args, **kwargs):
+        count[0] += 1
+        return losses(*args, **kwargs)
+
+    def crash():
+        if count[0] >= crash_at_step:
+            raise Crash
+        return False
+
+    monkeypatch.setattr(methods, "discomkd_losses", counted)
+    with pytest.raises(Crash):
+        run(dataclasses.replace(RESUME_CONFIG, output=output, save_every_seconds=0), data_folder, *PREFIXES,
+            log=quiet, should_stop=crash)
+    monkeypatch.setattr(methods, "discomkd_losses", losses)
+
+
+TIMINGS = ("train_seconds", "eval_seconds", "write_seconds")
+
+
+def test_background_snapshot_equals_the_synchronous_one_and_resumes_bit_identically(tmp_path, monkeypatch):
+    data_folder = write_toy_folder(tmp_path / "data", n=RESUME_ROWS)
+    reference = str(tmp_path / "reference")
+    run(dataclasses.replace(RESUME_CONFIG, output=reference), data_folder, *PREFIXES, log=quiet)
+    crash_at = 2 * STEPS_PER_EPOCH + 2  # inside epoch 3: state.pt is the snapshot written after epoch 2
+    saved = {}
+    for background in (False, True):
+        monkeypatch.setattr(snapshots, "BACKGROUND", background)
+        output = str(tmp_path / f"background-{background}")
+        crashing_run(data_folder, output, monkeypatch, crash_at)
+        saved[background] = outputs.load_state(output)
+        assert saved[background]["epoch"] == 3 and saved[background]["progress"] is None
+    synchronous, background = saved[False], saved[True]
+    for part in ("model", "optimizer", "rng", "best", "test_predictions", "format", "epoch", "progress"):
+        assert_equal_trees(synchronous[part], background[part], part)
+    strip = [{k: v for k, v in h.items() if k not in TIMINGS} for h in synchronous["results"]["history"]]
+    assert strip == [{k: v for k, v in h.items() if k not in TIMINGS} for h in background["results"]["history"]]
+    resume(str(tmp_path / "background-True"), log=quiet)
+    assert_same_run(reference, str(tmp_path / "background-True"))
+
+
+def assert_equal_trees(a, b, where):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_equal_trees(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_equal_trees(x, y, f"{where}/{i}")
+    else:
+        assert a == b, where
