@@ -191,8 +191,9 @@ def restore_rng(state: dict, generator: torch.Generator) -> None:
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:
-    """'auto' -> bf16 autocast on CUDA devices that support it, else fp32; 'fp32'/'bf16' as given."""
-    if setting == "auto":
+    """'auto' -> bf16 autocast on CUDA devices that support it, else fp32; 'fp32' as given; 'bf16' as
+    given, except fp32 on a GPU without bf16 (pre-Ampere), where autocast would fail or crawl."""
+    if setting == "auto" or (setting == "bf16" and device.type == "cuda"):
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     return setting
 

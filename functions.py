@@ -81,6 +81,9 @@ class Trainer:
     precision: str
     generator: torch.Generator  # CPU generator for the epoch shuffles
     compiled_terms: object = None  # `loss_terms` through torch.compile, when compiling
+    compile_trial: bool = True  # the compiled step is guarded (see forward_backward) until an epoch ends
+    compile_error: str | None = None  # why compiling failed, when it did (the run went on eager)
+    warnings: list = dataclasses.field(default_factory=list)  # settings resolved otherwise than asked
 
     def loss_terms(self, inputs: dict, labels: dict) -> torch.Tensor:
         """Forward pass of one step: the method's raw loss terms, stacked in `spec.terms` order."""
@@ -147,23 +150,68 @@ def train_one_epoch(trainer: Trainer, epoch: int, progress: EpochProgress | None
         return [trainer.batch(m, p[start:end]) for m, p in zip(reads, positions)]
 
     streamed = not all(trainer.sources[m].resident for m in reads)
-    loss_terms = trainer.compiled_terms or trainer.loss_terms
     for batch in Prefetcher(fetch, len(bounds) - first_step, enabled=streamed):
         # augmentation draws random numbers, so it runs here, in order, never in the prefetch thread
         inputs = {m: augment(x, trainer.augmentations[m]) for m, (x, _) in zip(reads, batch)}
         labels = {m: y for m, (_, y) in zip(reads, batch)}
-        optimizer.zero_grad(set_to_none=True)
-        terms = loss_terms(inputs, labels)
-        total = sum(weights[k] * terms[i] for i, k in enumerate(trainer.spec.terms))  # the one place weights apply
-        total.backward()
+        terms, total = forward_backward(trainer, inputs, labels, weights)
         optimizer.step()
         progress.sums += torch.cat([terms.detach(), total.detach().view(1)])
         progress.step += 1
         if should_stop is not None and should_stop() and not progress.finished:
             return None
+    trainer.compile_trial = False  # every batch shape of the run has been through the compiled step
     values = torch.cat([progress.sums / len(bounds), trainer.finite_weights().float().view(1)])
     values = values.tolist()  # the epoch's one host-device synchronisation
     return dict(zip(trainer.spec.terms + ("total", "finite_weights"), values))
+
+
+def forward_backward(trainer: Trainer, inputs: dict, labels: dict, weights: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step up to the optimizer: zeroes the gradients, computes the raw loss terms (compiled when
+    compiling) and their weighted total, and back-propagates. Returns (terms, total).
+
+    During the first epoch (torch.compile traces at the first call, records CUDA graphs at the third,
+    and compiles again for the last, smaller batch) an error of the compiled step is caught: the step
+    is undone (batch-norm statistics, random states) and run eager, and the run stays eager, with one
+    warning and the reason recorded (`compile_error`); the results are those of --compile no.
+    """
+    if trainer.compiled_terms is None or not trainer.compile_trial:
+        return _forward_backward(trainer, trainer.compiled_terms or trainer.loss_terms, inputs, labels, weights)
+    saved = _step_state(trainer)
+    try:
+        return _forward_backward(trainer, trainer.compiled_terms, inputs, labels, weights)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 (dynamo, inductor, triton and CUDA graph errors share no base class)
+        _restore_step_state(trainer, saved)
+        reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}".rstrip(": ")
+        trainer.compiled_terms, trainer.compile_error = None, reason
+        print(f"warning: torch.compile failed ({reason}); training goes on eager, as with --compile no",
+              file=sys.stderr)
+        return _forward_backward(trainer, trainer.loss_terms, inputs, labels, weights)
+
+
+def _forward_backward(trainer: Trainer, loss_terms, inputs: dict, labels: dict, weights: dict):
+    trainer.optimizer.zero_grad(set_to_none=True)
+    terms = loss_terms(inputs, labels)
+    total = sum(weights[k] * terms[i] for i, k in enumerate(trainer.spec.terms))  # the one place weights apply
+    total.backward()
+    return terms, total
+
+
+def _step_state(trainer: Trainer) -> dict:
+    """What a forward pass changes besides the gradients: the model's buffers and the random states."""
+    return {"buffers": [b.clone() for b in trainer.model.buffers()], "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(trainer.device) if trainer.device.type == "cuda" else None}
+
+
+def _restore_step_state(trainer: Trainer, saved: dict) -> None:
+    with torch.no_grad():
+        for buffer, value in zip(trainer.model.buffers(), saved["buffers"]):
+            buffer.copy_(value)
+    torch.set_rng_state(saved["rng"])
+    if saved["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(saved["cuda_rng"], trainer.device)
 
 
 @torch.inference_mode()
@@ -293,6 +341,9 @@ def build_trainer(config: Config, data: DataFolder, device: torch.device) -> Tra
                    for m, module in spec.classifiers(model, target)]
     used = sorted(set(reads) | {m for c in classifiers for m in c.reads})
     precision = resolve_precision(config.precision, device)
+    warnings = [] if precision == config.precision or config.precision == "auto" else [
+        f"--precision {config.precision}: {torch.cuda.get_device_name(device)} does not support it; training in "
+        f"{precision}"]
     sources, labels, augmentations = build_sources(config, data, device, used)
     rows = training_rows(spec, data, reads)
     train_positions = {m: sources[m].positions(rows[m]) for m in reads}
@@ -301,7 +352,7 @@ def build_trainer(config: Config, data: DataFolder, device: torch.device) -> Tra
     optimizer = torch.optim.Adam(trainable, lr=config.learning_rate, weight_decay=config.weight_decay, **fused)
     generator = torch.Generator().manual_seed(config.seed)
     trainer = Trainer(spec, model, optimizer, reads, sources, train_positions, labels, augmentations, classifiers,
-                      shape, config, device, precision, generator)
+                      shape, config, device, precision, generator, warnings=warnings)
     if config.compile == "yes" or (config.compile == "auto" and device.type == "cuda"):
         # CUDA graphs remove the per-kernel launch cost that bounds this step's speed at batch 128
         mode = "reduce-overhead" if device.type == "cuda" else None
@@ -498,6 +549,7 @@ def _describe_environment(trainer: Trainer, data: DataFolder) -> dict:
     return {"torch": str(torch.__version__), "device": str(trainer.device),
             "device_name": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu",
             "precision": trainer.precision, "compiled": trainer.compiled_terms is not None,
+            **({"compile_error": trainer.compile_error} if trainer.compile_error else {}),
             "data_on_device": {prefixes[m]: s.resident for m, s in trainer.sources.items()},
             "augmentation": {prefixes[m]: a for m, a in trainer.augmentations.items()}}
 
@@ -604,7 +656,8 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
         record, first_epoch, progress = _restore(trainer, state)
     results = record.results
     results["environment"] = _describe_environment(trainer, data)
-    for warning in data.warnings:
+    results["warnings"] = [*results["warnings"], *(w for w in trainer.warnings if w not in results["warnings"])]
+    for warning in data.warnings + trainer.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if config.verbose:
         _log_start(trainer, data, output, log, first_epoch, progress, state is not None)
@@ -649,6 +702,10 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
                     f"interrupted ({stop.signal_name}) at epoch {epoch}, step {progress.step}/{len(progress.bounds)}; "
                     f"state saved: resume with --resume {output}")))
             progress = None
+            if trainer.compile_error and "compile_error" not in results["environment"]:
+                results["environment"] = _describe_environment(trainer, data)
+                results["warnings"] = [*results["warnings"], f"torch.compile failed ({trainer.compile_error}); "
+                                                             "trained eager"]
             bad = [k for k, v in losses.items() if not math.isfinite(v)]
             if bad or not losses.pop("finite_weights"):
                 what = f"loss term {bad[0]} is {losses[bad[0]]}" if bad else "the model holds NaN or Inf"

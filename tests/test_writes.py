@@ -167,3 +167,49 @@ def assert_equal_trees(a, b, where):
             assert_equal_trees(x, y, f"{where}/{i}")
     else:
         assert a == b, where
+
+
+# ----------------------------------------------------------------------------- compile fallback
+@pytest.mark.parametrize("fail_at_call", [1, 3])
+def test_a_failing_compiled_step_falls_back_to_eager_with_the_same_results(data_folder, tmp_path, monkeypatch, capsys,
+                                                                           fail_at_call):
+    """The stand-in for torch.compile runs the real step (batch-norm statistics move, dropout and
+    augmentation draw random numbers) and then raises, at the first call (a tracing error) or the
+    third (a CUDA graph recording error): the undone step, rerun eager, gives the eager run exactly."""
+    def failing_compile(function, mode=None):
+        calls = [0]
+
+        def compiled(*args, **kwargs):
+            calls[0] += 1
+            result = function(*args, **kwargs)
+            if calls[0] == fail_at_call:
+                raise RuntimeError("inductor: backend compiler failed\nsecond line of the trace")
+            return result
+        return compiled
+
+    eager = run(dataclasses.replace(CONFIG, output=str(tmp_path / "eager"), compile="no"), data_folder, *PREFIXES,
+                log=quiet)
+    capsys.readouterr()
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    output = str(tmp_path / "fallback")
+    fallback = run(dataclasses.replace(CONFIG, output=output, compile="yes"), data_folder, *PREFIXES, log=quiet)
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: torch.compile failed (RuntimeError: inductor: backend compiler failed); training "
+                        "goes on eager, as with --compile no"], err
+    assert [h["loss"] for h in fallback["history"]] == [h["loss"] for h in eager["history"]]
+    assert fallback["final"] == eager["final"]
+    saved = read_results(output)
+    assert saved["environment"]["compiled"] is False
+    assert saved["environment"]["compile_error"] == "RuntimeError: inductor: backend compiler failed"
+    assert any("torch.compile failed" in w for w in saved["warnings"])
+
+
+def test_bf16_asked_on_a_gpu_without_it_resolves_to_fp32(monkeypatch):
+    from configuration import resolve_precision
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert resolve_precision("bf16", torch.device("cuda")) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"  # CPU autocast runs bf16 (slowly)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert resolve_precision("bf16", torch.device("cuda")) == "bf16"
