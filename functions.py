@@ -551,6 +551,8 @@ def _describe_environment(trainer: Trainer, data: DataFolder) -> dict:
             "precision": trainer.precision, "compiled": trainer.compiled_terms is not None,
             **({"compile_error": trainer.compile_error} if trainer.compile_error else {}),
             "data_on_device": {prefixes[m]: s.resident for m, s in trainer.sources.items()},
+            "resident_data_bytes": sum(s.data.numel() * s.data.element_size() for s in trainer.sources.values()
+                                       if s.resident),
             "augmentation": {prefixes[m]: a for m, a in trainer.augmentations.items()}}
 
 
@@ -732,6 +734,7 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
                                       record.test_predictions) if snapshot else None
             # the files this epoch wrote hold the history up to here; the write time joins the next ones
             results["history"][-1]["write_seconds"] = writer.write(epoch, results, checkpoints, state_now)
+            results["history"][-1]["write_wait_seconds"] = writer.waited  # part of it: the previous write
             last_state = time.time() if snapshot else last_state
             if config.verbose:
                 elapsed = time.time() - started

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import threading
 import time
 
 import torch
 
-from outputs import RESULTS_FILE, save_state, write_json, write_payload
+from outputs import RESULTS_FILE, STATE_FILE, save_state, write_json, write_payload
 
 # Tests and the benchmark set this to False to write on the training thread (the same files, in the
 # same order), the reference the background writes are checked against.
@@ -83,8 +84,8 @@ class RunWriter:
 
     `write` waits for the previous write, copies the files' contents (see `HostCopy`) and returns the
     seconds this took on the calling thread; `wait` waits for the write in flight and re-raises its
-    error, if any. `timings` holds one {"epoch", "seconds", "state"} per write, "seconds" being the
-    writing thread's time (serialisation, disk, fsync).
+    error, if any. `timings` holds one {"epoch", "seconds", "state", "state_bytes"} per write, "seconds"
+    being the writing thread's time (serialisation, disk, fsync).
     """
 
     def __init__(self, output: str, device: torch.device, background: bool | None = None):
@@ -92,6 +93,7 @@ class RunWriter:
         self.copier = HostCopy(device)
         self.background = BACKGROUND if background is None else background
         self.timings: list[dict] = []
+        self.waited = 0.0  # seconds the last `write` waited for the one before it
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -100,7 +102,16 @@ class RunWriter:
         None) as they are now. Returns the seconds spent on the calling thread."""
         started = time.perf_counter()
         self.wait()
-        host, done = self.copier.copy({"checkpoints": checkpoints, "results": results, "state": state})
+        self.waited = time.perf_counter() - started
+        # results (plain data, a history growing to hundreds of epochs): a pickle round trip copies it in
+        # about 1 ms at 300 epochs, against 20 ms for a walk in Python (measured on a 2-core EPYC)
+        host_results = pickle.loads(pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL))
+        shares = state is not None and state.get("results") is results
+        host, done = self.copier.copy({"checkpoints": checkpoints, "state": state if not shares else
+                                       {k: v for k, v in state.items() if k != "results"}})
+        host["results"] = host_results
+        if shares:
+            host["state"]["results"] = host_results
         if self.background:
             self._thread = threading.Thread(target=self._run, args=(epoch, host, done), name="discomkd-writer")
             self._thread.start()
@@ -118,7 +129,9 @@ class RunWriter:
         if host["state"] is not None:
             save_state(self.output, host["state"])
         self.timings.append({"epoch": epoch, "seconds": time.perf_counter() - started,
-                             "state": host["state"] is not None})
+                             "state": host["state"] is not None,
+                             "state_bytes": os.path.getsize(os.path.join(self.output, STATE_FILE))
+                             if host["state"] is not None else 0})
 
     def _run(self, epoch: int, host: dict, done) -> None:
         try:

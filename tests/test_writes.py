@@ -2,6 +2,7 @@
 off the training thread equal the synchronous ones and resume bit-identically; a failing compile
 falls back to eager."""
 import copy
+import json
 import dataclasses
 import os
 
@@ -12,6 +13,7 @@ from test_resume import ROWS as RESUME_ROWS
 from test_resume import STEPS_PER_EPOCH, assert_same_run
 from toy import quiet, read_results, write_toy_folder
 
+import benchmark
 import methods
 import outputs
 import snapshots
@@ -130,7 +132,7 @@ def crashing_run(data_folder, output, monkeypatch, crash_at_step):
     monkeypatch.setattr(methods, "discomkd_losses", losses)
 
 
-TIMINGS = ("train_seconds", "eval_seconds", "write_seconds")
+TIMINGS = ("train_seconds", "eval_seconds", "write_seconds", "write_wait_seconds")
 
 
 def test_background_snapshot_equals_the_synchronous_one_and_resumes_bit_identically(tmp_path, monkeypatch):
@@ -213,3 +215,21 @@ def test_bf16_asked_on_a_gpu_without_it_resolves_to_fp32(monkeypatch):
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"  # CPU autocast runs bf16 (slowly)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     assert resolve_precision("bf16", torch.device("cuda")) == "bf16"
+
+
+# ----------------------------------------------------------------------------- the end-to-end benchmark
+def test_end_to_end_benchmark_times_the_state_write_apart_from_training(tmp_path, capsys):
+    assert benchmark.main(["--shape", "tiny", "--first-shape", "8", "--epochs", "2", "--device", "cpu",
+                           "--end-to-end", "--output", str(tmp_path)]) == 0
+    (saved,) = tmp_path.iterdir()
+    report = json.loads(saved.read_text())
+    assert set(report["end_to_end"]) == {"fast"} and set(report["end_to_end"]["fast"]) == {"discomkd", "mono", "teacher"}
+    for method, result in report["end_to_end"]["fast"].items():
+        assert len(result["epochs"]) == 2
+        for epoch in result["epochs"]:
+            assert epoch["train"] > 0 and epoch["eval"] > 0 and epoch["write"] > 0 and epoch["background_write"] > 0
+            assert epoch["whole"] == pytest.approx(epoch["train"] + epoch["eval"] + epoch["write"])
+            assert 0 <= epoch["write_wait"] <= epoch["write"]
+        assert result["epochs"][0]["state"] and not result["epochs"][1]["state"], "no state after the last epoch"
+        assert result["state_bytes"] > 0 and 0 < result["state_write_share_of_epoch"] < 1
+    assert "fast discomkd: whole" in capsys.readouterr().out
