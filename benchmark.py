@@ -3,12 +3,19 @@
     python benchmark.py                      # EuroSAT MS+SAR shapes (27,000 x 13x64x64 + 2x64x64), GPU
     python benchmark.py --shape cpu-small    # 1,714 x 3x32x32 + 1x32x32 (1,200 training pairs), for CPUs
     python benchmark.py --shape cpu-small --compare-plain   # fast path and plain path in one run
+    python benchmark.py --end-to-end --compare-plain        # the real run: every file written, and the baselines
 
 Generates the data itself (in a temporary folder, deleted afterwards), trains a few epochs at the
 paper's hyperparameters and prints and saves (JSON): training and evaluation time per epoch,
 pairs per second, peak GPU memory (model side and resident data apart), device, PyTorch version
 and the options. The first epoch (torch.compile, cuDNN autotuning, CUDA graph capture) is
 reported apart and left out of the averages.
+
+`--end-to-end` times what users run instead: `functions.run` itself, writing every file (results.json
+at each epoch, the checkpoints at each improvement, a state.pt snapshot at every epoch, the
+predictions at the end) into a temporary folder, for DisCoM-KD and the baselines' step (methods mono
+and teacher, through the same engine), with per epoch the training, the evaluation, the file writing
+on the training thread and the background writing apart.
 """
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ import torch
 
 from configuration import Config, check_config, plain_path, resolve_device, seed_everything
 from data import DataError, array_path, default_encoder, load_data_folder, stratified_split
-from functions import build_trainer, evaluate, start_epoch, train_one_epoch
+from functions import build_trainer, evaluate, run, start_epoch, train_one_epoch
 from model_pytorch import ENCODERS
 from outputs import folder_problem, line_buffered_stdout
 
@@ -107,6 +114,58 @@ def measure(config: Config, folder: str, epochs: int) -> dict:
     return result
 
 
+END_TO_END_METHODS = ("discomkd", "mono", "teacher")  # DisCoM-KD and the baselines' steps (kd/dkd need a teacher)
+
+
+def measure_end_to_end(config: Config, folder: str, epochs: int, method: str) -> dict:
+    """Runs `functions.run` for `epochs` epochs of `method` into a temporary folder (a state.pt snapshot
+    at every epoch, the worst case of the cadence) and returns per-epoch and mean timings, and memory."""
+    device = resolve_device(config.device)
+    output = tempfile.mkdtemp(prefix="discomkd-benchmark-run-")
+    config = dataclasses.replace(config, epochs=epochs, output=output, overwrite=True, method=method,
+                                 modality="FIRST" if method == "mono" else None, save_every_seconds=0.0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        started = time.perf_counter()
+        results = run(config, folder, "FIRST", "SECOND", log=lambda *args: None)
+        wall = time.perf_counter() - started
+    finally:
+        shutil.rmtree(output, ignore_errors=True)
+    background = {t["epoch"]: t for t in results["background_writes"]}
+    epochs_timed = [{
+        "train": h["train_seconds"], "eval": h["eval_seconds"], "write": h["write_seconds"],
+        "write_wait": h["write_wait_seconds"],
+        "whole": h["train_seconds"] + h["eval_seconds"] + h["write_seconds"],
+        "background_write": background[h["epoch"]]["seconds"], "state": h["state_written"],
+        "state_bytes": background[h["epoch"]]["state_bytes"], "improved": h["improved"]} for h in results["history"]]
+    steady = epochs_timed[1:] if epochs > 1 else epochs_timed
+    mean = {k: float(np.mean([e[k] for e in steady])) for k in ("train", "eval", "write", "write_wait", "whole",
+                                                                  "background_write")}
+    snapshots = [e for e in steady if e["state"]] or [e for e in epochs_timed if e["state"]]
+    result = {"method": method, "epochs": epochs_timed, "mean": mean, "run_seconds": wall,
+              "state_bytes": max((e["state_bytes"] for e in epochs_timed), default=0),
+              "state_write_share_of_epoch": (float(np.mean([e["write"] for e in snapshots])) / mean["whole"]
+                                             if snapshots else 0.0),
+              "environment": results["environment"]}
+    if device.type == "cuda":
+        peak, data_bytes = torch.cuda.max_memory_allocated(device), results["environment"]["resident_data_bytes"]
+        result.update(peak_gpu_gib=peak / 2**30, peak_model_side_gib=(peak - data_bytes) / 2**30,
+                      resident_data_gib=data_bytes / 2**30)
+    return result
+
+
+def print_end_to_end(name: str, result: dict) -> None:
+    mean = result["mean"]
+    memory = (f"  peak GPU {result['peak_gpu_gib']:.2f} GiB (model side {result['peak_model_side_gib']:.2f}, "
+              f"resident data {result['resident_data_gib']:.2f})" if "peak_gpu_gib" in result else "")
+    print(f"{name:>5} {result['method']:>8}: whole {mean['whole']:.2f} s/epoch = train {mean['train']:.2f} + eval "
+          f"{mean['eval']:.2f} + writes {mean['write']:.3f} on the training thread ({100 * mean['write'] / mean['whole']:.1f}%, "
+          f"{mean['write_wait']:.3f} of it waiting for the previous write,"
+          f" state.pt {result['state_bytes'] / 1e6:.0f} MB every epoch); background writing {mean['background_write']:.2f}"
+          f" s/epoch; run {result['run_seconds']:.1f} s" + memory, flush=True)
+
+
 def check_options(preset: dict, epochs: int, config: Config, output: str) -> None:
     """Raises `DataError` for options the benchmark cannot run with, before anything is generated."""
     check_config(config)
@@ -153,6 +212,11 @@ def main(argv=None) -> int:
     parser.add_argument("--data-on-device", default="auto", help="auto, yes, no")
     parser.add_argument("--compare-plain", action="store_true",
                         help="also time the plain path (no compile, fp32, streamed data) in the same run")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="time functions.run itself (every file written, a state.pt every epoch) for DisCoM-KD "
+                             "and the baselines' step (mono, teacher)")
+    parser.add_argument("--methods", default=",".join(END_TO_END_METHODS),
+                        help="with --end-to-end: the methods timed, comma-separated")
     parser.add_argument("--output", default="benchmark_results", help="folder for the JSON result")
     args = parser.parse_args(argv)
 
@@ -163,8 +227,12 @@ def main(argv=None) -> int:
             preset[key] = tuple(value) if isinstance(value, list) else value
     config = Config(batch_size=args.batch_size, device=args.device, precision=args.precision,
                     compile=args.compile, data_on_device=args.data_on_device, verbose=0)
+    methods = [m for m in args.methods.split(",") if m]
     try:
         check_options(preset, args.epochs, config, args.output)
+        unknown = [m for m in methods if m not in END_TO_END_METHODS]
+        if args.end_to_end and (unknown or not methods):
+            raise DataError(f"--methods {args.methods}: expected some of {', '.join(END_TO_END_METHODS)}, comma-separated")
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -182,6 +250,19 @@ def main(argv=None) -> int:
         variants = {"fast": config}
         if args.compare_plain:
             variants["plain"] = plain_path(config)
+        if args.end_to_end:
+            report["end_to_end"] = {}
+            for name, variant in variants.items():
+                for method in methods:
+                    result = measure_end_to_end(variant, folder, args.epochs, method)
+                    report["end_to_end"].setdefault(name, {})[method] = result
+                    print_end_to_end(name, result)
+            if args.compare_plain:
+                ratios = {m: report["end_to_end"]["plain"][m]["mean"]["whole"] / report["end_to_end"]["fast"][m]["mean"]["whole"]
+                          for m in methods}
+                report["plain_over_fast_end_to_end_ratio"] = ratios
+                print("whole epoch, end to end: plain / fast = " + ", ".join(f"{m} {r:.2f}x" for m, r in ratios.items()))
+            variants = {}
         for name, variant in variants.items():
             report["runs"][name] = result = measure(variant, folder, args.epochs)
             memory = (f"  peak GPU {result['peak_gpu_gib']:.2f} GiB (model side {result['peak_model_side_gib']:.2f}, "
@@ -191,7 +272,7 @@ def main(argv=None) -> int:
                   f"(first epoch {result['first_epoch_train_seconds']:.1f} + {result['first_epoch_eval_seconds']:.1f} s; "
                   f"{result['precision']}, compiled {result['compiled']}, data on device {result['data_on_device']})"
                   + memory, flush=True)
-        if args.compare_plain:
+        if args.compare_plain and not args.end_to_end:
             ratio = report["runs"]["plain"]["epoch_seconds"] / report["runs"]["fast"]["epoch_seconds"]
             report["plain_over_fast_epoch_ratio"] = ratio
             print(f"whole epoch (train + eval): plain / fast = {ratio:.2f}x")

@@ -58,7 +58,10 @@ class Config:
     data_on_device: str = _option("auto", "keep the data on the training device: auto (when it fits), yes, no")
     compile: str = _option("auto", "torch.compile the training step: auto (on CUDA), yes, no")
     precision: str = _option("auto", "auto (bf16 autocast on CUDA with bf16 support, else fp32), fp32, bf16")
-    save_every: int = _option(1, "write the resumable state.pt every N epochs (and always on interruption)")
+    save_every: int = _option(0, "also write the resumable state.pt every N epochs (0: by time only)")
+    save_every_seconds: float = _option(60.0, "write the resumable state.pt at the end of the first epoch that "
+                                              "ends this many seconds after the last one (0: every epoch), "
+                                              "and always on interruption")
     test_every_epoch: bool = _option(False, "score the test split at every epoch (the history then holds test "
                                             "curves); by default only at epochs where validation improves")
     verbose: int = _option(1, "0: final table only, 1: one line per epoch", flag=False)
@@ -115,8 +118,10 @@ def check_config(config: Config) -> None:
         problems.append(f"--epochs {config.epochs}: at least 1 is expected")
     if config.batch_size < 2:
         problems.append(f"--batch-size {config.batch_size}: at least 2 is expected (batch normalisation)")
-    if config.save_every < 1:
-        problems.append(f"--save-every {config.save_every}: at least 1 is expected")
+    if config.save_every < 0:
+        problems.append(f"--save-every {config.save_every}: 0 (by time only) or more is expected")
+    if not config.save_every_seconds >= 0 or not math.isfinite(config.save_every_seconds):
+        problems.append(f"--save-every-seconds {config.save_every_seconds}: a finite number >= 0 is expected")
     if config.eval_batch_size < 1:
         problems.append(f"--eval-batch-size {config.eval_batch_size}: at least 1 is expected")
     if config.learning_rate <= 0 or not math.isfinite(config.learning_rate):
@@ -186,8 +191,9 @@ def restore_rng(state: dict, generator: torch.Generator) -> None:
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:
-    """'auto' -> bf16 autocast on CUDA devices that support it, else fp32; 'fp32'/'bf16' as given."""
-    if setting == "auto":
+    """'auto' -> bf16 autocast on CUDA devices that support it, else fp32; 'fp32' as given; 'bf16' as
+    given, except fp32 on a GPU without bf16 (pre-Ampere), where autocast would fail or crawl."""
+    if setting == "auto" or (setting == "bf16" and device.type == "cuda"):
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     return setting
 

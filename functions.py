@@ -29,8 +29,9 @@ from configuration import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TRAINING_FAILE
 from data import (AUGMENTATIONS, DataError, DataFolder, Modality, Prefetcher, RowSource, augment,
                   default_augmentation, epoch_positions, load_data_folder, read_split_files)
 from methods import FUSED, METHODS, MethodSpec, ModelShape, build_model, classifier_description
-from outputs import (RESULTS_FILE, STATE_FILE, atomic_write, checkpoint_path, clear_run_outputs, load_classifier, load_state,
-                     prepare_output, remove_temporaries, save_checkpoint, save_npy, save_state, write_json)
+from outputs import (RESULTS_FILE, STATE_FILE, atomic_write, checkpoint_path, checkpoint_payload, clear_run_outputs,
+                     load_classifier, load_state, prepare_output, remove_temporaries, save_npy, write_json)
+from snapshots import RunWriter
 
 
 # ----------------------------------------------------------------------------- training
@@ -80,6 +81,9 @@ class Trainer:
     precision: str
     generator: torch.Generator  # CPU generator for the epoch shuffles
     compiled_terms: object = None  # `loss_terms` through torch.compile, when compiling
+    compile_trial: bool = True  # the compiled step is guarded (see forward_backward) until an epoch ends
+    compile_error: str | None = None  # why compiling failed, when it did (the run went on eager)
+    warnings: list = dataclasses.field(default_factory=list)  # settings resolved otherwise than asked
 
     def loss_terms(self, inputs: dict, labels: dict) -> torch.Tensor:
         """Forward pass of one step: the method's raw loss terms, stacked in `spec.terms` order."""
@@ -147,15 +151,11 @@ def train_one_epoch(trainer: Trainer, epoch: int, progress: EpochProgress | None
         return [trainer.batch(m, p[start:end]) for m, p in zip(reads, positions)]
 
     streamed = not all(trainer.sources[m].resident for m in reads)
-    loss_terms = trainer.compiled_terms or trainer.loss_terms
     for batch in Prefetcher(fetch, len(bounds) - first_step, enabled=streamed):
         # augmentation draws random numbers, so it runs here, in order, never in the prefetch thread
         inputs = {m: augment(x, trainer.augmentations[m]) for m, (x, _) in zip(reads, batch)}
         labels = {m: y for m, (_, y) in zip(reads, batch)}
-        optimizer.zero_grad(set_to_none=True)
-        terms = loss_terms(inputs, labels)
-        total = sum(weights[k] * terms[i] for i, k in enumerate(trainer.spec.terms))  # the one place weights apply
-        total.backward()
+        terms, total = forward_backward(trainer, inputs, labels, weights)
         optimizer.step()
         progress.sums += torch.cat([terms.detach(), total.detach().view(1)])
         progress.step += 1
@@ -163,9 +163,58 @@ def train_one_epoch(trainer: Trainer, epoch: int, progress: EpochProgress | None
             on_step(progress.step, len(bounds))
         if should_stop is not None and should_stop() and not progress.finished:
             return None
+    trainer.compile_trial = False  # every batch shape of the run has been through the compiled step
     values = torch.cat([progress.sums / len(bounds), trainer.finite_weights().float().view(1)])
     values = values.tolist()  # the epoch's one host-device synchronisation
     return dict(zip(trainer.spec.terms + ("total", "finite_weights"), values))
+
+
+def forward_backward(trainer: Trainer, inputs: dict, labels: dict, weights: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step up to the optimizer: zeroes the gradients, computes the raw loss terms (compiled when
+    compiling) and their weighted total, and back-propagates. Returns (terms, total).
+
+    During the first epoch (torch.compile traces at the first call, records CUDA graphs at the third,
+    and compiles again for the last, smaller batch) an error of the compiled step is caught: the step
+    is undone (batch-norm statistics, random states) and run eager, and the run stays eager, with one
+    warning and the reason recorded (`compile_error`); the results are those of --compile no.
+    """
+    if trainer.compiled_terms is None or not trainer.compile_trial:
+        return _forward_backward(trainer, trainer.compiled_terms or trainer.loss_terms, inputs, labels, weights)
+    saved = _step_state(trainer)
+    try:
+        return _forward_backward(trainer, trainer.compiled_terms, inputs, labels, weights)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 (dynamo, inductor, triton and CUDA graph errors share no base class)
+        _restore_step_state(trainer, saved)
+        reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}".rstrip(": ")
+        trainer.compiled_terms, trainer.compile_error = None, reason
+        print(f"warning: torch.compile failed ({reason}); training goes on eager, as with --compile no",
+              file=sys.stderr)
+        return _forward_backward(trainer, trainer.loss_terms, inputs, labels, weights)
+
+
+def _forward_backward(trainer: Trainer, loss_terms, inputs: dict, labels: dict, weights: dict):
+    trainer.optimizer.zero_grad(set_to_none=True)
+    terms = loss_terms(inputs, labels)
+    total = sum(weights[k] * terms[i] for i, k in enumerate(trainer.spec.terms))  # the one place weights apply
+    total.backward()
+    return terms, total
+
+
+def _step_state(trainer: Trainer) -> dict:
+    """What a forward pass changes besides the gradients: the model's buffers and the random states."""
+    return {"buffers": [b.clone() for b in trainer.model.buffers()], "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(trainer.device) if trainer.device.type == "cuda" else None}
+
+
+def _restore_step_state(trainer: Trainer, saved: dict) -> None:
+    with torch.no_grad():
+        for buffer, value in zip(trainer.model.buffers(), saved["buffers"]):
+            buffer.copy_(value)
+    torch.set_rng_state(saved["rng"])
+    if saved["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(saved["cuda_rng"], trainer.device)
 
 
 @torch.inference_mode()
@@ -295,6 +344,9 @@ def build_trainer(config: Config, data: DataFolder, device: torch.device) -> Tra
                    for m, module in spec.classifiers(model, target)]
     used = sorted(set(reads) | {m for c in classifiers for m in c.reads})
     precision = resolve_precision(config.precision, device)
+    warnings = [] if precision == config.precision or config.precision == "auto" else [
+        f"--precision {config.precision}: {torch.cuda.get_device_name(device)} does not support it; training in "
+        f"{precision}"]
     sources, labels, augmentations = build_sources(config, data, device, used)
     rows = training_rows(spec, data, reads)
     train_positions = {m: sources[m].positions(rows[m]) for m in reads}
@@ -303,7 +355,7 @@ def build_trainer(config: Config, data: DataFolder, device: torch.device) -> Tra
     optimizer = torch.optim.Adam(trainable, lr=config.learning_rate, weight_decay=config.weight_decay, **fused)
     generator = torch.Generator().manual_seed(config.seed)
     trainer = Trainer(spec, model, optimizer, reads, sources, train_positions, labels, augmentations, classifiers,
-                      shape, config, device, precision, generator)
+                      shape, config, device, precision, generator, warnings=warnings)
     if config.compile == "yes" or (config.compile == "auto" and device.type == "cuda"):
         # CUDA graphs remove the per-kernel launch cost that bounds this step's speed at batch 128
         mode = "reduce-overhead" if device.type == "cuda" else None
@@ -526,7 +578,10 @@ def _describe_environment(trainer: Trainer, data: DataFolder) -> dict:
     return {"torch": str(torch.__version__), "device": str(trainer.device),
             "device_name": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu",
             "precision": trainer.precision, "compiled": trainer.compiled_terms is not None,
+            **({"compile_error": trainer.compile_error} if trainer.compile_error else {}),
             "data_on_device": {prefixes[m]: s.resident for m, s in trainer.sources.items()},
+            "resident_data_bytes": sum(s.data.numel() * s.data.element_size() for s in trainer.sources.values()
+                                       if s.resident),
             "augmentation": {prefixes[m]: a for m, a in trainer.augmentations.items()}}
 
 
@@ -548,9 +603,9 @@ def _log_start(trainer: Trainer, data: DataFolder, output: str, log, first_epoch
 
 
 def _record_best(trainer: Trainer, data: DataFolder, output: str, epoch: int, metrics: dict,
-                 record: RunRecord) -> list[str]:
-    """Scores the test split of each classifier whose validation improved, keeps it as the best and
-    writes its checkpoint. Returns the improved columns."""
+                 record: RunRecord) -> tuple[list[str], dict]:
+    """Scores the test split of each classifier whose validation improved and keeps it as the best.
+    Returns the improved columns and their checkpoints to write, {path: payload}."""
     improved = [c for c in trainer.classifiers
                 if metrics[c.column]["valid"]["weighted_f1"] > record.best[c.column]["valid"]["weighted_f1"]]
     if not trainer.config.test_every_epoch and improved:
@@ -563,19 +618,20 @@ def _record_best(trainer: Trainer, data: DataFolder, output: str, epoch: int, me
             else:
                 metrics[c.column] = tested[c.column]
         improved = [c for c in improved if metrics[c.column].get("finite", True)]
+    checkpoints = {}
     for classifier in improved:
         column, result = classifier.column, metrics[classifier.column]
         encoder = "fused" if classifier.modality is None else data.modalities[classifier.modality].encoder
         record.best[column] = {"encoder": encoder, "best_epoch": epoch, "valid": result["valid"],
                                "test": result["test"]}
         record.test_predictions[column] = result["predictions"]["test"]
-        save_checkpoint(checkpoint_path(output, column), classifier.module,
-                        classifier_description(classifier.module, trainer.shape, classifier.modality),
-                        {**data.metadata.get(column, {}),  # class names and preprocessing of prepared folders
-                         "prefix": column, "position": classifier.modality, "classes": [int(c) for c in data.classes],
-                         "config": dataclasses.asdict(trainer.config), "epoch": epoch,
-                         "metrics": {"valid": result["valid"], "test": result["test"]}})
-    return [c.column for c in improved]
+        checkpoints[checkpoint_path(output, column)] = checkpoint_payload(
+            classifier.module, classifier_description(classifier.module, trainer.shape, classifier.modality),
+            {**data.metadata.get(column, {}),  # class names and preprocessing of prepared folders
+             "prefix": column, "position": classifier.modality, "classes": [int(c) for c in data.classes],
+             "config": dataclasses.asdict(trainer.config), "epoch": epoch,
+             "metrics": {"valid": result["valid"], "test": result["test"]}})
+    return [c.column for c in improved], checkpoints
 
 
 def _epoch_line(config: Config, epoch: int, losses: dict, metrics: dict, improved, train_seconds: float,
@@ -588,9 +644,12 @@ def _epoch_line(config: Config, epoch: int, losses: dict, metrics: dict, improve
             f"[{loss_text}]  valid wF1 {valid}")
 
 
-def _finish(data: DataFolder, output: str, record: RunRecord, log) -> dict:
-    """Writes the best epochs' test predictions and the final results; removes the resumable state."""
+def _finish(data: DataFolder, output: str, record: RunRecord, log, writer: RunWriter) -> dict:
+    """Writes the best epochs' test predictions and the final results; removes the resumable state
+    once the write in flight (the last epoch's) is done."""
+    writer.close()
     results = record.results
+    results["background_writes"] = writer.timings
     for column, predictions in record.test_predictions.items():
         user_labels = data.classes[predictions]
         atomic_write(os.path.join(output, f"test_predictions_{column}.npy"),
@@ -598,6 +657,7 @@ def _finish(data: DataFolder, output: str, record: RunRecord, log) -> dict:
         results["final"][column]["test_rows"] = int(len(predictions))
     results["status"] = "finished"
     results["training_seconds"] = sum(h["train_seconds"] + h["eval_seconds"] for h in results["history"])
+    results["write_seconds"] = sum(h.get("write_seconds", 0.0) for h in results["history"])
     write_json(os.path.join(output, RESULTS_FILE), results)
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(output, STATE_FILE))  # a finished run needs no state; its checkpoints stay
@@ -627,15 +687,18 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
         record, first_epoch, progress = _restore(trainer, state)
     results = record.results
     results["environment"] = _describe_environment(trainer, data)
-    for warning in data.warnings:
+    results["warnings"] = [*results["warnings"], *(w for w in trainer.warnings if w not in results["warnings"])]
+    for warning in data.warnings + trainer.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if config.verbose:
         _log_start(trainer, data, output, log, first_epoch, progress, state is not None)
     os.makedirs(output, exist_ok=True)
     results_path = os.path.join(output, RESULTS_FILE)
+    writer = RunWriter(output, trainer.device)  # the epoch's files, written while the next epoch trains
 
     def stop_here(status: str, message: str) -> str:
         """Records why the run stopped, shows the summary so far, returns the one-line message."""
+        writer.close(failing=status == "failed")  # the write in flight first: it holds an older results.json
         results["status"] = status
         write_json(results_path, results)
         if results["final"]:
@@ -648,8 +711,8 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
         return (f"the checkpoints kept in {output} are the last finite ones ({epochs})" if epochs
                 else f"no checkpoint was written to {output}")
 
-    started = time.time()
-    with StopRequest(should_stop) as stop:
+    started, last_state = time.time(), time.time()
+    with StopRequest(should_stop) as stop, writer:
         for epoch in range(first_epoch, config.epochs + 1):
             epoch_start = time.time()
             progress = progress or start_epoch(trainer)
@@ -669,11 +732,16 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
                     raise TrainingError(stop_here("failed", (
                         f"the model holds NaN or Inf at epoch {epoch}, step {progress.step}: training stopped; "
                         f"{kept()} (try a lower --learning-rate)")))
-                save_state(output, state_payload(trainer, epoch, progress, record.results, record.best, record.test_predictions))
+                writer.write(epoch, results, {}, state_payload(trainer, epoch, progress, record.results, record.best,
+                                                               record.test_predictions))
                 raise Interrupted(stop_here("interrupted", (
                     f"interrupted ({stop.signal_name}) at epoch {epoch}, step {progress.step}/{len(progress.bounds)}; "
                     f"state saved: resume with --resume {output}")))
             progress = None
+            if trainer.compile_error and "compile_error" not in results["environment"]:
+                results["environment"] = _describe_environment(trainer, data)
+                results["warnings"] = [*results["warnings"], f"torch.compile failed ({trainer.compile_error}); "
+                                                             "trained eager"]
             bad = [k for k, v in losses.items() if not math.isfinite(v)]
             if bad or not losses.pop("finite_weights"):
                 what = f"loss term {bad[0]} is {losses[bad[0]]}" if bad else "the model holds NaN or Inf"
@@ -686,16 +754,22 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
             if broken:
                 raise TrainingError(stop_here("failed", (
                     f"classifier {broken[0]} outputs NaN or Inf at epoch {epoch}: training stopped; {kept()}")))
-            improved = _record_best(trainer, data, output, epoch, metrics, record)
+            improved, checkpoints = _record_best(trainer, data, output, epoch, metrics, record)
             eval_seconds = time.time() - epoch_start - train_seconds
             results["history"].append({
                 "epoch": epoch, "train_seconds": train_seconds, "eval_seconds": eval_seconds, "loss": losses,
                 **{c: {s: m[s] for s in ("valid", "test") if s in m} for c, m in metrics.items()},
                 "improved": improved})
             results["final"] = {c: b for c, b in record.best.items() if b["best_epoch"]}
-            write_json(results_path, results)
-            if epoch < config.epochs and (epoch % config.save_every == 0 or stop()):
-                save_state(output, state_payload(trainer, epoch + 1, None, record.results, record.best, record.test_predictions))
+            snapshot = epoch < config.epochs and (stop() or time.time() - last_state >= config.save_every_seconds
+                                                  or (config.save_every > 0 and epoch % config.save_every == 0))
+            results["history"][-1]["state_written"] = snapshot
+            state_now = state_payload(trainer, epoch + 1, None, record.results, record.best,
+                                      record.test_predictions) if snapshot else None
+            # the files this epoch wrote hold the history up to here; the write time joins the next ones
+            results["history"][-1]["write_seconds"] = writer.write(epoch, results, checkpoints, state_now)
+            results["history"][-1]["write_wait_seconds"] = writer.waited  # part of it: the previous write
+            last_state = time.time() if snapshot else last_state
             if config.verbose:
                 elapsed = time.time() - started
                 eta = elapsed / (epoch - first_epoch + 1) * (config.epochs - epoch)
@@ -704,4 +778,4 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
             if stop() and epoch < config.epochs:
                 raise Interrupted(stop_here("interrupted", (
                     f"interrupted ({stop.signal_name}) after epoch {epoch}; state saved: resume with --resume {output}")))
-    return _finish(data, output, record, log)
+    return _finish(data, output, record, log, writer)

@@ -25,7 +25,12 @@ TEMPORARY_PREFIX = ".tmp-"  # atomic_write's temporary files: hidden, and never 
 
 
 def atomic_write(path: str, write) -> None:
-    """Calls `write(temporary_path)`, then renames onto `path`: readers see the old or the new file."""
+    """Calls `write(temporary_path)`, then renames onto `path`: readers see the old or the new file.
+
+    Durable as well as atomic: the file's data reach the disk (fsync) before the rename, and the
+    folder's entry after it, so a power cut or a crashed machine leaves the old or the new file,
+    never a renamed but empty one (what ext4 and XFS can show after a crash without the first fsync).
+    """
     folder = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX, suffix=os.path.basename(path))
     os.close(handle)
@@ -35,11 +40,22 @@ def atomic_write(path: str, write) -> None:
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)
         write(temporary)
+        _fsync_path(temporary, os.O_RDONLY)  # fsync acts on the file, whatever descriptor wrote it
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
         raise
+    with contextlib.suppress(OSError):  # some file systems (and Windows) cannot open or fsync a folder
+        _fsync_path(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync_path(path: str, flags: int) -> None:
+    descriptor = os.open(path, flags)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def write_text(path: str, text: str) -> None:
@@ -131,13 +147,26 @@ def checkpoint_path(output: str, prefix: str) -> str:
     return os.path.join(output, f"best_{prefix}.pt")
 
 
-def save_checkpoint(path: str, module: torch.nn.Module, description: dict, metadata: dict) -> None:
-    """A checkpoint of one classifier: its weights, `description` (what rebuilds it, see
-    methods.classifier_description) and `metadata` (classes, config, epoch, metrics, ...)."""
+def checkpoint_payload(module: torch.nn.Module, description: dict, metadata: dict) -> dict:
+    """What a checkpoint of one classifier holds: its weights (as they are, on their device),
+    `description` (what rebuilds it, see methods.classifier_description) and `metadata` (classes,
+    config, epoch, metrics, ...)."""
     payload = {"format": CHECKPOINT_FORMAT, "classifier": description, **metadata,
-               "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}}
+               "state_dict": {k: v.detach() for k, v in module.state_dict().items()}}
     if "input_shape" in description:  # single-modality classifiers: what prediction checks inputs against
         payload.update(input_shape=description["input_shape"], encoder=description["encoder"])
+    return payload
+
+
+def save_checkpoint(path: str, module: torch.nn.Module, description: dict, metadata: dict) -> None:
+    """Writes a checkpoint of one classifier (see `checkpoint_payload`)."""
+    payload = checkpoint_payload(module, description, metadata)
+    payload["state_dict"] = {k: v.cpu() for k, v in payload["state_dict"].items()}
+    write_payload(path, payload)
+
+
+def write_payload(path: str, payload: dict) -> None:
+    """torch.save of host tensors and plain containers, atomically."""
     atomic_write(path, lambda temporary: torch.save(payload, temporary))
 
 
@@ -192,8 +221,7 @@ STATE_FORMAT = "discomkd-state/1"
 
 def save_state(output: str, payload: dict) -> None:
     """Writes state.pt from `payload` (tensors and plain containers: what a run needs to continue)."""
-    payload = {"format": STATE_FORMAT, **payload}
-    atomic_write(os.path.join(output, STATE_FILE), lambda temporary: torch.save(payload, temporary))
+    write_payload(os.path.join(output, STATE_FILE), {"format": STATE_FORMAT, **payload})
 
 
 def load_state(run_folder: str) -> dict:

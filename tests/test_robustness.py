@@ -172,7 +172,7 @@ def test_nan_in_a_batch_stops_training_naming_the_term_and_epoch(tmp_path, nan_i
     folder = write_toy_folder(tmp_path / "data", n=ROWS)
     output = str(tmp_path / "run")
     with pytest.raises(TrainingError) as failed:
-        run(dataclasses.replace(CONFIG, output=output), folder, *PREFIXES, log=quiet)
+        run(dataclasses.replace(CONFIG, output=output, save_every=1), folder, *PREFIXES, log=quiet)
     message = str(failed.value)
     assert "at epoch 2" in message and "\n" not in message
     assert any(f"loss term {term} is nan" in message for term in LOSS_TERMS + ("total",)), message
