@@ -27,6 +27,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from data import (AUGMENTATIONS, DataError, DataFolder, Modality, Prefetcher, RowSource, augment,
                   default_augmentation, epoch_positions, load_data_folder, read_split_files)
 from methods import FUSED, METHODS, MethodSpec, ModelShape, build_model, classifier_description
+from probes import INVARIANCE_MEANING, modality_probe, probe_rows
 from outputs import (RESULTS_FILE, STATE_FILE, atomic_write, checkpoint_path, clear_run_outputs, load_classifier, load_state,
                      prepare_output, remove_temporaries, save_checkpoint, save_npy, save_state, write_json)
 from configuration import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TRAINING_FAILED, Config, check_config, resolve_device,
@@ -81,10 +82,11 @@ class Trainer:
     generator: torch.Generator  # CPU generator for the epoch shuffles
     compiled_terms: object = None  # `loss_terms` through torch.compile, when compiling
 
-    def loss_terms(self, inputs: dict, labels: dict) -> torch.Tensor:
-        """Forward pass of one step: the method's raw loss terms, stacked in `spec.terms` order."""
+    def loss_terms(self, inputs: dict, labels: dict, progress: torch.Tensor) -> torch.Tensor:
+        """Forward pass of one step: the method's raw loss terms, stacked in `spec.terms` order.
+        `progress`: the training progress in [0, 1), a 0-d tensor (see MethodSpec.losses)."""
         with autocast_context(self.device, self.precision):
-            terms = self.spec.losses(self.model, inputs, labels, self.config)
+            terms = self.spec.losses(self.model, inputs, labels, self.config, progress)
         return torch.stack([terms[k].float() for k in self.spec.terms])
 
     def batch(self, modality: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,12 +149,15 @@ def train_one_epoch(trainer: Trainer, epoch: int, progress: EpochProgress | None
 
     streamed = not all(trainer.sources[m].resident for m in reads)
     loss_terms = trainer.compiled_terms or trainer.loss_terms
+    # a tensor updated in place, so that a compiled step reads each new value without a new trace
+    training_progress = torch.zeros((), device=trainer.device)
     for batch in Prefetcher(fetch, len(bounds) - first_step, enabled=streamed):
         # augmentation draws random numbers, so it runs here, in order, never in the prefetch thread
         inputs = {m: augment(x, trainer.augmentations[m]) for m, (x, _) in zip(reads, batch)}
         labels = {m: y for m, (_, y) in zip(reads, batch)}
         optimizer.zero_grad(set_to_none=True)
-        terms = loss_terms(inputs, labels)
+        training_progress.fill_((epoch - 1 + progress.step / len(bounds)) / trainer.config.epochs)
+        terms = loss_terms(inputs, labels, training_progress)
         total = sum(weights[k] * terms[i] for i, k in enumerate(trainer.spec.terms))  # the one place weights apply
         total.backward()
         optimizer.step()
@@ -214,6 +219,29 @@ def evaluate(trainer: Trainer, data: DataFolder, splits=("valid", "test"), class
         results[classifier.column] = result
     model.train(was_training)
     return results
+
+
+@torch.inference_mode()
+def invariance_probe(trainer: Trainer, data: DataFolder, output: str) -> dict | None:
+    """How well a logistic regression tells the modality from the invariant parts that each modality's
+    best checkpoint gives on the validation rows (both modalities pooled; probes.modality_probe), or None
+    when a checkpoint is missing. At most probes.PROBE_ROWS_PER_MODALITY rows, drawn with the run's seed."""
+    paths = [checkpoint_path(output, c.column) for c in trainer.classifiers]
+    if not all(os.path.isfile(path) for path in paths):
+        return None
+    rows = probe_rows(evaluation_rows(data, trainer.classifiers[0], "valid"), trainer.config.seed)
+    parts = []
+    for classifier, path in zip(trainer.classifiers, paths):
+        branch, _ = load_classifier(path, trainer.device)
+        positions = trainer.sources[classifier.modality].positions(rows)
+        batches = []
+        for start in range(0, len(rows), trainer.config.eval_batch_size):
+            x = trainer.sources[classifier.modality].gather(positions[start:start + trainer.config.eval_batch_size])
+            with autocast_context(trainer.device, trainer.precision):
+                batches.append(branch(x).invariant.float())  # (B, 256)
+        parts.append(torch.cat(batches).cpu().numpy())
+    return {"split": "valid", "part": "invariant", "checkpoints": "each modality's best epoch",
+            **modality_probe(parts, trainer.config.seed)}
 
 
 def _resident_budget(device: torch.device) -> int:
@@ -285,7 +313,7 @@ def build_trainer(config: Config, data: DataFolder, device: torch.device) -> Tra
     target = method_target(config, data)
     reads = spec.reads(target)
     shape = ModelShape(tuple(m.sample_shape for m in data.modalities), tuple(m.encoder for m in data.modalities),
-                       data.num_classes)
+                       data.num_classes, config.discriminator)
     teacher = load_classifier(config.teacher)[0] if spec.needs_teacher else None
     model = build_model(config.method, shape, target, teacher).to(device)
     classifiers = [Classifier(FUSED if m is None else data.modalities[m].prefix, m, module)
@@ -296,8 +324,8 @@ def build_trainer(config: Config, data: DataFolder, device: torch.device) -> Tra
     rows = training_rows(spec, data, reads)
     train_positions = {m: sources[m].positions(rows[m]) for m in reads}
     fused = {"fused": True} if device.type == "cuda" else {}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=config.learning_rate, weight_decay=config.weight_decay, **fused)
+    optimizer = torch.optim.Adam(spec.parameter_groups(model, config), lr=config.learning_rate,
+                                 weight_decay=config.weight_decay, **fused)
     generator = torch.Generator().manual_seed(config.seed)
     trainer = Trainer(spec, model, optimizer, reads, sources, train_positions, labels, augmentations, classifiers,
                       shape, config, device, precision, generator)
@@ -575,6 +603,11 @@ def _finish(data: DataFolder, output: str, record: RunRecord, log) -> dict:
     log("")
     log(summary_table(results["final"]))
     log(f"(test metrics at each classifier's best validation epoch; outputs in {output})")
+    probe = results.get("invariance_probe")
+    if probe is not None and probe["modality_accuracy"] is not None:
+        log(f"invariant modality probe on the validation rows: {probe['modality_accuracy']:.3f} ± {probe['std']:.3f} "
+            f"(chance {probe['chance']:.1f}; {probe['rows_per_modality']} rows per modality)")
+        log(f"({INVARIANCE_MEANING})")
     return results
 
 
@@ -670,4 +703,6 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
             if stop() and epoch < config.epochs:
                 raise Interrupted(stop_here("interrupted", (
                     f"interrupted ({stop.signal_name}) after epoch {epoch}; state saved: resume with --resume {output}")))
+    if trainer.spec.invariant_parts:
+        results["invariance_probe"] = invariance_probe(trainer, data, output)
     return _finish(data, output, record, log)
