@@ -39,6 +39,7 @@ from data import SPLITS, DataError, DataFolder, draw_split, load_data_folder, re
 from functions import (Interrupted, TrainingError, build_sources, classification_metrics, command_status, fit,
                        format_duration)
 from methods import FUSED, METHODS
+from probes import INVARIANCE_MEANING
 from outputs import (atomic_write, checkpoint_path, line_buffered_stdout, prepare_output, save_npy, write_json,
                      write_text)
 
@@ -56,6 +57,7 @@ CLASSICAL = {
     "logreg": (lambda c: LogisticRegression(C=c, max_iter=LOGREG_MAX_ITER), (0.01, 0.1, 1.0, 10.0, 100.0)),
 }
 ALL_METHODS = tuple(METHODS) + tuple(CLASSICAL)
+DEFAULT_METHODS = tuple(m for m in METHODS if METHODS[m].compared_by_default) + tuple(CLASSICAL)
 TEACHER = "teacher"  # the run every distillation method reads, trained once per run
 
 
@@ -87,7 +89,7 @@ def _silent(line: str) -> None:
 def train_neural(context: RunContext, method: str, modality: str | None = None, teacher: str | None = None) -> dict:
     """One model of `method` (for `modality` when the method has one per modality) trained by the engine
     into its own folder. Returns {"seconds", "columns": {column: {"best_epoch", "valid", "test"}}, "output",
-    "compiled"}."""
+    "compiled", "invariance_probe" (None for methods without invariant parts)}."""
     name = method if modality is None else f"{method}_{modality}"
     output = os.path.join(context.folder, name)
     config = dataclasses.replace(context.config, method=method, modality=modality, teacher=teacher, output=output,
@@ -98,7 +100,7 @@ def train_neural(context: RunContext, method: str, modality: str | None = None, 
     columns = {c: {"best_epoch": r["best_epoch"], "valid": r["valid"], "test": r["test"],
                    "train_rows": rows.get(c, max(rows.values()))} for c, r in results["final"].items()}
     return {"seconds": time.time() - started, "columns": columns, "output": output,
-            "compiled": results["environment"]["compiled"]}
+            "compiled": results["environment"]["compiled"], "invariance_probe": results.get("invariance_probe")}
 
 
 def paired_rows(data: DataFolder) -> np.ndarray:
@@ -134,7 +136,7 @@ def run_neural_methods(context: RunContext, methods: tuple[str, ...], announce) 
             "status": "done", "columns": {c: r for part in parts for c, r in part["columns"].items()},
             "seconds": sum(p["seconds"] for p in parts) + (teacher["seconds"] if spec.needs_teacher else 0.0),
             "part_seconds": [p["seconds"] for p in parts], "compiled": all(p["compiled"] for p in parts),
-            "outputs": [p["output"] for p in parts]}
+            "outputs": [p["output"] for p in parts], "invariance_probe": parts[0]["invariance_probe"]}
     return entries
 
 
@@ -241,6 +243,9 @@ def aggregate(runs: list[dict], methods) -> dict[str, dict]:
             "includes_teacher_seconds": method in METHODS and METHODS[method].needs_teacher,
             "columns": {column: {metric: _summary([e["columns"][column]["test"][metric] for e in done])
                                  for metric in ("weighted_f1", "accuracy")} for column in done[0]["columns"]}}
+        probes = [e["invariance_probe"]["modality_accuracy"] for e in done if e.get("invariance_probe")]
+        if probes and None not in probes:
+            table[method]["invariance_probe"] = _summary(probes)
     return table
 
 
@@ -260,11 +265,13 @@ def format_table(aggregated: dict, prefixes, runs: int, seeds, split_note: str, 
         means = [a["columns"][prefix]["weighted_f1"]["mean"] for a in aggregated.values()
                  if a["status"] == "done" and prefix in a["columns"]]
         best[prefix] = max(means) if means else None
-    header = ["method"] + [f"{p} test wF1 / acc" for p in prefixes] + ["training time"]
+    probed = any("invariance_probe" in a for a in aggregated.values())
+    header = (["method"] + [f"{p} test wF1 / acc" for p in prefixes] + ["invariant modality probe [i]"] * probed
+              + ["training time"])
     rows, notes = [], []
     for method, a in aggregated.items():
         if a["status"] != "done":
-            rows.append([method] + ["skipped (needs paired rows)"] * len(prefixes) + ["-"])
+            rows.append([method] + ["skipped (needs paired rows)"] * len(prefixes) + ["-"] * probed + ["-"])
             continue
         cells = []
         for prefix in prefixes:
@@ -275,6 +282,8 @@ def format_table(aggregated: dict, prefixes, runs: int, seeds, split_note: str, 
             elif column["weighted_f1"]["mean"] == best[prefix]:
                 text = f"**{text}**" if markdown else f"{text} *"
             cells.append(text)
+        if probed:
+            cells.append(_cell(a["invariance_probe"], plus_minus) if "invariance_probe" in a else "-")
         rows.append([method] + cells + [format_duration(a["seconds"]) + (" [t]" if a["includes_teacher_seconds"] else "")])
     spread = (f"mean {plus_minus} sample standard deviation (ddof=1) over {runs} runs" if runs > STD_DDOF
               else "a single run (no standard deviation)")
@@ -287,11 +296,14 @@ def format_table(aggregated: dict, prefixes, runs: int, seeds, split_note: str, 
                      "a reference, not a candidate for best.")
     if any(a["status"] == "done" and a["includes_teacher_seconds"] for a in aggregated.values()):
         notes.append("[t] Includes the teacher's training time (one teacher per run serves both kd and dkd).")
+    if probed:
+        notes.append(f"[i] On the validation rows, at each modality's best epoch: {INVARIANCE_MEANING}.")
     notes.append("Training time: wall time summed over runs, per-epoch evaluation included.")
     notes += list(extra_notes)
     notes += [f"{method}: {a['note']}" for method, a in aggregated.items() if a["status"] != "done"]
     if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * len(prefixes) + ["---:"]) + "|"]
+        alignment = ["---"] + [":---:"] * (len(prefixes) + probed) + ["---:"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(alignment) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines + [""] + [f"{note}  " for note in notes]) + "\n"
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
@@ -335,7 +347,7 @@ def _check_inputs(config: Config, directory: str, prefixes, runs: int, per_run_s
 
 
 def compare(config: Config, directory: str, first_prefix: str, second_prefix: str, runs: int = 5,
-            methods=ALL_METHODS, resplit: bool = False, verbose: bool = False, log=print) -> dict:
+            methods=DEFAULT_METHODS, resplit: bool = False, verbose: bool = False, log=print) -> dict:
     """Runs every method `runs` times (seeds config.seed + k) and writes comparison.json / .md.
 
     `config` holds the training settings of every neural method (its output: the comparison's folder,
@@ -443,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("first_prefix", metavar="FIRST_PREFIX", help="first modality")
     parser.add_argument("second_prefix", metavar="SECOND_PREFIX", help="second modality")
     parser.add_argument("--runs", type=int, default=1, help="repeated runs, seeds SEED..SEED+RUNS-1 (the paper: 5)")
-    parser.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated methods to compare")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated methods to compare, of {', '.join(ALL_METHODS)}")
     parser.add_argument("--resplit", action="store_true", help="draw a stratified 70/10/20 split per run even when "
                                                                "DIR has split files")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first run")

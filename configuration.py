@@ -14,7 +14,7 @@ import torch
 
 from data import DataError
 from methods import METHODS
-from model_pytorch import LOSS_TERMS
+from model_pytorch import DISCRIMINATORS, GRL_SCHEDULES, LOSS_TERMS
 
 # Exit statuses of every command: bad input (nothing written), training failed (the last good
 # outputs kept), interrupted (state saved for --resume).
@@ -45,6 +45,16 @@ class Config:
     weight_adv: float = _option(1.0, "weight of L_adv, the adversarial modality discriminator")
     weight_perp: float = _option(1.0, "weight of L_perp, the orthogonality term")
     grl_coefficient: float = _option(1.0, "gradient reversal coefficient (lambda)")
+    # Remedies for a fooled discriminator (README, "Is the invariant part invariant?"), all off by default:
+    grl_schedule: str = _option("constant", "reversal coefficient over training: constant (the paper), dann "
+                                            "(lambda * (2/(1+exp(-10 p)) - 1), p the training progress in [0, 1]; "
+                                            "Ganin & Lempitsky 2015) or linear (lambda * min(1, p / --grl-warmup))")
+    grl_warmup: float = _option(0.3, "training fraction over which the linear schedule reaches lambda (0.3: about "
+                                     "where the dann schedule reaches 0.9 lambda)")
+    discriminator: str = _option("linear", "modality discriminator behind the reversal: linear (the paper, "
+                                           "Linear(256, 2)) or mlp (Linear(256, 256), ReLU, Linear(256, 2))")
+    discriminator_lr_scale: float = _option(1.0, "the discriminator's learning rate is --learning-rate times this "
+                                                 "(its own Adam parameter group; 1: one group, as the paper)")
     encoder_first: str = _option("auto", "first modality's encoder: auto (by rank; MNIST prefix -> lenet), "
                                          "resnet18, resnet1d, lenet or mlp")
     encoder_second: str = _option("auto", "second modality's encoder, as --encoder-first")
@@ -111,6 +121,15 @@ def check_config(config: Config) -> None:
         problems.append(f"--weight-decay {config.weight_decay}: a finite number >= 0 is expected")
     if not math.isfinite(config.grl_coefficient):
         problems.append(f"--grl-coefficient {config.grl_coefficient}: a finite number is expected")
+    if config.grl_schedule not in GRL_SCHEDULES:
+        problems.append(f"--grl-schedule {config.grl_schedule}: expected one of {', '.join(GRL_SCHEDULES)}")
+    if not 0 < config.grl_warmup <= 1:  # also false for NaN
+        problems.append(f"--grl-warmup {config.grl_warmup}: a fraction of training in (0, 1] is expected")
+    if config.discriminator not in DISCRIMINATORS:
+        problems.append(f"--discriminator {config.discriminator}: expected one of {', '.join(DISCRIMINATORS)}")
+    if not 0 < config.discriminator_lr_scale < math.inf:
+        problems.append(f"--discriminator-lr-scale {config.discriminator_lr_scale}: a finite positive number is "
+                        "expected")
     if all(weight == 0 for weight in config.loss_weights().values()):
         problems.append("--weight-cl, --weight-aux, --weight-mod, --weight-adv, --weight-perp: all 0, nothing "
                         "would be trained; at least one positive loss weight is expected")

@@ -31,6 +31,7 @@ from data import (AUGMENTATIONS, DataError, DataFolder, Modality, Prefetcher, Ro
 from methods import FUSED, METHODS, MethodSpec, ModelShape, build_model, classifier_description
 from outputs import (RESULTS_FILE, STATE_FILE, atomic_write, checkpoint_path, checkpoint_payload, clear_run_outputs,
                      load_classifier, load_state, prepare_output, remove_temporaries, save_npy, write_json)
+from probes import INVARIANCE_MEANING, modality_probe, probe_rows
 from snapshots import RunWriter
 
 
@@ -85,10 +86,11 @@ class Trainer:
     compile_error: str | None = None  # why compiling failed, when it did (the run went on eager)
     warnings: list = dataclasses.field(default_factory=list)  # settings resolved otherwise than asked
 
-    def loss_terms(self, inputs: dict, labels: dict) -> torch.Tensor:
-        """Forward pass of one step: the method's raw loss terms, stacked in `spec.terms` order."""
+    def loss_terms(self, inputs: dict, labels: dict, progress: torch.Tensor) -> torch.Tensor:
+        """Forward pass of one step: the method's raw loss terms, stacked in `spec.terms` order.
+        `progress`: the training progress in [0, 1), a 0-d tensor (see MethodSpec.losses)."""
         with autocast_context(self.device, self.precision):
-            terms = self.spec.losses(self.model, inputs, labels, self.config)
+            terms = self.spec.losses(self.model, inputs, labels, self.config, progress)
         return torch.stack([terms[k].float() for k in self.spec.terms])
 
     def batch(self, modality: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,11 +153,14 @@ def train_one_epoch(trainer: Trainer, epoch: int, progress: EpochProgress | None
         return [trainer.batch(m, p[start:end]) for m, p in zip(reads, positions)]
 
     streamed = not all(trainer.sources[m].resident for m in reads)
+    # a tensor updated in place, so that a compiled step reads each new value without a new trace
+    training_progress = torch.zeros((), device=trainer.device)
     for batch in Prefetcher(fetch, len(bounds) - first_step, enabled=streamed):
         # augmentation draws random numbers, so it runs here, in order, never in the prefetch thread
         inputs = {m: augment(x, trainer.augmentations[m]) for m, (x, _) in zip(reads, batch)}
         labels = {m: y for m, (_, y) in zip(reads, batch)}
-        terms, total = forward_backward(trainer, inputs, labels, weights)
+        training_progress.fill_((epoch - 1 + progress.step / len(bounds)) / trainer.config.epochs)
+        terms, total = forward_backward(trainer, inputs, labels, weights, training_progress)
         optimizer.step()
         progress.sums += torch.cat([terms.detach(), total.detach().view(1)])
         progress.step += 1
@@ -169,7 +174,8 @@ def train_one_epoch(trainer: Trainer, epoch: int, progress: EpochProgress | None
     return dict(zip(trainer.spec.terms + ("total", "finite_weights"), values))
 
 
-def forward_backward(trainer: Trainer, inputs: dict, labels: dict, weights: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_backward(trainer: Trainer, inputs: dict, labels: dict, weights: dict,
+                     training_progress: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One step up to the optimizer: zeroes the gradients, computes the raw loss terms (compiled when
     compiling) and their weighted total, and back-propagates. Returns (terms, total).
 
@@ -179,10 +185,11 @@ def forward_backward(trainer: Trainer, inputs: dict, labels: dict, weights: dict
     warning and the reason recorded (`compile_error`); the results are those of --compile no.
     """
     if trainer.compiled_terms is None or not trainer.compile_trial:
-        return _forward_backward(trainer, trainer.compiled_terms or trainer.loss_terms, inputs, labels, weights)
+        return _forward_backward(trainer, trainer.compiled_terms or trainer.loss_terms, inputs, labels, weights,
+                                 training_progress)
     saved = _step_state(trainer)
     try:
-        return _forward_backward(trainer, trainer.compiled_terms, inputs, labels, weights)
+        return _forward_backward(trainer, trainer.compiled_terms, inputs, labels, weights, training_progress)
     except torch.cuda.OutOfMemoryError:
         raise
     except Exception as error:  # noqa: BLE001 (dynamo, inductor, triton and CUDA graph errors share no base class)
@@ -191,12 +198,13 @@ def forward_backward(trainer: Trainer, inputs: dict, labels: dict, weights: dict
         trainer.compiled_terms, trainer.compile_error = None, reason
         print(f"warning: torch.compile failed ({reason}); training goes on eager, as with --compile no",
               file=sys.stderr)
-        return _forward_backward(trainer, trainer.loss_terms, inputs, labels, weights)
+        return _forward_backward(trainer, trainer.loss_terms, inputs, labels, weights, training_progress)
 
 
-def _forward_backward(trainer: Trainer, loss_terms, inputs: dict, labels: dict, weights: dict):
+def _forward_backward(trainer: Trainer, loss_terms, inputs: dict, labels: dict, weights: dict,
+                      training_progress: torch.Tensor):
     trainer.optimizer.zero_grad(set_to_none=True)
-    terms = loss_terms(inputs, labels)
+    terms = loss_terms(inputs, labels, training_progress)
     total = sum(weights[k] * terms[i] for i, k in enumerate(trainer.spec.terms))  # the one place weights apply
     total.backward()
     return terms, total
@@ -268,6 +276,29 @@ def evaluate(trainer: Trainer, data: DataFolder, splits=("valid", "test"), class
     return results
 
 
+@torch.inference_mode()
+def invariance_probe(trainer: Trainer, data: DataFolder, output: str) -> dict | None:
+    """How well a logistic regression tells the modality from the invariant parts that each modality's
+    best checkpoint gives on the validation rows (both modalities pooled; probes.modality_probe), or None
+    when a checkpoint is missing. At most probes.PROBE_ROWS_PER_MODALITY rows, drawn with the run's seed."""
+    paths = [checkpoint_path(output, c.column) for c in trainer.classifiers]
+    if not all(os.path.isfile(path) for path in paths):
+        return None
+    rows = probe_rows(evaluation_rows(data, trainer.classifiers[0], "valid"), trainer.config.seed)
+    parts = []
+    for classifier, path in zip(trainer.classifiers, paths):
+        branch, _ = load_classifier(path, trainer.device)
+        positions = trainer.sources[classifier.modality].positions(rows)
+        batches = []
+        for start in range(0, len(rows), trainer.config.eval_batch_size):
+            x = trainer.sources[classifier.modality].gather(positions[start:start + trainer.config.eval_batch_size])
+            with autocast_context(trainer.device, trainer.precision):
+                batches.append(branch(x).invariant.float())  # (B, 256)
+        parts.append(torch.cat(batches).cpu().numpy())
+    return {"split": "valid", "part": "invariant", "checkpoints": "each modality's best epoch",
+            **modality_probe(parts, trainer.config.seed)}
+
+
 def _resident_budget(device: torch.device) -> int:
     """Bytes of data allowed to live on the device: half the free GPU memory (the rest is for the
     model and activations), or a quarter of the free host memory on the CPU."""
@@ -337,7 +368,7 @@ def build_trainer(config: Config, data: DataFolder, device: torch.device) -> Tra
     target = method_target(config, data)
     reads = spec.reads(target)
     shape = ModelShape(tuple(m.sample_shape for m in data.modalities), tuple(m.encoder for m in data.modalities),
-                       data.num_classes)
+                       data.num_classes, config.discriminator)
     teacher = load_classifier(config.teacher)[0] if spec.needs_teacher else None
     model = build_model(config.method, shape, target, teacher).to(device)
     classifiers = [Classifier(FUSED if m is None else data.modalities[m].prefix, m, module)
@@ -351,8 +382,8 @@ def build_trainer(config: Config, data: DataFolder, device: torch.device) -> Tra
     rows = training_rows(spec, data, reads)
     train_positions = {m: sources[m].positions(rows[m]) for m in reads}
     fused = {"fused": True} if device.type == "cuda" else {}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=config.learning_rate, weight_decay=config.weight_decay, **fused)
+    optimizer = torch.optim.Adam(spec.parameter_groups(model, config), lr=config.learning_rate,
+                                 weight_decay=config.weight_decay, **fused)
     generator = torch.Generator().manual_seed(config.seed)
     trainer = Trainer(spec, model, optimizer, reads, sources, train_positions, labels, augmentations, classifiers,
                       shape, config, device, precision, generator, warnings=warnings)
@@ -644,11 +675,14 @@ def _epoch_line(config: Config, epoch: int, losses: dict, metrics: dict, improve
             f"[{loss_text}]  valid wF1 {valid}")
 
 
-def _finish(data: DataFolder, output: str, record: RunRecord, log, writer: RunWriter) -> dict:
-    """Writes the best epochs' test predictions and the final results; removes the resumable state
-    once the write in flight (the last epoch's) is done."""
+def _finish(trainer: Trainer, data: DataFolder, output: str, record: RunRecord, log, writer: RunWriter) -> dict:
+    """Writes the best epochs' test predictions and the final results (with the invariance probe of
+    methods that have invariant parts); removes the resumable state once the write in flight (the
+    last epoch's) is done."""
     writer.close()
     results = record.results
+    if trainer.spec.invariant_parts:  # read from the best checkpoints: written now
+        results["invariance_probe"] = invariance_probe(trainer, data, output)
     results["background_writes"] = writer.timings
     for column, predictions in record.test_predictions.items():
         user_labels = data.classes[predictions]
@@ -664,6 +698,11 @@ def _finish(data: DataFolder, output: str, record: RunRecord, log, writer: RunWr
     log("")
     log(summary_table(results["final"]))
     log(f"(test metrics at each classifier's best validation epoch; outputs in {output})")
+    probe = results.get("invariance_probe")
+    if probe is not None and probe["modality_accuracy"] is not None:
+        log(f"invariant modality probe on the validation rows: {probe['modality_accuracy']:.3f} ± {probe['std']:.3f} "
+            f"(chance {probe['chance']:.1f}; {probe['rows_per_modality']} rows per modality)")
+        log(f"({INVARIANCE_MEANING})")
     return results
 
 
@@ -778,4 +817,4 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
             if stop() and epoch < config.epochs:
                 raise Interrupted(stop_here("interrupted", (
                     f"interrupted ({stop.signal_name}) after epoch {epoch}; state saved: resume with --resume {output}")))
-    return _finish(data, output, record, log, writer)
+    return _finish(trainer, data, output, record, log, writer)

@@ -20,17 +20,11 @@ import json
 import math
 import os
 import sys
-import warnings
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from sklearn.manifold import TSNE
 from sklearn.metrics import confusion_matrix
-from sklearn.model_selection import StratifiedKFold, cross_val_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from configuration import DEVICE_HELP, Config, checkpoint_precision, resolve_device
 from data import DataError, DataFolder, input_batches, load_data_folder
@@ -38,11 +32,11 @@ from functions import autocast_context, classification_metrics, command_status, 
 from model_pytorch import LOSS_TERMS
 from outputs import (RESULTS_FILE, atomic_write, checkpoint_path, folder_problem, line_buffered_stdout, load_classifier,
                      write_json)
+from probes import PROBE_FOLDS, probe_accuracy
 
 PARTS = ("invariant", "informative", "irrelevant")
 PROBES_FILE = "probes.json"
 FIGURES_FOLDER = "figures"
-PROBE_FOLDS = 5
 TSNE_ROWS = 1000  # rows per modality in the t-SNE figure: enough to see clusters, seconds to compute
 MISSING_MATPLOTLIB = "matplotlib is not installed, figures skipped: pip install matplotlib to draw them"
 
@@ -115,24 +109,6 @@ def feature_parts(run_folder: str, data: DataFolder, split: str = "test", device
 
 
 # ----------------------------------------------------------------------------- probes
-def probe_accuracy(features: np.ndarray, targets: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """Cross-validated accuracy of a standardised logistic regression predicting `targets` from `features`.
-
-    Stratified 5-fold (fewer when the smallest class has fewer than 5 rows), shuffled with `seed`.
-    Args: features (n, d), targets (n,) integer classes. Returns (mean, std) over the folds, or
-    (nan, nan) when a class has a single row (no stratified split exists).
-    """
-    folds = min(PROBE_FOLDS, int(np.unique(targets, return_counts=True)[1].min()))
-    if folds < 2:
-        return math.nan, math.nan
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    with warnings.catch_warnings():
-        # a fold that does not fully converge still gives an accuracy; a probe need not be optimal
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        scores = cross_val_score(model, features, targets, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
-    return float(scores.mean()), float(scores.std())
-
-
 def disentanglement_probes(features: dict[str, dict[str, np.ndarray]], seed: int = 0) -> dict:
     """Modality and class probes for each feature part (see `probe_accuracy`).
 

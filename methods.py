@@ -19,18 +19,20 @@ from torch import nn
 
 from baselines import (DKD_ALPHA, DKD_BETA, DKD_WARMUP_EPOCHS, MultiModalTeacher, SingleModalityClassifier, dkd_losses,
                        kd_loss)
-from model_pytorch import LOSS_TERMS, DisCoMKD, ModalityBranch, discomkd_losses
+from model_pytorch import LOSS_TERMS, DisCoMKD, ModalityBranch, discomkd_losses, grl_coefficient_at
 
 FUSED = "fused"  # the column of a classifier that reads both modalities (the teacher)
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What every model is built from: the per-sample shape and encoder of each modality, K classes."""
+    """What every model is built from: the per-sample shape and encoder of each modality, K classes,
+    and DisCoM-KD's modality discriminator kind (a key of model_pytorch.DISCRIMINATORS)."""
 
     input_shapes: tuple[tuple[int, ...], tuple[int, ...]]
     encoders: tuple[str, str]
     num_classes: int
+    discriminator: str = "linear"
 
 
 class DistilledStudent(nn.Module):
@@ -59,8 +61,10 @@ class MethodSpec:
         description: one line for tables and --help.
         terms: names of the loss terms `losses` returns, in order.
         build: (shape, target modality or None, teacher or None) -> the model to train.
-        losses: (model, inputs {modality: (B, ...)}, labels {modality: (B,)}, config) -> {term: scalar},
-            unweighted; run under autocast by the engine.
+        losses: (model, inputs {modality: (B, ...)}, labels {modality: (B,)}, config, progress) -> {term:
+            scalar}, unweighted; run under autocast by the engine. `progress` is the training progress at
+            this step, a 0-d float32 tensor on the device in [0, 1) (a tensor, so that a compiled step
+            reads a new value without being traced again); None outside the engine.
         weights: (config, epoch 1-based) -> {term: weight}; the engine applies them, in one place.
         classifiers: (model, target) -> ((modality it classifies or None for fused, module), ...); each
             module's forward reads the inputs of that modality (both for fused) and returns `.logits`.
@@ -69,6 +73,10 @@ class MethodSpec:
         paired: the two modalities of a step are the same rows (needs rows in both training sets).
         needs_teacher: the model is built around a trained teacher (config.teacher, a checkpoint).
         overrides: config fields this method sets (e.g. the published modality targets).
+        parameter_groups: (model, config) -> Adam parameter groups (dicts with "params" and maybe "lr").
+        invariant_parts: its classifiers are `ModalityBranch`es with an invariant part, so the engine
+            probes that part for the modality at the end of a run (probes.py).
+        compared_by_default: compare.py runs it when --methods is not given.
     """
 
     description: str
@@ -82,6 +90,9 @@ class MethodSpec:
     paired: bool = False
     needs_teacher: bool = False
     overrides: dict = field(default_factory=dict)
+    parameter_groups: Callable = lambda model, config: [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    invariant_parts: bool = False
+    compared_by_default: bool = True
 
     def reads(self, target: int | None) -> tuple[int, ...]:
         """The modalities a training step of this method reads."""
@@ -90,11 +101,12 @@ class MethodSpec:
 
 # ----------------------------------------------------------------------------- DisCoM-KD
 def _discomkd_build(shape: ModelShape, target, teacher) -> DisCoMKD:
-    return DisCoMKD(shape.input_shapes, shape.num_classes, shape.encoders)
+    return DisCoMKD(shape.input_shapes, shape.num_classes, shape.encoders, shape.discriminator)
 
 
-def _discomkd_losses(model: DisCoMKD, inputs, labels, config) -> dict[str, torch.Tensor]:
-    first, second = model(inputs[0], inputs[1], config.grl_coefficient)
+def _discomkd_losses(model: DisCoMKD, inputs, labels, config, progress=None) -> dict[str, torch.Tensor]:
+    coefficient = grl_coefficient_at(config.grl_schedule, config.grl_coefficient, progress, config.grl_warmup)
+    first, second = model(inputs[0], inputs[1], coefficient)
     return discomkd_losses(first, second, labels[0], labels[1], config.legacy_modality_targets)
 
 
@@ -106,9 +118,27 @@ def _discomkd_classifiers(model: DisCoMKD, target) -> tuple:
     return ((0, model.branches[0]), (1, model.branches[1]))
 
 
-def _discomkd(description: str, **overrides) -> MethodSpec:
+def _discomkd_parameter_groups(model: DisCoMKD, config) -> list[dict]:
+    """One group, as the paper; with --discriminator-lr-scale k != 1 the discriminator gets its own
+    group at k times the learning rate (a faster discriminator with the one optimizer step per batch,
+    rather than k discriminator steps per encoder step, which would need a second optimizer)."""
+    if config.discriminator_lr_scale == 1:
+        return [{"params": list(model.parameters())}]
+    discriminator = {id(p) for p in model.discriminator.parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) not in discriminator]},
+            {"params": list(model.discriminator.parameters()),
+             "lr": config.learning_rate * config.discriminator_lr_scale}]
+
+
+def _discomkd(description: str, compared_by_default: bool = True, **overrides) -> MethodSpec:
     return MethodSpec(description, LOSS_TERMS, _discomkd_build, _discomkd_losses, _discomkd_weights,
-                      _discomkd_classifiers, overrides=overrides)
+                      _discomkd_classifiers, overrides=overrides, parameter_groups=_discomkd_parameter_groups,
+                      invariant_parts=True, compared_by_default=compared_by_default)
+
+
+# The discriminator's learning rate in the fast-discriminator variants: 10x, the usual order of
+# magnitude for a critic that must keep up with the encoders (one optimizer step per batch).
+FAST_DISCRIMINATOR_LR_SCALE = 10.0
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -116,7 +146,7 @@ def _mono_build(shape: ModelShape, target: int, teacher) -> SingleModalityClassi
     return SingleModalityClassifier(shape.input_shapes[target], shape.num_classes, shape.encoders[target])
 
 
-def _mono_losses(model: SingleModalityClassifier, inputs, labels, config) -> dict[str, torch.Tensor]:
+def _mono_losses(model: SingleModalityClassifier, inputs, labels, config, progress=None) -> dict[str, torch.Tensor]:
     (modality, x), = inputs.items()
     return {"ce": F.cross_entropy(model(x).logits.float(), labels[modality])}
 
@@ -125,7 +155,7 @@ def _teacher_build(shape: ModelShape, target, teacher) -> MultiModalTeacher:
     return MultiModalTeacher(shape.input_shapes, shape.num_classes, shape.encoders)
 
 
-def _teacher_losses(model: MultiModalTeacher, inputs, labels, config) -> dict[str, torch.Tensor]:
+def _teacher_losses(model: MultiModalTeacher, inputs, labels, config, progress=None) -> dict[str, torch.Tensor]:
     return {"ce": F.cross_entropy(model(inputs[0], inputs[1]).logits.float(), labels[0])}
 
 
@@ -143,12 +173,12 @@ def _distillation_inputs(model: DistilledStudent, inputs, labels):
     return model.student(inputs[target]).logits, teacher_logits, labels[target]
 
 
-def _kd_losses(model: DistilledStudent, inputs, labels, config) -> dict[str, torch.Tensor]:
+def _kd_losses(model: DistilledStudent, inputs, labels, config, progress=None) -> dict[str, torch.Tensor]:
     student, teacher, y = _distillation_inputs(model, inputs, labels)
     return {"ce": F.cross_entropy(student.float(), y), "kd": kd_loss(student, teacher)}
 
 
-def _dkd_losses(model: DistilledStudent, inputs, labels, config) -> dict[str, torch.Tensor]:
+def _dkd_losses(model: DistilledStudent, inputs, labels, config, progress=None) -> dict[str, torch.Tensor]:
     student, teacher, y = _distillation_inputs(model, inputs, labels)
     return {"ce": F.cross_entropy(student.float(), y), **dkd_losses(student, teacher, y)}
 
@@ -180,6 +210,15 @@ METHODS: dict[str, MethodSpec] = {  # in the order the comparison lists them
     "discomkd": _discomkd("DisCoM-KD: both single-modality classifiers trained at once"),
     "discomkd-legacy": _discomkd("DisCoM-KD with the published code's modality targets",
                                  legacy_modality_targets=True),
+    # the remedies for a fooled discriminator, alone and together (README: "Is the invariant part
+    # invariant?"): methods of their own so that one comparison trains them on the same splits
+    "discomkd-dann": _discomkd("DisCoM-KD, DANN schedule of the reversal coefficient", False, grl_schedule="dann"),
+    "discomkd-mlp-disc": _discomkd("DisCoM-KD, one-hidden-layer discriminator", False, discriminator="mlp"),
+    "discomkd-fast-disc": _discomkd("DisCoM-KD, discriminator learning rate x10", False,
+                                    discriminator_lr_scale=FAST_DISCRIMINATOR_LR_SCALE),
+    "discomkd-remedies": _discomkd("DisCoM-KD, DANN schedule + one-hidden-layer discriminator + its learning rate x10",
+                                   False, grl_schedule="dann", discriminator="mlp",
+                                   discriminator_lr_scale=FAST_DISCRIMINATOR_LR_SCALE),
 }
 
 

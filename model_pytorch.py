@@ -28,10 +28,14 @@ SECOND_MODALITY_LABEL = 0
 
 # ----------------------------------------------------------------------------- gradient reversal
 class GradientReverseFunction(torch.autograd.Function):
-    """Identity forward; multiplies the incoming gradient by -coefficient backward (Ganin et al.)."""
+    """Identity forward; multiplies the incoming gradient by -coefficient backward (Ganin et al.).
+
+    The coefficient is a Python number or a 0-d tensor; a tensor can change from step to step
+    (a schedule) without a compiled step being traced again.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, coefficient: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, coefficient: float | torch.Tensor) -> torch.Tensor:
         ctx.coefficient = coefficient
         return x.view_as(x)
 
@@ -40,8 +44,39 @@ class GradientReverseFunction(torch.autograd.Function):
         return grad_output.neg() * ctx.coefficient, None
 
 
-def gradient_reverse(x: torch.Tensor, coefficient: float = 1.0) -> torch.Tensor:
+def gradient_reverse(x: torch.Tensor, coefficient: float | torch.Tensor = 1.0) -> torch.Tensor:
     return GradientReverseFunction.apply(x, coefficient)
+
+
+def _dann_schedule(coefficient: float, progress: torch.Tensor, warmup: float) -> torch.Tensor:
+    # Ganin & Lempitsky 2015, sec. 5.2: gamma = 10, chosen there and kept by every DANN code since
+    return coefficient * (2 / (1 + torch.exp(-10 * progress)) - 1)
+
+
+def _linear_schedule(coefficient: float, progress: torch.Tensor, warmup: float) -> torch.Tensor:
+    return coefficient * torch.clamp(progress / warmup, max=1.0)
+
+
+# The reversal coefficient over training, from the training progress p in [0, 1] (a 0-d tensor):
+# constant (the paper), DANN's 2 / (1 + exp(-10 p)) - 1 ramp, or a linear warm-up over the first
+# `warmup` fraction of training. `constant` returns the Python number itself, so the paper's
+# setting runs exactly the arithmetic it always ran.
+GRL_SCHEDULES = {
+    "constant": lambda coefficient, progress, warmup: coefficient,
+    "dann": _dann_schedule,
+    "linear": _linear_schedule,
+}
+
+
+def grl_coefficient_at(schedule: str, coefficient: float, progress: torch.Tensor | None,
+                       warmup: float = 1.0) -> float | torch.Tensor:
+    """The reversal coefficient of `schedule` at training progress `progress` (0-d tensor in [0, 1]).
+
+    Returns `coefficient` for `constant`, else a 0-d tensor on progress's device.
+    """
+    assert schedule in GRL_SCHEDULES, f"unknown schedule {schedule!r}, expected one of {tuple(GRL_SCHEDULES)}"
+    assert schedule == "constant" or progress is not None, f"the {schedule} schedule needs the training progress"
+    return GRL_SCHEDULES[schedule](coefficient, progress, warmup)
 
 
 # ----------------------------------------------------------------------------- encoders
@@ -238,6 +273,14 @@ class BranchOutput(NamedTuple):
     discriminator: torch.Tensor  # (B, 2) modality discriminator on gradient-reversed invariant part
 
 
+# The modality discriminator behind the reversal layer: the paper's linear one, or one hidden layer
+# (a linear discriminator can be fooled while the two modalities stay separable by a curve).
+DISCRIMINATORS = {
+    "linear": lambda: nn.Linear(PART_DIM, 2),
+    "mlp": lambda: nn.Sequential(nn.Linear(PART_DIM, PART_DIM), nn.ReLU(), nn.Linear(PART_DIM, 2)),
+}
+
+
 class DisCoMKD(nn.Module):
     """Two modality branches plus the heads shared by both modalities during training.
 
@@ -245,18 +288,23 @@ class DisCoMKD(nn.Module):
         input_shapes: per-sample shape of the first and second modality, e.g. (13, 64, 64), (2, 64, 64).
         num_classes: number of task classes K.
         encoders: encoder kind of each modality, keys of `ENCODERS`.
+        discriminator: kind of the modality discriminator, a key of `DISCRIMINATORS`.
     """
 
-    def __init__(self, input_shapes, num_classes: int, encoders=("resnet18", "resnet18")):
+    def __init__(self, input_shapes, num_classes: int, encoders=("resnet18", "resnet18"),
+                 discriminator: str = "linear"):
         super().__init__()
         self.branches = nn.ModuleList(
             [ModalityBranch(shape, num_classes, kind) for shape, kind in zip(input_shapes, encoders)])
         self.aux_classifier = nn.Linear(PART_DIM, num_classes)
         self.informative_modality_classifier = nn.Linear(PART_DIM, 2)
         self.irrelevant_modality_classifier = nn.Linear(PART_DIM, 2)
-        self.discriminator = nn.Linear(PART_DIM, 2)
+        assert discriminator in DISCRIMINATORS, \
+            f"unknown discriminator {discriminator!r}, expected one of {tuple(DISCRIMINATORS)}"
+        self.discriminator = DISCRIMINATORS[discriminator]()
 
-    def branch_output(self, x: torch.Tensor, modality: int, grl_coefficient: float = 1.0) -> BranchOutput:
+    def branch_output(self, x: torch.Tensor, modality: int,
+                      grl_coefficient: float | torch.Tensor = 1.0) -> BranchOutput:
         features = self.branches[modality](x)
         return BranchOutput(
             *features,
@@ -267,7 +315,7 @@ class DisCoMKD(nn.Module):
             discriminator=self.discriminator(gradient_reverse(features.invariant, grl_coefficient)))
 
     def forward(self, x_first: torch.Tensor, x_second: torch.Tensor,
-                grl_coefficient: float = 1.0) -> tuple[BranchOutput, BranchOutput]:
+                grl_coefficient: float | torch.Tensor = 1.0) -> tuple[BranchOutput, BranchOutput]:
         return (self.branch_output(x_first, 0, grl_coefficient),
                 self.branch_output(x_second, 1, grl_coefficient))
 
