@@ -34,7 +34,8 @@ import torch
 
 from configuration import Config, check_config, plain_path, resolve_device, seed_everything
 from data import DataError, array_path, default_encoder, load_data_folder, stratified_split
-from functions import build_trainer, evaluate, run, start_epoch, train_one_epoch
+from engine import build_trainer, evaluate, start_epoch, train_one_epoch
+from functions import run
 from model_pytorch import ENCODERS
 from outputs import folder_problem, line_buffered_stdout
 

@@ -36,12 +36,12 @@ from sklearn.svm import SVC
 
 from configuration import MAX_SEED, Config, add_config_arguments, check_config, resolve_device, resolve_precision
 from data import SPLITS, DataError, DataFolder, draw_split, load_data_folder, read_labels, split_file_name
-from functions import (Interrupted, TrainingError, build_sources, classification_metrics, command_status, fit,
-                       format_duration)
+from engine import build_sources, classification_metrics
+from functions import Interrupted, TrainingError, command_status, fit, format_duration
 from methods import FUSED, METHODS
-from probes import INVARIANCE_MEANING
 from outputs import (atomic_write, checkpoint_path, line_buffered_stdout, prepare_output, save_npy, write_json,
                      write_text)
+from probes import INVARIANCE_MEANING
 
 RESULTS_FILE, TABLE_FILE = "comparison.json", "comparison.md"
 SPLIT_FOLDER = "split"

@@ -28,7 +28,8 @@ from sklearn.metrics import confusion_matrix
 
 from configuration import DEVICE_HELP, Config, checkpoint_precision, resolve_device
 from data import DataError, DataFolder, input_batches, load_data_folder
-from functions import autocast_context, classification_metrics, command_status, data_fingerprint
+from engine import autocast_context, classification_metrics
+from functions import command_status, data_fingerprint
 from model_pytorch import LOSS_TERMS
 from outputs import (RESULTS_FILE, atomic_write, checkpoint_path, folder_problem, line_buffered_stdout, load_classifier,
                      write_json)

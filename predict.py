@@ -28,7 +28,8 @@ from sklearn.metrics import confusion_matrix
 
 from configuration import DEVICE_HELP, Config, checkpoint_precision, resolve_device
 from data import DataError, as_int64, file_problem, input_batches, is_integer_dtype, is_numeric_dtype, load_npy
-from functions import autocast_context, classification_metrics, command_status
+from engine import autocast_context, classification_metrics
+from functions import command_status
 from image_folders import SAMPLE_EXTENSIONS, raw_input_files, read_raw_samples
 from outputs import atomic_write, folder_problem, line_buffered_stdout, load_classifier, save_npy
 

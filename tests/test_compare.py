@@ -20,7 +20,7 @@ import compare
 import make_splits
 from configuration import Config
 from data import load_data_folder
-from functions import build_trainer, train_one_epoch
+from engine import build_trainer, train_one_epoch
 from methods import FUSED
 from outputs import checkpoint_path
 

@@ -9,7 +9,8 @@ import torch
 
 from configuration import Config, seed_everything
 from data import array_path, load_data_folder
-from functions import StepProgress, TrainingError, build_trainer, fit, run, train_one_epoch
+from engine import build_trainer, train_one_epoch
+from functions import StepProgress, TrainingError, fit, run
 from methods import FUSED, METHODS
 from outputs import STATE_FILE, checkpoint_path, load_classifier, load_state
 from predict import predict_array

@@ -21,7 +21,8 @@ import outputs
 import predict
 from configuration import MAX_SEED, Config, check_config
 from data import DataError, RowSource, array_path, load_data_folder, load_npy
-from functions import Interrupted, build_sources, resume, run
+from engine import build_sources
+from functions import Interrupted, resume, run
 from toy import PREFIXES, ROOT, folder_snapshot, quiet, read_results, write_toy_folder
 
 ROWS = 30

@@ -6,7 +6,7 @@ from toy import write_toy_folder
 
 from configuration import Config, seed_everything
 from data import load_data_folder
-from functions import build_trainer, train_one_epoch
+from engine import build_trainer, train_one_epoch
 from model_pytorch import LOSS_TERMS, BranchOutput, discomkd_losses
 
 # Two rows of the first modality, one of the second, three classes, 2-d feature parts (the losses

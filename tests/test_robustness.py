@@ -16,7 +16,7 @@ import torch
 from numpy.lib.format import open_memmap
 from toy import CLI_OPTIONS, PREFIXES, ROOT, one_error_line, quiet, read_results, toy_arrays, write_toy_folder
 
-import functions
+import engine
 import outputs
 from configuration import Config
 from data import DataError, array_path, stratified_split
@@ -153,7 +153,7 @@ STEPS_PER_EPOCH = 4
 def nan_in_epoch_2(monkeypatch):
     """Puts one NaN into the first modality's batch at the second step of epoch 2."""
     calls = [0]
-    augment = functions.augment
+    augment = engine.augment
     poisoned = 2 * (STEPS_PER_EPOCH + 1)  # augment runs twice per step, first modality first
 
     def poisoning(x, mode, generator=None):
@@ -164,7 +164,7 @@ def nan_in_epoch_2(monkeypatch):
             x[0].view(-1)[5] = float("nan")
         return x
 
-    monkeypatch.setattr(functions, "augment", poisoning)
+    monkeypatch.setattr(engine, "augment", poisoning)
     return calls
 
 

@@ -1,0 +1,384 @@
+"""The training engine's parts: a method's model and data on the device (`build_trainer`), one
+epoch of training (`train_one_epoch`: batches, augmentation, the possibly compiled step, loss sums
+read once per epoch), and evaluation (`evaluate`, `predict`, and the end-of-run invariance probe of
+the best checkpoints). `functions.fit` runs them, epoch by epoch, for every method of
+`methods.METHODS`. This module knows no command line.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+from configuration import Config, resolve_precision
+from data import AUGMENTATIONS, DataError, DataFolder, Modality, Prefetcher, RowSource, augment, default_augmentation, \
+    epoch_positions
+from methods import FUSED, METHODS, MethodSpec, ModelShape, build_model
+from outputs import checkpoint_path, load_classifier
+from probes import modality_probe, probe_rows
+
+
+# ----------------------------------------------------------------------------- training
+def classification_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    return {
+        "weighted_f1": float(f1_score(labels, predictions, average="weighted", zero_division=0)),
+        "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0)),
+        "accuracy": float(accuracy_score(labels, predictions)),
+    }
+
+
+def autocast_context(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class Classifier:
+    """One classifier a method yields: selected on validation, checkpointed as best_<column>.pt."""
+
+    column: str  # the modality's prefix, or FUSED for a classifier reading both
+    modality: int | None  # the modality it classifies alone; None: it reads both
+    module: torch.nn.Module  # forward(*inputs) -> .logits (B, K)
+
+    @property
+    def reads(self) -> tuple[int, ...]:
+        return (0, 1) if self.modality is None else (self.modality,)
+
+
+@dataclass
+class Trainer:
+    """The training state of a run: the method, its model and optimizer, the data sources, the settings."""
+
+    spec: MethodSpec
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    reads: tuple[int, ...]  # the modalities a training step reads
+    sources: dict[int, RowSource]  # every modality the run reads or evaluates
+    train_positions: dict[int, torch.Tensor]  # per modality read, its training rows' positions in its source
+    labels: dict[int, torch.Tensor]  # per source, the label of each stored row (index device)
+    augmentations: dict[int, str]
+    classifiers: list[Classifier]
+    shape: ModelShape
+    config: Config
+    device: torch.device
+    precision: str
+    generator: torch.Generator  # CPU generator for the epoch shuffles
+    compiled_terms: object = None  # `loss_terms` through torch.compile, when compiling
+    compile_trial: bool = True  # the compiled step is guarded (see forward_backward) until an epoch ends
+    compile_error: str | None = None  # why compiling failed, when it did (the run went on eager)
+    warnings: list = dataclasses.field(default_factory=list)  # settings resolved otherwise than asked
+
+    def loss_terms(self, inputs: dict, labels: dict, progress: torch.Tensor) -> torch.Tensor:
+        """Forward pass of one step: the method's raw loss terms, stacked in `spec.terms` order.
+        `progress`: the training progress in [0, 1), a 0-d tensor (see MethodSpec.losses)."""
+        with autocast_context(self.device, self.precision):
+            terms = self.spec.losses(self.model, inputs, labels, self.config, progress)
+        return torch.stack([terms[k].float() for k in self.spec.terms])
+
+    def batch(self, modality: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gathers a batch of training rows (no randomness, so it may run in the prefetch thread)."""
+        source = self.sources[modality]
+        stored = self.train_positions[modality][positions]
+        return source.gather(stored), self.labels[modality][stored].to(self.device, non_blocking=True)
+
+    def finite_weights(self) -> torch.Tensor:
+        """A 0-d bool tensor on the device: every floating weight and buffer is finite (no sync)."""
+        checks = [torch.isfinite(t).all() for t in self.model.state_dict().values() if t.is_floating_point()]
+        return torch.stack(checks).all()
+
+
+@dataclass
+class EpochProgress:
+    """Where an epoch stands: its shuffles, the next step to run, and the loss sums so far (on the
+    device). Saved in the resumable state, so an interrupted epoch resumes at its next step."""
+
+    bounds: list[tuple[int, int]]
+    positions: list[torch.Tensor]  # per modality read, (n,) positions into its training rows
+    step: int
+    sums: torch.Tensor  # (len(terms) + 1,) raw terms then the weighted total
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= len(self.bounds)
+
+
+def start_epoch(trainer: Trainer) -> EpochProgress:
+    """The epoch's shuffles: one per modality read, or one shared when the method reads paired rows."""
+    shared = trainer.spec.paired or len(trainer.reads) == 1
+    sizes = (len(trainer.train_positions[trainer.reads[0]]),) if shared else \
+        tuple(len(trainer.train_positions[m]) for m in trainer.reads)
+    bounds, positions = epoch_positions(sizes, trainer.config.batch_size, trainer.generator)
+    if shared:
+        positions = positions * len(trainer.reads)
+    # one copy per epoch: a pageable host-to-device copy per step would synchronise every step
+    positions = [p.to(trainer.sources[m].index_device) for p, m in zip(positions, trainer.reads)]
+    return EpochProgress(bounds, positions, 0, torch.zeros(len(trainer.spec.terms) + 1, device=trainer.device))
+
+
+def train_one_epoch(trainer: Trainer, epoch: int, progress: EpochProgress | None = None,
+                    should_stop=None, on_step=None) -> dict[str, float] | None:
+    """Trains epoch `epoch` (1-based) over the training rows once, from `progress.step` on.
+
+    Returns the epoch's mean raw loss terms, the weighted total and `finite_weights` (1.0 or 0.0),
+    read from the device once, at the end; or None when `should_stop()` turned true, after finishing
+    the step in flight (`progress` then says where to resume). `on_step(step, steps)`, if given, is
+    called after each step (it must not read the device).
+    """
+    model, optimizer, reads = trainer.model, trainer.optimizer, trainer.reads
+    model.train()
+    progress = progress or start_epoch(trainer)
+    bounds, positions, first_step = progress.bounds, progress.positions, progress.step
+    weights = trainer.spec.weights(trainer.config, epoch)
+
+    def fetch(i):
+        start, end = bounds[first_step + i]
+        return [trainer.batch(m, p[start:end]) for m, p in zip(reads, positions)]
+
+    streamed = not all(trainer.sources[m].resident for m in reads)
+    # a tensor updated in place, so that a compiled step reads each new value without a new trace
+    training_progress = torch.zeros((), device=trainer.device)
+    for batch in Prefetcher(fetch, len(bounds) - first_step, enabled=streamed):
+        # augmentation draws random numbers, so it runs here, in order, never in the prefetch thread
+        inputs = {m: augment(x, trainer.augmentations[m]) for m, (x, _) in zip(reads, batch)}
+        labels = {m: y for m, (_, y) in zip(reads, batch)}
+        training_progress.fill_((epoch - 1 + progress.step / len(bounds)) / trainer.config.epochs)
+        terms, total = forward_backward(trainer, inputs, labels, weights, training_progress)
+        optimizer.step()
+        progress.sums += torch.cat([terms.detach(), total.detach().view(1)])
+        progress.step += 1
+        if on_step is not None:
+            on_step(progress.step, len(bounds))
+        if should_stop is not None and should_stop() and not progress.finished:
+            return None
+    trainer.compile_trial = False  # every batch shape of the run has been through the compiled step
+    values = torch.cat([progress.sums / len(bounds), trainer.finite_weights().float().view(1)])
+    values = values.tolist()  # the epoch's one host-device synchronisation
+    return dict(zip(trainer.spec.terms + ("total", "finite_weights"), values))
+
+
+def forward_backward(trainer: Trainer, inputs: dict, labels: dict, weights: dict,
+                     training_progress: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step up to the optimizer: zeroes the gradients, computes the raw loss terms (compiled when
+    compiling) and their weighted total, and back-propagates. Returns (terms, total).
+
+    During the first epoch (torch.compile traces at the first call, records CUDA graphs at the third,
+    and compiles again for the last, smaller batch) an error of the compiled step is caught: the step
+    is undone (batch-norm statistics, random states) and run eager, and the run stays eager, with one
+    warning and the reason recorded (`compile_error`); the results are those of --compile no.
+    """
+    if trainer.compiled_terms is None or not trainer.compile_trial:
+        return _forward_backward(trainer, trainer.compiled_terms or trainer.loss_terms, inputs, labels, weights,
+                                 training_progress)
+    saved = _step_state(trainer)
+    try:
+        return _forward_backward(trainer, trainer.compiled_terms, inputs, labels, weights, training_progress)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 (dynamo, inductor, triton and CUDA graph errors share no base class)
+        _restore_step_state(trainer, saved)
+        reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}".rstrip(": ")
+        trainer.compiled_terms, trainer.compile_error = None, reason
+        print(f"warning: torch.compile failed ({reason}); training goes on eager, as with --compile no",
+              file=sys.stderr)
+        return _forward_backward(trainer, trainer.loss_terms, inputs, labels, weights, training_progress)
+
+
+def _forward_backward(trainer: Trainer, loss_terms, inputs: dict, labels: dict, weights: dict,
+                      training_progress: torch.Tensor):
+    trainer.optimizer.zero_grad(set_to_none=True)
+    terms = loss_terms(inputs, labels, training_progress)
+    total = sum(weights[k] * terms[i] for i, k in enumerate(trainer.spec.terms))  # the one place weights apply
+    total.backward()
+    return terms, total
+
+
+def _step_state(trainer: Trainer) -> dict:
+    """What a forward pass changes besides the gradients: the model's buffers and the random states."""
+    return {"buffers": [b.clone() for b in trainer.model.buffers()], "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(trainer.device) if trainer.device.type == "cuda" else None}
+
+
+def _restore_step_state(trainer: Trainer, saved: dict) -> None:
+    with torch.no_grad():
+        for buffer, value in zip(trainer.model.buffers(), saved["buffers"]):
+            buffer.copy_(value)
+    torch.set_rng_state(saved["rng"])
+    if saved["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(saved["cuda_rng"], trainer.device)
+
+
+@torch.inference_mode()
+def predict(classifier: Classifier, sources: dict[int, RowSource], rows: np.ndarray, batch_size: int,
+            precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (n, K) and predicted classes (0..K-1) of the user's rows `rows`.
+
+    The probabilities may hold NaN when the model does; callers check (`evaluate` does).
+    """
+    device = next(classifier.module.parameters()).device
+    positions = [sources[m].positions(rows) for m in classifier.reads]
+    probabilities = []
+    for start in range(0, len(rows), batch_size):
+        inputs = [sources[m].gather(p[start:start + batch_size]) for m, p in zip(classifier.reads, positions)]
+        with autocast_context(device, precision):
+            logits = classifier.module(*inputs).logits
+        probabilities.append(torch.softmax(logits.float(), dim=1))
+    probabilities = torch.cat(probabilities).cpu().numpy()
+    return probabilities, probabilities.argmax(axis=1)
+
+
+def evaluation_rows(data: DataFolder, classifier: Classifier, split: str) -> np.ndarray:
+    """Valid and test rows are shared by both modalities (data.py reads one file of each)."""
+    return data.modalities[0 if classifier.modality is None else classifier.modality].splits[split]
+
+
+def evaluate(trainer: Trainer, data: DataFolder, splits=("valid", "test"), classifiers=None) -> dict[str, dict]:
+    """Metrics of each classifier (all, or those in `classifiers`) on each split, over the whole split.
+
+    Returns:
+        {column: {split: {"weighted_f1", "macro_f1", "accuracy"}, "predictions": {split: (n,) classes}}};
+        a classifier whose outputs are not finite gets {"finite": False} instead.
+    """
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    results = {}
+    for classifier in classifiers or trainer.classifiers:
+        result = {"predictions": {}}
+        for split in splits:
+            rows = evaluation_rows(data, classifier, split)
+            probabilities, predicted = predict(classifier, trainer.sources, rows, trainer.config.eval_batch_size,
+                                               trainer.precision)
+            if not np.isfinite(probabilities).all():
+                result = {"finite": False}
+                break
+            result[split] = classification_metrics(data.labels[rows], predicted)
+            result["predictions"][split] = predicted
+        results[classifier.column] = result
+    model.train(was_training)
+    return results
+
+
+@torch.inference_mode()
+def invariance_probe(trainer: Trainer, data: DataFolder, output: str) -> dict | None:
+    """How well a logistic regression tells the modality from the invariant parts that each modality's
+    best checkpoint gives on the validation rows (both modalities pooled; probes.modality_probe), or None
+    when a checkpoint is missing. At most probes.PROBE_ROWS_PER_MODALITY rows, drawn with the run's seed."""
+    paths = [checkpoint_path(output, c.column) for c in trainer.classifiers]
+    if not all(os.path.isfile(path) for path in paths):
+        return None
+    rows = probe_rows(evaluation_rows(data, trainer.classifiers[0], "valid"), trainer.config.seed)
+    parts = []
+    for classifier, path in zip(trainer.classifiers, paths):
+        branch, _ = load_classifier(path, trainer.device)
+        positions = trainer.sources[classifier.modality].positions(rows)
+        batches = []
+        for start in range(0, len(rows), trainer.config.eval_batch_size):
+            x = trainer.sources[classifier.modality].gather(positions[start:start + trainer.config.eval_batch_size])
+            with autocast_context(trainer.device, trainer.precision):
+                batches.append(branch(x).invariant.float())  # (B, 256)
+        parts.append(torch.cat(batches).cpu().numpy())
+    return {"split": "valid", "part": "invariant", "checkpoints": "each modality's best epoch",
+            **modality_probe(parts, trainer.config.seed)}
+
+
+def _resident_budget(device: torch.device) -> int:
+    """Bytes of data allowed to live on the device: half the free GPU memory (the rest is for the
+    model and activations), or a quarter of the free host memory on the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    return 1 << 30
+
+
+def resolve_augmentation(config: Config, modality: Modality, position: int) -> str:
+    """The augmentation mode of a modality: its option, or the default for its sample rank."""
+    rank = modality.rank + 1
+    mode = getattr(config, ("augment_first", "augment_second")[position])
+    mode = default_augmentation(modality.prefix, rank) if mode == "auto" else mode
+    if mode not in AUGMENTATIONS[rank]:
+        raise DataError(f"--augment-{('first', 'second')[position]} {mode}: not available for {modality.prefix}'s "
+                        f"samples of shape {modality.sample_shape}; expected one of {', '.join(AUGMENTATIONS[rank])}")
+    return mode
+
+
+def build_sources(config: Config, data: DataFolder, device: torch.device, modalities=(0, 1)):
+    """The rows of `modalities` (resident on the device when they fit) and their augmentation modes.
+
+    Returns:
+        (sources, labels, augmentations), dicts by modality: the `RowSource` of all rows of its
+        splits, the label of each stored row (on the source's index device), the augmentation mode.
+    """
+    sources, labels, augmentations = {}, {}, {}
+    budget = _resident_budget(device)
+    for m in modalities:
+        modality = data.modalities[m]
+        augmentations[m] = resolve_augmentation(config, modality, m)
+        rows = np.unique(np.concatenate(list(modality.splits.values())))
+        values = len(rows) * math.prod(modality.sample_shape)
+        resident, storage = config.data_on_device == "yes", torch.float32
+        if config.data_on_device == "auto":
+            if values * 4 <= budget:
+                resident = True
+            elif device.type == "cuda" and values * 2 <= budget:
+                resident, storage = True, torch.bfloat16  # half precision is what makes it fit
+        budget -= values * (4 if storage == torch.float32 else 2) if resident else 0
+        sources[m] = RowSource(modality.array, rows, device, resident, storage)
+        labels[m] = torch.from_numpy(data.labels[sources[m].rows]).to(sources[m].index_device)
+    return sources, labels, augmentations
+
+
+def method_target(config: Config, data: DataFolder) -> int | None:
+    """The modality a per-modality method trains (config.modality, a prefix), else None."""
+    if not METHODS[config.method].per_modality:
+        return None
+    return [m.prefix for m in data.modalities].index(config.modality)
+
+
+def training_rows(spec: MethodSpec, data: DataFolder, reads: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """Each read modality's training rows; for paired methods the rows in both training sets, alike."""
+    if spec.paired:
+        paired = np.intersect1d(data.modalities[0].splits["train"], data.modalities[1].splits["train"])
+        return {m: paired for m in reads}
+    return {m: data.modalities[m].splits["train"] for m in reads}
+
+
+def build_trainer(config: Config, data: DataFolder, device: torch.device) -> Trainer:
+    """Everything a run trains with, built right after seeding so the weights depend on the seed only."""
+    spec = METHODS[config.method]
+    target = method_target(config, data)
+    reads = spec.reads(target)
+    shape = ModelShape(tuple(m.sample_shape for m in data.modalities), tuple(m.encoder for m in data.modalities),
+                       data.num_classes, config.discriminator)
+    teacher = load_classifier(config.teacher)[0] if spec.needs_teacher else None
+    model = build_model(config.method, shape, target, teacher).to(device)
+    classifiers = [Classifier(FUSED if m is None else data.modalities[m].prefix, m, module)
+                   for m, module in spec.classifiers(model, target)]
+    used = sorted(set(reads) | {m for c in classifiers for m in c.reads})
+    precision = resolve_precision(config.precision, device)
+    warnings = [] if precision == config.precision or config.precision == "auto" else [
+        f"--precision {config.precision}: {torch.cuda.get_device_name(device)} does not support it; training in "
+        f"{precision}"]
+    sources, labels, augmentations = build_sources(config, data, device, used)
+    rows = training_rows(spec, data, reads)
+    train_positions = {m: sources[m].positions(rows[m]) for m in reads}
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.Adam(spec.parameter_groups(model, config), lr=config.learning_rate,
+                                 weight_decay=config.weight_decay, **fused)
+    generator = torch.Generator().manual_seed(config.seed)
+    trainer = Trainer(spec, model, optimizer, reads, sources, train_positions, labels, augmentations, classifiers,
+                      shape, config, device, precision, generator, warnings=warnings)
+    if config.compile == "yes" or (config.compile == "auto" and device.type == "cuda"):
+        # CUDA graphs remove the per-kernel launch cost that bounds this step's speed at batch 128
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        trainer.compiled_terms = torch.compile(trainer.loss_terms, mode=mode)
+    return trainer
