@@ -120,6 +120,26 @@ def _silent(line: str) -> None:
     """Drops the engine's lines (the driver prints one line per model)."""
 
 
+def connect(address: str | None, cpus_per_task: float, gpus_per_task: float) -> None:
+    """Starts Ray on this machine (address None) or joins the cluster at `address`, unless this process
+    already did, with the project's modules on every worker's path; raises `DataError` when that fails
+    or when no node has the CPUs and GPUs one task asks for."""
+    if not ray.is_initialized():
+        path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=True,
+                     runtime_env={"env_vars": {"PYTHONPATH": path,
+                                               "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}})
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise DataError(f"--ray-address {address}: cannot start or reach Ray: "
+                            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    resources = ray.cluster_resources()
+    for name, need in (("GPU", gpus_per_task), ("CPU", cpus_per_task)):
+        if need > resources.get(name, 0):
+            raise DataError(f"--{name.lower()}s-per-task {need:g}: the Ray cluster has {resources.get(name, 0):g} "
+                            f"{name}(s) in all; no task could start")
+
+
 class RayExecutor:
     """`compare.compare`'s executor on a Ray cluster: a local one started on this machine (address None)
     or the one at `address` ("auto": the cluster `ray start` started here)."""
@@ -141,20 +161,7 @@ class RayExecutor:
 
     def start(self, output: str) -> None:
         """Connects to (or starts) Ray and checks the cluster can run a task; raises `DataError`."""
-        if not ray.is_initialized():
-            path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
-            try:
-                ray.init(address=self.address, include_dashboard=False, log_to_driver=True,
-                         runtime_env={"env_vars": {"PYTHONPATH": path,
-                                                   "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}})
-            except (ConnectionError, RuntimeError, ValueError) as error:
-                raise DataError(f"--ray-address {self.address}: cannot start or reach Ray: "
-                                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
-        resources = ray.cluster_resources()
-        for name, need in (("GPU", self.gpus), ("CPU", self.cpus)):
-            if need > resources.get(name, 0):
-                raise DataError(f"--{name.lower()}s-per-task {need:g}: the Ray cluster has {resources.get(name, 0):g} "
-                                f"{name}(s) in all; no task could start")
+        connect(self.address, self.cpus, self.gpus)
 
     def _remote(self, function, gpus: float):
         return ray.remote(function).options(num_cpus=self.cpus, num_gpus=gpus, max_retries=self.max_retries)
