@@ -115,17 +115,17 @@ def _trainable(settings: dict, job: SearchJob):
 
 
 class _TrialLines(ray_tune.Callback):
-    """One line per finished or stopped trial."""
+    """One line per finished or stopped trial, on stdout (Tune pickles its callbacks: no log function kept)."""
 
-    def __init__(self, total: int, log):
-        self.total, self.log, self.done = total, log, 0
+    def __init__(self, total: int):
+        self.total, self.done = total, 0
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
         result = trial.last_result or {}
         shown = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                           for k, v in sorted(trial.config.items()))
-        self.log(f"trial {self.done}/{self.total}  valid wF1 {result.get(METRIC, float('nan')):.4f}  "
+        print(f"trial {self.done}/{self.total}  valid wF1 {result.get(METRIC, float('nan')):.4f}  "
                  f"epochs {result.get('epoch', 0)}/{trial.config['epochs']}  {shown}")
 
 
@@ -144,7 +144,7 @@ def search(job: SearchJob, data: DataFolder, trials: int, grace_epochs: int, cpu
                                         num_samples=trials),
         run_config=ray_tune.RunConfig(name="search", storage_path=os.path.abspath(os.path.join(job.config.output,
                                                                                                "ray_tune")),
-                                      verbose=0, callbacks=[_TrialLines(trials, log)]))
+                                      verbose=0, callbacks=[_TrialLines(trials)]))
     grid = tuner.fit()
     records = []
     for result in grid:
