@@ -13,6 +13,7 @@ Ray is optional (requirements-ray.txt); compare.py imports this module only for 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -34,6 +35,8 @@ from outputs import STATE_FILE, load_state, write_text
 
 ROOT = os.path.dirname(os.path.abspath(__file__))  # the project's modules: every worker imports them from here
 MARKER_FILE = ".ray-shared-storage"  # written by the driver into the output folder, read by every task
+# a cancelled task finishes its step and writes its state.pt; longer than any step of the paper's models
+CANCEL_WAIT_SECONDS = 60
 DEFAULT_MAX_RETRIES = 3  # a worker or node lost three times in a row is a problem to look at, not to retry
 
 
@@ -218,7 +221,12 @@ class RayExecutor:
                     yield context, self._entries(run, methods)
         finally:
             for ref in waiting:  # Ctrl-C, a failed task, or the driver stopped early
-                ray.cancel(ref)
+                ray.cancel(ref)  # a running task gets a KeyboardInterrupt: the engine saves its state.pt
+            # the comparison may remove the folders of unfinished runs: not while their tasks still write
+            ended, _ = ray.wait(waiting, num_returns=len(waiting), timeout=CANCEL_WAIT_SECONDS)
+            for ref in ended:
+                with contextlib.suppress(ray.exceptions.RayError):
+                    ray.get(ref)  # read, so that Ray does not report the cancellation as an unhandled error
 
     @staticmethod
     def _entries(run: dict, methods: tuple[str, ...]) -> dict:
