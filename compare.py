@@ -12,6 +12,8 @@ Run k uses seed S+k (S = --seed, 0 by default). When DIR holds no split files, o
 --resplit, each run draws its own stratified 70/10/20 split, saved in OUTPUT/run_<seed>/split;
 DIR is never written. Outputs: OUTPUT/comparison.json (per-run results and aggregates),
 OUTPUT/comparison.md (the table), OUTPUT/run_<seed>/<method>[_<PREFIX>]/ for each neural model.
+--ablation adds the loss ablation's methods; --executor ray trains every model as a Ray task
+(ray_executor.py, imported only then), with the same results.
 """
 from __future__ import annotations
 
