@@ -201,8 +201,9 @@ def tune_and_compare(config: Config, directory: str, first: str, second: str, tr
         log(f"{label} settings: {runs} run(s) on seeds {config.seed + 1}..{config.seed + runs}")
         tables[label] = compare(run_config, directory, first, second, runs, METHOD, verbose=False, log=log,
                                 executor=executor)
-    rows = {f"{METHOD} ({'paper settings' if label == 'starting' else 'tuned on validation'})":
-            tables[label]["aggregated"][METHOD] for label in tables}
+    paper = starting_point(config) == starting_point(Config(epochs=config.epochs))
+    names = {"starting": "paper's settings" if paper else "starting settings", "tuned": "tuned on validation"}
+    rows = {f"{METHOD} ({names[label]})": tables[label]["aggregated"][METHOD] for label in tables}
     seeds = tables["tuned"]["seeds"]
     notes = [f"Tuned: {trials} Ray Tune trial(s) (random search, ASHA) selected on the mean over both modalities of "
              f"each classifier's best validation weighted F1 (seed {config.seed}); test rows never read in the "
