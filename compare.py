@@ -12,6 +12,8 @@ Run k uses seed S+k (S = --seed, 0 by default). When DIR holds no split files, o
 --resplit, each run draws its own stratified 70/10/20 split, saved in OUTPUT/run_<seed>/split;
 DIR is never written. Outputs: OUTPUT/comparison.json (per-run results and aggregates),
 OUTPUT/comparison.md (the table), OUTPUT/run_<seed>/<method>[_<PREFIX>]/ for each neural model.
+--ablation adds the loss ablation's methods; --executor ray trains every model as a Ray task
+(ray_executor.py, imported only then), with the same results.
 """
 from __future__ import annotations
 
@@ -34,14 +36,15 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from configuration import MAX_SEED, Config, add_config_arguments, check_config, resolve_device, resolve_precision
+from configuration import EXIT_BAD_INPUT, MAX_SEED, Config, add_config_arguments, check_config, resolve_device, resolve_precision
 from data import SPLITS, DataError, DataFolder, draw_split, load_data_folder, read_labels, split_file_name
 from engine import build_sources, classification_metrics
 from functions import Interrupted, TrainingError, command_status, fit, format_duration
-from methods import FUSED, METHODS
+from methods import ABLATIONS, FUSED, METHODS
 from outputs import (atomic_write, checkpoint_path, line_buffered_stdout, prepare_output, save_npy, write_json,
                      write_text)
 from probes import INVARIANCE_MEANING
+from settings import add_settings_argument, parse_with_settings
 
 RESULTS_FILE, TABLE_FILE = "comparison.json", "comparison.md"
 SPLIT_FOLDER = "split"
@@ -86,31 +89,46 @@ def _silent(line: str) -> None:
     """A log that drops the engine's own lines (the comparison prints one line per model)."""
 
 
-def train_neural(context: RunContext, method: str, modality: str | None = None, teacher: str | None = None) -> dict:
-    """One model of `method` (for `modality` when the method has one per modality) trained by the engine
-    into its own folder. Returns {"seconds", "columns": {column: {"best_epoch", "valid", "test"}}, "output",
-    "compiled", "invariance_probe" (None for methods without invariant parts)}."""
+def neural_config(context: RunContext, method: str, modality: str | None = None, teacher: str | None = None
+                  ) -> Config:
+    """The settings of one model of `method` (for `modality` when the method has one per modality), its
+    output the run folder's <method>[_<modality>]."""
     name = method if modality is None else f"{method}_{modality}"
-    output = os.path.join(context.folder, name)
-    config = dataclasses.replace(context.config, method=method, modality=modality, teacher=teacher, output=output,
-                                 overwrite=True, verbose=int(context.verbose))
-    started = time.time()
-    results = fit(config, context.data, prepare_output(output, True), log=context.log if context.verbose else _silent)
+    return dataclasses.replace(context.config, method=method, modality=modality, teacher=teacher,
+                               output=os.path.join(context.folder, name), overwrite=True,
+                               verbose=int(context.verbose))
+
+
+def neural_part(results: dict, seconds: float) -> dict:
+    """What the comparison keeps of one trained model's results: {"seconds", "columns": {column:
+    {"best_epoch", "valid", "test", "train_rows"}}, "output", "compiled", "invariance_probe"}."""
     rows = results["train_rows"]
     columns = {c: {"best_epoch": r["best_epoch"], "valid": r["valid"], "test": r["test"],
                    "train_rows": rows.get(c, max(rows.values()))} for c, r in results["final"].items()}
-    return {"seconds": time.time() - started, "columns": columns, "output": output,
+    return {"seconds": seconds, "columns": columns, "output": results["output"],
             "compiled": results["environment"]["compiled"], "invariance_probe": results.get("invariance_probe")}
+
+
+def train_neural(context: RunContext, method: str, modality: str | None = None, teacher: str | None = None,
+                 on_epoch=None) -> dict:
+    """One model of `method` trained by the engine into its own folder (`neural_config`); returns its
+    `neural_part`. `on_epoch` goes to `functions.fit`."""
+    config = neural_config(context, method, modality, teacher)
+    started = time.time()
+    results = fit(config, context.data, prepare_output(config.output, True),
+                  log=context.log if context.verbose else _silent, on_epoch=on_epoch)
+    return neural_part(results, time.time() - started)
 
 
 def paired_rows(data: DataFolder) -> np.ndarray:
     return np.intersect1d(data.modalities[0].splits["train"], data.modalities[1].splits["train"])
 
 
-def run_neural_methods(context: RunContext, methods: tuple[str, ...], announce) -> dict[str, dict]:
-    """Every requested neural method of one run. The teacher is trained once and read by kd and dkd;
-    without paired training rows the methods that need them are skipped with a note."""
-    entries, teacher = {}, None  # teacher: its training's result, once trained
+def neural_plan(context: RunContext, methods: tuple[str, ...]) -> tuple[list[tuple[str, list]], dict[str, dict]]:
+    """The neural models one run trains: [(method, [modality prefix or None, ...])] in order, and the
+    entries of the methods skipped (with a note) because the training sets share fewer than 2 rows.
+    The teacher is listed once when any method reads it: kd and dkd then read its checkpoint."""
+    plan, skipped = [], {}
     paired = len(paired_rows(context.data))
     for method in [m for m in methods if m in METHODS]:
         spec = METHODS[method]
@@ -118,25 +136,43 @@ def run_neural_methods(context: RunContext, methods: tuple[str, ...], announce) 
             note = (f"{method} needs paired data (rows present in both modalities' training sets); the training "
                     f"sets share {paired} row(s): skipped")
             context.log(f"note: {note}")
-            entries[method] = {"status": "skipped", "note": note}
+            skipped[method] = {"status": "skipped", "note": note}
             continue
-        if (spec.needs_teacher or method == TEACHER) and teacher is None:
-            teacher = train_neural(context, TEACHER)
-            announce(TEACHER, FUSED, teacher["columns"][FUSED], teacher["seconds"])
-        if method == TEACHER:
-            parts = [teacher]
-        else:
-            targets = context.prefixes if spec.per_modality else [None]
-            teacher_checkpoint = checkpoint_path(teacher["output"], FUSED) if spec.needs_teacher else None
-            parts = [train_neural(context, method, target, teacher_checkpoint) for target in targets]
-            for part in parts:
-                for column, result in part["columns"].items():
-                    announce(method, column, result, part["seconds"])
-        entries[method] = {
-            "status": "done", "columns": {c: r for part in parts for c, r in part["columns"].items()},
+        if (spec.needs_teacher or method == TEACHER) and TEACHER not in [m for m, _ in plan]:
+            plan.append((TEACHER, [None]))
+        if method != TEACHER:
+            plan.append((method, context.prefixes if spec.per_modality else [None]))
+    return plan, skipped
+
+
+def teacher_checkpoint(teacher: dict) -> str:
+    """The checkpoint kd and dkd read, of the teacher's `neural_part`."""
+    return checkpoint_path(teacher["output"], FUSED)
+
+
+def neural_entry(method: str, parts: list[dict], teacher: dict | None) -> dict:
+    """A trained method's entry in a run's results, from its parts (one per model) and the teacher's part."""
+    spec = METHODS[method]
+    return {"status": "done", "columns": {c: r for part in parts for c, r in part["columns"].items()},
             "seconds": sum(p["seconds"] for p in parts) + (teacher["seconds"] if spec.needs_teacher else 0.0),
             "part_seconds": [p["seconds"] for p in parts], "compiled": all(p["compiled"] for p in parts),
             "outputs": [p["output"] for p in parts], "invariance_probe": parts[0]["invariance_probe"]}
+
+
+def run_neural_methods(context: RunContext, methods: tuple[str, ...], announce) -> dict[str, dict]:
+    """Every requested neural method of one run, one model after the other (`neural_plan`)."""
+    plan, entries = neural_plan(context, methods)
+    teacher = None  # the teacher's part, once trained
+    for method, targets in plan:
+        spec = METHODS[method]
+        checkpoint = teacher_checkpoint(teacher) if spec.needs_teacher else None
+        parts = [train_neural(context, method, target, checkpoint) for target in targets]
+        for part in parts:
+            for column, result in part["columns"].items():
+                announce(method, column, result, part["seconds"])
+        teacher = parts[0] if method == TEACHER else teacher
+        if method in methods:
+            entries[method] = neural_entry(method, parts, teacher)
     return entries
 
 
@@ -176,6 +212,15 @@ def fit_classical(data: DataFolder, modality: int, method: str) -> dict:
             "seconds": time.time() - started}
 
 
+def classical_columns(data: DataFolder, method: str) -> dict[str, dict]:
+    """`fit_classical` of `method` on each modality: {prefix: result}."""
+    return {m.prefix: fit_classical(data, position, method) for position, m in enumerate(data.modalities)}
+
+
+def classical_entry(columns: dict[str, dict]) -> dict:
+    return {"status": "done", "seconds": sum(c["seconds"] for c in columns.values()), "columns": columns}
+
+
 def run_methods(context: RunContext, methods: tuple[str, ...], announce) -> dict[str, dict]:
     """Every requested method on one run: the neural ones through the engine, then the classical ones.
 
@@ -186,12 +231,29 @@ def run_methods(context: RunContext, methods: tuple[str, ...], announce) -> dict
     entries = run_neural_methods(context, methods, announce)
     for method in CLASSICAL:
         if method in methods:
-            columns = {prefix: fit_classical(context.data, m, method) for m, prefix in enumerate(context.prefixes)}
+            columns = classical_columns(context.data, method)
             for prefix, result in columns.items():
                 announce(method, prefix, result, result["seconds"])
-            entries[method] = {"status": "done", "seconds": sum(c["seconds"] for c in columns.values()),
-                               "columns": columns}
+            entries[method] = classical_entry(columns)
     return {method: entries[method] for method in methods}
+
+
+def announcer(log, label: str = ""):
+    """`announce(method, column, result, seconds)`: one line per trained model's column, `label` first."""
+    def announce(method, column, result, seconds):
+        choice = f"C {result['C']:g}" if result.get("C") is not None else (
+            f"best epoch {result['best_epoch']}" if "best_epoch" in result else "constant")
+        log(f"  {label}{method:<15} {column:<10} {choice:<15} valid wF1 {result['valid']['weighted_f1']:.4f}  "
+            f"test wF1 {result['test']['weighted_f1']:.4f}  acc {result['test']['accuracy']:.4f}"
+            f"  {seconds:.1f}s")
+    return announce
+
+
+def run_locally(contexts, methods: tuple[str, ...], log):
+    """The local executor: each run's methods one after the other, in this process. Yields
+    (context, entries) per run as it finishes; `contexts` is consumed one run at a time."""
+    for context in contexts:
+        yield context, run_methods(context, methods, announcer(log))
 
 
 # ----------------------------------------------------------------------------- splits
@@ -347,13 +409,17 @@ def _check_inputs(config: Config, directory: str, prefixes, runs: int, per_run_s
 
 
 def compare(config: Config, directory: str, first_prefix: str, second_prefix: str, runs: int = 5,
-            methods=DEFAULT_METHODS, resplit: bool = False, verbose: bool = False, log=print) -> dict:
+            methods=DEFAULT_METHODS, resplit: bool = False, verbose: bool = False, log=print,
+            executor=None) -> dict:
     """Runs every method `runs` times (seeds config.seed + k) and writes comparison.json / .md.
 
     `config` holds the training settings of every neural method (its output: the comparison's folder,
-    default DIR/comparison_<FIRST>_<SECOND>). Raises `DataError` before writing anything on bad input;
-    `Interrupted` or `TrainingError` after saving the runs finished so far (a comparison with none
-    finished leaves nothing behind). Returns the contents of comparison.json.
+    default DIR/comparison_<FIRST>_<SECOND>). `executor` trains the runs: `run_locally` (None), or an
+    object with `start(output)` (called once the input is checked, before anything is written) and
+    `__call__(contexts, methods, log)` yielding (context, entries) as runs finish, in any order, as
+    `run_locally` does (ray_executor.RayExecutor). Raises `DataError` before writing anything on bad
+    input; `Interrupted` or `TrainingError` after saving the runs finished so far (a comparison with
+    none finished leaves nothing behind). Returns the contents of comparison.json.
     """
     methods = parse_methods(methods if isinstance(methods, str) else ",".join(methods))
     if not 1 <= runs <= MAX_RUNS:  # before the seeds are listed
@@ -366,6 +432,8 @@ def compare(config: Config, directory: str, first_prefix: str, second_prefix: st
     data, splits = _check_inputs(config, directory, prefixes, runs, per_run_splits, seeds)
     prepare_output(output, config.overwrite)
     device = resolve_device(config.device)
+    if executor is not None:
+        executor.start(output)  # refuses (DataError) before anything is written
     # ---- nothing was written before this line
     created = not os.path.exists(output)
     os.makedirs(output, exist_ok=True)
@@ -379,36 +447,38 @@ def compare(config: Config, directory: str, first_prefix: str, second_prefix: st
         log(f"--resplit: {directory}'s own split files are not used")
     results = {"status": "running", "directory": os.path.abspath(directory), "prefixes": list(prefixes),
                "methods": list(methods), "runs": runs, "seeds": seeds, "splits": split_note, "std_ddof": STD_DDOF,
-               "config": dataclasses.asdict(config),
+               "config": dataclasses.asdict(config), "executor": getattr(executor, "description", "local"),
                "environment": {"torch": str(torch.__version__), "device": str(device),
                                "precision": resolve_precision(config.precision, device)},
                "results": [], "aggregated": {}}
     started, written = time.time(), []
+
+    def run_context(k: int, seed: int) -> RunContext:
+        """Run k's folder, split and data, as every method of it reads them."""
+        folder = os.path.join(output, f"run_{seed}")
+        written.append(folder)
+        run_data = data
+        if per_run_splits:
+            save_splits(split_name(output, seed), splits[k])
+            run_data = load_run_data(config, directory, prefixes, output, seed, splits[k])
+        for warning in run_data.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        log(f"run {k + 1}/{runs}  seed {seed}  training rows "
+            + " ".join(f"{m.prefix} {len(m.splits['train'])}" for m in run_data.modalities)
+            + f", valid {len(run_data.modalities[0].splits['valid'])}, "
+              f"test {len(run_data.modalities[0].splits['test'])}")
+        return RunContext(dataclasses.replace(config, seed=seed), folder, run_data, verbose, log)
+
+    contexts = (run_context(k, seed) for k, seed in enumerate(seeds))
+    finishing = (executor or run_locally)(contexts, methods, log)  # a generator: nothing has run yet
     try:
-        for k, seed in enumerate(seeds):
-            folder = os.path.join(output, f"run_{seed}")
-            written.append(folder)
-            if per_run_splits:
-                save_splits(split_name(output, seed), splits[k])
-                data = load_run_data(config, directory, prefixes, output, seed, splits[k])
-            for warning in data.warnings:
-                print(f"warning: {warning}", file=sys.stderr)
-            context = RunContext(dataclasses.replace(config, seed=seed), folder, data, verbose, log)
-            log(f"run {k + 1}/{runs}  seed {seed}  training rows "
-                + " ".join(f"{m.prefix} {len(m.splits['train'])}" for m in data.modalities)
-                + f", valid {len(data.modalities[0].splits['valid'])}, test {len(data.modalities[0].splits['test'])}")
-
-            def announce(method, column, result, seconds):
-                choice = f"C {result['C']:g}" if result.get("C") is not None else (
-                    f"best epoch {result['best_epoch']}" if "best_epoch" in result else "constant")
-                log(f"  {method:<15} {column:<10} {choice:<15} valid wF1 {result['valid']['weighted_f1']:.4f}  "
-                    f"test wF1 {result['test']['weighted_f1']:.4f}  acc {result['test']['accuracy']:.4f}"
-                    f"  {seconds:.1f}s")
-
-            entries = run_methods(context, methods, announce)
-            results["results"].append({"seed": seed, "folder": folder, "data": data.describe(), "methods": entries})
+        for context, entries in finishing:
+            results["results"].append({"seed": context.config.seed, "folder": context.folder,
+                                       "data": context.data.describe(), "methods": entries})
+            results["results"].sort(key=lambda run: run["seed"])  # an executor may finish runs out of order
             _save(output, results, methods, prefixes, seeds, split_note, extra_notes)
     except (Interrupted, TrainingError, KeyboardInterrupt) as error:
+        finishing.close()  # an executor's tasks still running are cancelled
         finished = len(results["results"])
         reason = "interrupted" if isinstance(error, (Interrupted, KeyboardInterrupt)) else "failed"
         if finished:
@@ -423,7 +493,7 @@ def compare(config: Config, directory: str, first_prefix: str, second_prefix: st
                 shutil.rmtree(output, ignore_errors=True)
             kept = "no run had finished, so nothing was kept"
         detail = str(error) if isinstance(error, TrainingError) else "by a signal"
-        message = f"comparison {reason} during run {finished + 1}/{runs} ({detail}); {kept}"
+        message = f"comparison {reason} with {finished}/{runs} run(s) finished ({detail}); {kept}"
         raise (TrainingError if reason == "failed" else Interrupted)(message) from None
     results["status"] = "finished"
     results["total_seconds"] = time.time() - started
@@ -437,9 +507,9 @@ def compare(config: Config, directory: str, first_prefix: str, second_prefix: st
 
 def _save(output: str, results: dict, methods, prefixes, seeds, split_note: str, extra_notes) -> None:
     """comparison.json and comparison.md with the runs finished so far."""
-    finished = len(results["results"])
+    finished = [run["seed"] for run in results["results"]]  # in seed order, not always the first seeds
     results["aggregated"] = aggregate(results["results"], methods)
-    table = format_table(results["aggregated"], prefixes, finished, seeds[:finished], split_note, True, extra_notes)
+    table = format_table(results["aggregated"], prefixes, len(finished), finished, split_note, True, extra_notes)
     write_json(os.path.join(output, RESULTS_FILE), results)
     write_text(os.path.join(output, TABLE_FILE), table)
 
@@ -456,13 +526,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("second_prefix", metavar="SECOND_PREFIX", help="second modality")
     parser.add_argument("--runs", type=int, default=1, help="repeated runs, seeds SEED..SEED+RUNS-1 (the paper: 5)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help=f"comma-separated methods to compare, of {', '.join(ALL_METHODS)}")
+                        help=f"comma-separated methods to compare, among {', '.join(ALL_METHODS)}")
+    parser.add_argument("--ablation", action="store_true",
+                        help=f"add the loss ablation's rows: {', '.join(ABLATIONS)}")
     parser.add_argument("--resplit", action="store_true", help="draw a stratified 70/10/20 split per run even when "
                                                                "DIR has split files")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first run")
     parser.add_argument("--output", default=None, help="output folder (default DIR/comparison_<FIRST>_<SECOND>)")
     add_config_arguments(parser, skip=("seed", "output", "legacy_modality_targets"))
     parser.add_argument("--verbose", action="store_true", help="one line per epoch of every neural model")
+    add_settings_argument(parser)
+    ray = parser.add_argument_group("Ray (--executor ray; pip install -r requirements-ray.txt)")
+    ray.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local: one model after the other in this process; ray: every model a Ray task")
+    ray.add_argument("--ray-address", default=None,
+                     help="the Ray cluster to use (e.g. auto, or HOST:6379 after `ray start --head`); default: start "
+                          "a local Ray on this machine")
+    ray.add_argument("--gpus-per-task", type=float, default=None,
+                     help="GPUs per model (fractions share a GPU); default 1 when CUDA is available, else 0")
+    ray.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs per model")
+    ray.add_argument("--max-retries", type=int, default=3,
+                     help="retries of a task whose worker or node was lost; a retry resumes from its state.pt")
     return parser
 
 
@@ -470,15 +554,40 @@ def _raise_keyboard_interrupt(number, frame):
     raise KeyboardInterrupt  # SIGTERM outside a training (classical baselines) stops like Ctrl-C
 
 
+def make_executor(name: str, address: str | None = None, gpus_per_task: float | None = None,
+                  cpus_per_task: float = 1.0, max_retries: int = 3, on_epoch=None):
+    """None for the local executor; for "ray", a `ray_executor.RayExecutor` (DataError when Ray is missing)."""
+    if name == "local":
+        return None
+    try:
+        import ray_executor  # Ray is optional: imported only here
+    except ModuleNotFoundError as error:
+        if error.name != "ray" and not (error.name or "").startswith("ray."):
+            raise
+        raise DataError("Ray is not installed (--executor ray and tune.py need it); install it with "
+                        "`pip install -r requirements-ray.txt` (or pip install \"ray[tune]\")") from None
+    return ray_executor.RayExecutor(address, gpus_per_task, cpus_per_task, max_retries, on_epoch)
+
+
 def main(argv=None) -> int:
     line_buffered_stdout()
-    args = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    try:
+        args = vars(parse_with_settings(parser, argv))
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    args.pop("settings")
     directory, first, second = args.pop("directory"), args.pop("first_prefix"), args.pop("second_prefix")
     runs, methods, resplit, verbose = args.pop("runs"), args.pop("methods"), args.pop("resplit"), args.pop("verbose")
+    if args.pop("ablation"):
+        methods = ",".join([methods, *ABLATIONS])
+    executor = [args.pop(k) for k in ("executor", "ray_address", "gpus_per_task", "cpus_per_task", "max_retries")]
     config = Config(**args, verbose=int(verbose))
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        return command_status(lambda: compare(config, directory, first, second, runs, methods, resplit, verbose))
+        return command_status(lambda: compare(config, directory, first, second, runs, methods, resplit, verbose,
+                                              executor=make_executor(*executor)))
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -74,6 +74,8 @@ class Config:
                                               "and always on interruption")
     test_every_epoch: bool = _option(False, "score the test split at every epoch (the history then holds test "
                                             "curves); by default only at epochs where validation improves")
+    score_test: bool = _option(True, "score the test split at all (off: validation only, as tuning trials run; "
+                                     "the results then hold no test metrics)", flag=False)
     verbose: int = _option(1, "0: final table only, 1: one line per epoch", flag=False)
     # Set by the comparison (compare.py), not on main_DisCoM-KD.py's command line:
     method: str = _option("discomkd", "the method trained: a key of methods.METHODS", flag=False)
@@ -152,6 +154,8 @@ def check_config(config: Config) -> None:
                           ("precision", ("auto", "fp32", "bf16"))):
         if getattr(config, name) not in allowed:
             problems.append(f"--{name.replace('_', '-')} {getattr(config, name)}: expected one of {', '.join(allowed)}")
+    if config.test_every_epoch and not config.score_test:
+        problems.append("--test-every-epoch scores the test split, which this run must not score")
     if config.method not in METHODS:
         problems.append(f"method {config.method!r}: expected one of {', '.join(METHODS)}")
     if problems:

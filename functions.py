@@ -50,10 +50,11 @@ def summary_table(final: dict) -> str:
              f"{'test mF1':>9} {'test acc':>9}"
     lines = [header, "-" * len(header)]
     for column, result in final.items():
-        test = result["test"]
+        test = result["test"]  # None when the run did not score the test split
+        scores = " ".join(f"{'-' if test is None else format(test[k], '.4f'):>9}"
+                          for k in ("weighted_f1", "macro_f1", "accuracy"))
         lines.append(f"{column:<12} {result['encoder']:<9} {result['best_epoch']:>10} "
-                     f"{result['valid']['weighted_f1']:>9.4f} {test['weighted_f1']:>9.4f} "
-                     f"{test['macro_f1']:>9.4f} {test['accuracy']:>9.4f}")
+                     f"{result['valid']['weighted_f1']:>9.4f} {scores}")
     return "\n".join(lines)
 
 
@@ -170,7 +171,7 @@ def data_fingerprint(data: DataFolder) -> str:
     return digest.hexdigest()
 
 
-def resume(run_folder: str, log=print, should_stop=None) -> dict:
+def resume(run_folder: str, log=print, should_stop=None, on_epoch=None) -> dict:
     """Continues the run saved in `run_folder`/state.pt with its own config and data folder."""
     state = load_state(run_folder)
     results = state["results"]
@@ -192,7 +193,7 @@ def resume(run_folder: str, log=print, should_stop=None) -> dict:
         raise DataError(f"{described['directory']}: the data folder changed since the run started "
                         "(shapes, splits, classes or labels differ); cannot resume")
     remove_temporaries(run_folder)
-    return fit(config, data, run_folder, state, log, should_stop)
+    return fit(config, data, run_folder, state, log, should_stop, on_epoch)
 
 
 def state_payload(trainer: Trainer, epoch: int, progress: EpochProgress | None, results: dict, best: dict,
@@ -280,7 +281,7 @@ def _record_best(trainer: Trainer, data: DataFolder, output: str, epoch: int, me
     Returns the improved columns and their checkpoints to write, {path: payload}."""
     improved = [c for c in trainer.classifiers
                 if metrics[c.column]["valid"]["weighted_f1"] > record.best[c.column]["valid"]["weighted_f1"]]
-    if not trainer.config.test_every_epoch and improved:
+    if not trainer.config.test_every_epoch and trainer.config.score_test and improved:
         # the test split is only read at the epochs that model selection can pick
         tested = evaluate(trainer, data, ("test",), improved)
         for c in improved:
@@ -295,14 +296,15 @@ def _record_best(trainer: Trainer, data: DataFolder, output: str, epoch: int, me
         column, result = classifier.column, metrics[classifier.column]
         encoder = "fused" if classifier.modality is None else data.modalities[classifier.modality].encoder
         record.best[column] = {"encoder": encoder, "best_epoch": epoch, "valid": result["valid"],
-                               "test": result["test"]}
-        record.test_predictions[column] = result["predictions"]["test"]
+                               "test": result.get("test")}  # None: config.score_test off
+        if "test" in result:
+            record.test_predictions[column] = result["predictions"]["test"]
         checkpoints[checkpoint_path(output, column)] = checkpoint_payload(
             classifier.module, classifier_description(classifier.module, trainer.shape, classifier.modality),
             {**data.metadata.get(column, {}),  # class names and preprocessing of prepared folders
              "prefix": column, "position": classifier.modality, "classes": [int(c) for c in data.classes],
              "config": dataclasses.asdict(trainer.config), "epoch": epoch,
-             "metrics": {"valid": result["valid"], "test": result["test"]}})
+             "metrics": {"valid": result["valid"], "test": result.get("test")}})
     return [c.column for c in improved], checkpoints
 
 
@@ -348,9 +350,11 @@ def _finish(trainer: Trainer, data: DataFolder, output: str, record: RunRecord, 
 
 
 def fit(config: Config, data: DataFolder, output: str, state: dict | None = None, log=print,
-        should_stop=None) -> dict:
+        should_stop=None, on_epoch=None) -> dict:
     """Trains `config.method` on `data` into `output` (from `state` when resuming); the one training
-    loop of every method. Returns the results dict; raises `TrainingError` or `Interrupted`."""
+    loop of every method. `on_epoch(entry)`, if given, is called with each epoch's history entry once
+    that epoch's results and state are written (tuning reports validation through it). Returns the
+    results dict; raises `TrainingError` or `Interrupted`."""
     config = dataclasses.replace(config, **METHODS[config.method].overrides)
     device = resolve_device(config.device)
     seed_everything(config.seed)
@@ -455,6 +459,9 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
                 eta = elapsed / (epoch - first_epoch + 1) * (config.epochs - epoch)
                 log(_epoch_line(config, epoch, losses, metrics, improved, train_seconds, eval_seconds, eta,
                                 trainer.spec.terms))
+            if on_epoch is not None:
+                writer.wait()  # the hook may stop the process: this epoch's files are on disk first
+                on_epoch(results["history"][-1])
             if stop() and epoch < config.epochs:
                 raise Interrupted(stop_here("interrupted", (
                     f"interrupted ({stop.signal_name}) after epoch {epoch}; state saved: resume with --resume {output}")))

@@ -8,8 +8,10 @@ import argparse
 import sys
 
 from configuration import EXIT_BAD_INPUT, Config, add_config_arguments, plain_path
+from data import DataError
 from functions import command_status, resume, run
 from outputs import line_buffered_stdout
+from settings import add_settings_argument, parse_with_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity.add_argument("--verbose", action="store_true", help="one line per epoch (the default)")
     parser.add_argument("--no-fast", action="store_true",
                         help="plain path: no torch.compile, fp32, data streamed from the host")
+    add_settings_argument(parser)
     return parser
 
 
@@ -45,7 +48,12 @@ def given_arguments(parser: argparse.ArgumentParser, argv) -> list[str]:
 def main(argv=None) -> int:
     line_buffered_stdout()
     parser = build_parser()
-    args = vars(parser.parse_args(argv))
+    try:
+        args = vars(parse_with_settings(parser, argv))
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    args.pop("settings")
     directory, first, second = args.pop("directory"), args.pop("first_prefix"), args.pop("second_prefix")
     run_folder = args.pop("resume")
     if run_folder is None and second is None:

@@ -19,7 +19,7 @@ from torch import nn
 
 from baselines import (DKD_ALPHA, DKD_BETA, DKD_WARMUP_EPOCHS, MultiModalTeacher, SingleModalityClassifier, dkd_losses,
                        kd_loss)
-from model_pytorch import LOSS_TERMS, DisCoMKD, ModalityBranch, discomkd_losses, grl_coefficient_at
+from model_pytorch import LOSS_TERMS, TASK_FEATURES, DisCoMKD, ModalityBranch, discomkd_losses, grl_coefficient_at
 
 FUSED = "fused"  # the column of a classifier that reads both modalities (the teacher)
 
@@ -130,8 +130,12 @@ def _discomkd_parameter_groups(model: DisCoMKD, config) -> list[dict]:
              "lr": config.learning_rate * config.discriminator_lr_scale}]
 
 
-def _discomkd(description: str, compared_by_default: bool = True, **overrides) -> MethodSpec:
-    return MethodSpec(description, LOSS_TERMS, _discomkd_build, _discomkd_losses, _discomkd_weights,
+def _discomkd_invariant_build(shape: ModelShape, target, teacher) -> DisCoMKD:
+    return DisCoMKD(shape.input_shapes, shape.num_classes, shape.encoders, shape.discriminator, task_features="invariant")
+
+
+def _discomkd(description: str, compared_by_default: bool = True, build=_discomkd_build, **overrides) -> MethodSpec:
+    return MethodSpec(description, LOSS_TERMS, build, _discomkd_losses, _discomkd_weights,
                       _discomkd_classifiers, overrides=overrides, parameter_groups=_discomkd_parameter_groups,
                       invariant_parts=True, compared_by_default=compared_by_default)
 
@@ -222,6 +226,18 @@ METHODS: dict[str, MethodSpec] = {  # in the order the comparison lists them
 }
 
 
+# The paper's loss ablation: DisCoM-KD without one term (its weight 0), or with a task classifier reading
+# the invariant part alone. Each differs from "discomkd" in that one thing only; compare.py's --ablation
+# adds them to a comparison (they are not among its default methods).
+ABLATIONS: dict[str, MethodSpec] = {
+    **{f"discomkd-no-{term}": _discomkd(f"DisCoM-KD without L_{term}", False, **{f"weight_{term}": 0.0})
+       for term in ("adv", "mod", "aux", "perp")},
+    "discomkd-invariant-only": _discomkd("DisCoM-KD, task classifiers reading the invariant part alone", False,
+                                         build=_discomkd_invariant_build),
+}
+METHODS.update(ABLATIONS)
+
+
 def build_model(method: str, shape: ModelShape, target: int | None = None,
                 teacher: MultiModalTeacher | None = None) -> nn.Module:
     """The untrained model of `method` (for `target`'s modality when the method has one per modality)."""
@@ -232,8 +248,10 @@ def build_model(method: str, shape: ModelShape, target: int | None = None,
 # Every classifier a method yields is one of these kinds; a checkpoint names its kind and carries
 # what rebuilding it needs (`classifier_description`), so prediction rebuilds it without the method.
 CLASSIFIER_KINDS = {
+    # task_features absent: a checkpoint written before the option, whose classifier read both parts
     "discomkd-branch": (ModalityBranch, lambda d: ModalityBranch(tuple(d["input_shape"]), d["num_classes"],
-                                                                 d["encoder"])),
+                                                                 d["encoder"], d.get("task_features",
+                                                                                     TASK_FEATURES[0]))),
     "single": (SingleModalityClassifier, lambda d: SingleModalityClassifier(tuple(d["input_shape"]),
                                                                             d["num_classes"], d["encoder"])),
     "fused": (MultiModalTeacher, lambda d: MultiModalTeacher([tuple(s) for s in d["input_shapes"]], d["num_classes"],
@@ -247,8 +265,11 @@ def classifier_description(module: nn.Module, shape: ModelShape, modality: int |
     if modality is None:
         return {"kind": kind, "input_shapes": [list(s) for s in shape.input_shapes],
                 "encoders": list(shape.encoders), "num_classes": shape.num_classes}
-    return {"kind": kind, "input_shape": list(shape.input_shapes[modality]), "encoder": shape.encoders[modality],
-            "num_classes": shape.num_classes}
+    description = {"kind": kind, "input_shape": list(shape.input_shapes[modality]),
+                   "encoder": shape.encoders[modality], "num_classes": shape.num_classes}
+    if isinstance(module, ModalityBranch):
+        description["task_features"] = module.task_features
+    return description
 
 
 def build_classifier(description: dict) -> nn.Module:

@@ -239,23 +239,32 @@ class Features(NamedTuple):
     logits: torch.Tensor
 
 
+# What the task classifier reads: the paper's concat(invariant, informative), or the invariant part
+# alone (the ablation "invariant part only").
+TASK_FEATURES = ("invariant+informative", "invariant")
+
+
 class ModalityBranch(nn.Module):
     """Everything modality m needs at test time: its two encoders, projection and task classifier."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, encoder: str):
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, encoder: str,
+                 task_features: str = TASK_FEATURES[0]):
         super().__init__()
+        assert task_features in TASK_FEATURES, f"task_features {task_features!r}, expected one of {TASK_FEATURES}"
         self.input_shape = tuple(input_shape)
         self.encoder = encoder
+        self.task_features = task_features
         self.invariant_encoder = build_encoder(encoder, self.input_shape)
         self.specific_encoder = build_encoder(encoder, self.input_shape)
         self.projection = ProjectionHead()
-        self.task_classifier = nn.Linear(2 * PART_DIM, num_classes)
+        self.task_classifier = nn.Linear(PART_DIM * len(task_features.split("+")), num_classes)
 
     def forward(self, x: torch.Tensor) -> Features:
         invariant = self.projection(self.invariant_encoder(x))  # (B, 256)
         specific = self.specific_encoder(x)  # (B, 512)
         informative, irrelevant = specific[:, :PART_DIM], specific[:, PART_DIM:]  # (B, 256) each
-        logits = self.task_classifier(torch.cat([invariant, informative], dim=1))  # (B, K)
+        read = torch.cat([invariant, informative], dim=1) if self.task_features == TASK_FEATURES[0] else invariant
+        logits = self.task_classifier(read)  # (B, K)
         return Features(invariant, informative, irrelevant, logits)
 
 
@@ -289,13 +298,14 @@ class DisCoMKD(nn.Module):
         num_classes: number of task classes K.
         encoders: encoder kind of each modality, keys of `ENCODERS`.
         discriminator: kind of the modality discriminator, a key of `DISCRIMINATORS`.
+        task_features: what each task classifier reads, one of `TASK_FEATURES`.
     """
 
     def __init__(self, input_shapes, num_classes: int, encoders=("resnet18", "resnet18"),
-                 discriminator: str = "linear"):
+                 discriminator: str = "linear", task_features: str = TASK_FEATURES[0]):
         super().__init__()
         self.branches = nn.ModuleList(
-            [ModalityBranch(shape, num_classes, kind) for shape, kind in zip(input_shapes, encoders)])
+            [ModalityBranch(shape, num_classes, kind, task_features) for shape, kind in zip(input_shapes, encoders)])
         self.aux_classifier = nn.Linear(PART_DIM, num_classes)
         self.informative_modality_classifier = nn.Linear(PART_DIM, 2)
         self.irrelevant_modality_classifier = nn.Linear(PART_DIM, 2)

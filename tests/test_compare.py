@@ -308,17 +308,18 @@ def test_an_interrupted_comparison_keeps_what_finished_and_says_so(tmp_path, mon
     real_fit = compare.fit
     calls = [0]
 
-    def stopping_fit(config, data, run_output, state=None, log=print, should_stop=None):
+    def stopping_fit(config, data, run_output, state=None, log=print, should_stop=None, on_epoch=None):
         calls[0] += 1
         stop_now = calls[0] == finished_runs + 1  # one neural model per run here: discomkd
-        return real_fit(config, data, run_output, state, log, (lambda: True) if stop_now else should_stop)
+        return real_fit(config, data, run_output, state, log, (lambda: True) if stop_now else should_stop, on_epoch)
 
     monkeypatch.setattr(compare, "fit", stopping_fit)
     argv = [folder, "IMG", "VEC", "--runs", "2", "--methods", "discomkd,logreg", "--output", output,
             "--epochs", "2", "--batch-size", "16", "--encoder-first", "lenet", "--device", "cpu"]
     assert compare.main(argv) == 130
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("comparison interrupted during run") and "Traceback" not in err[0]
+    assert len(err) == 1 and err[0].startswith(f"comparison interrupted with {finished_runs}/2 run(s) finished")
+    assert "Traceback" not in err[0]
     if finished_runs:
         saved = json.load(open(os.path.join(output, compare.RESULTS_FILE)))
         assert saved["status"] == "interrupted" and len(saved["results"]) == 1

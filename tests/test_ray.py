@@ -1,0 +1,193 @@
+"""compare.py --executor ray and tune.py on a local Ray with 2 CPUs (skipped when Ray is not installed:
+pip install -r requirements-ray.txt). About 35-45 s on 2 shared cores, Ray's start included; the end-to-end
+tuning run (30 s more) runs with DISCOMKD_RAY_SLOW=1."""
+import json
+import os
+import signal
+
+import pytest
+import torch
+from toy import PREFIXES, ROOT, quiet, write_toy_folder
+
+ray = pytest.importorskip("ray")
+
+import compare  # noqa: E402  (after the skip: ray_executor and tuning import Ray)
+import functions  # noqa: E402
+import ray_executor  # noqa: E402
+import tuning  # noqa: E402
+from configuration import Config  # noqa: E402
+from data import load_data_folder  # noqa: E402
+
+SETTINGS = dict(epochs=2, batch_size=16, learning_rate=1e-3, encoder_first="lenet", device="cpu")
+slow = pytest.mark.skipif(os.environ.get("DISCOMKD_RAY_SLOW") != "1", reason="DISCOMKD_RAY_SLOW=1 runs it (30 s)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    """A local Ray of 2 CPUs; workers import the project and this folder (the kill hook below). One torch
+    thread here, as each 1-CPU Ray task has (Ray sets OMP_NUM_THREADS), so both paths compute alike."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    path = os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_WAIT_POLICY": "PASSIVE"}})
+    yield
+    ray.shutdown()
+    torch.set_num_threads(threads)
+
+
+def without_times(value):
+    """A comparison's results without what differs between executors: times, paths, the executor's name."""
+    if isinstance(value, dict):
+        return {k: without_times(v) for k, v in value.items()
+                if k not in ("seconds", "part_seconds", "total_seconds", "output", "outputs", "folder", "executor",
+                             "table", "config")}
+    if isinstance(value, list):
+        return [without_times(v) for v in value]
+    return value
+
+
+def compare_both(tmp_path, folder, settings, methods, runs, executor, lines):
+    """The comparison by the local executor, then by `executor` into the same output folder (paths, such as
+    the per-run splits', are then alike): (local results, its table cells, executor results, its table cells)."""
+    output = str(tmp_path / "out")
+    local = compare.compare(Config(output=output, **settings), folder, *PREFIXES, runs=runs, methods=methods,
+                            log=quiet)
+    local_cells = table_cells(output)
+    os.rename(output, str(tmp_path / "local"))
+    remote = compare.compare(Config(output=output, **settings), folder, *PREFIXES, runs=runs, methods=methods,
+                             log=lines.append, executor=executor)
+    return local, local_cells, remote, table_cells(output)
+
+
+def table_cells(output):
+    """comparison.md's rows without the training-time column."""
+    lines = open(os.path.join(output, compare.TABLE_FILE)).read().splitlines()
+    return [line.split("|")[1:-2] for line in lines if line.startswith("| ")]
+
+
+def test_the_ray_executor_gives_the_local_table(tmp_path):
+    """Two runs with per-run splits (tasks read them from the run folders), a teacher dependency and a
+    classical baseline: the same comparison.json (times aside) and the same table."""
+    folder = write_toy_folder(tmp_path / "data", separation=3.0)
+    for split in ("train", "valid", "test"):
+        os.remove(os.path.join(folder, f"{split}_idx.npy"))
+    lines = []
+    local, local_cells, remote, cells = compare_both(tmp_path, folder, SETTINGS, "mono,kd,discomkd,logreg", 2,
+                                                     ray_executor.RayExecutor(gpus_per_task=0), lines)
+    assert remote["status"] == "finished" and remote["executor"].startswith("ray (local)")
+    assert without_times(remote) == without_times(local)
+    assert cells == local_cells
+    # 2 runs x (mono x2, teacher, kd x2, discomkd, logreg) tasks, a progress line as each finishes
+    assert any(line.startswith("ray: 14 tasks for 2 run(s)") for line in lines)
+    assert sum("[14/14]" in line for line in lines) >= 1
+    saved = json.load(open(tmp_path / "out" / compare.RESULTS_FILE))
+    assert without_times(saved["results"]) == without_times(local["results"])
+
+
+class KillOnce:
+    """An `on_epoch` hook that SIGKILLs its own Ray worker after epoch 1 of the first attempt (the marker
+    file says an attempt already died), as a lost node or an out-of-memory kill would."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __call__(self, entry: dict) -> None:
+        if entry["epoch"] == 1 and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_worker_is_retried_and_resumes_from_its_state(tmp_path):
+    folder = write_toy_folder(tmp_path / "data", separation=3.0)
+    config = dict(SETTINGS, epochs=3, save_every=1)  # a state after every epoch: the retry resumes at epoch 2
+    marker = str(tmp_path / "killed")
+    lines = []
+    executor = ray_executor.RayExecutor(gpus_per_task=0, max_retries=2, on_epoch=KillOnce(marker))
+    local, local_cells, remote, cells = compare_both(tmp_path, folder, config, "discomkd", 1, executor, lines)
+    assert os.path.exists(marker)  # the first attempt died after its first epoch
+    run = json.load(open(tmp_path / "out" / "run_0" / "discomkd" / "results.json"))
+    assert run["resumed_at_epoch"] == [2] and run["status"] == "finished"
+    assert any("discomkd (resumed)" in line for line in lines)
+    assert without_times(remote) == without_times(local)
+    assert cells == local_cells
+
+
+def test_an_interrupted_ray_comparison_keeps_its_finished_runs(tmp_path):
+    """Ctrl-C in the driver (here: raised while the second of three runs is announced) cancels what still
+    runs and leaves the runs finished so far in comparison.json/.md."""
+    folder = write_toy_folder(tmp_path / "data")
+    output = str(tmp_path / "out")
+
+    def log(line):
+        if line.startswith("  [2/3]"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(functions.Interrupted, match="1/3 run"):
+        compare.compare(Config(output=output, device="cpu"), folder, *PREFIXES, runs=3, methods="logreg",
+                        resplit=True, log=log, executor=ray_executor.RayExecutor(gpus_per_task=0))
+    saved = json.load(open(os.path.join(output, compare.RESULTS_FILE)))
+    assert saved["status"] == "interrupted" and len(saved["results"]) == 1
+    assert "a single run" in open(os.path.join(output, compare.TABLE_FILE)).read()
+
+
+def test_a_task_that_cannot_see_the_output_folder_fails_with_a_clear_message(tmp_path):
+    run = ray_executor.RunSpec(Config(), str(tmp_path / "out" / "run_0"), str(tmp_path), PREFIXES, False, {}, False)
+    os.makedirs(tmp_path / "out")
+    with pytest.raises(ray_executor.SharedStorageError, match="storage every node"):
+        ray_executor.neural_task(run, "token", "discomkd", None, None)
+
+
+def test_a_trial_never_evaluates_the_test_split(tmp_path, monkeypatch):
+    """A search trial in this process with evaluate wrapped: only validation is scored, its data holds
+    no test row, and the reported metric is the mean of each classifier's best validation wF1 so far."""
+    folder = write_toy_folder(tmp_path / "data", separation=3.0)
+    scored, reports = [], []
+    evaluate = functions.evaluate
+
+    def recording(trainer, data, splits=("valid", "test"), classifiers=None):
+        assert "test" not in data.modalities[0].splits
+        scored.extend(splits)
+        return evaluate(trainer, data, splits, classifiers)
+
+    monkeypatch.setattr(functions, "evaluate", recording)
+    job = tuning.SearchJob(Config(output=str(tmp_path / "search"), **dict(SETTINGS, epochs=3)), folder, PREFIXES, None)
+    results = tuning.run_trial({"learning_rate": 2e-3, "weight_adv": 0.3, "epochs": 3}, job,
+                               str(tmp_path / "trial"), reports.append)
+    assert scored and set(scored) == {"valid"}
+    assert results["config"]["learning_rate"] == 2e-3 and results["config"]["weight_adv"] == 0.3
+    assert all(final["test"] is None for final in results["final"].values())
+    best = {p: max(h[p]["valid"]["weighted_f1"] for h in results["history"]) for p in PREFIXES}
+    assert [r["epoch"] for r in reports] == [1, 2, 3]
+    assert reports[-1][tuning.METRIC] == pytest.approx(sum(best.values()) / 2)
+    assert all(a[tuning.METRIC] <= b[tuning.METRIC] for a, b in zip(reports, reports[1:]))
+
+
+@slow
+def test_tune_selects_on_validation_and_reports_both_settings(tmp_path, capsys):
+    import tune
+
+    folder = write_toy_folder(tmp_path / "data", separation=3.0)
+    output = tmp_path / "tuning"
+    argv = [folder, *PREFIXES, "--trials", "3", "--runs", "1", "--epochs", "2", "--grace-epochs", "1",
+            "--batch-size", "16", "--learning-rate", "1e-3", "--encoder-first", "lenet", "--device", "cpu", "--gpus-per-task", "0",
+            "--output", str(output)]
+    assert tune.main(argv) == 0
+    out = capsys.readouterr().out
+    found = json.load(open(output / "tuning.json"))
+    scored = [t for t in found["trials"] if t[tuning.METRIC] is not None]
+    assert len(found["trials"]) == 3 and scored
+    assert found["chosen_" + tuning.METRIC] == max(t[tuning.METRIC] for t in scored)
+    assert found["trials"][0]["settings"] == tuning.starting_point(Config(**dict(SETTINGS, epochs=2)))
+    chosen = json.load(open(output / "settings.json"))
+    assert chosen == found["chosen"] and "--settings" in out
+    for trial in os.listdir(output / "trials"):  # no trial scored a test row
+        results = json.load(open(output / "trials" / trial / "results.json"))
+        assert all(f["test"] is None for f in results["final"].values())
+        assert results["data"]["modalities"][0]["rows"].keys() == {"train", "valid"}
+    table = open(output / "tuning.md").read()
+    assert "discomkd (starting settings)" in table and "discomkd (tuned on validation)" in table  # lr 1e-3
+    tuned = json.load(open(output / "tuned" / compare.RESULTS_FILE))
+    assert tuned["seeds"] == [1] and all(tuned["config"][k] == v for k, v in chosen.items())
+    data = load_data_folder(folder, *PREFIXES)
+    assert tuned["results"][0]["data"]["modalities"][0]["rows"]["test"] == len(data.modalities[0].splits["test"])

@@ -1,0 +1,78 @@
+"""Tune DisCoM-KD's training settings on validation with Ray Tune, then test them beside the paper's.
+
+    python tune.py DIR FIRST SECOND --trials N --runs K [--grace-epochs G] [options as compare.py]
+
+Searches learning rate, weight decay, epochs (up to --epochs), the loss weights of L_aux, L_mod,
+L_adv and L_perp, the GRL coefficient and each modality's augmentation (random search, the starting
+settings first, ASHA stopping lagging trials), selecting on validation only: the mean over both
+modalities of each classifier's best validation weighted F1. Trials read no test row. Then trains
+the chosen settings and the starting ones (the paper's unless options change them) --runs times on
+seeds SEED+1.. through compare.py's machinery. Outputs in OUTPUT (default DIR/tuning_<FIRST>_<SECOND>):
+settings.json (the chosen settings: `main_DisCoM-KD.py DIR FIRST SECOND --settings settings.json`),
+tuning.json (every trial), tuning.md (the table), starting/ and tuned/ (their comparisons), trials/.
+Needs Ray: pip install -r requirements-ray.txt.
+"""
+import argparse
+import os
+import sys
+
+from compare import make_executor
+from configuration import Config, add_config_arguments
+from functions import command_status
+from outputs import line_buffered_stdout, prepare_output
+from settings import command_line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Tune DisCoM-KD's settings on validation with Ray Tune; test the chosen ones beside the paper's.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("directory", metavar="DIR", help="data folder; split files optional (without them the "
+                                                         "search draws its own 70/10/20 split)")
+    parser.add_argument("first_prefix", metavar="FIRST_PREFIX", help="first modality")
+    parser.add_argument("second_prefix", metavar="SECOND_PREFIX", help="second modality")
+    parser.add_argument("--trials", type=int, default=20, help="settings tried (the first: the starting settings)")
+    parser.add_argument("--runs", type=int, default=5, help="runs of the chosen and of the starting settings, on "
+                                                            "seeds SEED+1..SEED+RUNS")
+    parser.add_argument("--grace-epochs", type=int, default=None,
+                        help="epochs every trial trains before ASHA may stop it (default: a tenth of --epochs)")
+    parser.add_argument("--seed", type=int, default=0, help="the search's seed (trials and sampling)")
+    parser.add_argument("--output", default=None, help="output folder (default DIR/tuning_<FIRST>_<SECOND>)")
+    add_config_arguments(parser, skip=("seed", "output", "legacy_modality_targets", "test_every_epoch"))
+    ray = parser.add_argument_group("Ray")
+    ray.add_argument("--executor", choices=("local", "ray"), default="ray",
+                     help="how the final runs train (the search always runs on Ray)")
+    ray.add_argument("--ray-address", default=None, help="the Ray cluster (e.g. auto); default: a local Ray")
+    ray.add_argument("--gpus-per-task", type=float, default=None,
+                     help="GPUs per trial and per final model; default 1 when CUDA is available, else 0")
+    ray.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs per trial and per final model")
+    return parser
+
+
+def main(argv=None) -> int:
+    line_buffered_stdout()
+    args = vars(build_parser().parse_args(argv))
+    directory, first, second = args.pop("directory"), args.pop("first_prefix"), args.pop("second_prefix")
+    trials, runs, grace = args.pop("trials"), args.pop("runs"), args.pop("grace_epochs")
+    executor, address, gpus, cpus = (args.pop(k) for k in ("executor", "ray_address", "gpus_per_task", "cpus_per_task"))
+    output = args.pop("output") or os.path.join(directory, f"tuning_{first}_{second}")
+    config = Config(**args, output=output, verbose=0)
+
+    def action():
+        ray_executor = make_executor("ray", address, gpus, cpus)  # DataError when Ray is missing
+        import tuning  # imports Ray: only once it is known to be installed
+        prepare_output(output, config.overwrite)
+        ray_executor.start(output)
+        found = tuning.tune_and_compare(config, directory, first, second, trials, runs,
+                                        grace if grace is not None else max(1, config.epochs // 10),
+                                        ray_executor.cpus, ray_executor.gpus,
+                                        ray_executor if executor == "ray" else None)
+        settings = os.path.join(output, "settings.json")
+        print(f"(outputs in {output}; the chosen settings: --settings {settings}, or "
+              f"{' '.join(command_line(found['chosen']))})")
+
+    return command_status(action)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Training settings of DisCoM-KD searched on validation with Ray Tune (the library behind tune.py).
+
+The search: random sampling of `search_space` (the paper's settings evaluated first), each trial one
+DisCoM-KD training by the engine (`functions.fit`) on the search split, reporting after every epoch
+the mean over both modalities of each classifier's best validation weighted F1 so far (what the
+engine's per-classifier model selection keeps); ASHA stops trials that lag at its rungs. The trials
+read no test row: their data holds the training and validation rows only (`validation_only`) and
+`Config.score_test` is off, so the engine never scores a test split.
+
+The chosen settings are then trained `runs` times on fresh seeds through compare.py's machinery,
+beside the settings the search started from, and reported in one table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+import ray.tune as ray_tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator
+
+from compare import compare, format_table, has_split_files, save_splits
+from configuration import Config, check_config
+from data import AUGMENTATIONS, DataError, DataFolder, draw_split, load_data_folder, read_labels, read_split_files
+from functions import fit
+from outputs import write_json, write_text
+
+METRIC = "valid_weighted_f1"  # what trials report and the search maximises
+METHOD = "discomkd"
+LOSS_WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0)  # 0 drops a term; a factor ~3 apart around the paper's 1
+GRL_COEFFICIENTS = (0.1, 0.3, 1.0, 3.0)
+WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3)
+LEARNING_RATES = (1e-5, 1e-2)  # log-uniform; the paper's 1e-4 in the middle
+SEARCHED = ("learning_rate", "weight_decay", "epochs", "weight_aux", "weight_mod", "weight_adv", "weight_perp",
+            "grl_coefficient", "augment_first", "augment_second")
+
+
+def epoch_choices(max_epochs: int) -> list[int]:
+    """A quarter, half and all of `max_epochs` (model selection keeps the best validation epoch, so
+    fewer epochs only help when later ones would not be reached anyway: they save time)."""
+    return sorted({max(1, max_epochs // 4), max(1, max_epochs // 2), max_epochs})
+
+
+def search_space(config: Config, data: DataFolder) -> dict:
+    """Ray Tune's space over the `SEARCHED` settings; augmentations among those each modality's rank allows."""
+    return {
+        "learning_rate": ray_tune.loguniform(*LEARNING_RATES),
+        "weight_decay": ray_tune.choice(WEIGHT_DECAYS),
+        "epochs": ray_tune.choice(epoch_choices(config.epochs)),
+        **{f"weight_{term}": ray_tune.choice(LOSS_WEIGHTS) for term in ("aux", "mod", "adv", "perp")},
+        "grl_coefficient": ray_tune.choice(GRL_COEFFICIENTS),
+        **{f"augment_{which}": ray_tune.choice(list(AUGMENTATIONS[m.rank + 1]))
+           for which, m in zip(("first", "second"), data.modalities)},
+    }
+
+
+def starting_point(config: Config) -> dict:
+    """The searched settings as `config` holds them (the paper's unless set): the first trial."""
+    return {name: getattr(config, name) for name in SEARCHED}
+
+
+def validation_only(data: DataFolder) -> DataFolder:
+    """`data` without its test rows: each modality keeps its training and validation rows only."""
+    modalities = tuple(dataclasses.replace(m, splits={s: r for s, r in m.splits.items() if s != "test"})
+                       for m in data.modalities)
+    return dataclasses.replace(data, modalities=modalities)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchJob:
+    """What every trial reads: the settings it starts from, the data folder, the search split."""
+
+    config: Config  # seed: the search's; output: the search folder
+    directory: str
+    prefixes: tuple[str, str]
+    splits_folder: str | None  # the drawn search split's folder, or None: the folder's own split files
+
+
+def search_data(job: SearchJob) -> DataFolder:
+    encoders = (job.config.encoder_first, job.config.encoder_second)
+    if job.splits_folder is None:
+        data = load_data_folder(job.directory, *job.prefixes, encoders)
+    else:
+        data = load_data_folder(job.directory, *job.prefixes, encoders,
+                                splits=read_split_files(job.splits_folder, job.prefixes), splits_name=job.splits_folder)
+    return validation_only(data)
+
+
+def run_trial(settings: dict, job: SearchJob, output: str, report) -> dict:
+    """One trial: DisCoM-KD with `settings` trained into `output` on the search split's training rows,
+    scored on its validation rows only; `report({METRIC, "epoch"})` after every epoch. Returns fit's results."""
+    config = dataclasses.replace(job.config, **settings, method=METHOD, output=output, overwrite=True, verbose=0,
+                                 score_test=False, test_every_epoch=False)
+    best: dict[str, float] = {}
+
+    def on_epoch(entry: dict) -> None:
+        for column, scores in entry.items():
+            if isinstance(scores, dict) and "valid" in scores:
+                best[column] = max(best.get(column, -1.0), scores["valid"]["weighted_f1"])
+        report({METRIC: float(np.mean(list(best.values()))), "epoch": entry["epoch"]})
+
+    os.makedirs(output, exist_ok=True)
+    return fit(config, search_data(job), output, log=_silent, on_epoch=on_epoch)
+
+
+def _silent(line: str) -> None:
+    """The trials' engine lines are dropped: one line per finished trial instead."""
+
+
+def _trainable(settings: dict, job: SearchJob):
+    trial = ray_tune.get_context().get_trial_id()
+    run_trial(settings, job, os.path.join(job.config.output, "trials", trial), ray_tune.report)
+
+
+class _TrialLines(ray_tune.Callback):
+    """One line per finished or stopped trial, on stdout (Tune pickles its callbacks: no log function kept)."""
+
+    def __init__(self, total: int):
+        self.total, self.done = total, 0
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        result = trial.last_result or {}
+        shown = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in sorted(trial.config.items()))
+        print(f"trial {self.done}/{self.total}  valid wF1 {result.get(METRIC, float('nan')):.4f}  "
+                 f"epochs {result.get('epoch', 0)}/{trial.config['epochs']}  {shown}")
+
+
+def search(job: SearchJob, data: DataFolder, trials: int, grace_epochs: int, cpus: float, gpus: float,
+           log=print) -> dict:
+    """Runs the search; returns {"chosen": settings, "trials": [{"settings", METRIC, "epochs_trained",
+    "stopped_early"}], ...} with the chosen trial first among equals in Tune's order."""
+    max_epochs = max(epoch_choices(job.config.epochs))
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
+                              grace_period=min(grace_epochs, max_epochs))
+    searcher = BasicVariantGenerator(points_to_evaluate=[starting_point(job.config)], random_state=job.config.seed)
+    tuner = ray_tune.Tuner(
+        ray_tune.with_resources(ray_tune.with_parameters(_trainable, job=job), {"cpu": cpus, "gpu": gpus}),
+        param_space=search_space(job.config, data),
+        tune_config=ray_tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
+                                        num_samples=trials),
+        run_config=ray_tune.RunConfig(name="search", storage_path=os.path.abspath(os.path.join(job.config.output,
+                                                                                               "ray_tune")),
+                                      verbose=0, callbacks=[_TrialLines(trials)]))
+    grid = tuner.fit()
+    records = []
+    for result in grid:
+        if result.error is not None or not result.metrics:
+            records.append({"settings": result.config, METRIC: None, "error": str(result.error).splitlines()[-1]})
+            continue
+        trained = int(result.metrics["epoch"])
+        records.append({"settings": result.config, METRIC: result.metrics[METRIC], "epochs_trained": trained,
+                        "stopped_early": trained < result.config["epochs"]})
+    scored = [r for r in records if r[METRIC] is not None]
+    if not scored:
+        raise DataError(f"every trial failed; the first: {records[0].get('error')}")
+    chosen = max(scored, key=lambda r: r[METRIC])  # the first of equals
+    return {"metric": METRIC, "chosen": chosen["settings"], "chosen_" + METRIC: chosen[METRIC],
+            "trials": records}
+
+
+def tune_and_compare(config: Config, directory: str, first: str, second: str, trials: int, runs: int,
+                     grace_epochs: int, cpus: float, gpus: float, executor=None, log=print) -> dict:
+    """The search on seed config.seed, then the chosen and the starting settings each `runs` times on
+    seeds config.seed+1.. (compare.compare into OUTPUT/starting and OUTPUT/tuned); writes
+    OUTPUT/settings.json (the chosen settings: --settings), tuning.json and tuning.md."""
+    check_config(config)
+    if trials < 1 or runs < 1:
+        raise DataError(f"--trials {trials} --runs {runs}: at least 1 each is expected")
+    output = config.output
+    prefixes = (first, second)
+    encoders = (config.encoder_first, config.encoder_second)
+    splits_folder = None
+    if not has_split_files(directory, prefixes):  # a stratified split drawn for the search alone
+        labels_path = os.path.join(directory, "labels.npy")
+        if not os.path.isdir(directory):
+            raise DataError(f"{directory}: data folder not found")
+        split = draw_split(read_labels(labels_path), config.seed, labels_path=labels_path)
+        splits_folder = os.path.join(output, "search_split")
+        data = load_data_folder(directory, first, second, encoders, splits=split, splits_name=splits_folder)
+    else:
+        data = load_data_folder(directory, first, second, encoders)
+    os.makedirs(output, exist_ok=True)
+    if splits_folder is not None:
+        save_splits(splits_folder, split)
+    started = time.time()
+    job = SearchJob(config, directory, prefixes, splits_folder)
+    log(f"search: {trials} trial(s) of {METHOD} on seed {config.seed}, validation only "
+        f"({len(data.modalities[0].splits['valid'])} rows); ASHA grace {grace_epochs} epoch(s)")
+    found = search(job, validation_only(data), trials, grace_epochs, cpus, gpus, log)
+    found["search_seconds"] = time.time() - started
+    write_json(os.path.join(output, "settings.json"), found["chosen"])
+    log(f"chosen (valid wF1 {found['chosen_' + METRIC]:.4f}): {found['chosen']}")
+    tables = {}
+    for label, settings in (("starting", starting_point(config)), ("tuned", found["chosen"])):
+        run_config = dataclasses.replace(config, **settings, seed=config.seed + 1,
+                                         output=os.path.join(output, label), overwrite=True)
+        log(f"{label} settings: {runs} run(s) on seeds {config.seed + 1}..{config.seed + runs}")
+        tables[label] = compare(run_config, directory, first, second, runs, METHOD, verbose=False, log=log,
+                                executor=executor)
+    paper = starting_point(config) == starting_point(Config(epochs=config.epochs))
+    names = {"starting": "paper's settings" if paper else "starting settings", "tuned": "tuned on validation"}
+    rows = {f"{METHOD} ({names[label]})": tables[label]["aggregated"][METHOD] for label in tables}
+    seeds = tables["tuned"]["seeds"]
+    notes = [f"Tuned: {trials} Ray Tune trial(s) (random search, ASHA) selected on the mean over both modalities of "
+             f"each classifier's best validation weighted F1 (seed {config.seed}); test rows never read in the "
+             "search. Chosen settings: settings.json (--settings)."]
+    table = format_table(rows, prefixes, runs, seeds, tables["tuned"]["splits"], True, notes)
+    write_text(os.path.join(output, "tuning.md"), table)
+    found.update(runs={label: t["aggregated"][METHOD] for label, t in tables.items()}, seeds=seeds,
+                 table=table, total_seconds=time.time() - started)
+    write_json(os.path.join(output, "tuning.json"), found)
+    log("")
+    log(format_table(rows, prefixes, runs, seeds, tables["tuned"]["splits"], False, notes))
+    return found
+
