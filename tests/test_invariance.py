@@ -200,7 +200,7 @@ def test_comparison_shows_the_probe_for_discomkd_rows_only(folder, tmp_path):
     rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if line.startswith("| ")}
     assert "invariant modality probe [i]" in rows["method"][4]
     assert rows["discomkd-dann"][4].strip() == f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
-    assert rows["mono"][4].strip() == "-" and "[i] On the validation rows" in table
+    assert rows["mono"][4].strip() == "-" and "[i] Validation rows" in table
     saved = json.load(open(os.path.join(output, "run_0", "discomkd-dann", "results.json")))
     assert saved["config"]["grl_schedule"] == "dann"  # the method's overrides reach the run
     # inspect_run.py reads such a run with the split it was trained on (saved beside it), not the folder's
