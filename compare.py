@@ -359,7 +359,7 @@ def format_table(aggregated: dict, prefixes, runs: int, seeds, split_note: str, 
     if any(a["status"] == "done" and a["includes_teacher_seconds"] for a in aggregated.values()):
         notes.append("[t] Includes the teacher's training time (one teacher per run serves both kd and dkd).")
     if probed:
-        notes.append(f"[i] On the validation rows, at each modality's best epoch: {INVARIANCE_MEANING}.")
+        notes.append(f"[i] Validation rows, each modality's best epoch; {INVARIANCE_MEANING}.")
     notes.append("Training time: wall time summed over runs, per-epoch evaluation included.")
     notes += list(extra_notes)
     notes += [f"{method}: {a['note']}" for method, a in aggregated.items() if a["status"] != "done"]

@@ -27,7 +27,7 @@ from sklearn.manifold import TSNE
 from sklearn.metrics import confusion_matrix
 
 from configuration import DEVICE_HELP, Config, checkpoint_precision, resolve_device
-from data import DataError, DataFolder, input_batches, load_data_folder
+from data import DataError, DataFolder, input_batches, load_data_folder, read_split_files
 from engine import autocast_context, classification_metrics
 from functions import command_status, data_fingerprint
 from model_pytorch import LOSS_TERMS
@@ -65,7 +65,13 @@ def load_run(run_folder: str, data_directory: str | None = None) -> tuple[dict, 
     directory = data_directory or described["directory"]
     if not os.path.isdir(directory):
         raise DataError(f"{directory}: data folder of this run not found (moved? pass --data DIR)")
-    data = load_data_folder(directory, prefixes[0], prefixes[1], tuple(encoders))
+    splits_from = described.get("splits_from", described["directory"])
+    if data_directory is None and splits_from != described["directory"]:
+        # a run on a split of its own (compare.py --resplit saves it beside the run): that split
+        data = load_data_folder(directory, prefixes[0], prefixes[1], tuple(encoders),
+                                splits=read_split_files(splits_from, prefixes), splits_name=splits_from)
+    else:
+        data = load_data_folder(directory, prefixes[0], prefixes[1], tuple(encoders))
     now = data.describe()
     for before, after in zip(described["modalities"], now["modalities"]):
         if (before["sample_shape"], before["rows"]) != (after["sample_shape"], after["rows"]):

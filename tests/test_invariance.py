@@ -191,7 +191,7 @@ def test_methods_without_invariant_parts_have_no_probe(folder):
 def test_comparison_shows_the_probe_for_discomkd_rows_only(folder, tmp_path):
     output = str(tmp_path / "cmp")
     results = compare.compare(Config(epochs=1, batch_size=16, encoder_first="lenet", device="cpu", output=output),
-                              folder, *PREFIXES, runs=2, methods="mono,discomkd-dann", log=quiet)
+                              folder, *PREFIXES, runs=2, methods="mono,discomkd-dann", resplit=True, log=quiet)
     aggregated = results["aggregated"]
     values = [run["methods"]["discomkd-dann"]["invariance_probe"]["modality_accuracy"] for run in results["results"]]
     assert aggregated["discomkd-dann"]["invariance_probe"]["values"] == values
@@ -200,9 +200,14 @@ def test_comparison_shows_the_probe_for_discomkd_rows_only(folder, tmp_path):
     rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if line.startswith("| ")}
     assert "invariant modality probe [i]" in rows["method"][4]
     assert rows["discomkd-dann"][4].strip() == f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
-    assert rows["mono"][4].strip() == "-" and "[i] On the validation rows" in table
+    assert rows["mono"][4].strip() == "-" and "[i] Validation rows" in table
     saved = json.load(open(os.path.join(output, "run_0", "discomkd-dann", "results.json")))
     assert saved["config"]["grl_schedule"] == "dann"  # the method's overrides reach the run
+    # inspect_run.py reads such a run with the split it was trained on (saved beside it), not the folder's
+    _, data = load_run(os.path.join(output, "run_1", "discomkd-dann"))
+    drawn = np.load(os.path.join(output, "run_1", "split", "test_idx.npy"))
+    assert np.array_equal(data.modalities[0].splits["test"], drawn)
+    assert not np.array_equal(drawn, np.load(os.path.join(folder, "test_idx.npy")))
 
 
 def test_remedy_methods_are_not_in_the_default_comparison():
