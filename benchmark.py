@@ -156,10 +156,17 @@ def measure_end_to_end(config: Config, folder: str, epochs: int, method: str) ->
     return result
 
 
+def memory_text(result: dict) -> str:
+    """The peak GPU memory part of a printed result line ("" on a CPU)."""
+    if "peak_gpu_gib" not in result:
+        return ""
+    return (f"  peak GPU {result['peak_gpu_gib']:.2f} GiB (model side {result['peak_model_side_gib']:.2f}, "
+            f"resident data {result['resident_data_gib']:.2f})")
+
+
 def print_end_to_end(name: str, result: dict) -> None:
     mean = result["mean"]
-    memory = (f"  peak GPU {result['peak_gpu_gib']:.2f} GiB (model side {result['peak_model_side_gib']:.2f}, "
-              f"resident data {result['resident_data_gib']:.2f})" if "peak_gpu_gib" in result else "")
+    memory = memory_text(result)
     print(f"{name:>5} {result['method']:>8}: whole {mean['whole']:.2f} s/epoch = train {mean['train']:.2f} + eval "
           f"{mean['eval']:.2f} + writes {mean['write']:.3f} on the training thread ({100 * mean['write'] / mean['whole']:.1f}%, "
           f"{mean['write_wait']:.3f} of it waiting for the previous write,"
@@ -266,8 +273,7 @@ def main(argv=None) -> int:
             variants = {}
         for name, variant in variants.items():
             report["runs"][name] = result = measure(variant, folder, args.epochs)
-            memory = (f"  peak GPU {result['peak_gpu_gib']:.2f} GiB (model side {result['peak_model_side_gib']:.2f}, "
-                      f"resident data {result['resident_data_gib']:.2f})" if "peak_gpu_gib" in result else "")
+            memory = memory_text(result)
             print(f"{name:>5}: train {result['train_seconds_per_epoch']:.2f} s/epoch  eval "
                   f"{result['eval_seconds_per_epoch']:.2f} s/epoch  {result['pairs_per_second']:.0f} pairs/s  "
                   f"(first epoch {result['first_epoch_train_seconds']:.1f} + {result['first_epoch_eval_seconds']:.1f} s; "

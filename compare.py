@@ -44,7 +44,7 @@ from methods import ABLATIONS, FUSED, METHODS
 from outputs import (atomic_write, checkpoint_path, line_buffered_stdout, prepare_output, save_npy, write_json,
                      write_text)
 from probes import INVARIANCE_MEANING
-from settings import add_settings_argument, parse_with_settings
+from settings import add_settings_argument, parse_or_report
 
 RESULTS_FILE, TABLE_FILE = "comparison.json", "comparison.md"
 SPLIT_FOLDER = "split"
@@ -572,12 +572,9 @@ def make_executor(name: str, address: str | None = None, gpus_per_task: float | 
 def main(argv=None) -> int:
     line_buffered_stdout()
     parser = build_parser()
-    try:
-        args = vars(parse_with_settings(parser, argv))
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
+    args = parse_or_report(parser, argv)
+    if args is None:
         return EXIT_BAD_INPUT
-    args.pop("settings")
     directory, first, second = args.pop("directory"), args.pop("first_prefix"), args.pop("second_prefix")
     runs, methods, resplit, verbose = args.pop("runs"), args.pop("methods"), args.pop("resplit"), args.pop("verbose")
     if args.pop("ablation"):

@@ -8,10 +8,9 @@ import argparse
 import sys
 
 from configuration import EXIT_BAD_INPUT, Config, add_config_arguments, plain_path
-from data import DataError
 from functions import command_status, resume, run
 from outputs import line_buffered_stdout
-from settings import add_settings_argument, parse_with_settings
+from settings import add_settings_argument, parse_or_report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,12 +47,9 @@ def given_arguments(parser: argparse.ArgumentParser, argv) -> list[str]:
 def main(argv=None) -> int:
     line_buffered_stdout()
     parser = build_parser()
-    try:
-        args = vars(parse_with_settings(parser, argv))
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
+    args = parse_or_report(parser, argv)
+    if args is None:
         return EXIT_BAD_INPUT
-    args.pop("settings")
     directory, first, second = args.pop("directory"), args.pop("first_prefix"), args.pop("second_prefix")
     run_folder = args.pop("resume")
     if run_folder is None and second is None:

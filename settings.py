@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 
 from configuration import Config
 from data import DataError
@@ -62,6 +63,18 @@ def parse_with_settings(parser: argparse.ArgumentParser, argv) -> argparse.Names
     if getattr(given, "settings", None) is not None:
         parser.set_defaults(**read_settings(given.settings))
     return parser.parse_args(argv)
+
+
+def parse_or_report(parser: argparse.ArgumentParser, argv) -> dict | None:
+    """`parse_with_settings` as a dict without its "settings" entry; or None, after printing the bad
+    settings file's one `error:` line (the command then exits with EXIT_BAD_INPUT)."""
+    try:
+        args = vars(parse_with_settings(parser, argv))
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
+    args.pop("settings")
+    return args
 
 
 def command_line(settings: dict) -> list[str]:

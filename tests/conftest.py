@@ -24,6 +24,18 @@ def cli_main():
     return module.main
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests: the test machine's cores are shared, and oversubscribed
+    threads make torch slow (use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def toy_run(tmp_path_factory):
     """One finished 2-epoch DisCoM-KD run on the toy folder, shared by the tests that read a run

@@ -30,13 +30,7 @@ SETTINGS = dict(epochs=3, batch_size=16, learning_rate=1e-3, encoder_first="lene
 NEURAL = "mono,teacher,kd,dkd,discomkd"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: the test machine's cores are shared, and oversubscribed threads make torch slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def quiet(*_):

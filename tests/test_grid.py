@@ -21,12 +21,7 @@ from outputs import checkpoint_path, load_classifier
 SETTINGS = dict(epochs=2, batch_size=16, learning_rate=1e-3, encoder_first="lenet", device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_ablations_differ_from_the_full_model_in_one_weight_or_the_task_features_only():
