@@ -203,8 +203,7 @@ def check_options(preset: dict, epochs: int, config: Config, output: str) -> Non
         raise DataError(f"{output}: {folder_problem(output)}")
 
 
-def main(argv=None) -> int:
-    line_buffered_stdout()
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="eurosat", help="preset data shape")
@@ -226,6 +225,12 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default=",".join(END_TO_END_METHODS),
                         help="with --end-to-end: the methods timed, comma-separated")
     parser.add_argument("--output", default="benchmark_results", help="folder for the JSON result")
+    return parser
+
+
+def main(argv=None) -> int:
+    line_buffered_stdout()
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     preset = dict(SHAPES[args.shape])

@@ -73,14 +73,19 @@ def make_digits_example(folder: str, seed: int = 0, overwrite: bool = False) -> 
           + ", ".join(f"{s} {len(arrays[s + '_idx'])}" for s in SPLITS))
 
 
-def main(argv=None) -> int:
-    line_buffered_stdout()
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Write the embedded example data folder: two modalities of "
                                                  "scikit-learn's handwritten digits (no download).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("folder", metavar="FOLDER", nargs="?", default="example_digits", help="folder to write")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the example's files in a folder that already holds files")
+    return parser
+
+
+def main(argv=None) -> int:
+    line_buffered_stdout()
+    parser = build_parser()
     args = parser.parse_args(argv)
     return command_status(lambda: make_digits_example(args.folder, overwrite=args.overwrite))
 

@@ -67,8 +67,7 @@ def make_splits(directory: str, seed: int = 0, fractions=DEFAULT_FRACTIONS, over
     return split
 
 
-def main(argv=None) -> int:
-    line_buffered_stdout()
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Write stratified train/valid/test_idx.npy for a data folder.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("directory", metavar="DIR", help="data folder holding labels.npy")
@@ -76,6 +75,12 @@ def main(argv=None) -> int:
     parser.add_argument("--fractions", type=float, nargs=3, default=list(DEFAULT_FRACTIONS),
                         metavar=("TRAIN", "VALID", "TEST"), help="share of each class's rows in each split")
     parser.add_argument("--overwrite", action="store_true", help="replace existing split files")
+    return parser
+
+
+def main(argv=None) -> int:
+    line_buffered_stdout()
+    parser = build_parser()
     args = parser.parse_args(argv)
     return command_status(lambda: make_splits(args.directory, args.seed, tuple(args.fractions), args.overwrite))
 

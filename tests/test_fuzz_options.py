@@ -67,6 +67,10 @@ CONFIG_OPTIONS = {
     "--compile": values("auto", "no", "", "maybe", "1"),  # "yes" on a CPU compiles for minutes: see test_fast_path
     "--precision": values("auto", "fp32", "bf16", "fp16", "bf17", ""),
     "--overwrite": values(None),
+    "--test-every-epoch": values(None), "--save-every-seconds": FLOATS,
+    "--grl-schedule": values("constant", "dann", "linear", "", "x", "DANN"), "--grl-warmup": FLOATS,
+    "--discriminator": values("linear", "mlp", "", "x"), "--discriminator-lr-scale": FLOATS,
+    "--settings": values("{file}", "{tmp}/nowhere.json", "", "{data}"),
 }
 
 
@@ -203,7 +207,10 @@ COMPARE_OPTIONS = {
     "--epochs": values("1", "0", "-1", "x"),  # compare trains every method: one epoch at most here
     "--runs": values("1", "2", "0", "-1", "1001", "1000000000", "", "x"),
     "--methods": values("logreg", "mono", "svm,logreg", "discomkd", "", ",", "x", "logreg,logreg", "LOGREG"),
-    "--resplit": values(None), "--verbose": values(None),
+    "--resplit": values(None), "--verbose": values(None), "--ablation": values(None),
+    # "ray" would start a Ray cluster where Ray is installed: tests/test_grid.py and test_ray.py cover it
+    "--executor": values("local", "", "x", "RAY"), "--ray-address": values("auto", "", "127.0.0.1:1"),
+    "--gpus-per-task": FLOATS, "--cpus-per-task": FLOATS, "--max-retries": BIG_INTS,
     "--output": OUTPUT_FOLDERS,
     POSITIONAL: values(("{data}", "IMG", "VEC"), ("{data}", "VEC", "VEC"), ("{tmp}/nowhere", "IMG", "VEC"),
                        ("{file}", "IMG", "VEC"), ("{data}", "IMG", "X")),
@@ -325,6 +332,7 @@ BENCHMARK_OPTIONS = {
     "--data-on-device": values("auto", "yes", "no", "", "always"),
     "--compare-plain": values(None),
     "--output": OUTPUT_FOLDERS,
+    "--end-to-end": values(None), "--methods": values("discomkd", "mono,teacher", "", "x", "kd"),
 }
 
 
@@ -348,3 +356,22 @@ def test_option_counts():
     print("\n" + ", ".join(f"{c}: {len([k for k in o if k != POSITIONAL])} options"
                            + (" + positionals" if POSITIONAL in o else "") for c, o in counts.items()))
     assert all(len(o) >= 2 for o in counts.values())
+
+
+def long_options(parser) -> set[str]:
+    """Every --option a parser accepts, --help aside."""
+    return {flag for action in parser._actions for flag in action.option_strings
+            if flag.startswith("--") and flag != "--help"}
+
+
+def test_every_option_of_every_command_is_fuzzed(cli_main):
+    """The pools are written by hand: an option added to a command must be added to its pool too."""
+    parsers = {"main_DisCoM-KD.py": (cli_main.__globals__["build_parser"](), MAIN_OPTIONS),
+               "compare.py": (compare.build_parser(), COMPARE_OPTIONS),
+               "predict.py": (predict.build_parser(), PREDICT_OPTIONS),
+               "inspect_run.py": (inspect_run.build_parser(), INSPECT_OPTIONS),
+               "make_splits.py": (make_splits.build_parser(), SPLITS_OPTIONS),
+               "make_example.py": (make_example.build_parser(), EXAMPLE_OPTIONS),
+               "benchmark.py": (benchmark.build_parser(), BENCHMARK_OPTIONS)}
+    missing = {command: sorted(long_options(parser) - set(pool)) for command, (parser, pool) in parsers.items()}
+    assert not any(missing.values()), missing
