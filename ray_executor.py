@@ -177,7 +177,8 @@ class RayExecutor:
         neural, classical = self._remote(neural_task, self.gpus), self._remote(classical_task, 0)
         tasks, runs = {}, []  # tasks: ref -> (run index, method, modality); runs: per run its plan and parts
         for index, context in enumerate(contexts):
-            run = RunSpec(context.config, context.folder, context.data.directory, tuple(context.prefixes),
+            run = RunSpec(context.config, os.path.abspath(context.folder), os.path.abspath(context.data.directory),
+                          tuple(context.prefixes),
                           context.data.splits_from is not None, context.data.describe(), context.verbose)
             plan, entries = neural_plan(context, methods)
             teacher = None  # the teacher task's ref: kd and dkd tasks take its result

@@ -24,6 +24,7 @@ from ray.tune.search import BasicVariantGenerator
 from compare import compare, format_table, has_split_files, save_splits
 from configuration import Config, check_config
 from data import AUGMENTATIONS, DataError, DataFolder, draw_split, load_data_folder, read_labels, read_split_files
+from engine import resolve_augmentation
 from functions import fit
 from outputs import write_json, write_text
 
@@ -59,6 +60,14 @@ def search_space(config: Config, data: DataFolder) -> dict:
 def starting_point(config: Config) -> dict:
     """The searched settings as `config` holds them (the paper's unless set): the first trial."""
     return {name: getattr(config, name) for name in SEARCHED}
+
+
+def first_trial(config: Config, data: DataFolder) -> dict:
+    """`starting_point` with `auto` augmentations resolved for `data`'s modalities, so that the first
+    trial's values lie in the search space (which lists the modes themselves)."""
+    return {**starting_point(config),
+            **{f"augment_{which}": resolve_augmentation(config, m, position)
+               for position, (which, m) in enumerate(zip(("first", "second"), data.modalities))}}
 
 
 def validation_only(data: DataFolder) -> DataFolder:
@@ -136,7 +145,7 @@ def search(job: SearchJob, data: DataFolder, trials: int, grace_epochs: int, cpu
     max_epochs = max(epoch_choices(job.config.epochs))
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
                               grace_period=min(grace_epochs, max_epochs))
-    searcher = BasicVariantGenerator(points_to_evaluate=[starting_point(job.config)], random_state=job.config.seed)
+    searcher = BasicVariantGenerator(points_to_evaluate=[first_trial(job.config, data)], random_state=job.config.seed)
     tuner = ray_tune.Tuner(
         ray_tune.with_resources(ray_tune.with_parameters(_trainable, job=job), {"cpu": cpus, "gpu": gpus}),
         param_space=search_space(job.config, data),
@@ -187,7 +196,9 @@ def tune_and_compare(config: Config, directory: str, first: str, second: str, tr
     if splits_folder is not None:
         save_splits(splits_folder, split)
     started = time.time()
-    job = SearchJob(config, directory, prefixes, splits_folder)
+    # trials run in their own working folders (Ray Tune's), on any node: every path they read is absolute
+    job = SearchJob(dataclasses.replace(config, output=os.path.abspath(output)), os.path.abspath(directory), prefixes,
+                    splits_folder and os.path.abspath(splits_folder))
     log(f"search: {trials} trial(s) of {METHOD} on seed {config.seed}, validation only "
         f"({len(data.modalities[0].splits['valid'])} rows); ASHA grace {grace_epochs} epoch(s)")
     found = search(job, validation_only(data), trials, grace_epochs, cpus, gpus, log)

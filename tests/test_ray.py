@@ -85,6 +85,16 @@ def test_the_ray_executor_gives_the_local_table(tmp_path):
     assert without_times(saved["results"]) == without_times(local["results"])
 
 
+def test_the_ray_executor_takes_relative_paths(tmp_path, monkeypatch):
+    """Relative DIR and --output, typed in another folder than the one Ray's workers started in."""
+    write_toy_folder(tmp_path / "data", separation=3.0)
+    monkeypatch.chdir(tmp_path)
+    found = compare.compare(Config(output="out", **dict(SETTINGS, epochs=1)), "data", *PREFIXES, runs=1,
+                            methods="discomkd", log=quiet, executor=ray_executor.RayExecutor(gpus_per_task=0))
+    assert found["status"] == "finished"
+    assert os.path.exists(tmp_path / "out" / "run_0" / "discomkd" / "results.json")
+
+
 class KillOnce:
     """An `on_epoch` hook that SIGKILLs its own Ray worker after epoch 1 of the first attempt (the marker
     file says an attempt already died), as a lost node or an out-of-memory kill would."""
@@ -164,21 +174,26 @@ def test_a_trial_never_evaluates_the_test_split(tmp_path, monkeypatch):
 
 
 @slow
-def test_tune_selects_on_validation_and_reports_both_settings(tmp_path, capsys):
+def test_tune_selects_on_validation_and_reports_both_settings(tmp_path, capsys, monkeypatch):
+    """With relative paths, as users type them: trials run in Ray Tune's own working folders."""
     import tune
 
     folder = write_toy_folder(tmp_path / "data", separation=3.0)
     output = tmp_path / "tuning"
-    argv = [folder, *PREFIXES, "--trials", "3", "--runs", "1", "--epochs", "2", "--grace-epochs", "1",
+    monkeypatch.chdir(tmp_path)
+    argv = ["data", *PREFIXES, "--trials", "3", "--runs", "1", "--epochs", "2", "--grace-epochs", "1",
             "--batch-size", "16", "--learning-rate", "1e-3", "--encoder-first", "lenet", "--device", "cpu", "--gpus-per-task", "0",
-            "--output", str(output)]
+            "--output", "tuning"]
     assert tune.main(argv) == 0
     out = capsys.readouterr().out
     found = json.load(open(output / "tuning.json"))
     scored = [t for t in found["trials"] if t[tuning.METRIC] is not None]
     assert len(found["trials"]) == 3 and scored
     assert found["chosen_" + tuning.METRIC] == max(t[tuning.METRIC] for t in scored)
-    assert found["trials"][0]["settings"] == tuning.starting_point(Config(**dict(SETTINGS, epochs=2)))
+    data = load_data_folder(folder, *PREFIXES)
+    first = tuning.first_trial(Config(**dict(SETTINGS, epochs=2)), data)
+    assert found["trials"][0]["settings"] == first  # the starting settings, auto augmentations resolved
+    assert (first["augment_first"], first["augment_second"]) == ("flip+rot90", "none")
     chosen = json.load(open(output / "settings.json"))
     assert chosen == found["chosen"] and "--settings" in out
     for trial in os.listdir(output / "trials"):  # no trial scored a test row
@@ -189,5 +204,4 @@ def test_tune_selects_on_validation_and_reports_both_settings(tmp_path, capsys):
     assert "discomkd (starting settings)" in table and "discomkd (tuned on validation)" in table  # lr 1e-3
     tuned = json.load(open(output / "tuned" / compare.RESULTS_FILE))
     assert tuned["seeds"] == [1] and all(tuned["config"][k] == v for k, v in chosen.items())
-    data = load_data_folder(folder, *PREFIXES)
     assert tuned["results"][0]["data"]["modalities"][0]["rows"]["test"] == len(data.modalities[0].splits["test"])
