@@ -3,7 +3,7 @@
 #   make test   the same environment plus the test requirements, then the test suite
 #
 # Variables (make demo VAR=value):
-#   PYTHON       the interpreter that creates .venv (3.9 or newer)              default: python3
+#   PYTHON       the interpreter that creates .venv (3.11 or newer)             default: python3
 #   TORCH        the torch requirement installed first                           default: see below
 #   TORCH_INDEX  a package index for torch alone, e.g. the CPU-only builds at
 #                https://download.pytorch.org/whl/cpu                            default: none (PyPI)
@@ -36,8 +36,8 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 # Checked when make reads this file, so that an unusable interpreter is one line, not a failed recipe.
 ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
-ifneq ($(shell $(PYTHON) -c 'import sys; print(sys.version_info >= (3, 9))' 2>/dev/null),True)
-$(error $(PYTHON) is missing or older than Python 3.9; name another one, e.g. make $(firstword $(MAKECMDGOALS)) PYTHON=python3.12)
+ifneq ($(shell $(PYTHON) -c 'import sys; print(sys.version_info >= (3, 11))' 2>/dev/null),True)
+$(error $(PYTHON) is missing or older than Python 3.11; name another one, e.g. make $(firstword $(MAKECMDGOALS)) PYTHON=python3.12)
 endif
 endif
 
@@ -48,12 +48,13 @@ help:
 
 venv:
 	@test -x $(VENV_PYTHON) || { echo "creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }
-	@key=$$( { echo "$(TORCH) $(TORCH_INDEX)"; cat requirements.txt; } | $(HASH) ); \
+	@key=$$( { echo "$(TORCH) $(TORCH_INDEX)"; cat requirements.txt pyproject.toml; } | $(HASH) ); \
 	if [ "$$(cat $(VENV)/.stamp-run 2>/dev/null)" != "$$key" ]; then \
 	  echo "installing $(TORCH)$(if $(TORCH_INDEX), from $(TORCH_INDEX)) and requirements.txt into $(VENV)"; \
 	  rm -f $(VENV)/.stamp-run; \
 	  $(PIP) install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)" && \
 	  $(PIP) install --quiet -r requirements.txt && \
+	  $(PIP) install --quiet --no-deps -e . && \
 	  echo "$$key" > $(VENV)/.stamp-run; \
 	fi; test -f $(VENV)/.stamp-run
 

@@ -32,12 +32,13 @@ import time
 import numpy as np
 import torch
 
-from configuration import Config, check_config, plain_path, resolve_device, seed_everything
-from data import DataError, array_path, default_encoder, load_data_folder, stratified_split
-from engine import build_trainer, evaluate, start_epoch, train_one_epoch
+from discomkd.config import Config, check_config, plain_path, resolve_device, seed_everything
+from discomkd.data import array_path, default_encoder, load_data_folder, stratified_split
+from discomkd.engine import build_trainer, evaluate, start_epoch, train_one_epoch
+from discomkd.errors import DataError
+from discomkd.run_files import folder_problem, line_buffered_stdout
 from functions import run
 from model_pytorch import ENCODERS
-from outputs import folder_problem, line_buffered_stdout
 
 # EuroSAT as the authors prepare it: 13-band multispectral and 2-band SAR 64x64 patches, 10 classes.
 SHAPES = {

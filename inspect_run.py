@@ -26,14 +26,22 @@ import torch
 from sklearn.manifold import TSNE
 from sklearn.metrics import confusion_matrix
 
-from configuration import DEVICE_HELP, Config, checkpoint_precision, resolve_device
-from data import DataError, DataFolder, input_batches, load_data_folder, read_split_files
-from engine import autocast_context, classification_metrics
-from functions import command_status, data_fingerprint
+from discomkd.config import DEVICE_HELP, Config, checkpoint_precision, resolve_device
+from discomkd.data import DataFolder, input_batches, load_data_folder, read_split_files
+from discomkd.engine import autocast_context, classification_metrics
+from discomkd.errors import DataError, command_status
+from discomkd.probes import PROBE_FOLDS, probe_accuracy
+from discomkd.run_files import (
+    RESULTS_FILE,
+    atomic_write,
+    checkpoint_path,
+    folder_problem,
+    line_buffered_stdout,
+    load_classifier,
+    write_json,
+)
+from discomkd.training import data_fingerprint
 from model_pytorch import LOSS_TERMS
-from outputs import (RESULTS_FILE, atomic_write, checkpoint_path, folder_problem, line_buffered_stdout, load_classifier,
-                     write_json)
-from probes import PROBE_FOLDS, probe_accuracy
 
 PARTS = ("invariant", "informative", "irrelevant")
 PROBES_FILE = "probes.json"

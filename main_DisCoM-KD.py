@@ -7,10 +7,11 @@ See README.md for the data layout and every option. All logic lives in functions
 import argparse
 import sys
 
-from configuration import EXIT_BAD_INPUT, Config, add_config_arguments, plain_path
-from functions import command_status, resume, run
-from outputs import line_buffered_stdout
-from settings import add_settings_argument, parse_or_report
+from discomkd.config import Config, add_config_arguments, plain_path
+from discomkd.errors import EXIT_BAD_INPUT, command_status
+from discomkd.run_files import line_buffered_stdout
+from discomkd.settings_file import add_settings_argument, parse_or_report
+from functions import resume, run
 
 
 def build_parser() -> argparse.ArgumentParser:

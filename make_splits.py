@@ -14,10 +14,10 @@ import sys
 
 import numpy as np
 
-from configuration import seed_problem
-from data import DEFAULT_FRACTIONS, SPLITS, DataError, draw_split, file_problem, read_labels, split_file_name
-from functions import command_status
-from outputs import atomic_write, folder_problem, line_buffered_stdout
+from discomkd.config import seed_problem
+from discomkd.data import DEFAULT_FRACTIONS, SPLITS, draw_split, file_problem, read_labels, split_file_name
+from discomkd.errors import DataError, command_status
+from discomkd.run_files import atomic_write, folder_problem, line_buffered_stdout
 
 
 def save_split_files(paths: dict[str, str], split: dict[str, np.ndarray]) -> None:

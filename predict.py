@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix
 
-from configuration import DEVICE_HELP, Config, checkpoint_precision, resolve_device
-from data import DataError, as_int64, file_problem, input_batches, is_integer_dtype, is_numeric_dtype, load_npy
-from engine import autocast_context, classification_metrics
-from functions import command_status
-from image_folders import SAMPLE_EXTENSIONS, raw_input_files, read_raw_samples
-from outputs import atomic_write, folder_problem, line_buffered_stdout, load_classifier, save_npy
+from discomkd.config import DEVICE_HELP, Config, checkpoint_precision, resolve_device
+from discomkd.data import as_int64, file_problem, input_batches, is_integer_dtype, is_numeric_dtype, load_npy
+from discomkd.engine import autocast_context, classification_metrics
+from discomkd.errors import DataError, command_status
+from discomkd.image_folders import SAMPLE_EXTENSIONS, raw_input_files, read_raw_samples
+from discomkd.run_files import atomic_write, folder_problem, line_buffered_stdout, load_classifier, save_npy
 
 LISTED_INPUTS = 20  # raw files whose predicted class is printed; all of them are in the CSV
 

@@ -14,8 +14,8 @@ import argparse
 import re
 import sys
 
-from data import DataError
-from image_folders import check_name, list_class_folders, prepare, read_manifest
+from discomkd.errors import DataError
+from discomkd.image_folders import check_name, list_class_folders, prepare, read_manifest
 
 
 def name_and_value(text: str, option: str) -> tuple[str, str]:

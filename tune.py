@@ -16,11 +16,11 @@ import argparse
 import os
 import sys
 
-from compare import make_executor
-from configuration import Config, add_config_arguments
-from functions import command_status
-from outputs import line_buffered_stdout, prepare_output
-from settings import command_line
+from discomkd.comparison import make_executor
+from discomkd.config import Config, add_config_arguments
+from discomkd.errors import command_status
+from discomkd.run_files import line_buffered_stdout, prepare_output
+from discomkd.settings_file import command_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
 
     def action():
         ray_executor = make_executor("ray", address, gpus, cpus)  # DataError when Ray is missing
-        import tuning  # imports Ray: only once it is known to be installed
+        from discomkd import tuning  # imports Ray: only once it is known to be installed
         prepare_output(output, config.overwrite)
         ray_executor.start(output)
         found = tuning.tune_and_compare(config, directory, first, second, trials, runs,

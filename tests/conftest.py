@@ -1,8 +1,4 @@
 import os
-import sys
-
-# the project's modules live at the repository root, beside main_DisCoM-KD.py
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Set before torch loads OpenMP: on a small shared machine, threads that busy-wait between
 # operations slow tiny models 10-50x whenever another process holds a core; passive waiting
@@ -41,9 +37,10 @@ def toy_run(tmp_path_factory):
     """One finished 2-epoch DisCoM-KD run on the toy folder, shared by the tests that read a run
     (predict, inspect, hardening, option fuzzing): (data folder, run folder). Label values 3, 7, 11:
     labels need not be 0..K-1. Tests that write into the run folder work on a copy."""
-    from configuration import Config
-    from functions import run
     from toy import PREFIXES, TOY_RUN_LABELS, quiet, write_toy_folder
+
+    from discomkd.config import Config
+    from functions import run
 
     folder = write_toy_folder(tmp_path_factory.mktemp("toy-run") / "data", PREFIXES, label_values=TOY_RUN_LABELS)
     output = os.path.join(folder, "run")

@@ -3,9 +3,16 @@ import numpy as np
 import pytest
 import torch
 
-from baselines import (DKD_ALPHA, DKD_BETA, DKD_WARMUP_EPOCHS, MultiModalTeacher, SingleModalityClassifier, dkd_losses,
-                       kd_loss)
-from methods import METHODS, ModelShape, build_model
+from discomkd.baselines import (
+    DKD_ALPHA,
+    DKD_BETA,
+    DKD_WARMUP_EPOCHS,
+    MultiModalTeacher,
+    SingleModalityClassifier,
+    dkd_losses,
+    kd_loss,
+)
+from discomkd.methods import METHODS, ModelShape, build_model
 
 STUDENT = np.array([[2.0, 1.0, 0.5], [0.2, -1.0, 1.5]])
 TEACHER = np.array([[1.0, 3.0, 0.0], [0.5, 0.1, 2.5]])

@@ -9,8 +9,8 @@ import pytest
 import torch
 from toy import PREFIXES, ROOT, folder_snapshot, write_toy_folder
 
+from discomkd.run_files import load_classifier
 from model_pytorch import LOSS_TERMS
-from outputs import load_classifier
 
 LABEL_VALUES = [10, 20, 30]  # labels need not be 0..K-1
 EPOCHS = 4

@@ -18,11 +18,12 @@ from toy import ROOT, folder_snapshot, write_toy_folder
 
 import compare
 import make_splits
-from configuration import Config
-from data import load_data_folder
-from engine import build_trainer, train_one_epoch
-from methods import FUSED
-from outputs import checkpoint_path
+from discomkd import comparison
+from discomkd.config import Config
+from discomkd.data import load_data_folder
+from discomkd.engine import build_trainer, train_one_epoch
+from discomkd.methods import FUSED
+from discomkd.run_files import checkpoint_path
 
 # small, fast settings: a LeNet on (1, 12, 12) images and the MLP on 6-d vectors; lr 1e-3 so that
 # three epochs of 84 rows suffice
@@ -42,7 +43,7 @@ def neural(tmp_path_factory):
     """Two runs of the neural methods on a learnable toy folder with its own split."""
     folder = write_toy_folder(tmp_path_factory.mktemp("neural") / "data", separation=3.0)
     output = os.path.join(os.path.dirname(folder), "out")
-    results = compare.compare(Config(output=output, **SETTINGS), folder, "IMG", "VEC", runs=2, methods=NEURAL,
+    results = comparison.compare(Config(output=output, **SETTINGS), folder, "IMG", "VEC", runs=2, methods=NEURAL,
                               log=quiet)
     return folder, output, results
 
@@ -75,8 +76,8 @@ def test_neural_baselines_learn_above_chance(neural):
 
 def test_table_mean_and_std_match_the_runs(neural):
     _, output, results = neural
-    saved = json.load(open(os.path.join(output, compare.RESULTS_FILE)))
-    table = open(os.path.join(output, compare.TABLE_FILE)).read()
+    saved = json.load(open(os.path.join(output, comparison.RESULTS_FILE)))
+    table = open(os.path.join(output, comparison.TABLE_FILE)).read()
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
     best = {p: max(saved["aggregated"][m]["columns"][p]["weighted_f1"]["mean"]
                    for m in ("mono", "kd", "dkd", "discomkd")) for p in ("IMG", "VEC")}
@@ -99,7 +100,7 @@ def test_table_mean_and_std_match_the_runs(neural):
 def test_same_seed_repeats_exactly_whatever_the_other_methods(neural, tmp_path):
     """Each model is seeded on its own: dkd alone (with its teacher) and mono repeat run 0 exactly."""
     folder, _, results = neural
-    again = compare.compare(Config(output=str(tmp_path / "again"), **SETTINGS), folder, "IMG", "VEC", runs=1,
+    again = comparison.compare(Config(output=str(tmp_path / "again"), **SETTINGS), folder, "IMG", "VEC", runs=1,
                             methods="dkd,mono", log=quiet)
     for method in ("mono", "dkd"):
         assert without_seconds(again["results"][0]["methods"][method]) == \
@@ -112,8 +113,8 @@ def test_teacher_stays_frozen_while_students_distil(tmp_path):
     folder = write_toy_folder(tmp_path / "data", separation=3.0)
     config = Config(**{**SETTINGS, "epochs": 1}, verbose=0)
     data = load_data_folder(folder, "IMG", "VEC", ("lenet", "auto"))
-    context = compare.RunContext(config, str(tmp_path), data, False, quiet)
-    teacher = compare.train_neural(context, "teacher")
+    context = comparison.RunContext(config, str(tmp_path), data, False, quiet)
+    teacher = comparison.train_neural(context, "teacher")
     path = checkpoint_path(teacher["output"], FUSED)
     for method in ("kd", "dkd"):
         trainer = build_trainer(dataclasses.replace(config, method=method, modality="VEC", teacher=path), data,
@@ -128,7 +129,7 @@ def test_teacher_stays_frozen_while_students_distil(tmp_path):
 
 def test_classical_baselines_reproduce_scikit_learn(tmp_path):
     folder = write_toy_folder(tmp_path / "data", separation=0.25, n=150)  # hard enough for C to matter
-    results = compare.compare(Config(output=str(tmp_path / "out"), **SETTINGS), folder, "IMG", "VEC", runs=1,
+    results = comparison.compare(Config(output=str(tmp_path / "out"), **SETTINGS), folder, "IMG", "VEC", runs=1,
                               methods="svm,logreg", log=quiet)
     data = load_data_folder(folder, "IMG", "VEC")
     models = {"svm": lambda c: SVC(C=c, kernel="rbf"), "logreg": lambda c: LogisticRegression(C=c, max_iter=5000)}
@@ -154,13 +155,13 @@ def test_folder_without_splits_gets_a_saved_split_per_run(tmp_path):
         os.remove(os.path.join(folder, f"{split}_idx.npy"))
     before = folder_snapshot(folder)
     output = str(tmp_path / "out")
-    results = compare.compare(Config(output=output, **SETTINGS), folder, "IMG", "VEC", runs=2, methods="logreg",
+    results = comparison.compare(Config(output=output, **SETTINGS), folder, "IMG", "VEC", runs=2, methods="logreg",
                               log=quiet)
     assert folder_snapshot(folder) == before  # the user's folder is only read
     labels = np.load(os.path.join(folder, "labels.npy"))
     splits = []
     for seed in (0, 1):
-        view = os.path.join(output, f"run_{seed}", compare.SPLIT_FOLDER)
+        view = os.path.join(output, f"run_{seed}", comparison.SPLIT_FOLDER)
         split = {s: np.load(os.path.join(view, f"{s}_idx.npy")) for s in ("train", "valid", "test")}
         assert np.array_equal(np.sort(np.concatenate(list(split.values()))), np.arange(len(labels)))
         for value in (5, -1, 40):  # 40 rows per class: 28 / 4 / 8
@@ -177,11 +178,11 @@ def test_teacher_and_distillation_skipped_without_paired_rows(tmp_path):
     np.save(os.path.join(folder, "train_idx_IMG.npy"), train[: len(train) // 2])
     np.save(os.path.join(folder, "train_idx_VEC.npy"), train[len(train) // 2:])
     config = Config(output=str(tmp_path / "out"), **{**SETTINGS, "epochs": 1})
-    results = compare.compare(config, folder, "IMG", "VEC", runs=1, methods="mono,kd", log=quiet)
+    results = comparison.compare(config, folder, "IMG", "VEC", runs=1, methods="mono,kd", log=quiet)
     entries = results["results"][0]["methods"]
     assert entries["kd"]["status"] == "skipped" and "paired" in entries["kd"]["note"]
     assert entries["mono"]["columns"]["IMG"]["train_rows"] == len(train) // 2
-    table = open(tmp_path / "out" / compare.TABLE_FILE).read()
+    table = open(tmp_path / "out" / comparison.TABLE_FILE).read()
     assert "skipped (needs paired rows)" in table and "needs paired data" in table
 
 
@@ -239,7 +240,7 @@ def test_config_options_shared_with_main():
     args = vars(compare.build_parser().parse_args(argv))
     assert (args["epochs"], args["weight_adv"], args["runs"], args["seed"]) == (7, 0.5, 3, 0)
     assert "legacy_modality_targets" not in args  # a method of its own here: discomkd-legacy
-    assert compare.parse_methods("kd, mono,kd") == ("kd", "mono")
+    assert comparison.parse_methods("kd, mono,kd") == ("kd", "mono")
 
 
 # ----------------------------------------------------------------------------- make_splits.py
@@ -283,7 +284,7 @@ def test_single_class_training_rows_get_a_constant_classical_prediction(tmp_path
     labels = np.load(os.path.join(folder, "labels.npy"))
     train = np.load(os.path.join(folder, "train_idx.npy"))
     np.save(os.path.join(folder, "train_idx_VEC.npy"), train[labels[train] == labels[train][0]])
-    results = compare.compare(Config(output=str(tmp_path / "out"), **SETTINGS), folder, "IMG", "VEC", runs=1,
+    results = comparison.compare(Config(output=str(tmp_path / "out"), **SETTINGS), folder, "IMG", "VEC", runs=1,
                               methods="svm,logreg", log=quiet)
     for method in ("svm", "logreg"):
         column = results["results"][0]["methods"][method]["columns"]["VEC"]
@@ -299,7 +300,7 @@ def test_an_interrupted_comparison_keeps_what_finished_and_says_so(tmp_path, mon
     interrupted) and the message says where; with none, nothing is left behind, so the same command runs again."""
     folder = write_toy_folder(tmp_path / "data", separation=3.0)
     output = str(tmp_path / "out")
-    real_fit = compare.fit
+    real_fit = comparison.fit
     calls = [0]
 
     def stopping_fit(config, data, run_output, state=None, log=print, should_stop=None, on_epoch=None):
@@ -307,7 +308,7 @@ def test_an_interrupted_comparison_keeps_what_finished_and_says_so(tmp_path, mon
         stop_now = calls[0] == finished_runs + 1  # one neural model per run here: discomkd
         return real_fit(config, data, run_output, state, log, (lambda: True) if stop_now else should_stop, on_epoch)
 
-    monkeypatch.setattr(compare, "fit", stopping_fit)
+    monkeypatch.setattr(comparison, "fit", stopping_fit)
     argv = [folder, "IMG", "VEC", "--runs", "2", "--methods", "discomkd,logreg", "--output", output,
             "--epochs", "2", "--batch-size", "16", "--encoder-first", "lenet", "--device", "cpu"]
     assert compare.main(argv) == 130
@@ -315,13 +316,13 @@ def test_an_interrupted_comparison_keeps_what_finished_and_says_so(tmp_path, mon
     assert len(err) == 1 and err[0].startswith(f"comparison interrupted with {finished_runs}/2 run(s) finished")
     assert "Traceback" not in err[0]
     if finished_runs:
-        saved = json.load(open(os.path.join(output, compare.RESULTS_FILE)))
+        saved = json.load(open(os.path.join(output, comparison.RESULTS_FILE)))
         assert saved["status"] == "interrupted" and len(saved["results"]) == 1
-        assert os.path.join(output, compare.RESULTS_FILE) in err[0]
-        assert "discomkd" in open(os.path.join(output, compare.TABLE_FILE)).read()
+        assert os.path.join(output, comparison.RESULTS_FILE) in err[0]
+        assert "discomkd" in open(os.path.join(output, comparison.TABLE_FILE)).read()
     else:
         assert "nothing was kept" in err[0] and not os.path.exists(output)
-        monkeypatch.setattr(compare, "fit", real_fit)
+        monkeypatch.setattr(comparison, "fit", real_fit)
         assert compare.main(argv[:4] + ["1"] + argv[5:]) == 0  # the same folder is free again
 
 
@@ -332,13 +333,13 @@ def test_sigterm_during_the_classical_baselines_stops_cleanly(tmp_path):
     output = str(tmp_path / "out")
     script = (
         "import os, signal, sys\n"
-        f"sys.path.insert(0, {ROOT!r})\n"
         "import compare\n"
-        "real = compare.fit_classical\n"
+        "from discomkd import comparison\n"
+        "real = comparison.fit_classical\n"
         "def terminated(*args):\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
         "    return real(*args)\n"
-        "compare.fit_classical = terminated\n"
+        "comparison.fit_classical = terminated\n"
         f"sys.exit(compare.main([{folder!r}, 'IMG', 'VEC', '--methods', 'svm', '--output', {output!r}]))\n")
     process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert process.returncode == 130, process.stderr

@@ -1,4 +1,4 @@
-"""The one training engine: every method's spec goes through `functions.fit`, and a diverged run keeps
+"""The one training engine: every method's spec goes through `training.fit`, and a diverged run keeps
 nothing broken."""
 import io
 import os
@@ -6,15 +6,17 @@ import os
 import numpy as np
 import pytest
 import torch
-
-from configuration import Config, seed_everything
-from data import array_path, load_data_folder
-from engine import build_trainer, train_one_epoch
-from functions import StepProgress, TrainingError, fit, run
-from methods import FUSED, METHODS
-from outputs import STATE_FILE, checkpoint_path, load_classifier, load_state
-from predict import predict_array
 from toy import PREFIXES, quiet, read_results, write_toy_folder
+
+from discomkd.config import Config, seed_everything
+from discomkd.data import array_path, load_data_folder
+from discomkd.engine import build_trainer, train_one_epoch
+from discomkd.errors import TrainingError
+from discomkd.methods import FUSED, METHODS
+from discomkd.run_files import STATE_FILE, checkpoint_path, load_classifier, load_state
+from discomkd.training import StepProgress, fit
+from functions import run
+from predict import predict_array
 
 # a LeNet on (1, 12, 12) images and the MLP on 6-d vectors, lr 1e-3: two short epochs learn the toy classes
 SETTINGS = dict(epochs=2, batch_size=16, learning_rate=1e-3, encoder_first="lenet", augment_first="none",

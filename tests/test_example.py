@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from data import DataError, load_data_folder
+from discomkd.data import load_data_folder
+from discomkd.errors import DataError
 from make_example import make_digits_example
 
 

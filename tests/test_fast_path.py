@@ -9,8 +9,8 @@ from toy import write_toy_folder
 
 import benchmark
 import functions
-import configuration
-from data import load_data_folder
+from discomkd import config as configuration
+from discomkd.data import load_data_folder
 
 QUIET = dict(epochs=3, batch_size=16, encoder_first="lenet", augment_first="flip+rot90", verbose=0, overwrite=True)
 

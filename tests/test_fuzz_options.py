@@ -20,6 +20,7 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis (a test-only dependency) is not installed")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from toy import PREFIXES, folder_snapshot, write_toy_folder  # noqa: E402
 
 import benchmark  # noqa: E402
 import compare  # noqa: E402
@@ -27,8 +28,7 @@ import inspect_run  # noqa: E402
 import make_example  # noqa: E402
 import make_splits  # noqa: E402
 import predict  # noqa: E402
-from data import array_path  # noqa: E402
-from toy import PREFIXES, folder_snapshot, write_toy_folder  # noqa: E402
+from discomkd.data import array_path  # noqa: E402
 
 ROWS = 30
 EXAMPLES_PER_OPTION = 2  # derandomized: the same examples every run

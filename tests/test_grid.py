@@ -11,12 +11,14 @@ from toy import PREFIXES, folder_snapshot, one_error_line, quiet, write_toy_fold
 
 import compare
 import functions
-import settings
-from configuration import Config
-from data import load_data_folder
-from methods import ABLATIONS, METHODS, ModelShape, build_model
+from discomkd import comparison, training
+from discomkd import settings_file as settings
+from discomkd import config as config_module
+from discomkd.config import Config
+from discomkd.data import load_data_folder
+from discomkd.methods import ABLATIONS, METHODS, ModelShape, build_model
+from discomkd.run_files import checkpoint_path, load_classifier
 from model_pytorch import PART_DIM
-from outputs import checkpoint_path, load_classifier
 
 SETTINGS = dict(epochs=2, batch_size=16, learning_rate=1e-3, encoder_first="lenet", device="cpu")
 
@@ -57,9 +59,9 @@ def test_ablation_rows_in_the_comparison_and_their_checkpoints_reload(tmp_path, 
             "--encoder-first", "lenet", "--learning-rate", "1e-3", "--device", "cpu", "--output", output]
     assert compare.main(argv) == 0
     capsys.readouterr()
-    saved = json.load(open(os.path.join(output, compare.RESULTS_FILE)))
+    saved = json.load(open(os.path.join(output, comparison.RESULTS_FILE)))
     assert saved["methods"] == ["discomkd", *ABLATIONS]
-    table = open(os.path.join(output, compare.TABLE_FILE)).read()
+    table = open(os.path.join(output, comparison.TABLE_FILE)).read()
     rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][1:]
     assert rows == ["discomkd", *ABLATIONS]
     run = os.path.join(output, "run_0")
@@ -79,25 +81,25 @@ def test_score_test_off_never_evaluates_the_test_split(tmp_path, monkeypatch):
     folder = write_toy_folder(tmp_path / "data", separation=3.0)
     data = load_data_folder(folder, *PREFIXES, ("lenet", "auto"))
     scored = []
-    evaluate = functions.evaluate
+    evaluate = training.evaluate
 
     def recording(trainer, data, splits=("valid", "test"), classifiers=None):
         scored.extend(splits)
         return evaluate(trainer, data, splits, classifiers)
 
-    monkeypatch.setattr(functions, "evaluate", recording)
+    monkeypatch.setattr(training, "evaluate", recording)
     output = str(tmp_path / "run")
-    results = functions.fit(Config(**SETTINGS, score_test=False, verbose=0), data, output, log=quiet)
+    results = training.fit(Config(**SETTINGS, score_test=False, verbose=0), data, output, log=quiet)
     assert scored and set(scored) == {"valid"}
     assert results["status"] == "finished"
     assert all(final["test"] is None for final in results["final"].values())
     assert not [name for name in os.listdir(output) if name.startswith("test_predictions")]
     assert all("test" not in entry[p] for entry in results["history"] for p in PREFIXES)
     scored.clear()
-    functions.fit(Config(**SETTINGS, verbose=0), data, str(tmp_path / "scored"), log=quiet)
+    training.fit(Config(**SETTINGS, verbose=0), data, str(tmp_path / "scored"), log=quiet)
     assert "test" in scored  # the default still scores test at improving epochs
     with pytest.raises(Exception, match="--test-every-epoch"):
-        functions.check_config(Config(**SETTINGS, score_test=False, test_every_epoch=True))
+        config_module.check_config(Config(**SETTINGS, score_test=False, test_every_epoch=True))
 
 
 def test_a_settings_file_sets_defaults_and_the_command_line_wins(tmp_path, cli_main, capsys):
@@ -149,12 +151,12 @@ def test_runs_finishing_out_of_order_are_saved_in_seed_order(tmp_path):
 
         def __call__(self, contexts, methods, log):
             for context in reversed(list(contexts)):
-                yield context, compare.run_methods(context, methods, compare.announcer(log))
+                yield context, comparison.run_methods(context, methods, comparison.announcer(log))
 
-    results = compare.compare(Config(output=output, device="cpu"), folder, *PREFIXES, runs=3, methods="logreg",
+    results = comparison.compare(Config(output=output, device="cpu"), folder, *PREFIXES, runs=3, methods="logreg",
                               resplit=True, log=quiet, executor=Reversed())
     assert [run["seed"] for run in results["results"]] == [0, 1, 2] and results["executor"] == "reversed"
-    local = compare.compare(Config(output=str(tmp_path / "local"), device="cpu"), folder, *PREFIXES, runs=3,
+    local = comparison.compare(Config(output=str(tmp_path / "local"), device="cpu"), folder, *PREFIXES, runs=3,
                             methods="logreg", resplit=True, log=quiet)
     values = [r["methods"]["logreg"]["columns"]["IMG"]["test"]["weighted_f1"] for r in local["results"]]
     assert results["aggregated"]["logreg"]["columns"]["IMG"]["weighted_f1"]["values"] == values

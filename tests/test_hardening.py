@@ -11,19 +11,20 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from toy import PREFIXES, ROOT, folder_snapshot, quiet, read_results, write_toy_folder
 
 import benchmark
 import compare
 import inspect_run
 import make_example
 import make_splits
-import outputs
 import predict
-from configuration import MAX_SEED, Config, check_config
-from data import DataError, RowSource, array_path, load_data_folder, load_npy
-from engine import build_sources
-from functions import Interrupted, resume, run
-from toy import PREFIXES, ROOT, folder_snapshot, quiet, read_results, write_toy_folder
+from discomkd import run_files as outputs
+from discomkd.config import MAX_SEED, Config, check_config
+from discomkd.data import RowSource, array_path, load_data_folder, load_npy
+from discomkd.engine import build_sources
+from discomkd.errors import DataError, Interrupted
+from functions import resume, run
 
 ROWS = 30
 FAST = ["--epochs", "1", "--batch-size", "8", "--encoder-first", "lenet", "--device", "cpu", "--quiet"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from toy import PREFIXES, folder_snapshot
 
-from data import DataError
+from discomkd.errors import DataError
 from inspect_run import MISSING_MATPLOTLIB, PARTS, PROBES_FILE, feature_parts, load_run, main, probe_accuracy
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

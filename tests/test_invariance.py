@@ -13,12 +13,12 @@ from toy import quiet, read_results, write_toy_folder
 
 import compare
 import functions
-import methods
-from configuration import Config, check_config
-from data import DataError
+from discomkd import comparison, methods
+from discomkd.config import Config, check_config
+from discomkd.errors import DataError
+from discomkd.probes import INVARIANCE_MEANING, modality_probe, probe_rows
 from inspect_run import feature_parts, load_run
 from model_pytorch import PART_DIM, DisCoMKD, gradient_reverse, grl_coefficient_at
-from probes import INVARIANCE_MEANING, modality_probe, probe_rows
 
 PREFIXES = ("IMG", "VEC")
 TOY = dict(epochs=2, batch_size=16, encoder_first="lenet", verbose=0)
@@ -190,13 +190,13 @@ def test_methods_without_invariant_parts_have_no_probe(folder):
 
 def test_comparison_shows_the_probe_for_discomkd_rows_only(folder, tmp_path):
     output = str(tmp_path / "cmp")
-    results = compare.compare(Config(epochs=1, batch_size=16, encoder_first="lenet", device="cpu", output=output),
+    results = comparison.compare(Config(epochs=1, batch_size=16, encoder_first="lenet", device="cpu", output=output),
                               folder, *PREFIXES, runs=2, methods="mono,discomkd-dann", resplit=True, log=quiet)
     aggregated = results["aggregated"]
     values = [run["methods"]["discomkd-dann"]["invariance_probe"]["modality_accuracy"] for run in results["results"]]
     assert aggregated["discomkd-dann"]["invariance_probe"]["values"] == values
     assert "invariance_probe" not in aggregated["mono"]
-    table = open(os.path.join(output, compare.TABLE_FILE)).read()
+    table = open(os.path.join(output, comparison.TABLE_FILE)).read()
     rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if line.startswith("| ")}
     assert "invariant modality probe [i]" in rows["method"][4]
     assert rows["discomkd-dann"][4].strip() == f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
@@ -211,9 +211,9 @@ def test_comparison_shows_the_probe_for_discomkd_rows_only(folder, tmp_path):
 
 
 def test_remedy_methods_are_not_in_the_default_comparison():
-    assert "discomkd" in compare.DEFAULT_METHODS and "discomkd-legacy" in compare.DEFAULT_METHODS
+    assert "discomkd" in comparison.DEFAULT_METHODS and "discomkd-legacy" in comparison.DEFAULT_METHODS
     for name in ("discomkd-dann", "discomkd-mlp-disc", "discomkd-fast-disc", "discomkd-remedies"):
-        assert name in compare.ALL_METHODS and name not in compare.DEFAULT_METHODS
+        assert name in comparison.ALL_METHODS and name not in comparison.DEFAULT_METHODS
         assert methods.METHODS[name].invariant_parts
 
 

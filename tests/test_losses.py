@@ -4,9 +4,9 @@ import pytest
 import torch
 from toy import write_toy_folder
 
-from configuration import Config, seed_everything
-from data import load_data_folder
-from engine import build_trainer, train_one_epoch
+from discomkd.config import Config, seed_everything
+from discomkd.data import load_data_folder
+from discomkd.engine import build_trainer, train_one_epoch
 from model_pytorch import LOSS_TERMS, BranchOutput, discomkd_losses
 
 # Two rows of the first modality, one of the second, three classes, 2-d feature parts (the losses

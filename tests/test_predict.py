@@ -8,8 +8,8 @@ import pytest
 import torch
 from toy import PREFIXES, ROOT, TOY_RUN_LABELS, folder_snapshot
 
-from data import array_path
-from outputs import load_classifier
+from discomkd.data import array_path
+from discomkd.run_files import load_classifier
 from predict import main, predict_array
 
 # class values that are not 0..K-1, so that a prediction returned as an index would be caught

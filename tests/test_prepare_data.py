@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from toy import folder_snapshot
 
-from data import load_data_folder
-from image_folders import Progress, channel_moments, combine_moments, read_sample
+from discomkd.data import load_data_folder
+from discomkd.image_folders import Progress, channel_moments, combine_moments, read_sample
 from predict import main as predict_main
 from prepare_data import main as prepare_main
 

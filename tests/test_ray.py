@@ -11,12 +11,15 @@ from toy import PREFIXES, ROOT, quiet, write_toy_folder
 
 ray = pytest.importorskip("ray")
 
-import compare  # noqa: E402  (after the skip: ray_executor and tuning import Ray)
 import functions  # noqa: E402
-import ray_executor  # noqa: E402
-import tuning  # noqa: E402
-from configuration import Config  # noqa: E402
-from data import load_data_folder  # noqa: E402
+from discomkd import (
+    comparison,
+    ray_executor,  # noqa: E402
+    training,
+    tuning,  # noqa: E402
+)
+from discomkd.config import Config  # noqa: E402
+from discomkd.data import load_data_folder  # noqa: E402
 
 SETTINGS = dict(epochs=2, batch_size=16, learning_rate=1e-3, encoder_first="lenet", device="cpu")
 slow = pytest.mark.skipif(os.environ.get("DISCOMKD_RAY_SLOW") != "1", reason="DISCOMKD_RAY_SLOW=1 runs it (30 s)")
@@ -51,18 +54,18 @@ def compare_both(tmp_path, folder, settings, methods, runs, executor, lines):
     """The comparison by the local executor, then by `executor` into the same output folder (paths, such as
     the per-run splits', are then alike): (local results, its table cells, executor results, its table cells)."""
     output = str(tmp_path / "out")
-    local = compare.compare(Config(output=output, **settings), folder, *PREFIXES, runs=runs, methods=methods,
+    local = comparison.compare(Config(output=output, **settings), folder, *PREFIXES, runs=runs, methods=methods,
                             log=quiet)
     local_cells = table_cells(output)
     os.rename(output, str(tmp_path / "local"))
-    remote = compare.compare(Config(output=output, **settings), folder, *PREFIXES, runs=runs, methods=methods,
+    remote = comparison.compare(Config(output=output, **settings), folder, *PREFIXES, runs=runs, methods=methods,
                              log=lines.append, executor=executor)
     return local, local_cells, remote, table_cells(output)
 
 
 def table_cells(output):
     """comparison.md's rows without the training-time column."""
-    lines = open(os.path.join(output, compare.TABLE_FILE)).read().splitlines()
+    lines = open(os.path.join(output, comparison.TABLE_FILE)).read().splitlines()
     return [line.split("|")[1:-2] for line in lines if line.startswith("| ")]
 
 
@@ -81,7 +84,7 @@ def test_the_ray_executor_gives_the_local_table(tmp_path):
     # 2 runs x (mono x2, teacher, kd x2, discomkd, logreg) tasks, a progress line as each finishes
     assert any(line.startswith("ray: 14 tasks for 2 run(s)") for line in lines)
     assert sum("[14/14]" in line for line in lines) >= 1
-    saved = json.load(open(tmp_path / "out" / compare.RESULTS_FILE))
+    saved = json.load(open(tmp_path / "out" / comparison.RESULTS_FILE))
     assert without_times(saved["results"]) == without_times(local["results"])
 
 
@@ -89,7 +92,7 @@ def test_the_ray_executor_takes_relative_paths(tmp_path, monkeypatch):
     """Relative DIR and --output, typed in another folder than the one Ray's workers started in."""
     write_toy_folder(tmp_path / "data", separation=3.0)
     monkeypatch.chdir(tmp_path)
-    found = compare.compare(Config(output="out", **dict(SETTINGS, epochs=1)), "data", *PREFIXES, runs=1,
+    found = comparison.compare(Config(output="out", **dict(SETTINGS, epochs=1)), "data", *PREFIXES, runs=1,
                             methods="discomkd", log=quiet, executor=ray_executor.RayExecutor(gpus_per_task=0))
     assert found["status"] == "finished"
     assert os.path.exists(tmp_path / "out" / "run_0" / "discomkd" / "results.json")
@@ -133,12 +136,12 @@ def test_an_interrupted_ray_comparison_keeps_its_finished_runs(tmp_path):
         if line.startswith("  [2/3]"):
             raise KeyboardInterrupt
 
-    with pytest.raises(functions.Interrupted, match="1/3 run"):
-        compare.compare(Config(output=output, device="cpu"), folder, *PREFIXES, runs=3, methods="logreg",
+    with pytest.raises(training.Interrupted, match="1/3 run"):
+        comparison.compare(Config(output=output, device="cpu"), folder, *PREFIXES, runs=3, methods="logreg",
                         resplit=True, log=log, executor=ray_executor.RayExecutor(gpus_per_task=0))
-    saved = json.load(open(os.path.join(output, compare.RESULTS_FILE)))
+    saved = json.load(open(os.path.join(output, comparison.RESULTS_FILE)))
     assert saved["status"] == "interrupted" and len(saved["results"]) == 1
-    assert "a single run" in open(os.path.join(output, compare.TABLE_FILE)).read()
+    assert "a single run" in open(os.path.join(output, comparison.TABLE_FILE)).read()
 
 
 def test_a_task_that_cannot_see_the_output_folder_fails_with_a_clear_message(tmp_path):
@@ -153,14 +156,14 @@ def test_a_trial_never_evaluates_the_test_split(tmp_path, monkeypatch):
     no test row, and the reported metric is the mean of each classifier's best validation wF1 so far."""
     folder = write_toy_folder(tmp_path / "data", separation=3.0)
     scored, reports = [], []
-    evaluate = functions.evaluate
+    evaluate = training.evaluate
 
     def recording(trainer, data, splits=("valid", "test"), classifiers=None):
         assert "test" not in data.modalities[0].splits
         scored.extend(splits)
         return evaluate(trainer, data, splits, classifiers)
 
-    monkeypatch.setattr(functions, "evaluate", recording)
+    monkeypatch.setattr(training, "evaluate", recording)
     job = tuning.SearchJob(Config(output=str(tmp_path / "search"), **dict(SETTINGS, epochs=3)), folder, PREFIXES, None)
     results = tuning.run_trial({"learning_rate": 2e-3, "weight_adv": 0.3, "epochs": 3}, job,
                                str(tmp_path / "trial"), reports.append)
@@ -202,6 +205,6 @@ def test_tune_selects_on_validation_and_reports_both_settings(tmp_path, capsys, 
         assert results["data"]["modalities"][0]["rows"].keys() == {"train", "valid"}
     table = open(output / "tuning.md").read()
     assert "discomkd (starting settings)" in table and "discomkd (tuned on validation)" in table  # lr 1e-3
-    tuned = json.load(open(output / "tuned" / compare.RESULTS_FILE))
+    tuned = json.load(open(output / "tuned" / comparison.RESULTS_FILE))
     assert tuned["seeds"] == [1] and all(tuned["config"][k] == v for k, v in chosen.items())
     assert tuned["results"][0]["data"]["modalities"][0]["rows"]["test"] == len(data.modalities[0].splits["test"])

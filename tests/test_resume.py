@@ -12,11 +12,12 @@ import pytest
 import torch
 from toy import CLI_OPTIONS, PREFIXES, ROOT, folder_snapshot, quiet, read_results, write_toy_folder
 
-import methods
-import outputs
-from configuration import Config
-from functions import Interrupted, resume, run
-from outputs import STATE_FILE
+from discomkd import methods
+from discomkd import run_files as outputs
+from discomkd.config import Config
+from discomkd.errors import Interrupted
+from discomkd.run_files import STATE_FILE
+from functions import resume, run
 
 ROWS = 72  # 51 training rows: batches of 16, 16, 16, 3 -> 4 steps per epoch
 STEPS_PER_EPOCH = 4

@@ -16,15 +16,15 @@ import torch
 from numpy.lib.format import open_memmap
 from toy import CLI_OPTIONS, PREFIXES, ROOT, one_error_line, quiet, read_results, toy_arrays, write_toy_folder
 
-import engine
-import outputs
-from configuration import Config
-from data import DataError, array_path, stratified_split
-from functions import TrainingError, run
-from methods import ModelShape, classifier_description
+from discomkd import engine
+from discomkd import run_files as outputs
+from discomkd.config import Config
+from discomkd.data import array_path, stratified_split
+from discomkd.errors import DataError, TrainingError
+from discomkd.methods import ModelShape, classifier_description
+from discomkd.run_files import CHECKPOINT_FORMAT, STATE_FILE, load_classifier, load_state, save_checkpoint
+from functions import run
 from model_pytorch import LOSS_TERMS, ModalityBranch
-from outputs import CHECKPOINT_FORMAT, STATE_FILE, load_classifier, load_state, save_checkpoint
-
 
 
 # ----------------------------------------------------------------------------- SIGKILL at random moments

@@ -2,9 +2,9 @@
 off the training thread equal the synchronous ones and resume bit-identically; a failing compile
 falls back to eager."""
 import copy
-import json
 import dataclasses
 import importlib.util
+import json
 import os
 
 import pytest
@@ -15,12 +15,12 @@ from test_resume import STEPS_PER_EPOCH, assert_same_run
 from toy import quiet, read_results, write_toy_folder
 
 import benchmark
-import methods
-import outputs
-import snapshots
-from configuration import Config
+from discomkd import methods
+from discomkd import run_files as outputs
+from discomkd import writer as snapshots
+from discomkd.config import Config
+from discomkd.run_files import TEMPORARY_PREFIX
 from functions import resume, run
-from outputs import TEMPORARY_PREFIX
 
 PREFIXES = ("IMG", "VEC")
 CONFIG = Config(epochs=3, batch_size=16, encoder_first="lenet", learning_rate=2e-3, device="cpu", verbose=0)
@@ -209,7 +209,7 @@ def test_a_failing_compiled_step_falls_back_to_eager_with_the_same_results(data_
 
 
 def test_bf16_asked_on_a_gpu_without_it_resolves_to_fp32(monkeypatch):
-    from configuration import resolve_precision
+    from discomkd.config import resolve_precision
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
     assert resolve_precision("bf16", torch.device("cuda")) == "fp32"
     assert resolve_precision("auto", torch.device("cuda")) == "fp32"

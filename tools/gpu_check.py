@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 import benchmark  # noqa: E402
 import make_example  # noqa: E402
-from configuration import Config  # noqa: E402
+from discomkd.config import Config  # noqa: E402
 from functions import run  # noqa: E402
 
 BUDGET_SECONDS = 8 * 60

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data import CLASSES_FILE, NORMALIZATION_FILE, SPLITS, DataError, array_path, load_data_folder, stratified_split
+from discomkd.data import CLASSES_FILE, NORMALIZATION_FILE, SPLITS, array_path, load_data_folder, stratified_split
+from discomkd.errors import DataError
 
 PILLOW_EXTENSIONS = (".png", ".jpg", ".jpeg")
 TIFF_EXTENSIONS = (".tif", ".tiff")

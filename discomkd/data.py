@@ -27,16 +27,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from discomkd.errors import DataError
 from model_pytorch import ENCODERS, default_encoder_for
 
 SPLITS = ("train", "valid", "test")
 # Bytes read from a memory map at once (finiteness checks, copies to the device), so an array
 # larger than memory is handled in bounded pieces.
 _CHUNK_BYTES = 64 << 20
-
-
-class DataError(ValueError):
-    """A data folder problem, explained in one line."""
 
 
 def array_path(directory: str, prefix: str) -> str:

@@ -16,8 +16,8 @@ import tempfile
 import numpy as np
 import torch
 
-from data import DataError
-from methods import CLASSIFIER_KINDS, build_classifier
+from discomkd.errors import DataError
+from discomkd.methods import CLASSIFIER_KINDS, build_classifier
 
 CHECKPOINT_FORMAT = "discomkd-modality/1"
 RESULTS_FILE = "results.json"

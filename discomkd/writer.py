@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from outputs import RESULTS_FILE, STATE_FILE, save_state, write_json, write_payload
+from discomkd.run_files import RESULTS_FILE, STATE_FILE, save_state, write_json, write_payload
 
 # Tests and the benchmark set this to False to write on the training thread (the same files, in the
 # same order), the reference the background writes are checked against.

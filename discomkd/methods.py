@@ -17,8 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines import (DKD_ALPHA, DKD_BETA, DKD_WARMUP_EPOCHS, MultiModalTeacher, SingleModalityClassifier, dkd_losses,
-                       kd_loss)
+from discomkd.baselines import (
+    DKD_ALPHA,
+    DKD_BETA,
+    DKD_WARMUP_EPOCHS,
+    MultiModalTeacher,
+    SingleModalityClassifier,
+    dkd_losses,
+    kd_loss,
+)
 from model_pytorch import LOSS_TERMS, TASK_FEATURES, DisCoMKD, ModalityBranch, discomkd_losses, grl_coefficient_at
 
 FUSED = "fused"  # the column of a classifier that reads both modalities (the teacher)

@@ -17,12 +17,21 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from configuration import Config, resolve_precision
-from data import AUGMENTATIONS, DataError, DataFolder, Modality, Prefetcher, RowSource, augment, default_augmentation, \
-    epoch_positions
-from methods import FUSED, METHODS, MethodSpec, ModelShape, build_model
-from outputs import checkpoint_path, load_classifier
-from probes import modality_probe, probe_rows
+from discomkd.config import Config, resolve_precision
+from discomkd.data import (
+    AUGMENTATIONS,
+    DataFolder,
+    Modality,
+    Prefetcher,
+    RowSource,
+    augment,
+    default_augmentation,
+    epoch_positions,
+)
+from discomkd.errors import DataError
+from discomkd.methods import FUSED, METHODS, MethodSpec, ModelShape, build_model
+from discomkd.probes import modality_probe, probe_rows
+from discomkd.run_files import checkpoint_path, load_classifier
 
 
 # ----------------------------------------------------------------------------- training

@@ -1,6 +1,6 @@
 """Every setting of a run and what checks and resolves them: the typed config (defaults are the
 paper's), its command-line options, devices, precision, seeding and the random states a run
-saves, and the exit statuses every command shares. Knows torch and nothing of training.
+saves. Knows torch and nothing of training.
 """
 from __future__ import annotations
 
@@ -12,13 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from data import DataError
-from methods import METHODS
+from discomkd.errors import DataError
+from discomkd.methods import METHODS
 from model_pytorch import DISCRIMINATORS, GRL_SCHEDULES, LOSS_TERMS
 
-# Exit statuses of every command: bad input (nothing written), training failed (the last good
-# outputs kept), interrupted (state saved for --resume).
-EXIT_BAD_INPUT, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 2, 3, 130
 DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
 
 def _option(default, help_text: str, **metadata):

@@ -11,8 +11,8 @@ import dataclasses
 import json
 import sys
 
-from configuration import Config
-from data import DataError
+from discomkd.config import Config
+from discomkd.errors import DataError
 
 OPTION = "--settings"
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import os
 import socket
 import time
@@ -24,16 +25,29 @@ from dataclasses import dataclass
 import ray
 import torch
 
-from compare import (CLASSICAL, TEACHER, RunContext, announcer, classical_columns, classical_entry, load_run_data,
-                     neural_config, neural_entry, neural_part, neural_plan, split_name, teacher_checkpoint,
-                     train_neural)
-from configuration import Config
-from data import DataError, read_split_files
-from functions import TrainingError, resume
-from methods import METHODS
-from outputs import STATE_FILE, load_state, write_text
+from discomkd.comparison import (
+    CLASSICAL,
+    TEACHER,
+    RunContext,
+    announcer,
+    classical_columns,
+    classical_entry,
+    load_run_data,
+    neural_config,
+    neural_entry,
+    neural_part,
+    neural_plan,
+    split_name,
+    teacher_checkpoint,
+    train_neural,
+)
+from discomkd.config import Config
+from discomkd.data import read_split_files
+from discomkd.errors import DataError, TrainingError
+from discomkd.methods import METHODS
+from discomkd.run_files import STATE_FILE, load_state, write_text
+from discomkd.training import resume
 
-ROOT = os.path.dirname(os.path.abspath(__file__))  # the project's modules: every worker imports them from here
 MARKER_FILE = ".ray-shared-storage"  # written by the driver into the output folder, read by every task
 # a cancelled task finishes its step and writes its state.pt; longer than any step of the paper's models
 CANCEL_WAIT_SECONDS = 60
@@ -125,14 +139,17 @@ def _silent(line: str) -> None:
 
 def connect(address: str | None, cpus_per_task: float, gpus_per_task: float) -> None:
     """Starts Ray on this machine (address None) or joins the cluster at `address`, unless this process
-    already did, with the project's modules on every worker's path; raises `DataError` when that fails
-    or when no node has the CPUs and GPUs one task asks for."""
+    already did; raises `DataError` when that fails, when the project is not installed (workers import
+    it as an installed package) or when no node has the CPUs and GPUs one task asks for."""
     if not ray.is_initialized():
-        path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+        try:
+            importlib.metadata.distribution("discomkd")
+        except importlib.metadata.PackageNotFoundError:
+            raise DataError("Ray workers import the project as an installed package: run `pip install -e .` in "
+                            "the project's folder first (make demo and make test do)") from None
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=True,
-                     runtime_env={"env_vars": {"PYTHONPATH": path,
-                                               "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}})
+                     runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}})
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise DataError(f"--ray-address {address}: cannot start or reach Ray: "
                             f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None

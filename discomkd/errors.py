@@ -1,0 +1,38 @@
+"""The errors a command turns into one line on stderr, and the exit statuses every command shares."""
+from __future__ import annotations
+
+import sys
+
+# Exit statuses of every command: bad input (nothing written), training failed (the last good
+# outputs kept), interrupted (state saved for --resume).
+EXIT_BAD_INPUT, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 2, 3, 130
+
+
+class DataError(ValueError):
+    """Bad input (a data folder, an option, a file), explained in one line; nothing was written."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss or model, GPU memory exhausted); explained in one line."""
+
+
+class Interrupted(RuntimeError):
+    """The run was stopped by a signal after saving a resumable state."""
+
+
+def command_status(action, bad_input=(DataError,)) -> int:
+    """Runs a command's `action()` and returns its exit status: 0, or for a `bad_input` error, a
+    `TrainingError` or an `Interrupted` one line on stderr and EXIT_BAD_INPUT,
+    EXIT_TRAINING_FAILED or EXIT_INTERRUPTED."""
+    try:
+        action()
+    except bad_input as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_TRAINING_FAILED
+    except Interrupted as error:
+        print(str(error), file=sys.stderr)  # says "interrupted" and how to resume
+        return EXIT_INTERRUPTED
+    return 0

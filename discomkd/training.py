@@ -1,0 +1,432 @@
+"""Training of any method from start (or a saved state) to its results.
+
+`fit(config, data, output)` is the one training loop, for DisCoM-KD and every neural baseline
+(each method is a spec in `methods.py`), built from the engine's parts (`engine.py`: the trainer,
+an epoch, evaluation). The settings are `config.Config`; the data folder is read and checked
+by `data.py`, the files a run writes (results, checkpoints, resumable state) by `run_files.py` and
+`writer.py`. This module knows no command line.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from discomkd.config import Config, resolve_device, restore_rng, rng_state, seed_everything
+from discomkd.data import DataFolder, load_data_folder, read_split_files
+from discomkd.engine import (
+    EpochProgress,
+    Trainer,
+    build_trainer,
+    evaluate,
+    invariance_probe,
+    start_epoch,
+    train_one_epoch,
+)
+from discomkd.errors import DataError, Interrupted, TrainingError
+from discomkd.methods import METHODS, classifier_description
+from discomkd.probes import INVARIANCE_MEANING
+from discomkd.run_files import (
+    RESULTS_FILE,
+    STATE_FILE,
+    atomic_write,
+    checkpoint_path,
+    checkpoint_payload,
+    load_state,
+    remove_temporaries,
+    save_npy,
+    write_json,
+)
+from discomkd.writer import RunWriter
+
+
+# ----------------------------------------------------------------------------- the run
+def format_duration(seconds: float) -> str:
+    """12.3s, 4m05s or 1h02m."""
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def summary_table(final: dict) -> str:
+    header = f"{'modality':<12} {'encoder':<9} {'best epoch':>10} {'valid wF1':>9} {'test wF1':>9} " \
+             f"{'test mF1':>9} {'test acc':>9}"
+    lines = [header, "-" * len(header)]
+    for column, result in final.items():
+        test = result["test"]  # None when the run did not score the test split
+        scores = " ".join(f"{'-' if test is None else format(test[k], '.4f'):>9}"
+                          for k in ("weighted_f1", "macro_f1", "accuracy"))
+        lines.append(f"{column:<12} {result['encoder']:<9} {result['best_epoch']:>10} "
+                     f"{result['valid']['weighted_f1']:>9.4f} {scores}")
+    return "\n".join(lines)
+
+
+class StepProgress:
+    """A progress line rewritten in place while an epoch trains (at most once a second), for slow
+    epochs on a terminal; erased before the epoch's own line is printed."""
+
+    INTERVAL_SECONDS = 1.0
+
+    def __init__(self, epoch: int, epochs: int, stream=None):
+        self.stream = stream or sys.stdout
+        self.label, self.started, self.last, self.width = f"epoch {epoch}/{epochs}", time.monotonic(), 0.0, 0
+
+    def __call__(self, step: int, steps: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.INTERVAL_SECONDS:
+            return
+        self.last = now
+        text = f"{self.label}  step {step}/{steps} ({100 * step // steps}%)  {format_duration(now - self.started)}"
+        self.width = max(self.width, len(text))
+        self.stream.write("\r" + text.ljust(self.width))
+        self.stream.flush()
+
+    def erase(self) -> None:
+        if self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag read between training steps, so the step in flight finishes
+    and a consistent state can be saved. `extra()`, if given, also requests a stop (tests use it)."""
+
+    def __init__(self, extra=None):
+        self.extra, self.signal_name, self._previous = extra, None, {}
+
+    def __call__(self) -> bool:
+        if self.signal_name is None and self.extra is not None and self.extra():
+            self.signal_name = "request"
+        return self.signal_name is not None
+
+    def _handle(self, number, frame):
+        self.signal_name = signal.Signals(number).name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+def data_fingerprint(data: DataFolder) -> str:
+    """SHA-256 of the labels and every split's row numbers: what `describe()` cannot see (labels moved
+    between rows). The modality arrays, possibly larger than memory, are compared by shape and dtype only."""
+    digest = hashlib.sha256(np.ascontiguousarray(data.labels, dtype=np.int64).tobytes())
+    for modality in data.modalities:
+        for split in sorted(modality.splits):
+            digest.update(np.ascontiguousarray(modality.splits[split], dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def resume(run_folder: str, log=print, should_stop=None, on_epoch=None) -> dict:
+    """Continues the run saved in `run_folder`/state.pt with its own config and data folder."""
+    state = load_state(run_folder)
+    results = state["results"]
+    config = Config(**results["config"])
+    described = results["data"]
+    # runs recorded before paths were stored absolute: relative to the working folder, as they were read
+    described.update(directory=os.path.abspath(described["directory"]),
+                     splits_from=os.path.abspath(described.get("splits_from", described["directory"])),
+                     modalities=[dict(m, file=os.path.abspath(m["file"])) for m in described["modalities"]])
+    prefixes = [m["prefix"] for m in described["modalities"]]
+    encoders = (config.encoder_first, config.encoder_second)
+    if described["splits_from"] == described["directory"]:
+        data = load_data_folder(described["directory"], *prefixes, encoders)
+    else:
+        data = load_data_folder(described["directory"], *prefixes, encoders,
+                                splits=read_split_files(described["splits_from"], prefixes),
+                                splits_name=described["splits_from"])
+    if data.describe() != described or results.get("data_fingerprint") != data_fingerprint(data):
+        raise DataError(f"{described['directory']}: the data folder changed since the run started "
+                        "(shapes, splits, classes or labels differ); cannot resume")
+    remove_temporaries(run_folder)
+    return fit(config, data, run_folder, state, log, should_stop, on_epoch)
+
+
+def state_payload(trainer: Trainer, epoch: int, progress: EpochProgress | None, results: dict, best: dict,
+                  test_predictions: dict) -> dict:
+    """Everything needed to continue at `epoch` (mid-epoch when `progress` is given), for outputs.save_state."""
+    return {
+        "epoch": epoch, "results": results, "best": best,
+        "test_predictions": {c: torch.from_numpy(np.asarray(v)) for c, v in test_predictions.items()},
+        "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+        "rng": rng_state(trainer.generator, trainer.device),
+        "progress": None if progress is None else {
+            "bounds": [list(b) for b in progress.bounds], "positions": [p.cpu() for p in progress.positions],
+            "step": progress.step, "sums": progress.sums.cpu()},
+    }
+
+
+@dataclass
+class RunRecord:
+    """What a run accumulates and its state file keeps: the results dict, each classifier's best so far,
+    and the best epochs' test predictions."""
+
+    results: dict
+    best: dict
+    test_predictions: dict
+
+
+def _start_record(config: Config, data: DataFolder, output: str, trainer: Trainer) -> RunRecord:
+    results = {"config": dataclasses.asdict(config), "data": data.describe(), "data_fingerprint": data_fingerprint(data),
+               "output": output, "environment": {}, "warnings": data.warnings, "status": "running",
+               "train_rows": {data.modalities[m].prefix: len(p) for m, p in trainer.train_positions.items()},
+               "history": [], "final": {}}
+    best = {c.column: {"best_epoch": 0, "valid": {"weighted_f1": -1.0}} for c in trainer.classifiers}
+    return RunRecord(results, best, {})
+
+
+def _restore(trainer: Trainer, state: dict) -> tuple[RunRecord, int, EpochProgress | None]:
+    """The record, first epoch and epoch progress of a saved state, with the trainer brought back to it."""
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    restore_rng(state["rng"], trainer.generator)
+    saved, progress = state["progress"], None
+    if saved is not None:
+        progress = EpochProgress([tuple(b) for b in saved["bounds"]],
+                                 [p.to(trainer.sources[m].index_device) for p, m in zip(saved["positions"], trainer.reads)],
+                                 saved["step"], saved["sums"].to(trainer.device))
+    record = RunRecord(state["results"], state["best"],
+                       {c: v.numpy() for c, v in state["test_predictions"].items()})
+    record.results["status"] = "running"
+    record.results.setdefault("resumed_at_epoch", []).append(state["epoch"])
+    return record, state["epoch"], progress
+
+
+def _describe_environment(trainer: Trainer, data: DataFolder) -> dict:
+    prefixes = {m: data.modalities[m].prefix for m in trainer.sources}
+    return {"torch": str(torch.__version__), "device": str(trainer.device),
+            "device_name": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu",
+            "precision": trainer.precision, "compiled": trainer.compiled_terms is not None,
+            **({"compile_error": trainer.compile_error} if trainer.compile_error else {}),
+            "data_on_device": {prefixes[m]: s.resident for m, s in trainer.sources.items()},
+            "resident_data_bytes": sum(s.data.numel() * s.data.element_size() for s in trainer.sources.values()
+                                       if s.resident),
+            "augmentation": {prefixes[m]: a for m, a in trainer.augmentations.items()}}
+
+
+def _log_start(trainer: Trainer, data: DataFolder, output: str, log, first_epoch: int, progress, resumed: bool):
+    config = trainer.config
+    environment = _describe_environment(trainer, data)
+    log("Config: " + ", ".join(f"{k}={v}" for k, v in sorted(dataclasses.asdict(config).items())))
+    log(f"Method: {config.method}  device: {trainer.device}  precision {trainer.precision}  compiled "
+        f"{environment['compiled']}  data on device "
+        + " ".join(f"{p}={r}" for p, r in environment["data_on_device"].items()))
+    for m in trainer.sources:
+        modality = data.modalities[m]
+        log(f"{modality.prefix}: samples {modality.sample_shape}, encoder {modality.encoder}, augmentation "
+            f"{trainer.augmentations[m]}, rows " + " ".join(f"{s} {len(r)}" for s, r in modality.splits.items())
+            + (f" (training on {len(trainer.train_positions[m])} paired rows)" if trainer.spec.paired
+               and m in trainer.train_positions else ""))
+    if resumed:
+        log(f"Resuming {output} at epoch {first_epoch}" + (f", step {progress.step}" if progress else ""))
+
+
+def _record_best(trainer: Trainer, data: DataFolder, output: str, epoch: int, metrics: dict,
+                 record: RunRecord) -> tuple[list[str], dict]:
+    """Scores the test split of each classifier whose validation improved and keeps it as the best.
+    Returns the improved columns and their checkpoints to write, {path: payload}."""
+    improved = [c for c in trainer.classifiers
+                if metrics[c.column]["valid"]["weighted_f1"] > record.best[c.column]["valid"]["weighted_f1"]]
+    if not trainer.config.test_every_epoch and trainer.config.score_test and improved:
+        # the test split is only read at the epochs that model selection can pick
+        tested = evaluate(trainer, data, ("test",), improved)
+        for c in improved:
+            if tested[c.column].get("finite", True):
+                metrics[c.column]["test"] = tested[c.column]["test"]
+                metrics[c.column]["predictions"]["test"] = tested[c.column]["predictions"]["test"]
+            else:
+                metrics[c.column] = tested[c.column]
+        improved = [c for c in improved if metrics[c.column].get("finite", True)]
+    checkpoints = {}
+    for classifier in improved:
+        column, result = classifier.column, metrics[classifier.column]
+        encoder = "fused" if classifier.modality is None else data.modalities[classifier.modality].encoder
+        record.best[column] = {"encoder": encoder, "best_epoch": epoch, "valid": result["valid"],
+                               "test": result.get("test")}  # None: config.score_test off
+        if "test" in result:
+            record.test_predictions[column] = result["predictions"]["test"]
+        checkpoints[checkpoint_path(output, column)] = checkpoint_payload(
+            classifier.module, classifier_description(classifier.module, trainer.shape, classifier.modality),
+            {**data.metadata.get(column, {}),  # class names and preprocessing of prepared folders
+             "prefix": column, "position": classifier.modality, "classes": [int(c) for c in data.classes],
+             "config": dataclasses.asdict(trainer.config), "epoch": epoch,
+             "metrics": {"valid": result["valid"], "test": result.get("test")}})
+    return [c.column for c in improved], checkpoints
+
+
+def _epoch_line(config: Config, epoch: int, losses: dict, metrics: dict, improved, train_seconds: float,
+                eval_seconds: float, eta: float, terms) -> str:
+    loss_text = " ".join(f"{k} {losses[k]:.3f}" for k in terms)
+    valid = "  ".join(f"{c} {m['valid']['weighted_f1']:.4f}{'*' if c in improved else ' '}" if "valid" in m
+                      else f"{c} non-finite" for c, m in metrics.items())
+    return (f"epoch {epoch:>{len(str(config.epochs))}}/{config.epochs}  train {train_seconds:5.1f}s  "
+            f"eval {eval_seconds:4.1f}s  eta {format_duration(eta)}  loss {losses['total']:.3f} "
+            f"[{loss_text}]  valid wF1 {valid}")
+
+
+def _finish(trainer: Trainer, data: DataFolder, output: str, record: RunRecord, log, writer: RunWriter) -> dict:
+    """Writes the best epochs' test predictions and the final results (with the invariance probe of
+    methods that have invariant parts); removes the resumable state once the write in flight (the
+    last epoch's) is done."""
+    writer.close()
+    results = record.results
+    if trainer.spec.invariant_parts:  # read from the best checkpoints: written now
+        results["invariance_probe"] = invariance_probe(trainer, data, output)
+    results["background_writes"] = writer.timings
+    for column, predictions in record.test_predictions.items():
+        user_labels = data.classes[predictions]
+        atomic_write(os.path.join(output, f"test_predictions_{column}.npy"),
+                     lambda temporary, values=user_labels: save_npy(temporary, values))
+        results["final"][column]["test_rows"] = int(len(predictions))
+    results["status"] = "finished"
+    results["training_seconds"] = sum(h["train_seconds"] + h["eval_seconds"] for h in results["history"])
+    results["write_seconds"] = sum(h.get("write_seconds", 0.0) for h in results["history"])
+    write_json(os.path.join(output, RESULTS_FILE), results)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(output, STATE_FILE))  # a finished run needs no state; its checkpoints stay
+    log("")
+    log(summary_table(results["final"]))
+    log(f"(test metrics at each classifier's best validation epoch; outputs in {output})")
+    probe = results.get("invariance_probe")
+    if probe is not None and probe["modality_accuracy"] is not None:
+        log(f"invariant modality probe on the validation rows: {probe['modality_accuracy']:.3f} ± {probe['std']:.3f} "
+            f"(chance {probe['chance']:.1f}; {probe['rows_per_modality']} rows per modality)")
+        log(f"({INVARIANCE_MEANING})")
+    return results
+
+
+def fit(config: Config, data: DataFolder, output: str, state: dict | None = None, log=print,
+        should_stop=None, on_epoch=None) -> dict:
+    """Trains `config.method` on `data` into `output` (from `state` when resuming); the one training
+    loop of every method. `on_epoch(entry)`, if given, is called with each epoch's history entry once
+    that epoch's results and state are written (tuning reports validation through it). Returns the
+    results dict; raises `TrainingError` or `Interrupted`."""
+    config = dataclasses.replace(config, **METHODS[config.method].overrides)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+    try:
+        trainer = build_trainer(config, data, device)
+    except torch.cuda.OutOfMemoryError:
+        raise TrainingError(f"GPU out of memory while placing the data and model on {device}: try "
+                            "--data-on-device no (data streamed from host memory)") from None
+    if state is None:
+        record, first_epoch, progress = _start_record(config, data, output, trainer), 1, None
+    else:
+        record, first_epoch, progress = _restore(trainer, state)
+    results = record.results
+    results["environment"] = _describe_environment(trainer, data)
+    results["warnings"] = [*results["warnings"], *(w for w in trainer.warnings if w not in results["warnings"])]
+    for warning in data.warnings + trainer.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if config.verbose:
+        _log_start(trainer, data, output, log, first_epoch, progress, state is not None)
+    os.makedirs(output, exist_ok=True)
+    results_path = os.path.join(output, RESULTS_FILE)
+    writer = RunWriter(output, trainer.device)  # the epoch's files, written while the next epoch trains
+
+    def stop_here(status: str, message: str) -> str:
+        """Records why the run stopped, shows the summary so far, returns the one-line message."""
+        writer.close(failing=status == "failed")  # the write in flight first: it holds an older results.json
+        results["status"] = status
+        write_json(results_path, results)
+        if results["final"]:
+            log("")
+            log(summary_table(results["final"]))
+        return message
+
+    def kept() -> str:
+        epochs = ", ".join(f"{c} epoch {b['best_epoch']}" for c, b in record.best.items() if b["best_epoch"])
+        return (f"the checkpoints kept in {output} are the last finite ones ({epochs})" if epochs
+                else f"no checkpoint was written to {output}")
+
+    started, last_state = time.time(), time.time()
+    with StopRequest(should_stop) as stop, writer:
+        for epoch in range(first_epoch, config.epochs + 1):
+            epoch_start = time.time()
+            progress = progress or start_epoch(trainer)
+            # on a terminal only: a log file gets the epoch lines alone
+            steps_line = StepProgress(epoch, config.epochs) if config.verbose and log is print and \
+                sys.stdout.isatty() else None
+            try:
+                losses = train_one_epoch(trainer, epoch, progress, stop, steps_line)
+            except torch.cuda.OutOfMemoryError:
+                raise TrainingError(stop_here("failed", (
+                    f"GPU out of memory at epoch {epoch} with batch size {config.batch_size}: try a smaller "
+                    f"--batch-size, --data-on-device no, or --precision bf16; {kept()}"))) from None
+            if steps_line is not None:
+                steps_line.erase()
+            if losses is None:
+                if not bool(trainer.finite_weights()):
+                    raise TrainingError(stop_here("failed", (
+                        f"the model holds NaN or Inf at epoch {epoch}, step {progress.step}: training stopped; "
+                        f"{kept()} (try a lower --learning-rate)")))
+                writer.write(epoch, results, {}, state_payload(trainer, epoch, progress, record.results, record.best,
+                                                               record.test_predictions))
+                raise Interrupted(stop_here("interrupted", (
+                    f"interrupted ({stop.signal_name}) at epoch {epoch}, step {progress.step}/{len(progress.bounds)}; "
+                    f"state saved: resume with --resume {output}")))
+            progress = None
+            if trainer.compile_error and "compile_error" not in results["environment"]:
+                results["environment"] = _describe_environment(trainer, data)
+                results["warnings"] = [*results["warnings"], f"torch.compile failed ({trainer.compile_error}); "
+                                                             "trained eager"]
+            bad = [k for k, v in losses.items() if not math.isfinite(v)]
+            if bad or not losses.pop("finite_weights"):
+                what = f"loss term {bad[0]} is {losses[bad[0]]}" if bad else "the model holds NaN or Inf"
+                raise TrainingError(stop_here("failed", (
+                    f"{what} at epoch {epoch}: training stopped; {kept()} (try a lower --learning-rate)")))
+            train_seconds = time.time() - epoch_start
+            splits = ("valid", "test") if config.test_every_epoch else ("valid",)
+            metrics = evaluate(trainer, data, splits)
+            broken = [c for c, m in metrics.items() if not m.get("finite", True)]
+            if broken:
+                raise TrainingError(stop_here("failed", (
+                    f"classifier {broken[0]} outputs NaN or Inf at epoch {epoch}: training stopped; {kept()}")))
+            improved, checkpoints = _record_best(trainer, data, output, epoch, metrics, record)
+            eval_seconds = time.time() - epoch_start - train_seconds
+            results["history"].append({
+                "epoch": epoch, "train_seconds": train_seconds, "eval_seconds": eval_seconds, "loss": losses,
+                **{c: {s: m[s] for s in ("valid", "test") if s in m} for c, m in metrics.items()},
+                "improved": improved})
+            results["final"] = {c: b for c, b in record.best.items() if b["best_epoch"]}
+            snapshot = epoch < config.epochs and (stop() or time.time() - last_state >= config.save_every_seconds
+                                                  or (config.save_every > 0 and epoch % config.save_every == 0))
+            results["history"][-1]["state_written"] = snapshot
+            state_now = state_payload(trainer, epoch + 1, None, record.results, record.best,
+                                      record.test_predictions) if snapshot else None
+            # the files this epoch wrote hold the history up to here; the write time joins the next ones
+            results["history"][-1]["write_seconds"] = writer.write(epoch, results, checkpoints, state_now)
+            results["history"][-1]["write_wait_seconds"] = writer.waited  # part of it: the previous write
+            last_state = time.time() if snapshot else last_state
+            if config.verbose:
+                elapsed = time.time() - started
+                eta = elapsed / (epoch - first_epoch + 1) * (config.epochs - epoch)
+                log(_epoch_line(config, epoch, losses, metrics, improved, train_seconds, eval_seconds, eta,
+                                trainer.spec.terms))
+            if on_epoch is not None:
+                writer.wait()  # the hook may stop the process: this epoch's files are on disk first
+                on_epoch(results["history"][-1])
+            if stop() and epoch < config.epochs:
+                raise Interrupted(stop_here("interrupted", (
+                    f"interrupted ({stop.signal_name}) after epoch {epoch}; state saved: resume with --resume {output}")))
+    return _finish(trainer, data, output, record, log, writer)
