@@ -33,10 +33,11 @@ import numpy as np
 import torch
 
 from discomkd.config import Config, check_config, plain_path, resolve_device, seed_everything
-from discomkd.data import array_path, default_encoder, load_data_folder, stratified_split
+from discomkd.data import array_path, default_encoder, load_data_folder
 from discomkd.engine import build_trainer, evaluate, start_epoch, train_one_epoch
 from discomkd.errors import DataError
 from discomkd.run_files import folder_problem, line_buffered_stdout
+from discomkd.splits import stratified_split
 from functions import run
 from model_pytorch import ENCODERS
 

@@ -26,8 +26,9 @@ import torch
 from sklearn.manifold import TSNE
 from sklearn.metrics import confusion_matrix
 
+from discomkd.batches import input_batches
 from discomkd.config import DEVICE_HELP, Config, checkpoint_precision, resolve_device
-from discomkd.data import DataFolder, input_batches, load_data_folder, read_split_files
+from discomkd.data import DataFolder, load_data_folder, read_split_files
 from discomkd.engine import autocast_context, classification_metrics
 from discomkd.errors import DataError, command_status
 from discomkd.probes import PROBE_FOLDS, probe_accuracy

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from discomkd.data import SPLITS, stratified_split
 from discomkd.errors import DataError, command_status
 from discomkd.run_files import folder_problem, line_buffered_stdout
+from discomkd.splits import SPLITS, stratified_split
 
 # Noise levels (in units of the standardised signal) chosen so that a linear model on either
 # modality stays well below perfect accuracy.

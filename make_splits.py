@@ -15,9 +15,10 @@ import sys
 import numpy as np
 
 from discomkd.config import seed_problem
-from discomkd.data import DEFAULT_FRACTIONS, SPLITS, draw_split, file_problem, read_labels, split_file_name
+from discomkd.data import file_problem, read_labels
 from discomkd.errors import DataError, command_status
 from discomkd.run_files import atomic_write, folder_problem, line_buffered_stdout
+from discomkd.splits import DEFAULT_FRACTIONS, SPLITS, draw_split, split_file_name
 
 
 def save_split_files(paths: dict[str, str], split: dict[str, np.ndarray]) -> None:

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix
 
+from discomkd.batches import input_batches
 from discomkd.config import DEVICE_HELP, Config, checkpoint_precision, resolve_device
-from discomkd.data import as_int64, file_problem, input_batches, is_integer_dtype, is_numeric_dtype, load_npy
+from discomkd.data import as_int64, file_problem, is_integer_dtype, is_numeric_dtype, load_npy
 from discomkd.engine import autocast_context, classification_metrics
 from discomkd.errors import DataError, command_status
 from discomkd.image_folders import SAMPLE_EXTENSIONS, raw_input_files, read_raw_samples

@@ -35,7 +35,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from discomkd.config import MAX_SEED, Config, check_config, resolve_device, resolve_precision
-from discomkd.data import SPLITS, DataFolder, draw_split, load_data_folder, read_labels, split_file_name
+from discomkd.data import DataFolder, load_data_folder, read_labels
 from discomkd.engine import build_sources, classification_metrics
 from discomkd.errors import DataError, Interrupted, TrainingError
 from discomkd.methods import FUSED, METHODS
@@ -48,6 +48,7 @@ from discomkd.run_files import (
     write_json,
     write_text,
 )
+from discomkd.splits import SPLITS, draw_split, split_file_name
 from discomkd.training import fit, format_duration
 
 RESULTS_FILE, TABLE_FILE = "comparison.json", "comparison.md"

@@ -18,19 +18,16 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import stat
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from discomkd.errors import DataError
+from discomkd.splits import SPLITS, split_file_name
 from model_pytorch import ENCODERS, default_encoder_for
 
-SPLITS = ("train", "valid", "test")
 # Bytes read from a memory map at once (finiteness checks, copies to the device), so an array
 # larger than memory is handled in bounded pieces.
 _CHUNK_BYTES = 64 << 20
@@ -38,12 +35,6 @@ _CHUNK_BYTES = 64 << 20
 
 def array_path(directory: str, prefix: str) -> str:
     return os.path.join(directory, f"{prefix}_data_normalized.npy")
-
-
-def default_augmentation(prefix: str, rank: int) -> str:
-    """Augmentation for `--augment-* auto` of batches of `rank` (sample rank + 1); the authors never
-    augment the SPECTRO (spectrogram) prefix: flipping time or frequency changes what it shows."""
-    return "none" if prefix.upper() == "SPECTRO" else DEFAULT_AUGMENTATION[rank]
 
 
 # Accepted array dtypes: signed and unsigned integers (dtype kind 'i', 'u'; not bool, nor timedelta64,
@@ -175,11 +166,6 @@ def _check_index(index: np.ndarray, name: str, num_rows: int) -> np.ndarray:
     if len(unique) != len(index):
         raise DataError(f"{name}: row {unique[counts > 1][0]} listed {counts.max()} times; each row at most once")
     return index
-
-
-def split_file_name(split: str, prefix: str | None = None) -> str:
-    """train_idx.npy, valid_idx.npy, test_idx.npy, or train_idx_<PREFIX>.npy (a modality's own)."""
-    return f"{split}_idx.npy" if prefix is None else f"{split}_idx_{prefix}.npy"
 
 
 def read_split_files(directory: str, prefixes) -> dict[str, np.ndarray]:
@@ -375,243 +361,3 @@ def read_descriptions(directory: str, modalities, classes: np.ndarray) -> dict[s
                 raise DataError(f"{path}: {modality.prefix} needs a mean and a std per channel ({channels})")
             metadata[modality.prefix]["preprocessing"] = entry
     return metadata
-
-
-# ----------------------------------------------------------------------------- feeding batches
-class RowSource:
-    """One modality's rows, on the training device or streamed from the memory-mapped array.
-
-    Resident: the rows of all splits are copied once to the device (in `storage_dtype`) and a
-    batch is one `index_select`. Streamed: each batch is gathered from the memory map (sorted
-    rows, one read per batch), pinned, and copied asynchronously, the next batch being prepared
-    in a background thread while the current one trains.
-    """
-
-    def __init__(self, array: np.ndarray, rows: np.ndarray, device: torch.device, resident: bool,
-                 storage_dtype: torch.dtype = torch.float32):
-        self.array, self.device, self.resident = array, device, resident
-        self.rows = np.sort(np.asarray(rows, dtype=np.int64))  # the rows this source can serve
-        self.storage_dtype = storage_dtype
-        # batches are indexed on the device when the data lives there, on the host otherwise
-        self.index_device = device if resident else torch.device("cpu")
-        if resident:
-            self.data = torch.empty((len(self.rows),) + tuple(array.shape[1:]), dtype=storage_dtype, device=device)
-            # copied in bounded chunks, so the host never holds more than one chunk of a large array
-            chunk = max(1, _CHUNK_BYTES // max(1, array.itemsize * int(np.prod(array.shape[1:]))))
-            for start in range(0, len(self.rows), chunk):
-                # native byte order: torch.from_numpy refuses big-endian arrays
-                block = torch.from_numpy(np.ascontiguousarray(array[self.rows[start:start + chunk]],
-                                                              dtype=array.dtype.newbyteorder("=")))
-                self.data[start:start + chunk] = block.to(device=device, dtype=storage_dtype)
-
-    def positions(self, rows: np.ndarray) -> torch.Tensor:
-        """Positions of the user's row numbers `rows` within this source, on `index_device`."""
-        return torch.from_numpy(np.searchsorted(self.rows, rows)).to(self.index_device)
-
-    def gather(self, positions: torch.Tensor) -> torch.Tensor:
-        """(B,) positions -> (B, *sample_shape) float32 batch on the device."""
-        if self.resident:
-            return self.data.index_select(0, positions).float()
-        wanted = self.rows[positions.numpy()]
-        order = np.argsort(wanted, kind="stable")  # memory maps read fastest in row order
-        block = np.empty((len(wanted),) + self.array.shape[1:], dtype=np.float32)
-        block[order] = self.array[wanted[order]]
-        batch = torch.from_numpy(block)
-        if self.device.type == "cuda":
-            return batch.pin_memory().to(self.device, non_blocking=True)
-        return batch
-
-
-class Prefetcher:
-    """Runs `fetch(i)` for i in 0..n-1 one item ahead in a background thread (streamed data only)."""
-
-    def __init__(self, fetch, count: int, enabled: bool):
-        self.fetch, self.count, self.enabled = fetch, count, enabled
-
-    def __iter__(self):
-        if not self.enabled:
-            for i in range(self.count):
-                yield self.fetch(i)
-            return
-        result: dict = {}
-
-        def work(i):
-            result[i] = self.fetch(i)
-
-        thread = threading.Thread(target=work, args=(0,))
-        thread.start()
-        for i in range(self.count):
-            thread.join()
-            item = result.pop(i)
-            if i + 1 < self.count:
-                thread = threading.Thread(target=work, args=(i + 1,))
-                thread.start()
-            yield item
-
-
-def epoch_positions(sizes: tuple[int, int], batch_size: int,
-                    generator: torch.Generator | None = None) -> tuple[list[tuple[int, int]], list[torch.Tensor]]:
-    """Independent shuffles of each modality's training rows for one epoch, and the batch bounds.
-
-    An epoch covers the larger training set once; the smaller one is cycled through fresh
-    shuffles. Both modalities get the same number of rows per step. A last batch of a single
-    row is merged into the one before (batch normalisation cannot train on one row), so every
-    row is seen every epoch and nothing is dropped.
-
-    Returns:
-        bounds: [(start, end), ...] per step; positions: one (n,) int64 CPU tensor per modality,
-        indexing that modality's training rows.
-    """
-    length = max(sizes)
-    positions = []
-    for size in sizes:
-        cycles = -(-length // size)
-        order = torch.cat([torch.randperm(size, generator=generator) for _ in range(cycles)])[:length]
-        positions.append(order)
-    starts = list(range(0, length, batch_size))
-    if len(starts) > 1 and length - starts[-1] == 1:
-        starts.pop()
-    bounds = [(start, end) for start, end in zip(starts, starts[1:] + [length])]
-    return bounds, positions
-
-
-def input_batches(array: np.ndarray, rows: np.ndarray | None, batch_size: int, device: torch.device):
-    """Yields (start, x): consecutive batches of `array` (rows `rows` if given, else all), as
-    (B, *sample_shape) float32 tensors on `device`; `start` is the batch's first position.
-
-    Only one batch (two on CUDA, where the next is read while the current one computes) is in host
-    memory at a time, so a memory-mapped `array` larger than memory can be read. Raises `DataError`
-    naming the first row that holds NaN or Inf (after conversion to float32).
-    """
-    count = len(array) if rows is None else len(rows)
-    starts = list(range(0, count, batch_size))
-
-    def read(i: int) -> np.ndarray:
-        with np.errstate(over="ignore"):  # a value beyond float32 becomes Inf, reported below as the row's error
-            return _read(i)
-
-    def _read(i: int) -> np.ndarray:
-        start = starts[i]
-        if rows is None:
-            # a copy: a memory map's rows are read-only, and torch wants a writable buffer
-            return np.array(array[start:start + batch_size], dtype=np.float32)
-        wanted = rows[start:start + batch_size]
-        order = np.argsort(wanted, kind="stable")  # memory maps read fastest in row order
-        block = np.empty((len(wanted),) + tuple(array.shape[1:]), dtype=np.float32)
-        block[order] = array[wanted[order]]
-        return block
-
-    for i, block in enumerate(Prefetcher(read, len(starts), enabled=device.type == "cuda")):
-        finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1)
-        if not finite.all():
-            position = starts[i] + int(np.argmin(finite))
-            row = position if rows is None else int(rows[position])
-            raise DataError(f"row {row} holds NaN or Inf (as float32); finite numbers are expected")
-        x = torch.from_numpy(block)
-        if device.type == "cuda":
-            x = x.pin_memory().to(device, non_blocking=True)
-        yield starts[i], x
-
-
-# ----------------------------------------------------------------------------- augmentation
-AUGMENTATIONS = {
-    4: ("none", "flip", "flip+rot90"),  # images (B, C, H, W)
-    3: ("none", "shift", "scale", "shift+scale"),  # sequences (B, C, L)
-    2: ("none",),  # vectors (B, F)
-}
-DEFAULT_AUGMENTATION = {4: "flip+rot90", 3: "none", 2: "none"}
-# Sequences: circular shift by up to this fraction of the length, amplitude scaled in [0.8, 1.2];
-# mild settings chosen so that a shifted/scaled series keeps its class in typical sensor data.
-MAX_SHIFT_FRACTION = 0.1
-SCALE_RANGE = (0.8, 1.2)
-
-
-def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b)
-
-
-def augment(x: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random augmentation of a batch, drawn independently per sample, as tensor operations.
-
-    `flip` and `flip+rot90` follow the published code's image transform: with probability 0.5 a
-    sample is transformed, by a horizontal flip (p 0.5), a vertical flip (p 0.5) and, for
-    `flip+rot90`, with probability 0.5 a rotation by a random multiple of 90 degrees (180 only
-    when height != width, so the shape is kept). `none` returns `x` itself.
-    """
-    if mode == "none":
-        return x
-    batch, device = x.shape[0], x.device
-
-    def uniform(*shape):
-        return torch.rand(*shape, generator=generator, device=device)
-
-    if x.dim() == 4:
-        transformed = uniform(batch) < 0.5
-        x = _where(transformed & (uniform(batch) < 0.5), x.flip(-1), x)
-        x = _where(transformed & (uniform(batch) < 0.5), x.flip(-2), x)
-        if mode == "flip+rot90":
-            rotated = transformed & (uniform(batch) < 0.5)
-            square = x.shape[-1] == x.shape[-2]
-            quarter_turns = torch.randint(0, 4, (batch,), generator=generator, device=device)
-            if not square:
-                quarter_turns = quarter_turns % 2 * 2  # 0 or 180 degrees
-            quarter_turns = torch.where(rotated, quarter_turns, torch.zeros_like(quarter_turns))
-            x = _where(quarter_turns == 2, x.flip(-1).flip(-2), x)
-            if square:
-                x = _where(quarter_turns == 1, x.rot90(1, (-2, -1)), x)
-                x = _where(quarter_turns == 3, x.rot90(-1, (-2, -1)), x)
-        return x
-    if x.dim() == 3:
-        length = x.shape[-1]
-        if "shift" in mode:
-            max_shift = max(1, int(length * MAX_SHIFT_FRACTION))
-            shift = torch.randint(-max_shift, max_shift + 1, (batch, 1, 1), generator=generator, device=device)
-            time = (torch.arange(length, device=device).view(1, 1, -1) - shift) % length  # (B, 1, L)
-            x = torch.gather(x, 2, time.expand_as(x))
-        if "scale" in mode:
-            low, high = SCALE_RANGE
-            x = x * (low + (high - low) * uniform(batch, 1, 1))
-        return x
-    raise AssertionError(f"augmentation {mode!r} is not defined for inputs of rank {x.dim()}")
-
-
-# ----------------------------------------------------------------------------- splits
-def stratified_split(labels: np.ndarray, seed: int, fractions=(0.7, 0.1, 0.2)) -> dict[str, np.ndarray]:
-    """Train/valid/test row numbers drawn per class in the given proportions (the authors' 70/10/20).
-
-    Each class with at least 3 rows gets at least one row in every split. Returns sorted int64 arrays.
-    """
-    assert abs(sum(fractions) - 1) < 1e-9, f"fractions {fractions} must sum to 1"
-    rng = np.random.default_rng(seed)
-    parts = {split: [] for split in SPLITS}
-    for value in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == value))
-        n_valid = int(round(fractions[1] * len(rows)))
-        n_test = int(round(fractions[2] * len(rows)))
-        if len(rows) >= 3:
-            n_valid, n_test = max(1, n_valid), max(1, n_test)
-        parts["test"].append(rows[:n_test])
-        parts["valid"].append(rows[n_test:n_test + n_valid])
-        parts["train"].append(rows[n_test + n_valid:])
-    return {split: np.sort(np.concatenate(p)).astype(np.int64) for split, p in parts.items()}
-
-
-DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)  # the authors' train/valid/test shares
-
-
-def draw_split(labels: np.ndarray, seed: int, fractions=DEFAULT_FRACTIONS, labels_path: str = "labels.npy"
-               ) -> dict[str, np.ndarray]:
-    """`stratified_split`, refusing bad fractions and a split with an empty part or fewer than 2
-    training rows; raises `DataError` naming `labels_path`."""
-    fractions = tuple(float(f) for f in fractions)
-    if len(fractions) != len(SPLITS) or not all(math.isfinite(f) and f > 0 for f in fractions) \
-            or abs(sum(fractions) - 1) > 1e-6:
-        raise DataError(f"--fractions {' '.join(map(str, fractions))}: three positive numbers summing to 1 "
-                        "(train valid test) are expected")
-    total = sum(fractions)
-    split = stratified_split(labels, seed, tuple(f / total for f in fractions))
-    for name, rows in split.items():
-        if len(rows) < (2 if name == "train" else 1):
-            raise DataError(f"{labels_path}: too few rows per class for a {'/'.join(f'{f:g}' for f in fractions)} "
-                            f"split ({name} would get {len(rows)} rows with seed {seed})")
-    return split

@@ -17,17 +17,10 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
+from discomkd.augment import AUGMENTATIONS, augment, default_augmentation
+from discomkd.batches import Prefetcher, RowSource, epoch_positions
 from discomkd.config import Config, resolve_precision
-from discomkd.data import (
-    AUGMENTATIONS,
-    DataFolder,
-    Modality,
-    Prefetcher,
-    RowSource,
-    augment,
-    default_augmentation,
-    epoch_positions,
-)
+from discomkd.data import DataFolder, Modality
 from discomkd.errors import DataError
 from discomkd.methods import FUSED, METHODS, MethodSpec, ModelShape, build_model
 from discomkd.probes import modality_probe, probe_rows

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from discomkd.data import CLASSES_FILE, NORMALIZATION_FILE, SPLITS, array_path, load_data_folder, stratified_split
+from discomkd.data import CLASSES_FILE, NORMALIZATION_FILE, array_path, load_data_folder
 from discomkd.errors import DataError
+from discomkd.splits import SPLITS, stratified_split
 
 PILLOW_EXTENSIONS = (".png", ".jpg", ".jpeg")
 TIFF_EXTENSIONS = (".tif", ".tiff")

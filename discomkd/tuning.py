@@ -21,12 +21,14 @@ import ray.tune as ray_tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
+from discomkd.augment import AUGMENTATIONS
 from discomkd.comparison import compare, format_table, has_split_files, save_splits
 from discomkd.config import Config, check_config
-from discomkd.data import AUGMENTATIONS, DataFolder, draw_split, load_data_folder, read_labels, read_split_files
+from discomkd.data import DataFolder, load_data_folder, read_labels, read_split_files
 from discomkd.engine import resolve_augmentation
 from discomkd.errors import DataError
 from discomkd.run_files import write_json, write_text
+from discomkd.splits import draw_split
 from discomkd.training import fit
 
 METRIC = "valid_weighted_f1"  # what trials report and the search maximises

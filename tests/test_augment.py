@@ -4,7 +4,7 @@ import itertools
 import pytest
 import torch
 
-from discomkd.data import AUGMENTATIONS, MAX_SHIFT_FRACTION, SCALE_RANGE, augment
+from discomkd.augment import AUGMENTATIONS, MAX_SHIFT_FRACTION, SCALE_RANGE, augment
 
 SAMPLES = 400  # each of the 8 dihedral variants has probability >= 1/32: all appear with near certainty
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from toy import folder_snapshot, write_toy_folder
 
-from discomkd.data import array_path, epoch_positions, load_data_folder
+from discomkd.batches import epoch_positions
+from discomkd.data import array_path, load_data_folder
 
 ROWS = 30  # enough for a stratified split of 3 classes with rows in every split
 

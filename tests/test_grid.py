@@ -10,10 +10,9 @@ import torch
 from toy import PREFIXES, folder_snapshot, one_error_line, quiet, write_toy_folder
 
 import compare
-import functions
 from discomkd import comparison, training
-from discomkd import settings_file as settings
 from discomkd import config as config_module
+from discomkd import settings_file as settings
 from discomkd.config import Config
 from discomkd.data import load_data_folder
 from discomkd.methods import ABLATIONS, METHODS, ModelShape, build_model

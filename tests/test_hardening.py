@@ -20,8 +20,9 @@ import make_example
 import make_splits
 import predict
 from discomkd import run_files as outputs
+from discomkd.batches import RowSource
 from discomkd.config import MAX_SEED, Config, check_config
-from discomkd.data import RowSource, array_path, load_data_folder, load_npy
+from discomkd.data import array_path, load_data_folder, load_npy
 from discomkd.engine import build_sources
 from discomkd.errors import DataError, Interrupted
 from functions import resume, run

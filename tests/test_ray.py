@@ -11,7 +11,6 @@ from toy import PREFIXES, ROOT, quiet, write_toy_folder
 
 ray = pytest.importorskip("ray")
 
-import functions  # noqa: E402
 from discomkd import (
     comparison,
     ray_executor,  # noqa: E402

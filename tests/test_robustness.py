@@ -19,10 +19,11 @@ from toy import CLI_OPTIONS, PREFIXES, ROOT, one_error_line, quiet, read_results
 from discomkd import engine
 from discomkd import run_files as outputs
 from discomkd.config import Config
-from discomkd.data import array_path, stratified_split
+from discomkd.data import array_path
 from discomkd.errors import DataError, TrainingError
 from discomkd.methods import ModelShape, classifier_description
 from discomkd.run_files import CHECKPOINT_FORMAT, STATE_FILE, load_classifier, load_state, save_checkpoint
+from discomkd.splits import stratified_split
 from functions import run
 from model_pytorch import LOSS_TERMS, ModalityBranch
 

@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 
-from discomkd.data import array_path, stratified_split
+from discomkd.data import array_path
+from discomkd.splits import stratified_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: the commands live here
 PREFIXES = ("IMG", "VEC")  # the toy folder's modalities: (1, 12, 12) images and 6-d vectors
