@@ -11,9 +11,9 @@ pairs per second, peak GPU memory (model side and resident data apart), device, 
 and the options. The first epoch (torch.compile, cuDNN autotuning, CUDA graph capture) is
 reported apart and left out of the averages.
 
-`--end-to-end` times what users run instead: `functions.run` itself, writing every file (results.json
-at each epoch, the checkpoints at each improvement, a state.pt snapshot at every epoch, the
-predictions at the end) into a temporary folder, for DisCoM-KD and the baselines' step (methods mono
+`--end-to-end` times what users run instead: the one training loop (`training.fit`), writing every
+file (results.json at each epoch, the checkpoints at each improvement, a state.pt snapshot at every
+epoch, the predictions at the end) into a temporary folder, for DisCoM-KD and the baselines' step (methods mono
 and teacher, through the same engine), with per epoch the training, the evaluation, the file writing
 on the training thread and the background writing apart.
 """
@@ -32,130 +32,18 @@ import time
 import numpy as np
 import torch
 
-from discomkd.config import Config, check_config, plain_path, resolve_device, seed_everything
-from discomkd.data import array_path, default_encoder, load_data_folder
-from discomkd.engine import build_trainer, evaluate, start_epoch, train_one_epoch
+from discomkd.benchmarking import (
+    END_TO_END_METHODS,
+    SHAPES,
+    measure,
+    measure_end_to_end,
+    write_synthetic_folder,
+)
+from discomkd.config import Config, check_config, plain_path, resolve_device
+from discomkd.data import default_encoder
 from discomkd.errors import DataError
 from discomkd.run_files import folder_problem, line_buffered_stdout
-from discomkd.splits import stratified_split
-from functions import run
 from model_pytorch import ENCODERS
-
-# EuroSAT as the authors prepare it: 13-band multispectral and 2-band SAR 64x64 patches, 10 classes.
-SHAPES = {
-    "eurosat": {"samples": 27000, "first": (13, 64, 64), "second": (2, 64, 64), "classes": 10},
-    # the shape of the published code's 2-core CPU figure: 1,200 training pairs (70% of 1,714)
-    "cpu-small": {"samples": 1714, "first": (3, 32, 32), "second": (1, 32, 32), "classes": 10},
-    "tiny": {"samples": 64, "first": (1, 12, 12), "second": (6,), "classes": 3},
-}
-_CHUNK_ROWS = 1024  # rows generated per write, so a 6 GB synthetic array never sits in memory at once
-
-
-def write_synthetic_folder(folder: str, samples: int, first: tuple, second: tuple, classes: int,
-                           seed: int = 0) -> None:
-    """A data folder of random float32 arrays with a class-dependent offset (so training has signal)."""
-    rng = np.random.default_rng(seed)
-    labels = (np.arange(samples) % classes).astype(np.int64)
-    rng.shuffle(labels)
-    for prefix, shape in (("FIRST", first), ("SECOND", second)):
-        array = np.lib.format.open_memmap(array_path(folder, prefix), mode="w+", dtype=np.float32,
-                                          shape=(samples,) + tuple(shape))
-        offsets = rng.standard_normal((classes,) + tuple(shape), dtype=np.float32)
-        for start in range(0, samples, _CHUNK_ROWS):
-            rows = slice(start, min(samples, start + _CHUNK_ROWS))
-            noise = rng.standard_normal((rows.stop - start,) + tuple(shape), dtype=np.float32)
-            array[rows] = offsets[labels[rows]] + noise
-        array.flush()
-        del array
-    np.save(os.path.join(folder, "labels.npy"), labels)
-    for split, rows in stratified_split(labels, seed).items():
-        np.save(os.path.join(folder, f"{split}_idx.npy"), rows)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure(config: Config, folder: str, epochs: int) -> dict:
-    """Trains `epochs` epochs (plus evaluation after each) and returns the timings and memory."""
-    data = load_data_folder(folder, "FIRST", "SECOND", (config.encoder_first, config.encoder_second))
-    device = resolve_device(config.device)
-    seed_everything(config.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.cuda.reset_peak_memory_stats(device)
-    trainer = build_trainer(config, data, device)
-    data_bytes = sum(s.data.numel() * s.data.element_size() for s in trainer.sources.values() if s.resident)
-    train_seconds, eval_seconds = [], []
-    for epoch in range(1, epochs + 1):
-        _synchronize(device)
-        start = time.perf_counter()
-        train_one_epoch(trainer, epoch, start_epoch(trainer))  # returns after reading the losses: synchronised
-        middle = time.perf_counter()
-        evaluate(trainer, data)
-        _synchronize(device)
-        train_seconds.append(middle - start)
-        eval_seconds.append(time.perf_counter() - middle)
-    steady = slice(1, None) if epochs > 1 else slice(None)
-    train_mean = float(np.mean(train_seconds[steady]))
-    eval_mean = float(np.mean(eval_seconds[steady]))
-    pairs = max(len(p) for p in trainer.train_positions.values())
-    result = {
-        "first_epoch_train_seconds": train_seconds[0], "first_epoch_eval_seconds": eval_seconds[0],
-        "train_seconds_per_epoch": train_mean, "eval_seconds_per_epoch": eval_mean,
-        "epoch_seconds": train_mean + eval_mean, "pairs_per_second": pairs / train_mean,
-        "training_pairs": pairs, "steps_per_epoch": -(-pairs // config.batch_size),
-        "all_train_seconds": train_seconds, "all_eval_seconds": eval_seconds,
-        "precision": trainer.precision, "compiled": trainer.compiled_terms is not None,
-        "data_on_device": [s.resident for s in trainer.sources.values()], "resident_data_gib": data_bytes / 2**30,
-    }
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
-        result["peak_gpu_gib"] = peak / 2**30
-        result["peak_model_side_gib"] = (peak - data_bytes) / 2**30
-    return result
-
-
-END_TO_END_METHODS = ("discomkd", "mono", "teacher")  # DisCoM-KD and the baselines' steps (kd/dkd need a teacher)
-
-
-def measure_end_to_end(config: Config, folder: str, epochs: int, method: str) -> dict:
-    """Runs `functions.run` for `epochs` epochs of `method` into a temporary folder (a state.pt snapshot
-    at every epoch, the worst case of the cadence) and returns per-epoch and mean timings, and memory."""
-    device = resolve_device(config.device)
-    output = tempfile.mkdtemp(prefix="discomkd-benchmark-run-")
-    config = dataclasses.replace(config, epochs=epochs, output=output, overwrite=True, method=method,
-                                 modality="FIRST" if method == "mono" else None, save_every_seconds=0.0)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    try:
-        started = time.perf_counter()
-        results = run(config, folder, "FIRST", "SECOND", log=lambda *args: None)
-        wall = time.perf_counter() - started
-    finally:
-        shutil.rmtree(output, ignore_errors=True)
-    background = {t["epoch"]: t for t in results["background_writes"]}
-    epochs_timed = [{
-        "train": h["train_seconds"], "eval": h["eval_seconds"], "write": h["write_seconds"],
-        "write_wait": h["write_wait_seconds"],
-        "whole": h["train_seconds"] + h["eval_seconds"] + h["write_seconds"],
-        "background_write": background[h["epoch"]]["seconds"], "state": h["state_written"],
-        "state_bytes": background[h["epoch"]]["state_bytes"], "improved": h["improved"]} for h in results["history"]]
-    steady = epochs_timed[1:] if epochs > 1 else epochs_timed
-    mean = {k: float(np.mean([e[k] for e in steady])) for k in ("train", "eval", "write", "write_wait", "whole",
-                                                                  "background_write")}
-    snapshots = [e for e in steady if e["state"]] or [e for e in epochs_timed if e["state"]]
-    result = {"method": method, "epochs": epochs_timed, "mean": mean, "run_seconds": wall,
-              "state_bytes": max((e["state_bytes"] for e in epochs_timed), default=0),
-              "state_write_share_of_epoch": (float(np.mean([e["write"] for e in snapshots])) / mean["whole"]
-                                             if snapshots else 0.0),
-              "environment": results["environment"]}
-    if device.type == "cuda":
-        peak, data_bytes = torch.cuda.max_memory_allocated(device), results["environment"]["resident_data_bytes"]
-        result.update(peak_gpu_gib=peak / 2**30, peak_model_side_gib=(peak - data_bytes) / 2**30,
-                      resident_data_gib=data_bytes / 2**30)
-    return result
 
 
 def memory_text(result: dict) -> str:

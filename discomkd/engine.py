@@ -17,11 +17,13 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
+from discomkd import compiling
 from discomkd.augment import AUGMENTATIONS, augment, default_augmentation
 from discomkd.batches import Prefetcher, RowSource, epoch_positions
 from discomkd.config import Config, resolve_precision
 from discomkd.data import DataFolder, Modality
 from discomkd.errors import DataError
+from discomkd.inference import autocast_context, class_probabilities, run_in_batches, source_batches
 from discomkd.methods import FUSED, METHODS, MethodSpec, ModelShape, build_model
 from discomkd.probes import modality_probe, probe_rows
 from discomkd.run_files import checkpoint_path, load_classifier
@@ -34,12 +36,6 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[
         "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0)),
         "accuracy": float(accuracy_score(labels, predictions)),
     }
-
-
-def autocast_context(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @dataclass
@@ -73,28 +69,39 @@ class Trainer:
     device: torch.device
     precision: str
     generator: torch.Generator  # CPU generator for the epoch shuffles
-    compiled_terms: object = None  # `loss_terms` through torch.compile, when compiling
-    compile_trial: bool = True  # the compiled step is guarded (see forward_backward) until an epoch ends
-    compile_error: str | None = None  # why compiling failed, when it did (the run went on eager)
+    compiled_step: object = None  # `step_losses` through torch.compile (compiling.compile_step), when compiling
+    compile_error: str | None = None  # why the compiled step failed, when it did (the run went on eager)
+    compiled_calls: dict = dataclasses.field(default_factory=dict)  # batch shapes -> calls of the compiled step
+    compiler_counts: dict = dataclasses.field(default_factory=dict)  # compiling.compiler_counts() when compiled
     warnings: list = dataclasses.field(default_factory=list)  # settings resolved otherwise than asked
 
-    def loss_terms(self, inputs: dict, labels: dict, progress: torch.Tensor) -> torch.Tensor:
-        """Forward pass of one step: the method's raw loss terms, stacked in `spec.terms` order.
-        `progress`: the training progress in [0, 1), a 0-d tensor (see MethodSpec.losses)."""
+    def step_losses(self, inputs: dict, labels: dict, progress: torch.Tensor,
+                    weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward pass of one step, the part that is compiled when compiling.
+
+        Args:
+            progress: the training progress in [0, 1), a 0-d tensor (see MethodSpec.losses).
+            weights: (len(spec.terms),) float32, the terms' weights at this epoch (a tensor, so that a
+                compiled step reads new values without being traced again).
+        Returns:
+            (total, record): the weighted total (0-d, to back-propagate) and, detached, the raw terms in
+            `spec.terms` order followed by the total, (len(spec.terms) + 1,), what the epoch sums.
+        """
         with autocast_context(self.device, self.precision):
             terms = self.spec.losses(self.model, inputs, labels, self.config, progress)
-        return torch.stack([terms[k].float() for k in self.spec.terms])
-
-    def batch(self, modality: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gathers a batch of training rows (no randomness, so it may run in the prefetch thread)."""
-        source = self.sources[modality]
-        stored = self.train_positions[modality][positions]
-        return source.gather(stored), self.labels[modality][stored].to(self.device, non_blocking=True)
+        raw = torch.stack([terms[k].float() for k in self.spec.terms])  # (T,)
+        total = sum(weights[i] * raw[i] for i in range(len(self.spec.terms)))  # the one place weights apply
+        return total, torch.cat([raw, total.view(1)]).detach()
 
     def finite_weights(self) -> torch.Tensor:
-        """A 0-d bool tensor on the device: every floating weight and buffer is finite (no sync)."""
-        checks = [torch.isfinite(t).all() for t in self.model.state_dict().values() if t.is_floating_point()]
-        return torch.stack(checks).all()
+        """A 0-d bool tensor on the device: every floating weight and buffer is finite (no sync).
+
+        In a fixed handful of multi-tensor operations whatever the number of tensors: x * 0 is 0 for a
+        finite x and NaN for NaN and +-Inf, so the norms of the products are all 0 exactly when every
+        value is finite (the values themselves are never summed, so no finite weight can overflow)."""
+        tensors = [t for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()]
+        with torch.no_grad():
+            return torch.stack(torch._foreach_norm(torch._foreach_mul(tensors, 0.0))).sum() == 0
 
 
 @dataclass
@@ -137,12 +144,22 @@ def train_one_epoch(trainer: Trainer, epoch: int, progress: EpochProgress | None
     model, optimizer, reads = trainer.model, trainer.optimizer, trainer.reads
     model.train()
     progress = progress or start_epoch(trainer)
-    bounds, positions, first_step = progress.bounds, progress.positions, progress.step
+    bounds, first_step = progress.bounds, progress.step
     weights = trainer.spec.weights(trainer.config, epoch)
+    weights = torch.tensor([weights[k] for k in trainer.spec.terms], dtype=torch.float32)  # (T,)
+    # non_blocking: the copy from host memory does not wait for the work already queued on the device
+    weights = weights.to(trainer.device, non_blocking=True)
+    # each read modality's stored rows and their labels in this epoch's order, gathered once per epoch, so
+    # that a step's batch is one index_select of the data (its labels are a slice)
+    stored = [trainer.train_positions[m][p] for m, p in zip(reads, progress.positions)]
+    epoch_labels = [trainer.labels[m][rows] for m, rows in zip(reads, stored)]
 
     def fetch(i):
+        """The i-th batch of the steps left, [(x, y)] per read modality (no randomness, so it may run in
+        the prefetch thread)."""
         start, end = bounds[first_step + i]
-        return [trainer.batch(m, p[start:end]) for m, p in zip(reads, positions)]
+        return [(trainer.sources[m].gather(rows[start:end]), y[start:end].to(trainer.device, non_blocking=True))
+                for m, rows, y in zip(reads, stored, epoch_labels)]
 
     streamed = not all(trainer.sources[m].resident for m in reads)
     # a tensor updated in place, so that a compiled step reads each new value without a new trace
@@ -152,54 +169,78 @@ def train_one_epoch(trainer: Trainer, epoch: int, progress: EpochProgress | None
         inputs = {m: augment(x, trainer.augmentations[m]) for m, (x, _) in zip(reads, batch)}
         labels = {m: y for m, (_, y) in zip(reads, batch)}
         training_progress.fill_((epoch - 1 + progress.step / len(bounds)) / trainer.config.epochs)
-        terms, total = forward_backward(trainer, inputs, labels, weights, training_progress)
+        record = forward_backward(trainer, inputs, labels, weights, training_progress)
         optimizer.step()
-        progress.sums += torch.cat([terms.detach(), total.detach().view(1)])
+        progress.sums += record
         progress.step += 1
         if on_step is not None:
             on_step(progress.step, len(bounds))
         if should_stop is not None and should_stop() and not progress.finished:
             return None
-    trainer.compile_trial = False  # every batch shape of the run has been through the compiled step
     values = torch.cat([progress.sums / len(bounds), trainer.finite_weights().float().view(1)])
     values = values.tolist()  # the epoch's one host-device synchronisation
     return dict(zip(trainer.spec.terms + ("total", "finite_weights"), values))
 
 
-def forward_backward(trainer: Trainer, inputs: dict, labels: dict, weights: dict,
-                     training_progress: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step up to the optimizer: zeroes the gradients, computes the raw loss terms (compiled when
-    compiling) and their weighted total, and back-propagates. Returns (terms, total).
+def forward_backward(trainer: Trainer, inputs: dict, labels: dict, weights: torch.Tensor,
+                     training_progress: torch.Tensor) -> torch.Tensor:
+    """One step up to the optimizer: zeroes the gradients, computes the loss terms and their weighted
+    total (`Trainer.step_losses`, compiled when compiling), and back-propagates. Returns the step's
+    detached (len(terms) + 1,) record: the raw terms, then the total.
 
-    During the first epoch (torch.compile traces at the first call, records CUDA graphs at the third,
-    and compiles again for the last, smaller batch) an error of the compiled step is caught: the step
-    is undone (batch-norm statistics, random states) and run eager, and the run stays eager, with one
-    warning and the reason recorded (`compile_error`); the results are those of --compile no.
+    The first `compiling.GUARDED_CALLS` calls of the compiled step for each batch shape (torch.compile
+    traces at the first, CUDA graphs warm up and record at the next two) are guarded: on an error the
+    step is undone (batch-norm statistics, random states) and run eager, and the run stays eager, with
+    one warning and the reason recorded (`compile_error`); the results are those of --compile no. At any
+    later call, dynamo's recompile limit (raised before the step runs anything) falls back the same way;
+    any other error propagates.
     """
-    if trainer.compiled_terms is None or not trainer.compile_trial:
-        return _forward_backward(trainer, trainer.compiled_terms or trainer.loss_terms, inputs, labels, weights,
-                                 training_progress)
-    saved = _step_state(trainer)
+    if trainer.compiled_step is None:
+        return _forward_backward(trainer, trainer.step_losses, inputs, labels, weights, training_progress)
+    shapes = tuple(tuple(x.shape) for x in inputs.values())
+    calls = trainer.compiled_calls.get(shapes, 0)
+    trainer.compiled_calls[shapes] = calls + 1
+    saved = _step_state(trainer) if calls < compiling.GUARDED_CALLS else None
     try:
-        return _forward_backward(trainer, trainer.compiled_terms, inputs, labels, weights, training_progress)
+        return _forward_backward(trainer, trainer.compiled_step, inputs, labels, weights, training_progress)
     except torch.cuda.OutOfMemoryError:
         raise
     except Exception as error:  # noqa: BLE001 (dynamo, inductor, triton and CUDA graph errors share no base class)
-        _restore_step_state(trainer, saved)
+        if saved is None and not compiling.is_recompile_limit(error):
+            raise
+        if saved is not None:
+            _restore_step_state(trainer, saved)
         reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}".rstrip(": ")
-        trainer.compiled_terms, trainer.compile_error = None, reason
+        trainer.compiled_step, trainer.compile_error = None, reason
         print(f"warning: torch.compile failed ({reason}); training goes on eager, as with --compile no",
               file=sys.stderr)
-        return _forward_backward(trainer, trainer.loss_terms, inputs, labels, weights, training_progress)
+        return _forward_backward(trainer, trainer.step_losses, inputs, labels, weights, training_progress)
 
 
-def _forward_backward(trainer: Trainer, loss_terms, inputs: dict, labels: dict, weights: dict,
-                      training_progress: torch.Tensor):
+def _forward_backward(trainer: Trainer, step_losses, inputs: dict, labels: dict, weights: torch.Tensor,
+                      training_progress: torch.Tensor) -> torch.Tensor:
     trainer.optimizer.zero_grad(set_to_none=True)
-    terms = loss_terms(inputs, labels, training_progress)
-    total = sum(weights[k] * terms[i] for i, k in enumerate(trainer.spec.terms))  # the one place weights apply
+    total, record = step_losses(inputs, labels, training_progress, weights)
     total.backward()
-    return terms, total
+    return record
+
+
+def compile_report(trainer: Trainer) -> dict:
+    """What a run's results say of its compiled step: {"compiled": whether the step is (still) compiled,
+    "compile_error": why it fell back to eager (only when it did), "compile": what the compiler did for
+    this trainer (only when it compiled): graphs, graph breaks, recompiles (graphs beyond one per batch
+    shape), graphs left out of CUDA graphs, and the batch shapes (rows per step) of the compiled calls}."""
+    report = {"compiled": trainer.compiled_step is not None}
+    if trainer.compile_error:
+        report["compile_error"] = trainer.compile_error
+    if trainer.compiler_counts:
+        now = compiling.compiler_counts()
+        counts = {k: now[k] - trainer.compiler_counts[k] for k in now}
+        report["compile"] = {"graphs": counts["graphs"], "graph_breaks": counts["graph_breaks"],
+                             "recompiles": max(0, counts["graphs"] - len(trainer.compiled_calls)),
+                             "cudagraph_skips": counts["cudagraph_skips"],
+                             "batch_rows": sorted({shapes[0][0] for shapes in trainer.compiled_calls}, reverse=True)}
+    return report
 
 
 def _step_state(trainer: Trainer) -> dict:
@@ -217,22 +258,14 @@ def _restore_step_state(trainer: Trainer, saved: dict) -> None:
         torch.cuda.set_rng_state(saved["cuda_rng"], trainer.device)
 
 
-@torch.inference_mode()
 def predict(classifier: Classifier, sources: dict[int, RowSource], rows: np.ndarray, batch_size: int,
             precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities (n, K) and predicted classes (0..K-1) of the user's rows `rows`.
 
     The probabilities may hold NaN when the model does; callers check (`evaluate` does).
     """
-    device = next(classifier.module.parameters()).device
-    positions = [sources[m].positions(rows) for m in classifier.reads]
-    probabilities = []
-    for start in range(0, len(rows), batch_size):
-        inputs = [sources[m].gather(p[start:start + batch_size]) for m, p in zip(classifier.reads, positions)]
-        with autocast_context(device, precision):
-            logits = classifier.module(*inputs).logits
-        probabilities.append(torch.softmax(logits.float(), dim=1))
-    probabilities = torch.cat(probabilities).cpu().numpy()
+    probabilities = run_in_batches(classifier.module, source_batches(sources, classifier.reads, rows, batch_size),
+                                   class_probabilities, precision)["probabilities"]
     return probabilities, probabilities.argmax(axis=1)
 
 
@@ -248,10 +281,7 @@ def evaluate(trainer: Trainer, data: DataFolder, splits=("valid", "test"), class
         {column: {split: {"weighted_f1", "macro_f1", "accuracy"}, "predictions": {split: (n,) classes}}};
         a classifier whose outputs are not finite gets {"finite": False} instead.
     """
-    model = trainer.model
-    was_training = model.training
-    model.eval()
-    results = {}
+    results = {}  # each classifier is evaluated in eval mode, its training mode restored (run_in_batches)
     for classifier in classifiers or trainer.classifiers:
         result = {"predictions": {}}
         for split in splits:
@@ -264,7 +294,6 @@ def evaluate(trainer: Trainer, data: DataFolder, splits=("valid", "test"), class
             result[split] = classification_metrics(data.labels[rows], predicted)
             result["predictions"][split] = predicted
         results[classifier.column] = result
-    model.train(was_training)
     return results
 
 
@@ -280,13 +309,9 @@ def invariance_probe(trainer: Trainer, data: DataFolder, output: str) -> dict | 
     parts = []
     for classifier, path in zip(trainer.classifiers, paths):
         branch, _ = load_classifier(path, trainer.device)
-        positions = trainer.sources[classifier.modality].positions(rows)
-        batches = []
-        for start in range(0, len(rows), trainer.config.eval_batch_size):
-            x = trainer.sources[classifier.modality].gather(positions[start:start + trainer.config.eval_batch_size])
-            with autocast_context(trainer.device, trainer.precision):
-                batches.append(branch(x).invariant.float())  # (B, 256)
-        parts.append(torch.cat(batches).cpu().numpy())
+        batches = source_batches(trainer.sources, classifier.reads, rows, trainer.config.eval_batch_size)
+        parts.append(run_in_batches(branch, batches, lambda output: {"invariant": output.invariant.float()},
+                                    trainer.precision)["invariant"])  # (n, 256)
     return {"split": "valid", "part": "invariant", "checkpoints": "each modality's best epoch",
             **modality_probe(parts, trainer.config.seed)}
 
@@ -380,7 +405,6 @@ def build_trainer(config: Config, data: DataFolder, device: torch.device) -> Tra
     trainer = Trainer(spec, model, optimizer, reads, sources, train_positions, labels, augmentations, classifiers,
                       shape, config, device, precision, generator, warnings=warnings)
     if config.compile == "yes" or (config.compile == "auto" and device.type == "cuda"):
-        # CUDA graphs remove the per-kernel launch cost that bounds this step's speed at batch 128
-        mode = "reduce-overhead" if device.type == "cuda" else None
-        trainer.compiled_terms = torch.compile(trainer.loss_terms, mode=mode)
+        trainer.compiled_step = compiling.compile_step(trainer.step_losses, device)
+        trainer.compiler_counts = compiling.compiler_counts()  # after the reset: counted from here
     return trainer

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import math
 import os
 import signal
@@ -23,17 +22,18 @@ import numpy as np
 import torch
 
 from discomkd.config import Config, resolve_device, restore_rng, rng_state, seed_everything
-from discomkd.data import DataFolder, load_data_folder, read_split_files
+from discomkd.data import DataFolder, data_fingerprint, reload_data_folder
 from discomkd.engine import (
     EpochProgress,
     Trainer,
     build_trainer,
+    compile_report,
     evaluate,
     invariance_probe,
     start_epoch,
     train_one_epoch,
 )
-from discomkd.errors import DataError, Interrupted, TrainingError
+from discomkd.errors import Interrupted, TrainingError
 from discomkd.methods import METHODS, classifier_description
 from discomkd.probes import INVARIANCE_MEANING
 from discomkd.run_files import (
@@ -125,39 +125,14 @@ class StopRequest:
             signal.signal(number, handler)
 
 
-def data_fingerprint(data: DataFolder) -> str:
-    """SHA-256 of the labels and every split's row numbers: what `describe()` cannot see (labels moved
-    between rows). The modality arrays, possibly larger than memory, are compared by shape and dtype only."""
-    digest = hashlib.sha256(np.ascontiguousarray(data.labels, dtype=np.int64).tobytes())
-    for modality in data.modalities:
-        for split in sorted(modality.splits):
-            digest.update(np.ascontiguousarray(modality.splits[split], dtype=np.int64).tobytes())
-    return digest.hexdigest()
-
-
 def resume(run_folder: str, log=print, should_stop=None, on_epoch=None) -> dict:
-    """Continues the run saved in `run_folder`/state.pt with its own config and data folder."""
+    """Continues the run saved in `run_folder`/state.pt with its own config and data folder (read again
+    with the run's split; refused if it changed since the run started)."""
     state = load_state(run_folder)
     results = state["results"]
-    config = Config(**results["config"])
-    described = results["data"]
-    # runs recorded before paths were stored absolute: relative to the working folder, as they were read
-    described.update(directory=os.path.abspath(described["directory"]),
-                     splits_from=os.path.abspath(described.get("splits_from", described["directory"])),
-                     modalities=[dict(m, file=os.path.abspath(m["file"])) for m in described["modalities"]])
-    prefixes = [m["prefix"] for m in described["modalities"]]
-    encoders = (config.encoder_first, config.encoder_second)
-    if described["splits_from"] == described["directory"]:
-        data = load_data_folder(described["directory"], *prefixes, encoders)
-    else:
-        data = load_data_folder(described["directory"], *prefixes, encoders,
-                                splits=read_split_files(described["splits_from"], prefixes),
-                                splits_name=described["splits_from"])
-    if data.describe() != described or results.get("data_fingerprint") != data_fingerprint(data):
-        raise DataError(f"{described['directory']}: the data folder changed since the run started "
-                        "(shapes, splits, classes or labels differ); cannot resume")
+    data = reload_data_folder(results["data"], results["data_fingerprint"])
     remove_temporaries(run_folder)
-    return fit(config, data, run_folder, state, log, should_stop, on_epoch)
+    return fit(Config(**results["config"]), data, run_folder, state, log, should_stop, on_epoch)
 
 
 def state_payload(trainer: Trainer, epoch: int, progress: EpochProgress | None, results: dict, best: dict,
@@ -214,8 +189,7 @@ def _describe_environment(trainer: Trainer, data: DataFolder) -> dict:
     prefixes = {m: data.modalities[m].prefix for m in trainer.sources}
     return {"torch": str(torch.__version__), "device": str(trainer.device),
             "device_name": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu",
-            "precision": trainer.precision, "compiled": trainer.compiled_terms is not None,
-            **({"compile_error": trainer.compile_error} if trainer.compile_error else {}),
+            "precision": trainer.precision, **compile_report(trainer),
             "data_on_device": {prefixes[m]: s.resident for m, s in trainer.sources.items()},
             "resident_data_bytes": sum(s.data.numel() * s.data.element_size() for s in trainer.sources.values()
                                        if s.resident),
@@ -323,7 +297,9 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
     device = resolve_device(config.device)
     seed_everything(config.seed)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+        # fixed input shapes: let cuDNN pick the fastest kernels, unless deterministic algorithms are asked
+        # for (the GPU check's resume step), as its timing-based choice may differ from one process to the next
+        torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
     try:
         trainer = build_trainer(config, data, device)
     except torch.cuda.OutOfMemoryError:
@@ -387,9 +363,9 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
                     f"state saved: resume with --resume {output}")))
             progress = None
             if trainer.compile_error and "compile_error" not in results["environment"]:
-                results["environment"] = _describe_environment(trainer, data)
                 results["warnings"] = [*results["warnings"], f"torch.compile failed ({trainer.compile_error}); "
                                                              "trained eager"]
+            results["environment"].update(compile_report(trainer))  # graphs compiled so far, or the fallback
             bad = [k for k, v in losses.items() if not math.isfinite(v)]
             if bad or not losses.pop("finite_weights"):
                 what = f"loss term {bad[0]} is {losses[bad[0]]}" if bad else "the model holds NaN or Inf"

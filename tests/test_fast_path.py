@@ -9,10 +9,13 @@ from toy import write_toy_folder
 
 import benchmark
 import functions
+from discomkd import compiling
 from discomkd import config as configuration
+from discomkd.benchmarking import SHAPES, write_synthetic_folder
 from discomkd.data import load_data_folder
 
-QUIET = dict(epochs=3, batch_size=16, encoder_first="lenet", augment_first="flip+rot90", verbose=0, overwrite=True)
+QUIET = dict(epochs=3, batch_size=16, encoder_first="lenet", augment_first="flip+rot90", verbose=0, overwrite=True,
+             device="cpu")
 
 
 def _history(folder, output, **overrides):
@@ -46,8 +49,7 @@ def test_bf16_autocast_follows_the_fp32_trajectory(folder, tmp_path):
 def test_compiled_graph_of_the_step_is_the_eager_step(folder, tmp_path, monkeypatch):
     """torch.compile's capture of the step (the graph, the GRL, autograd) with the aot_eager backend,
     which runs the captured graph with eager kernels: the trajectory must be bit-identical."""
-    compile_function = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda function, mode=None: compile_function(function, backend="aot_eager"))
+    monkeypatch.setattr(compiling, "BACKEND", "aot_eager")
     eager, _ = _history(folder, tmp_path / "eager", compile="no")
     compiled, _ = _history(folder, tmp_path / "compiled", compile="yes")
     assert compiled == eager
@@ -83,11 +85,11 @@ def test_benchmark_reports_timings_for_both_paths(tmp_path):
     assert report["runs"]["fast"]["data_on_device"] == [True, True]
     assert report["runs"]["plain"]["data_on_device"] == [False, False]
     assert report["torch"] == str(torch.__version__) and report["device"].startswith("cpu")
-    assert report["shape"]["first"] == list(benchmark.SHAPES["tiny"]["first"])
+    assert report["shape"]["first"] == list(SHAPES["tiny"]["first"])
 
 
 def test_synthetic_folder_is_a_valid_data_folder(tmp_path):
-    benchmark.write_synthetic_folder(str(tmp_path), 50, (2, 8, 8), (5,), 3)
+    write_synthetic_folder(str(tmp_path), 50, (2, 8, 8), (5,), 3)
     data = load_data_folder(str(tmp_path), "FIRST", "SECOND")
     assert [m.sample_shape for m in data.modalities] == [(2, 8, 8), (5,)]
     assert data.num_classes == 3 and sum(len(r) for r in data.modalities[0].splits.values()) == 50

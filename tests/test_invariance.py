@@ -16,8 +16,9 @@ import functions
 from discomkd import comparison, methods
 from discomkd.config import Config, check_config
 from discomkd.errors import DataError
+from discomkd.inference import feature_parts
+from discomkd.inspection import load_run
 from discomkd.probes import INVARIANCE_MEANING, modality_probe, probe_rows
-from inspect_run import feature_parts, load_run
 from model_pytorch import PART_DIM, DisCoMKD, gradient_reverse, grl_coefficient_at
 
 PREFIXES = ("IMG", "VEC")
@@ -258,8 +259,8 @@ def test_a_compiled_step_reads_the_changing_coefficient_without_recompiling(fold
         return backend(graph, example_inputs)
 
     compile_function = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda function, mode=None: compile_function(function,
-                                                                                        backend=counting_backend))
+    monkeypatch.setattr(torch, "compile", lambda function, **options: compile_function(
+        function, **{**options, "backend": counting_backend}))
     eager = toy_run(folder, "eager", grl_schedule="dann", discriminator="mlp", compile="no")
     torch._dynamo.reset()
     graphs_after_epoch = []
