@@ -1,6 +1,6 @@
 """Writes stratified train/valid/test split files for a data folder.
 
-    python make_splits.py DIR [--seed S] [--fractions 0.7 0.1 0.2] [--overwrite]
+    python make_splits.py DIR [--seed S] [--fractions TRAIN VALID TEST] [--overwrite]
 
 Reads DIR/labels.npy and writes DIR/train_idx.npy, DIR/valid_idx.npy and DIR/test_idx.npy, the
 rows of each class drawn in the given proportions (the authors' 70/10/20 by default; every class
@@ -15,26 +15,10 @@ import sys
 import numpy as np
 
 from discomkd.config import seed_problem
-from discomkd.data import file_problem, read_labels
+from discomkd.data import file_problem, read_labels, write_split_files
 from discomkd.errors import DataError, command_status
-from discomkd.run_files import atomic_write, folder_problem, line_buffered_stdout
+from discomkd.run_files import folder_problem, line_buffered_stdout
 from discomkd.splits import DEFAULT_FRACTIONS, SPLITS, draw_split, split_file_name
-
-
-def save_split_files(paths: dict[str, str], split: dict[str, np.ndarray]) -> None:
-    """Writes every split file or none: each goes to its temporary file, and only when all are written
-    are they renamed (nested `atomic_write`s: each one's write starts the next, the renames unwind)."""
-    names = list(paths)
-
-    def write_from(i):
-        def write(temporary):
-            with open(temporary, "wb") as handle:  # a handle, so numpy does not append .npy to the temporary name
-                np.save(handle, np.asarray(split[names[i]], dtype=np.int64))
-            if i + 1 < len(names):
-                atomic_write(paths[names[i + 1]], write_from(i + 1))
-        return write
-
-    atomic_write(paths[names[0]], write_from(0))
 
 
 def make_splits(directory: str, seed: int = 0, fractions=DEFAULT_FRACTIONS, overwrite: bool = False,
@@ -55,7 +39,7 @@ def make_splits(directory: str, seed: int = 0, fractions=DEFAULT_FRACTIONS, over
     if folder_problem(directory) is not None:
         raise DataError(f"{directory}: {folder_problem(directory)}")
     split = draw_split(labels, seed, fractions, os.path.join(directory, "labels.npy"))
-    save_split_files(paths, split)
+    write_split_files(directory, split)
     classes = np.unique(labels)
     for name, rows in split.items():
         counts = np.bincount(np.searchsorted(classes, labels[rows]), minlength=len(classes))

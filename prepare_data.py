@@ -5,8 +5,8 @@
 
 Each FOLDER is laid out FOLDER/<class>/<sample>.<ext> (PNG/JPG, TIFF with any number of bands, or
 per-sample .npy); the two modalities' samples are paired by class and file stem. The manifest is a
-CSV with columns id,label,<NAME1>,<NAME2>[,split]. See README.md, "Bring your own data", and
-image_folders.py, which does the work.
+CSV with columns id,label,<NAME1>,<NAME2>[,split]. docs/data.md says more;
+discomkd/image_folders.py does the work.
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import argparse
 import re
 import sys
 
-from discomkd.errors import DataError
+from discomkd.errors import DataError, command_status
 from discomkd.image_folders import check_name, list_class_folders, prepare, read_manifest
+from discomkd.splits import DEFAULT_FRACTIONS, check_fractions
 
 
 def name_and_value(text: str, option: str) -> tuple[str, str]:
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="resize that modality's samples (bilinear, antialiased); without it every sample "
                              "must have the same size")
     parser.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
-    parser.add_argument("--fractions", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VALID", "TEST"),
+    parser.add_argument("--fractions", type=float, nargs=3, default=DEFAULT_FRACTIONS,
+                        metavar=("TRAIN", "VALID", "TEST"),
                         help="split of the paired samples (the manifest's split column replaces it)")
     parser.add_argument("--skip-bad", action="store_true", help="leave unreadable or wrong-size files out, listed in "
                                                                 "OUTPUT/skipped.txt, instead of stopping")
@@ -55,10 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> dict:
-    if abs(sum(args.fractions) - 1) > 1e-6 or min(args.fractions) < 0:
-        raise DataError(f"--fractions {' '.join(map(str, args.fractions))}: three non-negative numbers summing to 1 "
-                        "expected")
+def run(args: argparse.Namespace) -> None:
+    """Reads the inputs, writes the data folder and prints its summary; raises `DataError`."""
+    check_fractions(args.fractions)  # before any input is read
     if args.manifest:
         table = read_manifest(args.manifest)
     else:
@@ -73,7 +74,10 @@ def run(args: argparse.Namespace) -> dict:
         if name not in table.names:
             raise DataError(f"--resize {text}: no modality {name}; the modalities are {', '.join(table.names)}")
         sizes[name] = parse_size(value, "--resize")
-    return prepare(table, args.output, sizes, args.seed, tuple(args.fractions), args.skip_bad, args.overwrite)
+    summary = prepare(table, args.output, sizes, args.seed, tuple(args.fractions), args.skip_bad, args.overwrite)
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(describe(summary))
 
 
 def describe(summary: dict) -> str:
@@ -98,15 +102,7 @@ def describe(summary: dict) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        summary = run(args)
-    except (DataError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for warning in summary["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(describe(summary))
-    return 0
+    return command_status(lambda: run(args), (DataError, OSError))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Reading and checking a DisCoM-KD data folder, feeding batches, and batched augmentation.
+"""Reading and checking a DisCoM-KD data folder and its split files, and reading again the folder a run
+recorded (`reload_data_folder`, with `data_fingerprint`: has the data changed since?).
 
 Folder layout (N rows, one row per sample; the modalities need not be paired row by row for
 training, see `train_idx_<PREFIX>.npy`):
@@ -17,6 +18,7 @@ names the file, the problem and what was expected.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import stat
@@ -25,7 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from discomkd.errors import DataError
-from discomkd.splits import SPLITS, split_file_name
+from discomkd.run_files import atomic_write, save_npy
+from discomkd.splits import split_file_name
 from model_pytorch import ENCODERS, default_encoder_for
 
 # Bytes read from a memory map at once (finiteness checks, copies to the device), so an array
@@ -172,10 +175,38 @@ def read_split_files(directory: str, prefixes) -> dict[str, np.ndarray]:
     """The split files of a folder, as the `splits` argument of `load_data_folder` takes them:
     {"train", "valid", "test", and "train_<PREFIX>" for each modality's own file}. Missing files are
     left out (the loader names what it needed); unreadable ones raise `DataError`."""
-    names = {split: split_file_name(split) for split in SPLITS}
-    names.update({f"train_{prefix}": split_file_name("train", prefix) for prefix in prefixes})
     return {key: load_npy(os.path.join(directory, name), "an array of row numbers")
-            for key, name in names.items() if os.path.lexists(os.path.join(directory, name))}
+            for key, name in _split_file_names(prefixes).items() if os.path.lexists(os.path.join(directory, name))}
+
+
+def write_split_files(folder: str, splits: dict[str, np.ndarray]) -> None:
+    """Writes `splits` ({"train", "valid", "test", "train_<PREFIX>"} -> row numbers, as `read_split_files`
+    returns them) as int64 split files in `folder`, created if needed: every file or none. Each goes to
+    its temporary file, and only when all are written are they renamed (nested `atomic_write`s: each
+    one's write starts the next, the renames unwind)."""
+    os.makedirs(folder, exist_ok=True)
+    keys = list(splits)
+
+    def write_from(i):
+        def write(temporary):
+            save_npy(temporary, np.asarray(splits[keys[i]], dtype=np.int64))
+            if i + 1 < len(keys):
+                atomic_write(os.path.join(folder, _file_of(keys[i + 1])), write_from(i + 1))
+        return write
+
+    atomic_write(os.path.join(folder, _file_of(keys[0])), write_from(0))
+
+
+def _split_file_names(prefixes) -> dict[str, str]:
+    """Split key -> file name for a folder of these modalities, in the order the loader checks them:
+    valid, test, train, then each modality's own train_<PREFIX>."""
+    return {key: _file_of(key) for key in ("valid", "test", "train", *(f"train_{prefix}" for prefix in prefixes))}
+
+
+def _file_of(key: str) -> str:
+    """The file name of a split key: train_idx.npy for "train", train_idx_<PREFIX>.npy for "train_<PREFIX>"."""
+    split, _, prefix = key.partition("_")
+    return split_file_name(split, prefix or None)
 
 
 def read_labels(path: str) -> np.ndarray:
@@ -245,6 +276,27 @@ def load_data_folder(directory: str, first_prefix: str, second_prefix: str,
     from another folder); `splits_name` names them in errors and is recorded as where they came
     from (a folder holding them as files, for a later resume). The data folder is only read.
     """
+    _check_folder_and_prefixes(directory, first_prefix, second_prefix)
+    labels_path = os.path.join(directory, "labels.npy")
+    raw_labels = read_labels(labels_path)
+    modalities = tuple(_load_modality(directory, p, e, len(raw_labels))
+                       for p, e in zip((first_prefix, second_prefix), encoders))
+    files, given = _split_file_names((first_prefix, second_prefix)), splits is not None
+    if not given:  # the folder's own split files, named by their paths in errors
+        splits = read_split_files(directory, (first_prefix, second_prefix))
+        names = {key: os.path.join(directory, name) for key, name in files.items()}
+    else:
+        names = {key: f"{splits_name or 'the given split'} ({name})" for key, name in files.items()}
+    _assign_splits(modalities, splits, names, len(raw_labels))
+    for modality in modalities:
+        used = np.unique(np.concatenate(list(modality.splits.values())))
+        _check_finite(modality.array, used, modality.path)
+    labels, classes = _classes(raw_labels, modalities, labels_path)
+    return DataFolder(directory, modalities, labels, classes, _unseen_classes(modalities, labels, classes),
+                      splits_name if given else None, read_descriptions(directory, modalities, classes))
+
+
+def _check_folder_and_prefixes(directory: str, first_prefix: str, second_prefix: str) -> None:
     if not os.path.isdir(directory):
         raise DataError(f"{directory}: data folder not found")
     for prefix in (first_prefix, second_prefix):
@@ -253,40 +305,27 @@ def load_data_folder(directory: str, first_prefix: str, second_prefix: str,
     if first_prefix == second_prefix:
         raise DataError(f"{array_path(directory, first_prefix)}: prefix {first_prefix!r} given twice; "
                         "two different modalities are expected")
-    labels_path = os.path.join(directory, "labels.npy")
-    raw_labels = read_labels(labels_path)
-    num_rows = len(raw_labels)
-    modalities = tuple(_load_modality(directory, p, e, num_rows)
-                       for p, e in zip((first_prefix, second_prefix), encoders))
 
-    def index(key: str, prefix: str | None = None) -> tuple[np.ndarray, str]:
-        """The row numbers of split `key` and the name that errors give them."""
-        split = key.split("_")[0]
-        if splits is None:
-            path = os.path.join(directory, split_file_name(split, prefix))
-            return _check_index(load_npy(path, "an array of row numbers"), path, num_rows), path
-        name = f"{splits_name or 'the given split'} ({split_file_name(split, prefix)})"
-        if key not in splits:
-            raise DataError(f"{name}: missing")
-        return _check_index(splits[key], name, num_rows), name
 
-    def has_own_train(prefix: str) -> bool:
-        if splits is None:
-            return os.path.lexists(os.path.join(directory, split_file_name("train", prefix)))
-        return f"train_{prefix}" in splits
+def _assign_splits(modalities, rows: dict[str, np.ndarray], names: dict[str, str], num_rows: int) -> None:
+    """Checks the split rows (`rows`: split key -> row numbers, `names`: how errors name each key) and
+    gives each modality its own: its training rows (its own file's, else the shared ones), and the
+    shared valid and test rows, which must be disjoint from each other and from its training rows."""
+    def checked(key: str) -> np.ndarray:
+        if key not in rows:
+            raise DataError(f"{names[key]}: file not found (an array of row numbers expected here)")
+        return _check_index(rows[key], names[key], num_rows)
 
-    shared, names = {}, {}
-    for split in ("valid", "test"):
-        shared[split], names[split] = index(split)
+    shared = {split: checked(split) for split in ("valid", "test")}
     for modality in modalities:
-        own = has_own_train(modality.prefix)
-        train, train_name = index(f"train_{modality.prefix}" if own else "train", modality.prefix if own else None)
+        key = f"train_{modality.prefix}" if f"train_{modality.prefix}" in rows else "train"
+        train = checked(key)
         if len(train) < 2:
-            raise DataError(f"{train_name}: {len(train)} training row; at least 2 are needed (batch normalisation)")
+            raise DataError(f"{names[key]}: {len(train)} training row; at least 2 are needed (batch normalisation)")
         for split in ("valid", "test"):
             overlap = np.intersect1d(train, shared[split])
             if overlap.size:
-                raise DataError(f"{train_name}: row {overlap[0]} is also in {split_file_name(split)} "
+                raise DataError(f"{names[key]}: row {overlap[0]} is also in {split_file_name(split)} "
                                 f"({overlap.size} shared rows); training rows must not be evaluated on")
         modality.splits = {"train": train, **shared}
     overlap = np.intersect1d(shared["valid"], shared["test"])
@@ -294,15 +333,19 @@ def load_data_folder(directory: str, first_prefix: str, second_prefix: str,
         raise DataError(f"{names['valid']}: row {overlap[0]} is also in {split_file_name('test')} "
                         f"({overlap.size} shared rows); validation and test must be disjoint")
 
-    for modality in modalities:
-        used = np.unique(np.concatenate(list(modality.splits.values())))
-        _check_finite(modality.array, used, modality.path)
 
+def _classes(raw_labels: np.ndarray, modalities, labels_path: str) -> tuple[np.ndarray, np.ndarray]:
+    """The labels as class indices 0..K-1 and the classes (the label values of the rows any split uses)."""
     used = np.unique(np.concatenate([r for m in modalities for r in m.splits.values()]))
     classes = np.unique(np.asarray(raw_labels[used]))
     labels = np.searchsorted(classes, np.asarray(raw_labels)).clip(0, len(classes) - 1).astype(np.int64)
     if len(classes) < 2:
         raise DataError(f"{labels_path}: a single class ({classes[0]}) in the rows used; at least 2 are expected")
+    return labels, classes.astype(np.int64)
+
+
+def _unseen_classes(modalities, labels: np.ndarray, classes: np.ndarray) -> list[str]:
+    """Warnings for classes that a modality evaluates on but never trains on."""
     warnings = []
     for modality in modalities:
         trained = set(np.unique(labels[modality.splits["train"]]).tolist())
@@ -311,9 +354,57 @@ def load_data_folder(directory: str, first_prefix: str, second_prefix: str,
             if missing:
                 warnings.append(f"{split}_idx.npy: class(es) {classes[missing].tolist()} never seen in "
                                 f"{modality.prefix}'s training rows; they cannot be predicted")
-    return DataFolder(directory, modalities, labels, classes.astype(np.int64), warnings,
-                      splits_name if splits is not None else None,
-                      read_descriptions(directory, modalities, classes))
+    return warnings
+
+
+# ----------------------------------------------------------------------------- a run's data, read again
+def load_with_split_files(directory: str, prefixes, encoders: tuple[str, str] = ("auto", "auto"),
+                          splits_from: str | None = None) -> DataFolder:
+    """The data folder `directory` with the split files of the folder `splits_from` (a run's own drawn
+    split, saved beside it), or with its own split files when `splits_from` is None or `directory`."""
+    if splits_from is None or os.path.abspath(splits_from) == os.path.abspath(directory):
+        return load_data_folder(directory, *prefixes, encoders)
+    return load_data_folder(directory, *prefixes, encoders, splits=read_split_files(splits_from, prefixes),
+                            splits_name=splits_from)
+
+
+def data_fingerprint(data: DataFolder) -> str:
+    """SHA-256 of the labels and every split's row numbers: what `describe()` cannot see (labels moved
+    between rows). The modality arrays, possibly larger than memory, are compared by shape and dtype only."""
+    digest = hashlib.sha256(np.ascontiguousarray(data.labels, dtype=np.int64).tobytes())
+    for modality in data.modalities:
+        for split in sorted(modality.splits):
+            digest.update(np.ascontiguousarray(modality.splits[split], dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def reload_data_folder(described: dict, fingerprint: str, directory: str | None = None) -> DataFolder:
+    """The data folder a run recorded, read again as the run read it: `described` is the run's
+    `DataFolder.describe()` (its results.json "data"), `fingerprint` its `data_fingerprint`.
+
+    `directory` replaces the recorded data folder (one moved since); the split is the run's: the split
+    files of its "splits_from" folder when that is not the recorded data folder (a split drawn for the
+    run and saved beside it), else those of the folder read. Raises `DataError` naming what differs
+    when the sample shapes or dtypes, the rows per split, the classes, or the labels or split rows
+    (the fingerprint) are not the run's.
+    """
+    recorded, modalities = described["directory"], described["modalities"]
+    splits_from = described.get("splits_from", recorded)
+    own_split = splits_from == recorded  # else a split drawn for the run, saved beside it
+    data = load_with_split_files(directory or recorded, [m["prefix"] for m in modalities],
+                                 tuple(m["encoder"] for m in modalities), None if own_split else splits_from)
+    changed = "the data folder changed since training"
+    for before, after in zip(modalities, data.describe()["modalities"]):
+        for field_name, what in (("sample_shape", "sample shape"), ("dtype", "dtype"), ("rows", "rows per split")):
+            if before[field_name] != after[field_name]:
+                raise DataError(f"{after['file']}: {what} {after[field_name]}, the run's was {before[field_name]}; "
+                                f"{changed}")
+    if data.classes.tolist() != described["classes"]:
+        raise DataError(f"{data.directory}: classes {data.classes.tolist()}, the run's were {described['classes']}; "
+                        f"{changed}")
+    if data_fingerprint(data) != fingerprint:
+        raise DataError(f"{data.directory}: labels or split rows differ from the run's; {changed}")
+    return data
 
 
 CLASSES_FILE = "classes.json"  # a list of class names: names[v] names label value v

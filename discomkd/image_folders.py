@@ -30,9 +30,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from discomkd.data import CLASSES_FILE, NORMALIZATION_FILE, array_path, load_data_folder
+from discomkd.data import (
+    CLASSES_FILE,
+    NORMALIZATION_FILE,
+    DataFolder,
+    array_path,
+    load_data_folder,
+    write_split_files,
+)
 from discomkd.errors import DataError
-from discomkd.splits import SPLITS, stratified_split
+from discomkd.splits import DEFAULT_FRACTIONS, SPLITS, check_fractions, stratified_split
 
 PILLOW_EXTENSIONS = (".png", ".jpg", ".jpeg")
 TIFF_EXTENSIONS = (".tif", ".tiff")
@@ -378,17 +385,39 @@ def check_output(output: str, table: Table, overwrite: bool) -> None:
 
 
 def prepare(table: Table, output: str, sizes: dict[str, tuple[int, int] | None] | None = None, seed: int = 0,
-            fractions=(0.7, 0.1, 0.2), skip_bad: bool = False, overwrite: bool = False,
+            fractions=DEFAULT_FRACTIONS, skip_bad: bool = False, overwrite: bool = False,
             progress: bool | None = None) -> dict:
     """Reads every file of `table` twice (a check pass that also gathers the statistics, then a writing
     pass: one sample in memory at a time, the arrays written through memory maps) and writes the data
     folder `output`, built in a temporary sibling folder and renamed, so nothing is half-written.
 
-    Raises `DataError` (nothing written) for the first bad file unless `skip_bad`, for a missing
-    reader, or when the result would not load. Returns a summary (rows, shapes, splits, skipped).
+    Raises `DataError` (nothing written) for bad fractions (`splits.check_fractions`), for the first
+    bad file unless `skip_bad`, for a missing reader, or when the result would not load. Returns a
+    summary (rows, shapes, splits, skipped).
     """
+    fractions = check_fractions(fractions)
     sizes = {n: (sizes or {}).get(n) for n in table.names}
     check_output(output, table, overwrite)
+    checks = _check_files(table, sizes, progress)
+    expected = _expected_shapes(table, checks, sizes)
+    checks, skipped = _leave_out_bad_files(table, checks, skip_bad)
+    class_names = class_order(s.label for s in table.samples)
+    labels = np.array([class_names.index(s.label) for s in table.samples], dtype=np.int64)
+    rows = _splits(table, labels, seed, fractions)
+    preprocessing = {name: _preprocessing(table, name, rows[f"train_{name}"], checks, expected[name], sizes[name])
+                     for name in table.names}
+    data = _write_and_load(output, table, labels, rows, class_names, preprocessing, sizes, skipped, progress)
+    present = {n: sum(s.paths[n] is not None for s in table.samples) for n in table.names}
+    return {"output": output, "rows": len(table.samples), "present": present, "classes": class_names,
+            "shapes": {n: tuple(expected[n]) for n in table.names},
+            "dtypes": {n: preprocessing[n]["source_dtypes"] for n in table.names},
+            "splits": {k: len(v) for k, v in rows.items()}, "skipped": skipped, "notes": table.notes,
+            "warnings": data.warnings}
+
+
+def _check_files(table: Table, sizes: dict, progress: bool | None) -> dict[tuple[int, str], FileCheck]:
+    """The check pass: each (row, modality) file read once, resized as asked; its shape, source dtype and
+    channel moments, or why it cannot be used."""
     files = [(row, n) for row, s in enumerate(table.samples) for n in table.names if s.paths[n] is not None]
     checks: dict[tuple[int, str], FileCheck] = {}
     bar = Progress("checking", len(files), progress)
@@ -403,7 +432,13 @@ def prepare(table: Table, output: str, sizes: dict[str, tuple[int, int] | None] 
             checks[row, name] = FileCheck(problem=str(error))
         bar.update(done)
     bar.close()
-    expected = _expected_shapes(table, checks, sizes)
+    return checks
+
+
+def _leave_out_bad_files(table: Table, checks: dict, skip_bad: bool) -> tuple[dict, list[str]]:
+    """Refuses the first bad file, or with `skip_bad` leaves the bad files out of `table` (and the rows
+    left with nothing, or a valid/test row left with one modality). Returns the good files' checks
+    keyed by the new row numbers, and the lines of skipped.txt."""
     bad = [(row, n, c.problem) for (row, n), c in checks.items() if c.problem is not None]
     if bad and not skip_bad:
         row, name, problem = bad[0]
@@ -425,27 +460,30 @@ def prepare(table: Table, output: str, sizes: dict[str, tuple[int, int] | None] 
     for name in table.names:
         if not any(s.paths[name] for s in table.samples):
             raise DataError(f"{table.sources[0]}: no usable {name} file")
+    return checks, skipped
 
-    class_names = class_order(s.label for s in table.samples)
-    labels = np.array([class_names.index(s.label) for s in table.samples], dtype=np.int64)
-    rows = _splits(table, labels, seed, fractions)
-    preprocessing = {}
-    for name in table.names:
-        train = rows[f"train_{name}"]
-        shape = expected[name]
-        means = np.stack([checks[row, name].moments[0] for row in train])
-        squares = np.stack([checks[row, name].moments[1] for row in train])
-        mean, std = combine_moments(means, squares, shape[1] * shape[2])
-        dtypes = collections.Counter(checks[row, name].dtype for row in range(len(table.samples))
-                                     if (row, name) in checks)
-        preprocessing[name] = {
-            "mean": mean.tolist(),
-            "std": np.where(std > 0, std, 1.0).tolist(),  # a constant channel: centred only
-            "shape": list(shape), "resize": list(sizes[name]) if sizes[name] else None,
-            "resize_method": RESIZE_METHOD if sizes[name] else None, "source_dtypes": sorted(dtypes),
-            "statistics": f"per channel over the {len(train)} training rows of {name} (population std)",
-        }
 
+def _preprocessing(table: Table, name: str, train: np.ndarray, checks: dict, shape: tuple[int, int, int],
+                   size: tuple[int, int] | None) -> dict:
+    """Modality `name`'s normalization.json entry: per-channel mean and std over its training rows
+    `train`, its sample shape and resize, and the dtypes its files had."""
+    means = np.stack([checks[row, name].moments[0] for row in train])
+    squares = np.stack([checks[row, name].moments[1] for row in train])
+    mean, std = combine_moments(means, squares, shape[1] * shape[2])
+    dtypes = collections.Counter(checks[row, name].dtype for row in range(len(table.samples)) if (row, name) in checks)
+    return {
+        "mean": mean.tolist(),
+        "std": np.where(std > 0, std, 1.0).tolist(),  # a constant channel: centred only
+        "shape": list(shape), "resize": list(size) if size else None,
+        "resize_method": RESIZE_METHOD if size else None, "source_dtypes": sorted(dtypes),
+        "statistics": f"per channel over the {len(train)} training rows of {name} (population std)",
+    }
+
+
+def _write_and_load(output: str, table: Table, labels: np.ndarray, rows: dict, class_names: list[str],
+                    preprocessing: dict, sizes: dict, skipped: list[str], progress: bool | None) -> DataFolder:
+    """Writes the folder in a temporary sibling of `output`, loads it as training would (its errors
+    name `output`), then renames it to `output`; nothing is left behind on failure."""
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
     temporary = tempfile.mkdtemp(dir=parent, prefix=".tmp-prepare-")
@@ -459,23 +497,16 @@ def prepare(table: Table, output: str, sizes: dict[str, tuple[int, int] | None] 
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    present = {n: sum(s.paths[n] is not None for s in table.samples) for n in table.names}
-    return {"output": output, "rows": len(table.samples), "present": present, "classes": class_names,
-            "shapes": {n: tuple(expected[n]) for n in table.names}, "dtypes": {n: preprocessing[n]["source_dtypes"]
-                                                                              for n in table.names},
-            "splits": {k: len(v) for k, v in rows.items()}, "skipped": skipped, "notes": table.notes,
-            "warnings": data.warnings}
+    return data
 
 
 def _write_folder(folder: str, table: Table, labels: np.ndarray, rows: dict, class_names: list[str],
                   preprocessing: dict, sizes: dict, skipped: list[str], progress: bool | None) -> None:
     np.save(os.path.join(folder, "labels.npy"), labels)
-    for split in SPLITS:
-        if len(rows[split]):
-            np.save(os.path.join(folder, f"{split}_idx.npy"), rows[split])
-    for name in table.names:
-        if not np.array_equal(rows[f"train_{name}"], rows["train"]):
-            np.save(os.path.join(folder, f"train_idx_{name}.npy"), rows[f"train_{name}"])
+    # the shared splits, and a modality's own training rows where they differ from the paired ones
+    write_split_files(folder, {**{split: rows[split] for split in SPLITS if len(rows[split])},
+                               **{f"train_{n}": rows[f"train_{n}"] for n in table.names
+                                  if not np.array_equal(rows[f"train_{n}"], rows["train"])}})
     with open(os.path.join(folder, CLASSES_FILE), "w") as handle:
         json.dump(class_names, handle, indent=1)
     with open(os.path.join(folder, NORMALIZATION_FILE), "w") as handle:

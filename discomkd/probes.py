@@ -1,9 +1,10 @@
 """Linear probes of learned features: what a standardised logistic regression can read from them.
 
 `probe_accuracy` is the one probe (cross-validated accuracy); `modality_probe` asks it whether the
-invariant parts of two modalities still tell the modalities apart. The engine (`functions.fit`)
-runs `modality_probe` at the end of every DisCoM-KD run, `inspect_run.py` runs the probes of every
-part on a finished run. Knows numpy and scikit-learn only.
+invariant parts of two modalities still tell the modalities apart. The training loop
+(`training.fit`) runs `modality_probe` at the end of every DisCoM-KD run; inspect_run.py runs
+`disentanglement_probes` (modality and class, every part) on a finished run. Knows numpy and
+scikit-learn only.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+PARTS = ("invariant", "informative", "irrelevant")  # the feature parts of a modality branch (model_pytorch)
 PROBE_FOLDS = 5
 # Rows per modality the end-of-run probe reads at most: its accuracy is then known to about
 # +-0.01 (binomial standard error at 4000 rows), in seconds even for 256-d features.
@@ -66,3 +68,55 @@ def modality_probe(parts: list[np.ndarray], seed: int = 0) -> dict:
         mean, std = probe_accuracy(features, targets, seed)
     return {"modality_accuracy": None if math.isnan(mean) else mean, "std": None if math.isnan(std) else std,
             "chance": 1 / len(parts), "rows_per_modality": int(len(parts[0])), "folds": PROBE_FOLDS, "seed": seed}
+
+
+def disentanglement_probes(features: dict[str, dict[str, np.ndarray]], seed: int = 0) -> dict:
+    """Modality and class probes for each feature part (see `probe_accuracy`).
+
+    Args: features as returned by `inference.feature_parts` (two modalities).
+    Returns: {"modality": {part: {"mean", "std"}}, "class": {prefix: {part: {"mean", "std"}}},
+    "chance": {"modality": 0.5, "class": {prefix: majority-class share}}, "rows": {...}}.
+    """
+    prefixes = list(features)
+    # the same number of rows per modality, so that chance is exactly 0.5
+    per_modality = min(len(features[p]["labels"]) for p in prefixes)
+    rng = np.random.default_rng(seed)
+    chosen = {p: np.sort(rng.choice(len(features[p]["labels"]), per_modality, replace=False)) for p in prefixes}
+    modality_targets = np.repeat(np.arange(len(prefixes)), per_modality)
+
+    def summary(mean_std):
+        return {"mean": None if math.isnan(mean_std[0]) else mean_std[0],
+                "std": None if math.isnan(mean_std[1]) else mean_std[1]}
+
+    probes = {"modality": {}, "class": {p: {} for p in prefixes}}
+    for part in PARTS:
+        pooled = np.concatenate([features[p][part][chosen[p]] for p in prefixes])
+        probes["modality"][part] = summary(probe_accuracy(pooled, modality_targets, seed))
+        for p in prefixes:
+            probes["class"][p][part] = summary(probe_accuracy(features[p][part], features[p]["labels"], seed))
+    probes["chance"] = {"modality": 1 / len(prefixes),
+                        "class": {p: float(np.bincount(features[p]["labels"]).max() / len(features[p]["labels"]))
+                                  for p in prefixes}}
+    probes["rows"] = {"modality": int(len(modality_targets)), **{p: int(len(features[p]["labels"])) for p in prefixes}}
+    probes["method"] = (f"test rows; StandardScaler + LogisticRegression, StratifiedKFold({PROBE_FOLDS}, "
+                        f"shuffle, seed {seed}); mean and std of the fold accuracies")
+    return probes
+
+
+def probe_table(probes: dict) -> str:
+    """The probes as a small text table: one row per part, one column per probe, chance last."""
+    prefixes = list(probes["class"])
+    headers = ["modality"] + [f"class {p}" for p in prefixes]
+    width = max(15, *(len(h) + 2 for h in headers))
+
+    def cell(result):
+        return "n/a" if result["mean"] is None else f"{result['mean']:.3f} ± {result['std']:.3f}"
+
+    lines = [f"probe accuracy on the test rows ({PROBE_FOLDS}-fold logistic regression, mean ± std)",
+             f"{'part':<12}" + "".join(f"{h:>{width}}" for h in headers)]
+    for part in PARTS:
+        cells = [probes["modality"][part]] + [probes["class"][p][part] for p in prefixes]
+        lines.append(f"{part:<12}" + "".join(f"{cell(c):>{width}}" for c in cells))
+    chance = [probes["chance"]["modality"]] + [probes["chance"]["class"][p] for p in prefixes]
+    lines.append(f"{'chance':<12}" + "".join(f"{c:>{width}.3f}" for c in chance))
+    return "\n".join(lines)

@@ -114,7 +114,9 @@ def folder_problem(folder: str) -> str | None:
 
 
 # Files a run folder receives (main_DisCoM-KD.py, then inspect_run.py); --overwrite removes these only.
-RUN_OUTPUT_PATTERNS = ("results.json", "state.pt", "best_*.pt", "test_predictions_*.npy", "probes.json",
+PROBES_FILE = "probes.json"  # inspect_run.py's disentanglement probes
+FIGURES_FOLDER = "figures"  # inspect_run.py's figures
+RUN_OUTPUT_PATTERNS = ("results.json", "state.pt", "best_*.pt", "test_predictions_*.npy", PROBES_FILE,
                        TEMPORARY_PREFIX + "*")
 FIGURE_PATTERNS = ("training_curves.png", "confusion_*.png", "tsne.png")
 
@@ -124,14 +126,14 @@ def clear_run_outputs(output: str) -> list[str]:
     inspect_run's figures), so that none is mistaken for the new run's; any other file is kept.
     Returns the removed paths."""
     removed = []
-    for folder, patterns in ((output, RUN_OUTPUT_PATTERNS), (os.path.join(output, "figures"), FIGURE_PATTERNS)):
+    for folder, patterns in ((output, RUN_OUTPUT_PATTERNS), (os.path.join(output, FIGURES_FOLDER), FIGURE_PATTERNS)):
         for pattern in patterns:
             for path in glob.glob(os.path.join(glob.escape(folder), pattern), include_hidden=True):
                 if os.path.isfile(path) or os.path.islink(path):
                     os.remove(path)
                     removed.append(path)
     with contextlib.suppress(OSError):  # kept when the user put other files there
-        os.rmdir(os.path.join(output, "figures"))
+        os.rmdir(os.path.join(output, FIGURES_FOLDER))
     return removed
 
 

@@ -1,4 +1,6 @@
-"""Train/valid/test splits: their file names, reading a folder's split files, and drawing a stratified split."""
+"""Train/valid/test splits: their names and file names, the default fractions, and drawing a
+stratified split. Reading and writing a folder's split files is `data.read_split_files` and
+`data.write_split_files`."""
 from __future__ import annotations
 
 import math
@@ -8,6 +10,8 @@ import numpy as np
 from discomkd.errors import DataError
 
 SPLITS = ("train", "valid", "test")
+DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)  # the authors' train/valid/test shares
+FRACTIONS_TOLERANCE = 1e-6  # how far from 1 the fractions may sum: three decimals typed by hand always pass
 
 
 def split_file_name(split: str, prefix: str | None = None) -> str:
@@ -15,12 +19,23 @@ def split_file_name(split: str, prefix: str | None = None) -> str:
     return f"{split}_idx.npy" if prefix is None else f"{split}_idx_{prefix}.npy"
 
 
-def stratified_split(labels: np.ndarray, seed: int, fractions=(0.7, 0.1, 0.2)) -> dict[str, np.ndarray]:
+def check_fractions(fractions) -> tuple[float, float, float]:
+    """The train/valid/test fractions as floats; raises `DataError` unless they are three finite
+    positive numbers summing to 1 (a zero fraction would leave a split empty)."""
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != len(SPLITS) or not all(math.isfinite(f) and f > 0 for f in fractions) \
+            or abs(sum(fractions) - 1) > FRACTIONS_TOLERANCE:
+        raise DataError(f"--fractions {' '.join(map(str, fractions))}: three positive numbers summing to 1 "
+                        "(train valid test) are expected")
+    return fractions
+
+
+def stratified_split(labels: np.ndarray, seed: int, fractions=DEFAULT_FRACTIONS) -> dict[str, np.ndarray]:
     """Train/valid/test row numbers drawn per class in the given proportions (the authors' 70/10/20).
 
     Each class with at least 3 rows gets at least one row in every split. Returns sorted int64 arrays.
     """
-    assert abs(sum(fractions) - 1) < 1e-9, f"fractions {fractions} must sum to 1"
+    assert abs(sum(fractions) - 1) <= FRACTIONS_TOLERANCE, f"fractions {fractions} must sum to 1"
     rng = np.random.default_rng(seed)
     parts = {split: [] for split in SPLITS}
     for value in np.unique(labels):
@@ -35,18 +50,11 @@ def stratified_split(labels: np.ndarray, seed: int, fractions=(0.7, 0.1, 0.2)) -
     return {split: np.sort(np.concatenate(p)).astype(np.int64) for split, p in parts.items()}
 
 
-DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)  # the authors' train/valid/test shares
-
-
 def draw_split(labels: np.ndarray, seed: int, fractions=DEFAULT_FRACTIONS, labels_path: str = "labels.npy"
                ) -> dict[str, np.ndarray]:
-    """`stratified_split`, refusing bad fractions and a split with an empty part or fewer than 2
-    training rows; raises `DataError` naming `labels_path`."""
-    fractions = tuple(float(f) for f in fractions)
-    if len(fractions) != len(SPLITS) or not all(math.isfinite(f) and f > 0 for f in fractions) \
-            or abs(sum(fractions) - 1) > 1e-6:
-        raise DataError(f"--fractions {' '.join(map(str, fractions))}: three positive numbers summing to 1 "
-                        "(train valid test) are expected")
+    """`stratified_split`, refusing bad fractions (`check_fractions`) and a split with an empty part or
+    fewer than 2 training rows; raises `DataError` naming `labels_path`."""
+    fractions = check_fractions(fractions)
     total = sum(fractions)
     split = stratified_split(labels, seed, tuple(f / total for f in fractions))
     for name, rows in split.items():

@@ -9,7 +9,16 @@ import torch
 from toy import folder_snapshot, write_toy_folder
 
 from discomkd.batches import epoch_positions
-from discomkd.data import array_path, load_data_folder
+from discomkd.data import (
+    array_path,
+    data_fingerprint,
+    load_data_folder,
+    load_with_split_files,
+    reload_data_folder,
+    write_split_files,
+)
+from discomkd.errors import DataError
+from discomkd.splits import draw_split
 
 ROWS = 30  # enough for a stratified split of 3 classes with rows in every split
 
@@ -232,3 +241,66 @@ def test_class_missing_from_training_is_a_warning_not_an_error(tmp_path, capsys,
     assert len(test_warnings) == 2 and all("[30]" in line for line in test_warnings), err
     assert "error" not in err
     assert os.path.isfile(os.path.join(output, "results.json"))
+
+
+# ----------------------------------------------------------------------------- a run's data folder, read again
+def recorded(folder, splits_from=None):
+    """What a run records of its data folder (results.json "data" and "data_fingerprint")."""
+    data = load_with_split_files(folder, ("IMG", "VEC"), ("lenet", "auto"), splits_from)
+    return data.describe(), data_fingerprint(data)
+
+
+def test_an_unchanged_folder_reads_again_as_the_run_read_it(tmp_path):
+    folder = write_toy_folder(tmp_path / "data", n=ROWS)
+    described, fingerprint = recorded(folder)
+    data = reload_data_folder(described, fingerprint)
+    assert data.describe() == described and data.modalities[0].encoder == "lenet"
+    moved = shutil.copytree(folder, tmp_path / "moved")
+    assert reload_data_folder(described, fingerprint, str(moved)).directory == str(moved)
+
+
+def test_a_run_on_its_own_split_reads_it_again_also_from_a_moved_folder(tmp_path):
+    folder = write_toy_folder(tmp_path / "data", n=ROWS)
+    drawn = write_toy_split(folder)
+    write_split_files(str(tmp_path / "run_split"), drawn)
+    described, fingerprint = recorded(folder, str(tmp_path / "run_split"))
+    assert described["splits_from"] == str(tmp_path / "run_split")
+    moved = shutil.copytree(folder, tmp_path / "moved")
+    for name in ("train_idx.npy", "valid_idx.npy", "test_idx.npy"):
+        os.remove(os.path.join(moved, name))  # the run's split is read from its own folder, not the data folder
+    data = reload_data_folder(described, fingerprint, str(moved))
+    assert np.array_equal(data.modalities[1].splits["test"], drawn["test"])
+
+
+def write_toy_split(folder):
+    """A split other than the folder's own files: the toy folder's rows drawn with another seed."""
+    return draw_split(load(folder, "labels.npy"), seed=7)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ("dtype", ["VEC_data_normalized.npy", "dtype float64", "float32"]),
+    ("shape", ["VEC_data_normalized.npy", "sample shape [7]", "[6]"]),
+    ("rows", ["IMG_data_normalized.npy", "rows per split"]),
+    ("classes", ["classes [100, 101, 102]"]),
+    ("labels", ["labels or split rows differ"]),
+])
+def test_a_changed_folder_is_refused_naming_what_differs(tmp_path, change, expected):
+    folder = write_toy_folder(tmp_path / "data", n=ROWS)
+    described, fingerprint = recorded(folder)
+    labels, vectors = load(folder, "labels.npy"), np.load(array_path(folder, "VEC"))
+    if change == "dtype":
+        np.save(array_path(folder, "VEC"), vectors.astype(np.float64))
+    elif change == "shape":
+        np.save(array_path(folder, "VEC"), np.concatenate([vectors, vectors[:, :1]], axis=1))
+    elif change == "rows":
+        save(folder, "test_idx.npy", load(folder, "test_idx.npy")[:-1])
+    elif change == "classes":
+        save(folder, "labels.npy", labels + 100)
+    else:  # the same classes and counts on other rows: only the fingerprint tells
+        train = load(folder, "train_idx.npy")
+        other = train[labels[train] != labels[train[0]]][0]
+        labels[[train[0], other]] = labels[[other, train[0]]]
+        save(folder, "labels.npy", labels)
+    with pytest.raises(DataError, match="the data folder changed since training") as error:
+        reload_data_folder(described, fingerprint)
+    assert all(text in str(error.value) for text in expected), str(error.value)

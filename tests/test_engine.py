@@ -12,11 +12,11 @@ from discomkd.config import Config, seed_everything
 from discomkd.data import array_path, load_data_folder
 from discomkd.engine import build_trainer, train_one_epoch
 from discomkd.errors import TrainingError
+from discomkd.inference import predict_array
 from discomkd.methods import FUSED, METHODS
 from discomkd.run_files import STATE_FILE, checkpoint_path, load_classifier, load_state
 from discomkd.training import StepProgress, fit
 from functions import run
-from predict import predict_array
 
 # a LeNet on (1, 12, 12) images and the MLP on 6-d vectors, lr 1e-3: two short epochs learn the toy classes
 SETTINGS = dict(epochs=2, batch_size=16, learning_rate=1e-3, encoder_first="lenet", augment_first="none",

@@ -9,7 +9,12 @@ import pytest
 from toy import PREFIXES, folder_snapshot
 
 from discomkd.errors import DataError
-from inspect_run import MISSING_MATPLOTLIB, PARTS, PROBES_FILE, feature_parts, load_run, main, probe_accuracy
+from discomkd.figures import MISSING_MATPLOTLIB
+from discomkd.inference import feature_parts
+from discomkd.inspection import load_run
+from discomkd.probes import PARTS, probe_accuracy
+from discomkd.run_files import PROBES_FILE
+from inspect_run import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("training_curves.png", "confusion_IMG.png", "confusion_VEC.png", "tsne.png")

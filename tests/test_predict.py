@@ -9,8 +9,9 @@ import torch
 from toy import PREFIXES, ROOT, TOY_RUN_LABELS, folder_snapshot
 
 from discomkd.data import array_path
+from discomkd.inference import predict_array
 from discomkd.run_files import load_classifier
-from predict import main, predict_array
+from predict import main
 
 # class values that are not 0..K-1, so that a prediction returned as an index would be caught
 LABEL_VALUES = TOY_RUN_LABELS

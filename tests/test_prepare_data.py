@@ -227,6 +227,17 @@ def test_missing_reader_is_one_line_with_the_install_command(tmp_path, capsys, m
     assert error.count("\n") == 1 and error.endswith("needs tifffile: pip install tifffile\n")
 
 
+@pytest.mark.parametrize("fractions", [["0.9", "0.1", "0"], ["nan", "0.5", "0.5"], ["0.8", "0.3", "-0.1"]])
+def test_fractions_are_refused_as_make_splits_refuses_them(tmp_path, capsys, fractions):
+    """A zero or NaN fraction would leave a split empty: refused in one line before any file is read."""
+    make_folders(tmp_path, per_class=3)
+    before = folder_snapshot(tmp_path)
+    assert prepare(tmp_path, "--fractions", *fractions) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("error: --fractions ") and "positive" in error
+    assert folder_snapshot(tmp_path) == before
+
+
 def test_progress_line_is_carriage_return_updated(capsys):
     bar = Progress("checking", 3, enabled=True)
     bar.update(3)

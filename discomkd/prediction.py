@@ -1,0 +1,219 @@
+"""Classifying one modality's samples with a run's checkpoint (the library behind predict.py): the
+inputs checked (an array of rows or raw sample files, row numbers, labels), the predictions written
+(<PREFIX>_classes.npy, <PREFIX>_probabilities.npy and, with class names or raw files, a CSV listing),
+and the printed summary and, with labels, the evaluation.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import confusion_matrix
+
+from discomkd.config import Config, checkpoint_precision, resolve_device
+from discomkd.data import as_int64, file_problem, is_integer_dtype, is_numeric_dtype, load_npy
+from discomkd.engine import classification_metrics
+from discomkd.errors import DataError
+from discomkd.image_folders import SAMPLE_EXTENSIONS, raw_input_files, read_raw_samples
+from discomkd.inference import predict_array
+from discomkd.run_files import atomic_write, folder_problem, load_classifier, save_npy
+
+LISTED_INPUTS = 20  # raw files whose predicted class is printed; all of them are in the CSV
+
+
+@dataclass
+class Outputs:
+    """The files a prediction writes: classes and probabilities always, a CSV listing of each input
+    when the inputs are raw files or the checkpoint knows the class names."""
+
+    prefix: str
+    classes: str
+    probabilities: str
+    listing: str | None = None
+
+
+def output_files(input_path: str, output: str | None, overwrite: bool) -> Outputs:
+    """The output files of a prediction (prefix `output`, else INPUT without .npy or its sample file's
+    extension, plus _pred), refused when their folder cannot be written or, unless `overwrite`, they exist."""
+    stem, extension = os.path.splitext(input_path.rstrip(os.sep))
+    prefix = output or (stem if extension.lower() in SAMPLE_EXTENSIONS else input_path.rstrip(os.sep)) + "_pred"
+    classes_path, probabilities_path = output_paths(prefix)
+    folder = os.path.dirname(os.path.abspath(classes_path))
+    if not os.path.isdir(folder):
+        raise DataError(f"{classes_path}: output folder {folder} does not exist")
+    if folder_problem(folder) is not None:
+        raise DataError(f"{classes_path}: {folder_problem(folder)}")
+    for path in (classes_path, probabilities_path):
+        if os.path.isdir(path):
+            raise DataError(f"{path}: is a folder; an output file is written there")
+    for path in (classes_path, probabilities_path):
+        if os.path.exists(path) and not overwrite:
+            raise DataError(f"{path}: exists; pass --overwrite to replace it or --output to choose another prefix")
+    return Outputs(prefix, classes_path, probabilities_path)
+
+
+def predict_files(checkpoint_file: str, input_path: str, rows_file: str | None = None, labels_file: str | None = None,
+                  output: str | None = None, batch_size: int = Config.eval_batch_size, device: str = "auto",
+                  overwrite: bool = False, log=print) -> None:
+    """predict.py's whole job: checks every input, predicts, writes the outputs and prints the summary
+    (and, with `labels_file`, the evaluation); raises `DataError` before writing anything on bad input."""
+    if batch_size < 1:
+        raise DataError(f"--batch-size {batch_size}: at least 1 is expected")
+    for path, what in ((checkpoint_file, "checkpoint"), (rows_file, "row numbers"), (labels_file, "labels")):
+        if path is not None and file_problem(path) is not None:
+            raise DataError(f"{path}: {file_problem(path)} ({what} expected here)")
+    if not (os.path.isfile(input_path) or os.path.isdir(input_path)):
+        raise DataError(f"{input_path}: not found (an input array, sample file or folder expected here)")
+    outputs = output_files(input_path, output, overwrite)
+    device = resolve_device(device)
+    branch, checkpoint = load_classifier(checkpoint_file, device)
+    if "input_shape" not in checkpoint["classifier"]:
+        raise DataError(f"{checkpoint_file}: a classifier of both modalities ({checkpoint['classifier']['kind']}); "
+                        "predict.py classifies one modality with a best_<PREFIX>.pt")
+    array, files = read_input(input_path, checkpoint, checkpoint_file)
+    if files is not None or checkpoint.get("class_names"):
+        outputs.listing = f"{outputs.prefix}_predictions.csv"
+        if os.path.exists(outputs.listing) and not overwrite:
+            raise DataError(f"{outputs.listing}: exists; pass --overwrite to replace it or --output to choose "
+                            "another prefix")
+    rows = None if rows_file is None else load_rows(rows_file, len(array))
+    labels = None if labels_file is None else load_labels(labels_file, rows, len(array))
+    try:
+        probabilities, predicted = predict_array(branch, array, batch_size, device, rows,
+                                                 checkpoint_precision(checkpoint, device))
+    except DataError as error:
+        raise DataError(f"{input_path}: {error}") from None
+    inputs = None  # what the listing names each prediction by: its file, or its row of the input array
+    if outputs.listing:
+        sources = files or [str(i) for i in range(len(array))]
+        inputs = sources if rows is None else [sources[i] for i in rows]
+    write_predictions(outputs, checkpoint, inputs, probabilities, predicted)
+    report(outputs, checkpoint, device, inputs if files is not None else None, probabilities, predicted, labels, log)
+
+
+def read_input(input_path: str, checkpoint: dict, checkpoint_file: str) -> tuple[np.ndarray, list[str] | None]:
+    """The samples to classify, (N, *input_shape), and the raw files they were read from (None for an
+    array of rows, read memory-mapped)."""
+    input_shape = tuple(checkpoint["input_shape"])
+    files = raw_input_files(input_path, input_shape)
+    if files is None:
+        return load_input(input_path, input_shape, checkpoint_file), None
+    return read_raw_samples(files, checkpoint.get("preprocessing"), input_shape, checkpoint_file), files
+
+
+def write_predictions(outputs: Outputs, checkpoint: dict, inputs: list[str] | None, probabilities: np.ndarray,
+                      predicted: np.ndarray) -> None:
+    """Writes the probabilities, the classes (the checkpoint's label values) and the listing, if any."""
+    values = np.asarray(checkpoint["classes"], dtype=np.int64)[predicted]
+    # the larger file first: if the disk fills up, neither output is left behind
+    atomic_write(outputs.probabilities, lambda temporary: save_npy(temporary, probabilities))
+    atomic_write(outputs.classes, lambda temporary: save_npy(temporary, values))
+    if outputs.listing:
+        atomic_write(outputs.listing, lambda temporary: write_listing(temporary, inputs, values, predicted,
+                                                                      probabilities, checkpoint.get("class_names")))
+
+
+def report(outputs: Outputs, checkpoint: dict, device, files: list[str] | None, probabilities: np.ndarray,
+           predicted: np.ndarray, labels: np.ndarray | None, log=print) -> None:
+    """The printed summary: what was predicted and written, the class of each raw file predicted
+    (`files`; the first few), and with `labels` the metrics and confusion matrix."""
+    classes, names = np.asarray(checkpoint["classes"], dtype=np.int64), checkpoint.get("class_names")
+    log(f"{checkpoint['prefix']} (epoch {checkpoint['epoch']}, encoder {checkpoint['encoder']}, classes "
+        f"{classes.tolist()}): predicted {len(predicted)} rows on {device}; wrote {outputs.classes} and "
+        f"{outputs.probabilities}")
+    if outputs.listing:
+        log(f"wrote {outputs.listing}")
+    if files is not None:
+        for i, (source, k) in enumerate(zip(files[:LISTED_INPUTS], predicted)):
+            log(f"  {source}: {names[k] if names else classes[k]} (probability {probabilities[i, k]:.2f})")
+        if len(files) > LISTED_INPUTS:
+            log(f"  ... {len(files) - LISTED_INPUTS} more in {outputs.listing}")
+    if labels is not None:
+        unknown = np.setdiff1d(labels, classes)
+        if unknown.size:
+            print(f"warning: {int(np.isin(labels, unknown).sum())} label(s) with value(s) {unknown.tolist()} are not "
+                  f"among the checkpoint's classes {classes.tolist()}; they count as errors", file=sys.stderr)
+        log(report_metrics(labels, classes[predicted], classes, checkpoint["prefix"]))
+
+
+def output_paths(prefix: str) -> tuple[str, str]:
+    return f"{prefix}_classes.npy", f"{prefix}_probabilities.npy"
+
+
+def _load_integer_vector(path: str, what: str) -> np.ndarray:
+    values = load_npy(path, what)
+    if values.ndim != 1 or not is_integer_dtype(values.dtype):
+        raise DataError(f"{path}: {what} must be a 1-D integer array, got shape {values.shape} dtype {values.dtype}")
+    return as_int64(values, path, what)
+
+
+def load_input(path: str, input_shape: tuple[int, ...], checkpoint_path: str) -> np.ndarray:
+    """The memory-mapped input array, checked against the checkpoint's per-sample shape."""
+    array = load_npy(path, f"an (N, {', '.join(map(str, input_shape))}) array of samples")
+    if not is_numeric_dtype(array.dtype):
+        raise DataError(f"{path}: dtype {array.dtype} is not supported; integers or floats of at most 64 bits "
+                        "are expected")
+    if array.ndim == 0 or tuple(array.shape[1:]) != tuple(input_shape):
+        raise DataError(f"{path}: samples of shape {tuple(array.shape[1:])} (array {tuple(array.shape)}), but "
+                        f"{checkpoint_path} expects samples of shape {tuple(input_shape)}")
+    if len(array) == 0:
+        raise DataError(f"{path}: no rows to predict")
+    return array
+
+
+def load_rows(path: str, num_rows: int) -> np.ndarray:
+    rows = _load_integer_vector(path, "row numbers")
+    if rows.size == 0:
+        raise DataError(f"{path}: no row numbers; at least one is expected")
+    if rows.min() < 0 or rows.max() >= num_rows:
+        bad = rows.min() if rows.min() < 0 else rows.max()
+        raise DataError(f"{path}: row number {bad} out of range; the input's rows are 0..{num_rows - 1}")
+    return rows
+
+
+def load_labels(path: str, rows: np.ndarray | None, num_rows: int) -> np.ndarray:
+    """Labels aligned with the predicted rows. The file holds one label per INPUT row (`num_rows`,
+    e.g. a data folder's labels.npy), always: with `rows`, the labels of those rows are taken, in
+    their order. (One rule, so that a file of as many labels as `rows` is never silently read as
+    per-predicted-row labels: then it would be ambiguous whenever len(rows) == num_rows.)"""
+    labels = _load_integer_vector(path, "labels")
+    if len(labels) != num_rows:
+        raise DataError(f"{path}: {len(labels)} labels, expected {num_rows} (one per row of the input, "
+                        "also with --rows)")
+    return labels if rows is None else labels[rows]
+
+
+def confusion_table(labels: np.ndarray, predicted: np.ndarray, classes: np.ndarray) -> str:
+    """Confusion matrix as text: rows true label values, columns predicted ones (the checkpoint's
+    classes); a true value outside the classes gets its own row, marked '(unknown)'."""
+    true_values = np.union1d(classes, np.unique(labels))
+    counts = confusion_matrix(labels, predicted, labels=true_values)[:, np.searchsorted(true_values, classes)]
+    names = [f"{v} (unknown)" if v not in classes else str(v) for v in true_values]
+    first = max(len("true \\ predicted"), *(len(n) for n in names))
+    width = max(5, *(len(str(c)) + 1 for c in classes), len(str(counts.max())) + 1)
+    lines = ["true \\ predicted".ljust(first) + "".join(f"{c:>{width}}" for c in classes)]
+    for name, row in zip(names, counts):
+        lines.append(name.ljust(first) + "".join(f"{n:>{width}}" for n in row))
+    return "\n".join(lines)
+
+
+def report_metrics(labels: np.ndarray, predicted: np.ndarray, classes: np.ndarray, name: str) -> str:
+    """The printed evaluation: metrics line then confusion matrix. Labels outside `classes` are errors."""
+    metrics = classification_metrics(labels, predicted)
+    return (f"{name} on {len(labels)} rows: weighted F1 {metrics['weighted_f1']:.4f}  "
+            f"macro F1 {metrics['macro_f1']:.4f}  accuracy {metrics['accuracy']:.4f}\n"
+            f"confusion matrix (rows: true label, columns: predicted label)\n"
+            + confusion_table(labels, predicted, classes))
+
+
+def write_listing(path: str, inputs: list[str], values: np.ndarray, predicted: np.ndarray,
+                  probabilities: np.ndarray, names: list[str] | None) -> None:
+    """CSV: input (file or row number), class (label value), name (class name, when known), probability."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["input", "class", "name", "probability"])
+        for i, (source, k) in enumerate(zip(inputs, predicted)):
+            writer.writerow([source, int(values[i]), names[k] if names else "", f"{probabilities[i, k]:.6f}"])
