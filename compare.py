@@ -2,7 +2,8 @@
 
     python compare.py DIR FIRST SECOND [--runs K] [--methods mono,teacher,...] [--resplit] [options]
 
-The comparison itself is `discomkd.comparison`; this file is its command line.
+The comparison itself is `discomkd.comparison`, its executors `discomkd.executors`; this file is its
+command line.
 """
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import argparse
 import signal
 import sys
 
-from discomkd.comparison import ALL_METHODS, DEFAULT_METHODS, compare, make_executor
+from discomkd.comparison import ALL_METHODS, DEFAULT_METHODS, compare
 from discomkd.config import Config, add_config_arguments
 from discomkd.errors import EXIT_BAD_INPUT, command_status
+from discomkd.executors import make_executor
 from discomkd.methods import ABLATIONS
 from discomkd.run_files import line_buffered_stdout
 from discomkd.settings_file import add_settings_argument, parse_or_report

@@ -16,10 +16,10 @@ import argparse
 import os
 import sys
 
-from discomkd.comparison import make_executor
 from discomkd.config import Config, add_config_arguments
 from discomkd.errors import command_status
-from discomkd.run_files import line_buffered_stdout, prepare_output
+from discomkd.executors import make_executor
+from discomkd.run_files import line_buffered_stdout
 from discomkd.settings_file import command_line
 
 
@@ -61,12 +61,8 @@ def main(argv=None) -> int:
     def action():
         ray_executor = make_executor("ray", address, gpus, cpus)  # DataError when Ray is missing
         from discomkd import tuning  # imports Ray: only once it is known to be installed
-        prepare_output(output, config.overwrite)
-        ray_executor.start(output)
-        found = tuning.tune_and_compare(config, directory, first, second, trials, runs,
-                                        grace if grace is not None else max(1, config.epochs // 10),
-                                        ray_executor.cpus, ray_executor.gpus,
-                                        ray_executor if executor == "ray" else None)
+        found = tuning.tune_and_compare(config, directory, first, second, trials, runs, grace, ray_executor,
+                                        ray_executor if executor == "ray" else make_executor("local"))
         settings = os.path.join(output, "settings.json")
         print(f"(outputs in {output}; the chosen settings: --settings {settings}, or "
               f"{' '.join(command_line(found['chosen']))})")

@@ -7,8 +7,8 @@ engine's per-classifier model selection keeps); ASHA stops trials that lag at it
 read no test row: their data holds the training and validation rows only (`validation_only`) and
 `Config.score_test` is off, so the engine never scores a test split.
 
-The chosen settings are then trained `runs` times on fresh seeds through compare.py's machinery,
-beside the settings the search started from, and reported in one table.
+The chosen settings are then trained `runs` times on fresh seeds by the comparison
+(`comparison.compare`), beside the settings the search started from, and reported in one table.
 """
 from __future__ import annotations
 
@@ -22,13 +22,14 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from discomkd.augment import AUGMENTATIONS
-from discomkd.comparison import compare, format_table, has_split_files, save_splits
+from discomkd.comparison import compare, draw_splits, has_split_files, save_splits
+from discomkd.comparison_jobs import DataSource, read_data
+from discomkd.comparison_table import format_table
 from discomkd.config import Config, check_config
-from discomkd.data import DataFolder, load_data_folder, read_labels, read_split_files
+from discomkd.data import DataFolder
 from discomkd.engine import resolve_augmentation
 from discomkd.errors import DataError
-from discomkd.run_files import write_json, write_text
-from discomkd.splits import draw_split
+from discomkd.run_files import prepare_output, write_json, write_text
 from discomkd.training import fit
 
 METRIC = "valid_weighted_f1"  # what trials report and the search maximises
@@ -82,22 +83,15 @@ def validation_only(data: DataFolder) -> DataFolder:
 
 @dataclasses.dataclass(frozen=True)
 class SearchJob:
-    """What every trial reads: the settings it starts from, the data folder, the search split."""
+    """What every trial reads: the settings it starts from, and the data folder with the search split."""
 
     config: Config  # seed: the search's; output: the search folder
-    directory: str
-    prefixes: tuple[str, str]
-    splits_folder: str | None  # the drawn search split's folder, or None: the folder's own split files
+    data: DataSource  # absolute paths: trials run in Ray Tune's own working folders, on any node
 
 
 def search_data(job: SearchJob) -> DataFolder:
-    encoders = (job.config.encoder_first, job.config.encoder_second)
-    if job.splits_folder is None:
-        data = load_data_folder(job.directory, *job.prefixes, encoders)
-    else:
-        data = load_data_folder(job.directory, *job.prefixes, encoders,
-                                splits=read_split_files(job.splits_folder, job.prefixes), splits_name=job.splits_folder)
-    return validation_only(data)
+    """The trial's data, read again: the search split's training and validation rows."""
+    return validation_only(read_data(job.data))
 
 
 def run_trial(settings: dict, job: SearchJob, output: str, report) -> dict:
@@ -175,46 +169,60 @@ def search(job: SearchJob, data: DataFolder, trials: int, grace_epochs: int, cpu
 
 
 def tune_and_compare(config: Config, directory: str, first: str, second: str, trials: int, runs: int,
-                     grace_epochs: int, cpus: float, gpus: float, executor=None, log=print) -> dict:
-    """The search on seed config.seed, then the chosen and the starting settings each `runs` times on
-    seeds config.seed+1.. (compare.compare into OUTPUT/starting and OUTPUT/tuned); writes
-    OUTPUT/settings.json (the chosen settings: --settings), tuning.json and tuning.md."""
+                     grace_epochs: int | None, ray_executor, executor=None, log=print) -> dict:
+    """The search on seed config.seed, as Ray Tune trials on the cluster `ray_executor` reaches (its CPUs
+    and GPUs per task), then the chosen and the starting settings each `runs` times on seeds
+    config.seed+1.. (`comparison.compare` with `executor` into OUTPUT/starting and OUTPUT/tuned); writes
+    OUTPUT/settings.json (the chosen settings: --settings), tuning.json and tuning.md. `grace_epochs`:
+    the epochs ASHA lets every trial train, by default a tenth of config.epochs."""
     check_config(config)
     if trials < 1 or runs < 1:
         raise DataError(f"--trials {trials} --runs {runs}: at least 1 each is expected")
-    output = config.output
-    prefixes = (first, second)
-    encoders = (config.encoder_first, config.encoder_second)
-    splits_folder = None
-    if not has_split_files(directory, prefixes):  # a stratified split drawn for the search alone
-        labels_path = os.path.join(directory, "labels.npy")
-        if not os.path.isdir(directory):
-            raise DataError(f"{directory}: data folder not found")
-        split = draw_split(read_labels(labels_path), config.seed, labels_path=labels_path)
-        splits_folder = os.path.join(output, "search_split")
-        data = load_data_folder(directory, first, second, encoders, splits=split, splits_name=splits_folder)
-    else:
-        data = load_data_folder(directory, first, second, encoders)
-    os.makedirs(output, exist_ok=True)
-    if splits_folder is not None:
-        save_splits(splits_folder, split)
+    job, data, split = _search_job(config, directory, (first, second))
+    prepare_output(config.output, config.overwrite)
+    ray_executor.start(config.output)  # refuses (DataError) before anything is written
+    os.makedirs(config.output, exist_ok=True)
+    if split is not None:
+        save_splits(job.data.split_folder, split)
     started = time.time()
-    # trials run in their own working folders (Ray Tune's), on any node: every path they read is absolute
-    job = SearchJob(dataclasses.replace(config, output=os.path.abspath(output)), os.path.abspath(directory), prefixes,
-                    splits_folder and os.path.abspath(splits_folder))
+    grace_epochs = max(1, config.epochs // 10) if grace_epochs is None else grace_epochs
     log(f"search: {trials} trial(s) of {METHOD} on seed {config.seed}, validation only "
         f"({len(data.modalities[0].splits['valid'])} rows); ASHA grace {grace_epochs} epoch(s)")
-    found = search(job, validation_only(data), trials, grace_epochs, cpus, gpus, log)
+    found = search(job, validation_only(data), trials, grace_epochs, ray_executor.cpus, ray_executor.gpus, log)
     found["search_seconds"] = time.time() - started
-    write_json(os.path.join(output, "settings.json"), found["chosen"])
+    write_json(os.path.join(config.output, "settings.json"), found["chosen"])
     log(f"chosen (valid wF1 {found['chosen_' + METRIC]:.4f}): {found['chosen']}")
-    tables = {}
-    for label, settings in (("starting", starting_point(config)), ("tuned", found["chosen"])):
-        run_config = dataclasses.replace(config, **settings, seed=config.seed + 1,
-                                         output=os.path.join(output, label), overwrite=True)
-        log(f"{label} settings: {runs} run(s) on seeds {config.seed + 1}..{config.seed + runs}")
-        tables[label] = compare(run_config, directory, first, second, runs, METHOD, verbose=False, log=log,
-                                executor=executor)
+    tables = {label: _final_runs(config, directory, first, second, runs, settings, label, executor, log)
+              for label, settings in (("starting", starting_point(config)), ("tuned", found["chosen"]))}
+    return _report(config, (first, second), trials, runs, found, tables, started, log)
+
+
+def _search_job(config: Config, directory: str, prefixes: tuple[str, str]
+                ) -> tuple[SearchJob, DataFolder, dict | None]:
+    """What the trials read, the data as they see it (test rows included) and the split drawn for the
+    search when the folder has no split files (None: it has); nothing written. Raises `DataError`."""
+    output = os.path.abspath(config.output)  # trials run in Ray Tune's own working folders: absolute paths
+    split, split_folder = None, None
+    if not has_split_files(directory, prefixes):  # a stratified split drawn for the search alone
+        (split,), split_folder = draw_splits(directory, [config.seed]), os.path.join(output, "search_split")
+    source = DataSource(directory, prefixes, (config.encoder_first, config.encoder_second), split_folder)
+    data = read_data(source, split)
+    source = source.absolute().checked(data)
+    return SearchJob(dataclasses.replace(config, output=output), source), data, split
+
+
+def _final_runs(config: Config, directory: str, first: str, second: str, runs: int, settings: dict, label: str,
+                executor, log) -> dict:
+    """`settings` trained `runs` times on seeds config.seed+1.. by the comparison, into OUTPUT/<label>."""
+    run_config = dataclasses.replace(config, **settings, seed=config.seed + 1,
+                                     output=os.path.join(config.output, label), overwrite=True)
+    log(f"{label} settings: {runs} run(s) on seeds {config.seed + 1}..{config.seed + runs}")
+    return compare(run_config, directory, first, second, runs, METHOD, verbose=False, log=log, executor=executor)
+
+
+def _report(config: Config, prefixes: tuple[str, str], trials: int, runs: int, found: dict, tables: dict,
+            started: float, log) -> dict:
+    """tuning.md and tuning.json: the starting and the tuned settings side by side; returns tuning.json's contents."""
     paper = starting_point(config) == starting_point(Config(epochs=config.epochs))
     names = {"starting": "paper's settings" if paper else "starting settings", "tuned": "tuned on validation"}
     rows = {f"{METHOD} ({names[label]})": tables[label]["aggregated"][METHOD] for label in tables}
@@ -223,11 +231,10 @@ def tune_and_compare(config: Config, directory: str, first: str, second: str, tr
              f"each classifier's best validation weighted F1 (seed {config.seed}); test rows never read in the "
              "search. Chosen settings: settings.json (--settings)."]
     table = format_table(rows, prefixes, runs, seeds, tables["tuned"]["splits"], True, notes)
-    write_text(os.path.join(output, "tuning.md"), table)
+    write_text(os.path.join(config.output, "tuning.md"), table)
     found.update(runs={label: t["aggregated"][METHOD] for label, t in tables.items()}, seeds=seeds,
                  table=table, total_seconds=time.time() - started)
-    write_json(os.path.join(output, "tuning.json"), found)
+    write_json(os.path.join(config.output, "tuning.json"), found)
     log("")
     log(format_table(rows, prefixes, runs, seeds, tables["tuned"]["splits"], False, notes))
     return found
-

@@ -18,7 +18,7 @@ from toy import ROOT, folder_snapshot, write_toy_folder
 
 import compare
 import make_splits
-from discomkd import comparison
+from discomkd import comparison, comparison_jobs
 from discomkd.config import Config
 from discomkd.data import load_data_folder
 from discomkd.engine import build_trainer, train_one_epoch
@@ -113,8 +113,8 @@ def test_teacher_stays_frozen_while_students_distil(tmp_path):
     folder = write_toy_folder(tmp_path / "data", separation=3.0)
     config = Config(**{**SETTINGS, "epochs": 1}, verbose=0)
     data = load_data_folder(folder, "IMG", "VEC", ("lenet", "auto"))
-    context = comparison.RunContext(config, str(tmp_path), data, False, quiet)
-    teacher = comparison.train_neural(context, "teacher")
+    source = comparison_jobs.DataSource(folder, ("IMG", "VEC"), ("lenet", "auto"), None, data.describe())
+    teacher = comparison_jobs.run_job(comparison_jobs.Job(0, str(tmp_path), config, "teacher", None, source))
     path = checkpoint_path(teacher["output"], FUSED)
     for method in ("kd", "dkd"):
         trainer = build_trainer(dataclasses.replace(config, method=method, modality="VEC", teacher=path), data,
@@ -300,7 +300,7 @@ def test_an_interrupted_comparison_keeps_what_finished_and_says_so(tmp_path, mon
     interrupted) and the message says where; with none, nothing is left behind, so the same command runs again."""
     folder = write_toy_folder(tmp_path / "data", separation=3.0)
     output = str(tmp_path / "out")
-    real_fit = comparison.fit
+    real_fit = comparison_jobs.fit
     calls = [0]
 
     def stopping_fit(config, data, run_output, state=None, log=print, should_stop=None, on_epoch=None):
@@ -308,7 +308,7 @@ def test_an_interrupted_comparison_keeps_what_finished_and_says_so(tmp_path, mon
         stop_now = calls[0] == finished_runs + 1  # one neural model per run here: discomkd
         return real_fit(config, data, run_output, state, log, (lambda: True) if stop_now else should_stop, on_epoch)
 
-    monkeypatch.setattr(comparison, "fit", stopping_fit)
+    monkeypatch.setattr(comparison_jobs, "fit", stopping_fit)
     argv = [folder, "IMG", "VEC", "--runs", "2", "--methods", "discomkd,logreg", "--output", output,
             "--epochs", "2", "--batch-size", "16", "--encoder-first", "lenet", "--device", "cpu"]
     assert compare.main(argv) == 130
@@ -322,7 +322,7 @@ def test_an_interrupted_comparison_keeps_what_finished_and_says_so(tmp_path, mon
         assert "discomkd" in open(os.path.join(output, comparison.TABLE_FILE)).read()
     else:
         assert "nothing was kept" in err[0] and not os.path.exists(output)
-        monkeypatch.setattr(comparison, "fit", real_fit)
+        monkeypatch.setattr(comparison_jobs, "fit", real_fit)
         assert compare.main(argv[:4] + ["1"] + argv[5:]) == 0  # the same folder is free again
 
 
@@ -334,12 +334,12 @@ def test_sigterm_during_the_classical_baselines_stops_cleanly(tmp_path):
     script = (
         "import os, signal, sys\n"
         "import compare\n"
-        "from discomkd import comparison\n"
-        "real = comparison.fit_classical\n"
+        "from discomkd import classical\n"
+        "real = classical.fit_classical\n"
         "def terminated(*args):\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
         "    return real(*args)\n"
-        "comparison.fit_classical = terminated\n"
+        "classical.fit_classical = terminated\n"
         f"sys.exit(compare.main([{folder!r}, 'IMG', 'VEC', '--methods', 'svm', '--output', {output!r}]))\n")
     process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert process.returncode == 130, process.stderr

@@ -10,11 +10,13 @@ import torch
 from toy import PREFIXES, folder_snapshot, one_error_line, quiet, write_toy_folder
 
 import compare
+import discomkd
 from discomkd import comparison, training
 from discomkd import config as config_module
 from discomkd import settings_file as settings
 from discomkd.config import Config
 from discomkd.data import load_data_folder
+from discomkd.executors import LocalExecutor
 from discomkd.methods import ABLATIONS, METHODS, ModelShape, build_model
 from discomkd.run_files import checkpoint_path, load_classifier
 from model_pytorch import PART_DIM
@@ -128,7 +130,8 @@ def test_a_settings_file_sets_defaults_and_the_command_line_wins(tmp_path, cli_m
 
 def test_executor_ray_without_ray_installed_is_one_error_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if Ray were not installed
-    monkeypatch.delitem(sys.modules, "ray_executor", raising=False)
+    monkeypatch.delitem(sys.modules, "discomkd.ray_executor", raising=False)  # imported again, if it was
+    monkeypatch.delattr(discomkd, "ray_executor", raising=False)
     folder = write_toy_folder(tmp_path / "data")
     before = folder_snapshot(tmp_path)
     assert compare.main([folder, *PREFIXES, "--methods", "logreg", "--executor", "ray"]) == 2
@@ -143,14 +146,15 @@ def test_runs_finishing_out_of_order_are_saved_in_seed_order(tmp_path):
     output = str(tmp_path / "out")
 
     class Reversed:
-        description = "reversed"
+        """Runs every job here, then hands the results back last job first."""
+
+        description, local = "reversed", False
 
         def start(self, output):
             pass
 
-        def __call__(self, contexts, methods, log):
-            for context in reversed(list(contexts)):
-                yield context, comparison.run_methods(context, methods, comparison.announcer(log))
+        def __call__(self, jobs, run_job, log):
+            yield from reversed(list(LocalExecutor()(jobs, run_job, log)))
 
     results = comparison.compare(Config(output=output, device="cpu"), folder, *PREFIXES, runs=3, methods="logreg",
                               resplit=True, log=quiet, executor=Reversed())

@@ -3,20 +3,15 @@ pip install -r requirements-ray.txt). About 35-45 s on 2 shared cores, Ray's sta
 tuning run (30 s more) runs with DISCOMKD_RAY_SLOW=1."""
 import json
 import os
-import signal
 
 import pytest
 import torch
-from toy import PREFIXES, ROOT, quiet, write_toy_folder
+import toy
+from toy import PREFIXES, KillOnce, quiet, write_toy_folder
 
 ray = pytest.importorskip("ray")
 
-from discomkd import (
-    comparison,
-    ray_executor,  # noqa: E402
-    training,
-    tuning,  # noqa: E402
-)
+from discomkd import comparison, comparison_jobs, ray_executor, training, tuning  # noqa: E402
 from discomkd.config import Config  # noqa: E402
 from discomkd.data import load_data_folder  # noqa: E402
 
@@ -26,13 +21,13 @@ slow = pytest.mark.skipif(os.environ.get("DISCOMKD_RAY_SLOW") != "1", reason="DI
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    """A local Ray of 2 CPUs; workers import the project and this folder (the kill hook below). One torch
-    thread here, as each 1-CPU Ray task has (Ray sets OMP_NUM_THREADS), so both paths compute alike."""
+    """A local Ray of 2 CPUs; workers import the project as installed, and toy.py, shipped to them as a
+    module (the kill hook). One torch thread here, as each 1-CPU Ray task has (Ray sets OMP_NUM_THREADS),
+    so both paths compute alike."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    path = os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_WAIT_POLICY": "PASSIVE"}})
+             runtime_env={"py_modules": [toy], "env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})
     yield
     ray.shutdown()
     torch.set_num_threads(threads)
@@ -49,16 +44,17 @@ def without_times(value):
     return value
 
 
-def compare_both(tmp_path, folder, settings, methods, runs, executor, lines):
-    """The comparison by the local executor, then by `executor` into the same output folder (paths, such as
-    the per-run splits', are then alike): (local results, its table cells, executor results, its table cells)."""
+def compare_both(tmp_path, folder, settings, methods, runs, executor, lines, on_epoch=None):
+    """The comparison by the local executor, then by `executor` (every model's training calling `on_epoch`)
+    into the same output folder (paths, such as the per-run splits', are then alike): (local results, its
+    table cells, executor results, its table cells)."""
     output = str(tmp_path / "out")
     local = comparison.compare(Config(output=output, **settings), folder, *PREFIXES, runs=runs, methods=methods,
                             log=quiet)
     local_cells = table_cells(output)
     os.rename(output, str(tmp_path / "local"))
     remote = comparison.compare(Config(output=output, **settings), folder, *PREFIXES, runs=runs, methods=methods,
-                             log=lines.append, executor=executor)
+                             log=lines.append, executor=executor, on_epoch=on_epoch)
     return local, local_cells, remote, table_cells(output)
 
 
@@ -81,7 +77,7 @@ def test_the_ray_executor_gives_the_local_table(tmp_path):
     assert without_times(remote) == without_times(local)
     assert cells == local_cells
     # 2 runs x (mono x2, teacher, kd x2, discomkd, logreg) tasks, a progress line as each finishes
-    assert any(line.startswith("ray: 14 tasks for 2 run(s)") for line in lines)
+    assert any(line.startswith("ray: 14 tasks submitted") for line in lines)
     assert sum("[14/14]" in line for line in lines) >= 1
     saved = json.load(open(tmp_path / "out" / comparison.RESULTS_FILE))
     assert without_times(saved["results"]) == without_times(local["results"])
@@ -97,26 +93,14 @@ def test_the_ray_executor_takes_relative_paths(tmp_path, monkeypatch):
     assert os.path.exists(tmp_path / "out" / "run_0" / "discomkd" / "results.json")
 
 
-class KillOnce:
-    """An `on_epoch` hook that SIGKILLs its own Ray worker after epoch 1 of the first attempt (the marker
-    file says an attempt already died), as a lost node or an out-of-memory kill would."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __call__(self, entry: dict) -> None:
-        if entry["epoch"] == 1 and not os.path.exists(self.marker):
-            open(self.marker, "w").close()
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 def test_a_killed_worker_is_retried_and_resumes_from_its_state(tmp_path):
     folder = write_toy_folder(tmp_path / "data", separation=3.0)
     config = dict(SETTINGS, epochs=3, save_every=1)  # a state after every epoch: the retry resumes at epoch 2
     marker = str(tmp_path / "killed")
     lines = []
-    executor = ray_executor.RayExecutor(gpus_per_task=0, max_retries=2, on_epoch=KillOnce(marker))
-    local, local_cells, remote, cells = compare_both(tmp_path, folder, config, "discomkd", 1, executor, lines)
+    executor = ray_executor.RayExecutor(gpus_per_task=0, max_retries=2)
+    local, local_cells, remote, cells = compare_both(tmp_path, folder, config, "discomkd", 1, executor, lines,
+                                                     on_epoch=KillOnce(marker))
     assert os.path.exists(marker)  # the first attempt died after its first epoch
     run = json.load(open(tmp_path / "out" / "run_0" / "discomkd" / "results.json"))
     assert run["resumed_at_epoch"] == [2] and run["status"] == "finished"
@@ -144,10 +128,11 @@ def test_an_interrupted_ray_comparison_keeps_its_finished_runs(tmp_path):
 
 
 def test_a_task_that_cannot_see_the_output_folder_fails_with_a_clear_message(tmp_path):
-    run = ray_executor.RunSpec(Config(), str(tmp_path / "out" / "run_0"), str(tmp_path), PREFIXES, False, {}, False)
+    source = comparison_jobs.DataSource(str(tmp_path), PREFIXES, ("auto", "auto"), None)
+    job = comparison_jobs.Job(0, str(tmp_path / "out" / "run_0"), Config(), "discomkd", None, source)
     os.makedirs(tmp_path / "out")
     with pytest.raises(ray_executor.SharedStorageError, match="storage every node"):
-        ray_executor.neural_task(run, "token", "discomkd", None, None)
+        ray_executor.run_task(comparison_jobs.run_job, job, str(tmp_path / "out"), "token")
 
 
 def test_a_trial_never_evaluates_the_test_split(tmp_path, monkeypatch):
@@ -163,7 +148,8 @@ def test_a_trial_never_evaluates_the_test_split(tmp_path, monkeypatch):
         return evaluate(trainer, data, splits, classifiers)
 
     monkeypatch.setattr(training, "evaluate", recording)
-    job = tuning.SearchJob(Config(output=str(tmp_path / "search"), **dict(SETTINGS, epochs=3)), folder, PREFIXES, None)
+    job = tuning.SearchJob(Config(output=str(tmp_path / "search"), **dict(SETTINGS, epochs=3)),
+                           comparison_jobs.DataSource(folder, PREFIXES, ("lenet", "auto"), None))
     results = tuning.run_trial({"learning_rate": 2e-3, "weight_adv": 0.3, "epochs": 3}, job,
                                str(tmp_path / "trial"), reports.append)
     assert scored and set(scored) == {"valid"}
@@ -184,8 +170,8 @@ def test_tune_selects_on_validation_and_reports_both_settings(tmp_path, capsys, 
     output = tmp_path / "tuning"
     monkeypatch.chdir(tmp_path)
     argv = ["data", *PREFIXES, "--trials", "3", "--runs", "1", "--epochs", "2", "--grace-epochs", "1",
-            "--batch-size", "16", "--learning-rate", "1e-3", "--encoder-first", "lenet", "--device", "cpu", "--gpus-per-task", "0",
-            "--output", "tuning"]
+            "--batch-size", "16", "--learning-rate", "1e-3", "--encoder-first", "lenet", "--device", "cpu",
+            "--gpus-per-task", "0", "--output", "tuning"]
     assert tune.main(argv) == 0
     out = capsys.readouterr().out
     found = json.load(open(output / "tuning.json"))
