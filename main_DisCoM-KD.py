@@ -2,7 +2,7 @@
 
     python main_DisCoM-KD.py DIR FIRST_PREFIX SECOND_PREFIX [options]
 
-See README.md for the data layout and every option. All logic lives in functions.py.
+docs/data.md describes the data folder, docs/training.md every option; the run itself is functions.py.
 """
 import argparse
 import sys

@@ -42,7 +42,7 @@ class Config:
     weight_adv: float = _option(1.0, "weight of L_adv, the adversarial modality discriminator")
     weight_perp: float = _option(1.0, "weight of L_perp, the orthogonality term")
     grl_coefficient: float = _option(1.0, "gradient reversal coefficient (lambda)")
-    # Remedies for a fooled discriminator (README, "Is the invariant part invariant?"), all off by default:
+    # Remedies for a fooled discriminator (docs/training.md, "Is the invariant part invariant?"), all off by default:
     grl_schedule: str = _option("constant", "reversal coefficient over training: constant (the paper), dann "
                                             "(lambda * (2/(1+exp(-10 p)) - 1), p the training progress in [0, 1]; "
                                             "Ganin & Lempitsky 2015) or linear (lambda * min(1, p / --grl-warmup))")
@@ -60,7 +60,7 @@ class Config:
                                          "sequences: shift, scale, shift+scale")
     augment_second: str = _option("auto", "second modality's augmentation, as --augment-first")
     legacy_modality_targets: bool = _option(False, "build modality targets as the published code does "
-                                                   "(soft [1,1]/[0,0]; see README)")
+                                                   "(soft [1,1]/[0,0]; README, Differences from the published code)")
     eval_batch_size: int = _option(512, "evaluation batch size")
     data_on_device: str = _option("auto", "keep the data on the training device: auto (when it fits), yes, no")
     compile: str = _option("auto", "torch.compile the training step: auto (on CUDA), yes, no")

@@ -221,8 +221,8 @@ METHODS: dict[str, MethodSpec] = {  # in the order the comparison lists them
     "discomkd": _discomkd("DisCoM-KD: both single-modality classifiers trained at once"),
     "discomkd-legacy": _discomkd("DisCoM-KD with the published code's modality targets",
                                  legacy_modality_targets=True),
-    # the remedies for a fooled discriminator, alone and together (README: "Is the invariant part
-    # invariant?"): methods of their own so that one comparison trains them on the same splits
+    # the remedies for a fooled discriminator, alone and together (docs/training.md: "Is the invariant
+    # part invariant?"): methods of their own so that one comparison trains them on the same splits
     "discomkd-dann": _discomkd("DisCoM-KD, DANN schedule of the reversal coefficient", False, grl_schedule="dann"),
     "discomkd-mlp-disc": _discomkd("DisCoM-KD, one-hidden-layer discriminator", False, discriminator="mlp"),
     "discomkd-fast-disc": _discomkd("DisCoM-KD, discriminator learning rate x10", False,

@@ -1,0 +1,63 @@
+"""What the commands print. Library modules log through the standard `logging` module, under the
+"discomkd" logger; a command calls `configure_output()` once, which sends information to stdout as
+plain lines and warnings to stderr as one "warning: ..." line each, stdout line-buffered. Progress bars
+are tqdm's, shown only when tqdm is installed and stderr is a terminal.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+
+LOGGER = "discomkd"
+
+
+class ConsoleHandler(logging.Handler):
+    """Information to stdout, warnings and errors to stderr with a "warning: " prefix. The streams are
+    looked up at each message, so a redirected sys.stdout (a test's capture) receives it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            if record.levelno >= logging.WARNING:
+                sys.stderr.write(f"warning: {message}\n")
+            else:
+                sys.stdout.write(message + "\n")
+        except Exception:  # logging's rule: a failing handler reports and never raises into the caller
+            self.handleError(record)
+
+
+def configure_output(quiet: bool = False) -> None:
+    """Line-buffered stdout, and the library's messages on the console (warnings only when `quiet`)."""
+    line_buffered_stdout()
+    logger = logging.getLogger(LOGGER)
+    logger.handlers = [h for h in logger.handlers if not isinstance(h, ConsoleHandler)] + [ConsoleHandler()]
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def line_buffered_stdout() -> None:
+    """Each printed line reaches a redirected stdout (a log file, `| tee`) at once rather than when a
+    block buffer fills."""
+    with contextlib.suppress(AttributeError, ValueError):  # not a real stream (a test's capture), or closed
+        sys.stdout.reconfigure(line_buffering=True)
+
+
+class _NoProgress:
+    def update(self, count: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress(total: int, description: str):
+    """A progress bar on stderr, updated with `update(count)` and removed by `close()`: tqdm's when
+    tqdm is installed and stderr is a terminal, else one that shows nothing."""
+    if not sys.stderr.isatty():
+        return _NoProgress()
+    try:
+        from tqdm import tqdm  # optional: pip install tqdm
+    except ModuleNotFoundError:
+        return _NoProgress()
+    return tqdm(total=total, desc=description, leave=False, file=sys.stderr, dynamic_ncols=True)
