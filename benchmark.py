@@ -40,9 +40,10 @@ from discomkd.benchmarking import (
     write_synthetic_folder,
 )
 from discomkd.config import Config, check_config, plain_path, resolve_device
+from discomkd.console import configure_output
 from discomkd.data import default_encoder
 from discomkd.errors import DataError
-from discomkd.run_files import folder_problem, line_buffered_stdout
+from discomkd.run_files import folder_problem
 from model_pytorch import ENCODERS
 
 
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    line_buffered_stdout()
+    configure_output()
     parser = build_parser()
     args = parser.parse_args(argv)
 

@@ -13,10 +13,10 @@ import sys
 
 from discomkd.comparison import ALL_METHODS, DEFAULT_METHODS, compare
 from discomkd.config import Config, add_config_arguments
+from discomkd.console import configure_output
 from discomkd.errors import EXIT_BAD_INPUT, command_status
 from discomkd.executors import make_executor
 from discomkd.methods import ABLATIONS
-from discomkd.run_files import line_buffered_stdout
 from discomkd.settings_file import add_settings_argument, parse_or_report
 
 
@@ -61,7 +61,7 @@ def _raise_keyboard_interrupt(number, frame):
 
 
 def main(argv=None) -> int:
-    line_buffered_stdout()
+    configure_output()
     parser = build_parser()
     args = parse_or_report(parser, argv)
     if args is None:

@@ -19,8 +19,7 @@ from discomkd.training import fit, resume
 __all__ = ["run", "resume", "default_output"]
 
 
-def run(config: Config, directory: str, first_prefix: str, second_prefix: str, log=print,
-        should_stop=None) -> dict:
+def run(config: Config, directory: str, first_prefix: str, second_prefix: str, should_stop=None) -> dict:
     """Checks the data, trains `config.method` (DisCoM-KD by default), keeps each classifier's
     best-on-validation checkpoint and writes results.json, best_<COLUMN>.pt and
     test_predictions_<COLUMN>.npy to the output folder.
@@ -37,7 +36,7 @@ def run(config: Config, directory: str, first_prefix: str, second_prefix: str, l
                             config.overwrite)
     if config.overwrite:  # every check passed: an earlier run's files must not mix with this run's
         clear_run_outputs(output)
-    return fit(config, data, output, log=log, should_stop=should_stop)
+    return fit(config, data, output, should_stop=should_stop)
 
 
 def default_output(directory: str, first_prefix: str, second_prefix: str) -> str:

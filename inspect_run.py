@@ -21,9 +21,9 @@ import argparse
 import sys
 
 from discomkd.config import DEVICE_HELP
+from discomkd.console import configure_output
 from discomkd.errors import DataError, command_status
 from discomkd.inspection import inspect_run_folder
-from discomkd.run_files import line_buffered_stdout
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    line_buffered_stdout()
+    configure_output()
     args = build_parser().parse_args(argv)
     return command_status(lambda: inspect_run_folder(args.run_folder, not args.no_figures, not args.no_probes,
                                                      args.data, args.device), (DataError, OSError))

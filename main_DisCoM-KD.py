@@ -8,8 +8,8 @@ import argparse
 import sys
 
 from discomkd.config import Config, add_config_arguments, plain_path
+from discomkd.console import configure_output
 from discomkd.errors import EXIT_BAD_INPUT, command_status
-from discomkd.run_files import line_buffered_stdout
 from discomkd.settings_file import add_settings_argument, parse_or_report
 from functions import resume, run
 
@@ -46,7 +46,7 @@ def given_arguments(parser: argparse.ArgumentParser, argv) -> list[str]:
 
 
 def main(argv=None) -> int:
-    line_buffered_stdout()
+    configure_output()
     parser = build_parser()
     args = parse_or_report(parser, argv)
     if args is None:

@@ -6,9 +6,9 @@ says what they are).
 import argparse
 import sys
 
+from discomkd.console import configure_output
 from discomkd.errors import command_status
 from discomkd.example import make_digits_example
-from discomkd.run_files import line_buffered_stdout
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    line_buffered_stdout()
+    configure_output()
     parser = build_parser()
     args = parser.parse_args(argv)
     return command_status(lambda: print(make_digits_example(args.folder, overwrite=args.overwrite)))

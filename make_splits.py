@@ -15,14 +15,15 @@ import sys
 import numpy as np
 
 from discomkd.config import seed_problem
+from discomkd.console import configure_output
 from discomkd.data import file_problem, read_labels, write_split_files
 from discomkd.errors import DataError, command_status
-from discomkd.run_files import folder_problem, line_buffered_stdout
+from discomkd.run_files import folder_problem
 from discomkd.splits import DEFAULT_FRACTIONS, SPLITS, draw_split, split_file_name
 
 
-def make_splits(directory: str, seed: int = 0, fractions=DEFAULT_FRACTIONS, overwrite: bool = False,
-                log=print) -> dict[str, np.ndarray]:
+def make_splits(directory: str, seed: int = 0, fractions=DEFAULT_FRACTIONS, overwrite: bool = False
+                ) -> dict[str, np.ndarray]:
     """Writes DIR/{train,valid,test}_idx.npy; raises `DataError` before writing anything on bad input."""
     if seed_problem(seed):
         raise DataError(seed_problem(seed))
@@ -44,7 +45,7 @@ def make_splits(directory: str, seed: int = 0, fractions=DEFAULT_FRACTIONS, over
     for name, rows in split.items():
         counts = np.bincount(np.searchsorted(classes, labels[rows]), minlength=len(classes))
         per_class = " ".join(f"{c}:{n}" for c, n in zip(classes, counts))
-        log(f"wrote {paths[name]}: {len(rows)} rows, per class {per_class}")
+        print(f"wrote {paths[name]}: {len(rows)} rows, per class {per_class}")
     for name in sorted(os.listdir(directory)):
         if name.startswith("train_idx_") and name.endswith(".npy"):
             print(f"warning: {os.path.join(directory, name)} is kept and replaces train_idx.npy for its modality; "
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    line_buffered_stdout()
+    configure_output()
     parser = build_parser()
     args = parser.parse_args(argv)
     return command_status(lambda: make_splits(args.directory, args.seed, tuple(args.fractions), args.overwrite))

@@ -23,9 +23,9 @@ import argparse
 import sys
 
 from discomkd.config import DEVICE_HELP, Config
+from discomkd.console import configure_output
 from discomkd.errors import DataError, command_status
 from discomkd.prediction import predict_files
-from discomkd.run_files import line_buffered_stdout
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    line_buffered_stdout()
+    configure_output()
     args = build_parser().parse_args(argv)
     return command_status(lambda: predict_files(args.checkpoint, args.input, args.rows, args.labels, args.output,
                                                 args.batch_size, args.device, args.overwrite), (DataError, OSError))

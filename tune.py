@@ -17,9 +17,9 @@ import os
 import sys
 
 from discomkd.config import Config, add_config_arguments
+from discomkd.console import configure_output
 from discomkd.errors import command_status
 from discomkd.executors import make_executor
-from discomkd.run_files import line_buffered_stdout
 from discomkd.settings_file import command_line
 
 
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    line_buffered_stdout()
+    configure_output()
     args = vars(build_parser().parse_args(argv))
     directory, first, second = args.pop("directory"), args.pop("first_prefix"), args.pop("second_prefix")
     trials, runs, grace = args.pop("trials"), args.pop("runs"), args.pop("grace_epochs")

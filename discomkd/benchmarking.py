@@ -124,7 +124,7 @@ def measure_end_to_end(config: Config, folder: str, epochs: int, method: str) ->
     try:
         started = time.perf_counter()
         data = load_data_folder(folder, *PREFIXES, (config.encoder_first, config.encoder_second))
-        results = fit(config, data, output, log=lambda *args: None)
+        results = fit(config, data, output)
         wall = time.perf_counter() - started
     finally:
         shutil.rmtree(output, ignore_errors=True)

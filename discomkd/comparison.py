@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -51,6 +51,8 @@ SPLIT_FOLDER = "split"
 MAX_RUNS = 1000
 ALL_METHODS = tuple(METHODS) + tuple(CLASSICAL)
 DEFAULT_METHODS = tuple(m for m in METHODS if METHODS[m].compared_by_default) + tuple(CLASSICAL)
+
+logger = logging.getLogger(__name__)
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
@@ -185,8 +187,8 @@ class Runs:
     """The comparison's runs as they are planned and as their jobs finish: a run is recorded once its last
     job is done (or at once, when every method of it is skipped), comparison.json/.md rewritten then."""
 
-    def __init__(self, comparison: Comparison, data: DataFolder, results: dict, local: bool, log):
-        self.comparison, self.data, self.results, self.log = comparison, data, results, log
+    def __init__(self, comparison: Comparison, data: DataFolder, results: dict, local: bool):
+        self.comparison, self.data, self.results = comparison, data, results
         self.local = local  # the executor runs each job here as it is planned; else paths must be absolute
         self.by_seed: dict[int, Run] = {}
         self.folders: list[str] = []  # the run folders made, removed when the comparison stops with none finished
@@ -213,8 +215,8 @@ class Runs:
             save_splits(split_folder, comparison.drawn[k])
             data = read_data(comparison.source(split_folder))
         for warning in data.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
-        self.log(f"run {k + 1}/{len(comparison.seeds)}  seed {seed}  training rows "
+            logger.warning(warning)
+        logger.info(f"run {k + 1}/{len(comparison.seeds)}  seed {seed}  training rows "
                  + " ".join(f"{m.prefix} {len(m.splits['train'])}" for m in data.modalities)
                  + f", valid {len(data.modalities[0].splits['valid'])}, "
                    f"test {len(data.modalities[0].splits['test'])}")
@@ -224,7 +226,7 @@ class Runs:
         if not self.local:  # the jobs may run in another working folder
             run_folder, source = os.path.abspath(folder), source.absolute()
         run_config = dataclasses.replace(comparison.config, seed=seed, verbose=int(comparison.verbose))
-        jobs, skipped = plan_run(seed, run_folder, run_config, data, source, comparison.methods, self.log)
+        jobs, skipped = plan_run(seed, run_folder, run_config, data, source, comparison.methods)
         return Run(seed, folder, described, jobs, skipped)
 
     def finish(self, job: Job, result: dict) -> None:
@@ -232,7 +234,7 @@ class Runs:
         run = self.by_seed[job.seed]
         run.results[job.name] = result
         self.done += 1
-        announce(self.log, "" if self.local else f"[{self.done}/{self.planned}] seed {job.seed}  ", job, result)
+        announce("" if self.local else f"[{self.done}/{self.planned}] seed {job.seed}  ", job, result)
         if run.finished:
             self.record(run)
 
@@ -243,20 +245,20 @@ class Runs:
         save(self.comparison, self.results)
 
 
-def announce(log, label: str, job: Job, result: dict) -> None:
+def announce(label: str, job: Job, result: dict) -> None:
     """One line per column of a finished job's result, `label` first."""
     method = job.method + (" (resumed)" if result.get("resumed") else "")
     for column, scores in result["columns"].items():
         seconds = scores["seconds"] if job.method in CLASSICAL else result["seconds"]
         choice = f"C {scores['C']:g}" if scores.get("C") is not None else (
             f"best epoch {scores['best_epoch']}" if "best_epoch" in scores else "constant")
-        log(f"  {label}{method:<15} {column:<10} {choice:<15} valid wF1 {scores['valid']['weighted_f1']:.4f}  "
+        logger.info(f"  {label}{method:<15} {column:<10} {choice:<15} valid wF1 {scores['valid']['weighted_f1']:.4f}  "
             f"test wF1 {scores['test']['weighted_f1']:.4f}  acc {scores['test']['accuracy']:.4f}  {seconds:.1f}s")
 
 
 # ----------------------------------------------------------------------------- the comparison
 def compare(config: Config, directory: str, first_prefix: str, second_prefix: str, runs: int = 5,
-            methods=DEFAULT_METHODS, resplit: bool = False, verbose: bool = False, log=print,
+            methods=DEFAULT_METHODS, resplit: bool = False, verbose: bool = False,
             executor=None, on_epoch=None) -> dict:
     """Runs every method `runs` times (seeds config.seed + k) and writes comparison.json / .md.
 
@@ -276,20 +278,19 @@ def compare(config: Config, directory: str, first_prefix: str, second_prefix: st
     created = not os.path.exists(comparison.output)
     os.makedirs(comparison.output, exist_ok=True)
     if comparison.drawn is not None and has_split_files(directory, comparison.prefixes):
-        log(f"--resplit: {directory}'s own split files are not used")
+        logger.info(f"--resplit: {directory}'s own split files are not used")
     started = time.time()
     results = _header(comparison, executor.description, device)
-    state = Runs(comparison, data, results, executor.local, log)
-    # the engine's own lines only when verbose; `log` then goes where the jobs run (print can)
-    run_one = functools.partial(run_job, log=log if verbose else None, on_epoch=on_epoch)
-    finishing = executor(state.plan(), run_one, log)  # a generator: nothing is planned or run yet
+    state = Runs(comparison, data, results, executor.local)
+    run_one = functools.partial(run_job, on_epoch=on_epoch)
+    finishing = executor(state.plan(), run_one)  # a generator: nothing is planned or run yet
     try:
         for job, result in finishing:
             state.finish(job, result)
     except (Interrupted, TrainingError, KeyboardInterrupt) as error:
         finishing.close()  # an executor's tasks still running are cancelled
         _stop(error, comparison, results, state.folders, created)
-    return _finish(comparison, results, time.time() - started, log)
+    return _finish(comparison, results, time.time() - started)
 
 
 def _header(comparison: Comparison, executor: str, device: torch.device) -> dict:
@@ -335,14 +336,14 @@ def _stop(error: BaseException, comparison: Comparison, results: dict, folders: 
     raise (TrainingError if reason == "failed" else Interrupted)(message) from None
 
 
-def _finish(comparison: Comparison, results: dict, seconds: float, log) -> dict:
+def _finish(comparison: Comparison, results: dict, seconds: float) -> dict:
     """The finished comparison's comparison.json, with the table also printed; returns its contents."""
     results["status"] = "finished"
     results["total_seconds"] = seconds
     results["table"] = format_table(results["aggregated"], comparison.prefixes, len(comparison.seeds),
                                     comparison.seeds, comparison.split_note, False, comparison.extra_notes)
     write_json(os.path.join(comparison.output, RESULTS_FILE), results)
-    log("")
-    log(results["table"])
-    log(f"(outputs in {comparison.output}: {RESULTS_FILE}, {TABLE_FILE})")
+    logger.info("")
+    logger.info(results["table"])
+    logger.info(f"(outputs in {comparison.output}: {RESULTS_FILE}, {TABLE_FILE})")
     return results

@@ -14,7 +14,9 @@ comparison keeps of one job, {"seconds", "columns": {prefix or "fused": scores},
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 import socket
 import time
@@ -22,15 +24,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from discomkd import console, training
 from discomkd.classical import CLASSICAL, classical_result
 from discomkd.config import Config
 from discomkd.data import DataFolder, data_fingerprint, load_data_folder, load_with_split_files
 from discomkd.errors import DataError
 from discomkd.methods import FUSED, METHODS
 from discomkd.run_files import STATE_FILE, checkpoint_path, load_state, prepare_output
-from discomkd.training import fit, resume
 
 TEACHER = "teacher"  # the model every distillation method reads, trained once per run
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -143,8 +147,8 @@ def paired_rows(data: DataFolder) -> np.ndarray:
     return np.intersect1d(data.modalities[0].splits["train"], data.modalities[1].splits["train"])
 
 
-def plan_run(seed: int, folder: str, config: Config, data: DataFolder, source: DataSource, methods: tuple[str, ...],
-             log) -> tuple[list[Job], dict[str, dict]]:
+def plan_run(seed: int, folder: str, config: Config, data: DataFolder, source: DataSource, methods: tuple[str, ...]
+             ) -> tuple[list[Job], dict[str, dict]]:
     """The jobs of one run, each after those it needs, and the entries of the methods skipped (with a
     note) because the training sets share fewer than 2 rows. The teacher is planned once, when any
     method reads it; the classical baselines come last."""
@@ -156,7 +160,7 @@ def plan_run(seed: int, folder: str, config: Config, data: DataFolder, source: D
         if (spec.paired or spec.needs_teacher) and paired < 2:
             note = (f"{method} needs paired data (rows present in both modalities' training sets); the training "
                     f"sets share {paired} row(s): skipped")
-            log(f"note: {note}")
+            logger.info(f"note: {note}")
             skipped[method] = {"status": "skipped", "note": note}
             continue
         if (spec.needs_teacher or method == TEACHER) and teacher is None:
@@ -171,10 +175,6 @@ def plan_run(seed: int, folder: str, config: Config, data: DataFolder, source: D
 
 
 # ----------------------------------------------------------------------------- running one job
-def _silent(line: str) -> None:
-    """A log that drops the engine's own lines (the comparison prints one line per model)."""
-
-
 def model_config(job: Job, teacher: dict | None = None) -> Config:
     """The settings of a neural job's model, its output the run folder's <model>; `teacher`: the teacher
     job's result, whose checkpoint kd and dkd read."""
@@ -205,9 +205,9 @@ def resumable(config: Config) -> bool:
     return saved == dataclasses.asdict(dataclasses.replace(config, **METHODS[config.method].overrides))
 
 
-def run_job(job: Job, *needed: dict, log=None, on_epoch=None, may_resume: bool = False) -> dict:
+def run_job(job: Job, *needed: dict, on_epoch=None, may_resume: bool = False) -> dict:
     """Runs `job` on its data, read again here; `needed`: the results of the jobs it needs, in order.
-    `log` takes the engine's lines (None: dropped); `on_epoch` goes to `training.fit`;
+    The engine's own lines are shown with a verbose config only; `on_epoch` goes to `training.fit`;
     `may_resume`: an earlier attempt's state.pt with the same settings is continued, not started again.
 
     Returns the job's result: `classical.classical_result`, or `neural_result` plus "resumed" (whether
@@ -216,13 +216,14 @@ def run_job(job: Job, *needed: dict, log=None, on_epoch=None, may_resume: bool =
     if job.method in CLASSICAL:
         return classical_result(data, job.method)
     config = model_config(job, *needed)
-    log = log or _silent
     started = time.time()
-    if may_resume and resumable(config):
-        results = resume(config.output, log=log, on_epoch=on_epoch)
-        return {**neural_result(results, time.time() - started), "resumed": True}
-    results = fit(config, data, prepare_output(config.output, True), log=log, on_epoch=on_epoch)
-    return {**neural_result(results, time.time() - started), "resumed": False}
+    resumed = may_resume and resumable(config)
+    with contextlib.nullcontext() if config.verbose else console.only_warnings(training.__name__):
+        if resumed:
+            results = training.resume(config.output, on_epoch=on_epoch)
+        else:
+            results = training.fit(config, data, prepare_output(config.output, True), on_epoch=on_epoch)
+    return {**neural_result(results, time.time() - started), "resumed": resumed}
 
 
 # ----------------------------------------------------------------------------- a run's entries

@@ -37,10 +37,24 @@ def configure_output(quiet: bool = False) -> None:
 
 
 def line_buffered_stdout() -> None:
-    """Each printed line reaches a redirected stdout (a log file, `| tee`) at once rather than when a
-    block buffer fills."""
-    with contextlib.suppress(AttributeError, ValueError):  # not a real stream (a test's capture), or closed
-        sys.stdout.reconfigure(line_buffering=True)
+    """Makes stdout write each line at once, also when redirected to a file (`> train.log`), where
+    Python would otherwise buffer blocks of 8 kB and lose them on kill -9."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)  # absent on a test's io.StringIO
+    if reconfigure is not None:
+        reconfigure(line_buffering=True)
+
+
+@contextlib.contextmanager
+def only_warnings(name: str):
+    """Within the block, the logger `name` (and those under it) passes warnings only: a comparison's
+    models train without their epoch lines and summaries."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class _NoProgress:
@@ -51,13 +65,13 @@ class _NoProgress:
         pass
 
 
-def progress(total: int, description: str):
+def progress(total: int, description: str, initial: int = 0, enabled: bool | None = None):
     """A progress bar on stderr, updated with `update(count)` and removed by `close()`: tqdm's when
-    tqdm is installed and stderr is a terminal, else one that shows nothing."""
-    if not sys.stderr.isatty():
+    tqdm is installed and `enabled` (None: when stderr is a terminal), else one that shows nothing."""
+    if not (sys.stderr.isatty() if enabled is None else enabled):
         return _NoProgress()
     try:
         from tqdm import tqdm  # optional: pip install tqdm
     except ModuleNotFoundError:
         return _NoProgress()
-    return tqdm(total=total, desc=description, leave=False, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=description, leave=False, file=sys.stderr, dynamic_ncols=True)

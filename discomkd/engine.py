@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +27,8 @@ from discomkd.inference import autocast_context, class_probabilities, run_in_bat
 from discomkd.methods import FUSED, METHODS, MethodSpec, ModelShape, build_model
 from discomkd.probes import modality_probe, probe_rows
 from discomkd.run_files import checkpoint_path, load_classifier
+
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- training
@@ -212,8 +214,7 @@ def forward_backward(trainer: Trainer, inputs: dict, labels: dict, weights: torc
             _restore_step_state(trainer, saved)
         reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}".rstrip(": ")
         trainer.compiled_step, trainer.compile_error = None, reason
-        print(f"warning: torch.compile failed ({reason}); training goes on eager, as with --compile no",
-              file=sys.stderr)
+        logger.warning(f"torch.compile failed ({reason}); training goes on eager, as with --compile no")
         return _forward_backward(trainer, trainer.step_losses, inputs, labels, weights, training_progress)
 
 

@@ -1,7 +1,7 @@
 """Executors: they run a list of jobs with a function that runs one job, and yield each job's result
 as it finishes (DomainBed's launchers). They know nothing else of what the jobs do.
 
-An executor is called as `executor(jobs, run_job, log)` and yields `(job, result)` pairs, where
+An executor is called as `executor(jobs, run_job)` and yields `(job, result)` pairs, where
 `result = run_job(job, *results of job.needs)`; one that retries lost jobs adds `may_resume=True`, so
 that a retry continues the earlier attempt's saved state. It reads of a job only `name` (unique),
 `needs` (the names of the jobs whose results it takes first, listed before it), `uses_gpu` and
@@ -29,7 +29,7 @@ class LocalExecutor:
     def start(self, output: str) -> None:
         """Nothing to check: this process runs every job."""
 
-    def __call__(self, jobs, run_job, log):
+    def __call__(self, jobs, run_job):
         """Yields (job, run_job(job, *results of the jobs it needs)) for each job in turn."""
         results = {}
         for job in jobs:

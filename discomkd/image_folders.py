@@ -21,15 +21,14 @@ import importlib
 import json
 import os
 import shutil
-import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from discomkd import console
 from discomkd.data import (
     CLASSES_FILE,
     NORMALIZATION_FILE,
@@ -281,26 +280,6 @@ def class_order(labels) -> list[str]:
     return sorted(unique)
 
 
-# ----------------------------------------------------------------------------- progress
-class Progress:
-    """A `\\r`-updated count on stderr, only when stderr is a terminal."""
-
-    def __init__(self, what: str, total: int, enabled: bool | None = None):
-        self.what, self.total, self.last = what, total, 0.0
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-
-    def update(self, done: int) -> None:
-        if self.enabled and (time.monotonic() - self.last > 0.1 or done == self.total):
-            self.last = time.monotonic()
-            sys.stderr.write(f"\r{self.what} {done}/{self.total} files")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + " " * (len(self.what) + 2 * len(str(self.total)) + 8) + "\r")
-            sys.stderr.flush()
-
-
 # ----------------------------------------------------------------------------- preparing a folder
 @dataclass
 class FileCheck:
@@ -420,7 +399,7 @@ def _check_files(table: Table, sizes: dict, progress: bool | None) -> dict[tuple
     channel moments, or why it cannot be used."""
     files = [(row, n) for row, s in enumerate(table.samples) for n in table.names if s.paths[n] is not None]
     checks: dict[tuple[int, str], FileCheck] = {}
-    bar = Progress("checking", len(files), progress)
+    bar = console.progress(len(files), "checking files", enabled=progress)
     for done, (row, name) in enumerate(files, start=1):
         try:
             pixels = read_sample(table.samples[row].paths[name])
@@ -430,7 +409,7 @@ def _check_files(table: Table, sizes: dict, progress: bool | None) -> dict[tuple
             checks[row, name] = FileCheck(pixels.shape, dtype, channel_moments(pixels))
         except SampleError as error:
             checks[row, name] = FileCheck(problem=str(error))
-        bar.update(done)
+        bar.update()
     bar.close()
     return checks
 
@@ -515,7 +494,7 @@ def _write_folder(folder: str, table: Table, labels: np.ndarray, rows: dict, cla
         with open(os.path.join(folder, SKIPPED_FILE), "w") as handle:
             handle.write("\n".join(skipped) + "\n")
     total = sum(s.paths[n] is not None for s in table.samples for n in table.names)
-    bar, done = Progress("writing", total, progress), 0
+    bar = console.progress(total, "writing files", enabled=progress)
     for name in table.names:
         entry = preprocessing[name]
         # a memory map: the array may be larger than memory, one sample is held at a time
@@ -532,8 +511,7 @@ def _write_folder(folder: str, table: Table, labels: np.ndarray, rows: dict, cla
             if pixels.shape != tuple(entry["shape"]):
                 raise DataError(f"{sample.paths[name]}: shape {pixels.shape} changed since it was checked")
             array[row] = normalise(pixels, entry["mean"], entry["std"])
-            done += 1
-            bar.update(done)
+            bar.update()
         array.flush()
         del array
     bar.close()

@@ -5,8 +5,8 @@ probes of every part (probes.json, and a table) and the figures (`figures.py`).
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 
 from discomkd.config import resolve_device
 from discomkd.data import DataFolder, reload_data_folder
@@ -15,6 +15,8 @@ from discomkd.figures import MISSING_MATPLOTLIB, draw_figures, matplotlib_figure
 from discomkd.inference import feature_parts
 from discomkd.probes import disentanglement_probes, probe_table
 from discomkd.run_files import PROBES_FILE, RESULTS_FILE, checkpoint_path, folder_problem, write_json
+
+logger = logging.getLogger(__name__)
 
 
 def load_run(run_folder: str, data_directory: str | None = None) -> tuple[dict, DataFolder]:
@@ -46,20 +48,20 @@ def load_run(run_folder: str, data_directory: str | None = None) -> tuple[dict, 
 
 
 def inspect_run_folder(run_folder: str, figures: bool = True, probes: bool = True, data_directory: str | None = None,
-                       device: str = "auto", log=print) -> dict:
+                       device: str = "auto") -> dict:
     """inspect_run.py's whole job; raises `DataError`. Returns {"probes": ..., "figures": [paths]}."""
     if not figures and not probes:
         raise DataError("--no-figures --no-probes: nothing to do; drop one of them")
     results, data = load_run(run_folder, data_directory)
     if results.get("status") != "finished":
         # its checkpoints are the best epochs so far, not the final ones
-        print(f"warning: {os.path.join(run_folder, RESULTS_FILE)}: the run's status is {results.get('status')}, "
-              "not finished; inspecting its best checkpoints so far", file=sys.stderr)
+        logger.warning(f"{os.path.join(run_folder, RESULTS_FILE)}: the run's status is {results.get('status')}, "
+                       "not finished; inspecting its best checkpoints so far")
     if folder_problem(run_folder) is not None:
         raise DataError(f"{run_folder}: {folder_problem(run_folder)}")
     new_figure = matplotlib_figure() if figures else None
     if figures and new_figure is None:
-        log(MISSING_MATPLOTLIB)
+        logger.info(MISSING_MATPLOTLIB)
     outcome = {"probes": None, "figures": []}
     if not probes and new_figure is None:
         return outcome
@@ -67,9 +69,9 @@ def inspect_run_folder(run_folder: str, figures: bool = True, probes: bool = Tru
     if probes:
         outcome["probes"] = disentanglement_probes(features)
         write_json(os.path.join(run_folder, PROBES_FILE), outcome["probes"])
-        log(probe_table(outcome["probes"]))
-        log(f"(written to {os.path.join(run_folder, PROBES_FILE)})")
+        logger.info(probe_table(outcome["probes"]))
+        logger.info(f"(written to {os.path.join(run_folder, PROBES_FILE)})")
     if new_figure is not None:
         outcome["figures"] = draw_figures(new_figure, run_folder, results, data, features)
-        log("figures: " + ", ".join(outcome["figures"]))
+        logger.info("figures: " + ", ".join(outcome["figures"]))
     return outcome

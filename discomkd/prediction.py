@@ -6,8 +6,8 @@ and the printed summary and, with labels, the evaluation.
 from __future__ import annotations
 
 import csv
+import logging
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +22,8 @@ from discomkd.inference import predict_array
 from discomkd.run_files import atomic_write, folder_problem, load_classifier, save_npy
 
 LISTED_INPUTS = 20  # raw files whose predicted class is printed; all of them are in the CSV
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,7 +59,7 @@ def output_files(input_path: str, output: str | None, overwrite: bool) -> Output
 
 def predict_files(checkpoint_file: str, input_path: str, rows_file: str | None = None, labels_file: str | None = None,
                   output: str | None = None, batch_size: int = Config.eval_batch_size, device: str = "auto",
-                  overwrite: bool = False, log=print) -> None:
+                  overwrite: bool = False) -> None:
     """predict.py's whole job: checks every input, predicts, writes the outputs and prints the summary
     (and, with `labels_file`, the evaluation); raises `DataError` before writing anything on bad input."""
     if batch_size < 1:
@@ -91,7 +93,7 @@ def predict_files(checkpoint_file: str, input_path: str, rows_file: str | None =
         sources = files or [str(i) for i in range(len(array))]
         inputs = sources if rows is None else [sources[i] for i in rows]
     write_predictions(outputs, checkpoint, inputs, probabilities, predicted)
-    report(outputs, checkpoint, device, inputs if files is not None else None, probabilities, predicted, labels, log)
+    report(outputs, checkpoint, device, inputs if files is not None else None, probabilities, predicted, labels)
 
 
 def read_input(input_path: str, checkpoint: dict, checkpoint_file: str) -> tuple[np.ndarray, list[str] | None]:
@@ -117,26 +119,26 @@ def write_predictions(outputs: Outputs, checkpoint: dict, inputs: list[str] | No
 
 
 def report(outputs: Outputs, checkpoint: dict, device, files: list[str] | None, probabilities: np.ndarray,
-           predicted: np.ndarray, labels: np.ndarray | None, log=print) -> None:
+           predicted: np.ndarray, labels: np.ndarray | None) -> None:
     """The printed summary: what was predicted and written, the class of each raw file predicted
     (`files`; the first few), and with `labels` the metrics and confusion matrix."""
     classes, names = np.asarray(checkpoint["classes"], dtype=np.int64), checkpoint.get("class_names")
-    log(f"{checkpoint['prefix']} (epoch {checkpoint['epoch']}, encoder {checkpoint['encoder']}, classes "
+    logger.info(f"{checkpoint['prefix']} (epoch {checkpoint['epoch']}, encoder {checkpoint['encoder']}, classes "
         f"{classes.tolist()}): predicted {len(predicted)} rows on {device}; wrote {outputs.classes} and "
         f"{outputs.probabilities}")
     if outputs.listing:
-        log(f"wrote {outputs.listing}")
+        logger.info(f"wrote {outputs.listing}")
     if files is not None:
         for i, (source, k) in enumerate(zip(files[:LISTED_INPUTS], predicted)):
-            log(f"  {source}: {names[k] if names else classes[k]} (probability {probabilities[i, k]:.2f})")
+            logger.info(f"  {source}: {names[k] if names else classes[k]} (probability {probabilities[i, k]:.2f})")
         if len(files) > LISTED_INPUTS:
-            log(f"  ... {len(files) - LISTED_INPUTS} more in {outputs.listing}")
+            logger.info(f"  ... {len(files) - LISTED_INPUTS} more in {outputs.listing}")
     if labels is not None:
         unknown = np.setdiff1d(labels, classes)
         if unknown.size:
-            print(f"warning: {int(np.isin(labels, unknown).sum())} label(s) with value(s) {unknown.tolist()} are not "
-                  f"among the checkpoint's classes {classes.tolist()}; they count as errors", file=sys.stderr)
-        log(report_metrics(labels, classes[predicted], classes, checkpoint["prefix"]))
+            logger.warning(f"{int(np.isin(labels, unknown).sum())} label(s) with value(s) {unknown.tolist()} are not "
+                           f"among the checkpoint's classes {classes.tolist()}; they count as errors")
+        logger.info(report_metrics(labels, classes[predicted], classes, checkpoint["prefix"]))
 
 
 def output_paths(prefix: str) -> tuple[str, str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import logging
 import os
 import socket
 import uuid
@@ -21,6 +22,7 @@ import uuid
 import ray
 import torch
 
+from discomkd import console
 from discomkd.errors import DataError, TrainingError
 from discomkd.run_files import write_text
 
@@ -28,6 +30,8 @@ MARKER_FILE = ".ray-shared-storage"  # written by the driver into the output fol
 # a cancelled task finishes its step and writes its state.pt; longer than any step of the paper's models
 CANCEL_WAIT_SECONDS = 60
 DEFAULT_MAX_RETRIES = 3  # a worker or node lost three times in a row is a problem to look at, not to retry
+
+logger = logging.getLogger(__name__)
 
 
 class SharedStorageError(RuntimeError):
@@ -54,6 +58,7 @@ def run_task(run_job, job, output: str, token: str, *needed):
     check_shared_storage(output, token)
     if torch.cuda.is_available() and not ray.get_gpu_ids():
         job = job.without_gpu()
+    console.configure_output()  # the worker's lines reach the driver through Ray's log forwarding
     return run_job(job, *needed, may_resume=True)
 
 
@@ -108,7 +113,7 @@ class RayExecutor:
         connect(self.address, self.cpus, self.gpus)
         self.output = os.path.abspath(output)
 
-    def __call__(self, jobs, run_job, log):
+    def __call__(self, jobs, run_job):
         """Submits every job at once; yields (job, result) as each finishes."""
         token = uuid.uuid4().hex
         write_text(os.path.join(self.output, MARKER_FILE), token)
@@ -119,7 +124,7 @@ class RayExecutor:
                                max_retries=self.max_retries).remote(run_job, job, self.output, token,
                                                                     *[refs[name] for name in job.needs])
             submitted[ref], refs[job.name] = job, ref
-        log(f"ray: {len(submitted)} tasks submitted ({self.description})")
+        logger.info(f"ray: {len(submitted)} tasks submitted ({self.description})")
         waiting = list(submitted)
         try:
             while waiting:

@@ -10,7 +10,6 @@ import contextlib
 import glob
 import json
 import os
-import sys
 import tempfile
 
 import numpy as np
@@ -93,6 +92,8 @@ SYSTEM_FOLDERS = ("/proc", "/sys")  # the kernel's views: writable files there a
 def folder_problem(folder: str) -> str | None:
     """Why `folder` cannot be created (with its parents) and written to, or None; checked before
     anything is written, so that a run does not fail after creating part of its outputs."""
+    if not folder:
+        return "an empty name; name a folder (. for this one)"
     path = os.path.abspath(folder)
     real = os.path.realpath(path)
     for system in SYSTEM_FOLDERS:
@@ -135,14 +136,6 @@ def clear_run_outputs(output: str) -> list[str]:
     with contextlib.suppress(OSError):  # kept when the user put other files there
         os.rmdir(os.path.join(output, FIGURES_FOLDER))
     return removed
-
-
-def line_buffered_stdout() -> None:
-    """Makes stdout write each line at once, also when redirected to a file (`> train.log`), where
-    Python would otherwise buffer blocks of 8 kB and lose them on kill -9."""
-    reconfigure = getattr(sys.stdout, "reconfigure", None)  # absent on a test's io.StringIO
-    if reconfigure is not None:
-        reconfigure(line_buffering=True)
 
 
 def checkpoint_path(output: str, prefix: str) -> str:

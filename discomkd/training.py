@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from discomkd import console
 from discomkd.config import Config, resolve_device, restore_rng, rng_state, seed_everything
 from discomkd.data import DataFolder, data_fingerprint, reload_data_folder
 from discomkd.engine import (
@@ -49,6 +50,8 @@ from discomkd.run_files import (
 )
 from discomkd.writer import RunWriter
 
+logger = logging.getLogger(__name__)
+
 
 # ----------------------------------------------------------------------------- the run
 def format_duration(seconds: float) -> str:
@@ -71,32 +74,6 @@ def summary_table(final: dict) -> str:
         lines.append(f"{column:<12} {result['encoder']:<9} {result['best_epoch']:>10} "
                      f"{result['valid']['weighted_f1']:>9.4f} {scores}")
     return "\n".join(lines)
-
-
-class StepProgress:
-    """A progress line rewritten in place while an epoch trains (at most once a second), for slow
-    epochs on a terminal; erased before the epoch's own line is printed."""
-
-    INTERVAL_SECONDS = 1.0
-
-    def __init__(self, epoch: int, epochs: int, stream=None):
-        self.stream = stream or sys.stdout
-        self.label, self.started, self.last, self.width = f"epoch {epoch}/{epochs}", time.monotonic(), 0.0, 0
-
-    def __call__(self, step: int, steps: int) -> None:
-        now = time.monotonic()
-        if now - self.last < self.INTERVAL_SECONDS:
-            return
-        self.last = now
-        text = f"{self.label}  step {step}/{steps} ({100 * step // steps}%)  {format_duration(now - self.started)}"
-        self.width = max(self.width, len(text))
-        self.stream.write("\r" + text.ljust(self.width))
-        self.stream.flush()
-
-    def erase(self) -> None:
-        if self.width:
-            self.stream.write("\r" + " " * self.width + "\r")
-            self.stream.flush()
 
 
 class StopRequest:
@@ -125,14 +102,14 @@ class StopRequest:
             signal.signal(number, handler)
 
 
-def resume(run_folder: str, log=print, should_stop=None, on_epoch=None) -> dict:
+def resume(run_folder: str, should_stop=None, on_epoch=None) -> dict:
     """Continues the run saved in `run_folder`/state.pt with its own config and data folder (read again
     with the run's split; refused if it changed since the run started)."""
     state = load_state(run_folder)
     results = state["results"]
     data = reload_data_folder(results["data"], results["data_fingerprint"])
     remove_temporaries(run_folder)
-    return fit(Config(**results["config"]), data, run_folder, state, log, should_stop, on_epoch)
+    return fit(Config(**results["config"]), data, run_folder, state, should_stop, on_epoch)
 
 
 def state_payload(trainer: Trainer, epoch: int, progress: EpochProgress | None, results: dict, best: dict,
@@ -196,21 +173,21 @@ def _describe_environment(trainer: Trainer, data: DataFolder) -> dict:
             "augmentation": {prefixes[m]: a for m, a in trainer.augmentations.items()}}
 
 
-def _log_start(trainer: Trainer, data: DataFolder, output: str, log, first_epoch: int, progress, resumed: bool):
+def _log_start(trainer: Trainer, data: DataFolder, output: str, first_epoch: int, progress, resumed: bool):
     config = trainer.config
     environment = _describe_environment(trainer, data)
-    log("Config: " + ", ".join(f"{k}={v}" for k, v in sorted(dataclasses.asdict(config).items())))
-    log(f"Method: {config.method}  device: {trainer.device}  precision {trainer.precision}  compiled "
+    logger.info("Config: " + ", ".join(f"{k}={v}" for k, v in sorted(dataclasses.asdict(config).items())))
+    logger.info(f"Method: {config.method}  device: {trainer.device}  precision {trainer.precision}  compiled "
         f"{environment['compiled']}  data on device "
         + " ".join(f"{p}={r}" for p, r in environment["data_on_device"].items()))
     for m in trainer.sources:
         modality = data.modalities[m]
-        log(f"{modality.prefix}: samples {modality.sample_shape}, encoder {modality.encoder}, augmentation "
+        logger.info(f"{modality.prefix}: samples {modality.sample_shape}, encoder {modality.encoder}, augmentation "
             f"{trainer.augmentations[m]}, rows " + " ".join(f"{s} {len(r)}" for s, r in modality.splits.items())
             + (f" (training on {len(trainer.train_positions[m])} paired rows)" if trainer.spec.paired
                and m in trainer.train_positions else ""))
     if resumed:
-        log(f"Resuming {output} at epoch {first_epoch}" + (f", step {progress.step}" if progress else ""))
+        logger.info(f"Resuming {output} at epoch {first_epoch}" + (f", step {progress.step}" if progress else ""))
 
 
 def _record_best(trainer: Trainer, data: DataFolder, output: str, epoch: int, metrics: dict,
@@ -256,7 +233,7 @@ def _epoch_line(config: Config, epoch: int, losses: dict, metrics: dict, improve
             f"[{loss_text}]  valid wF1 {valid}")
 
 
-def _finish(trainer: Trainer, data: DataFolder, output: str, record: RunRecord, log, writer: RunWriter) -> dict:
+def _finish(trainer: Trainer, data: DataFolder, output: str, record: RunRecord, writer: RunWriter) -> dict:
     """Writes the best epochs' test predictions and the final results (with the invariance probe of
     methods that have invariant parts); removes the resumable state once the write in flight (the
     last epoch's) is done."""
@@ -276,24 +253,51 @@ def _finish(trainer: Trainer, data: DataFolder, output: str, record: RunRecord, 
     write_json(os.path.join(output, RESULTS_FILE), results)
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(output, STATE_FILE))  # a finished run needs no state; its checkpoints stay
-    log("")
-    log(summary_table(results["final"]))
-    log(f"(test metrics at each classifier's best validation epoch; outputs in {output})")
+    logger.info("")
+    logger.info(summary_table(results["final"]))
+    logger.info(f"(test metrics at each classifier's best validation epoch; outputs in {output})")
     probe = results.get("invariance_probe")
     if probe is not None and probe["modality_accuracy"] is not None:
-        log(f"invariant modality probe on the validation rows: {probe['modality_accuracy']:.3f} ± {probe['std']:.3f} "
+        logger.info(f"invariant modality probe on the validation rows: {probe['modality_accuracy']:.3f} ± {probe['std']:.3f} "
             f"(chance {probe['chance']:.1f}; {probe['rows_per_modality']} rows per modality)")
-        log(f"({INVARIANCE_MEANING})")
+        logger.info(f"({INVARIANCE_MEANING})")
     return results
 
 
-def fit(config: Config, data: DataFolder, output: str, state: dict | None = None, log=print,
-        should_stop=None, on_epoch=None) -> dict:
+def fit(config: Config, data: DataFolder, output: str, state: dict | None = None, should_stop=None,
+        on_epoch=None) -> dict:
     """Trains `config.method` on `data` into `output` (from `state` when resuming); the one training
     loop of every method. `on_epoch(entry)`, if given, is called with each epoch's history entry once
     that epoch's results and state are written (tuning reports validation through it). Returns the
     results dict; raises `TrainingError` or `Interrupted`."""
     config = dataclasses.replace(config, **METHODS[config.method].overrides)
+    trainer = _build_trainer(config, data)
+    if state is None:
+        record, first_epoch, progress = _start_record(config, data, output, trainer), 1, None
+    else:
+        record, first_epoch, progress = _restore(trainer, state)
+    _record_environment(trainer, data, record.results)
+    if config.verbose:
+        _log_start(trainer, data, output, first_epoch, progress, state is not None)
+    os.makedirs(output, exist_ok=True)
+    # the epoch's files are written by the writer while the next epoch trains
+    with StopRequest(should_stop) as stop, RunWriter(output, trainer.device) as writer:
+        epochs = _Epochs(trainer, data, output, record, writer, stop, first_epoch)
+        for epoch in range(first_epoch, config.epochs + 1):
+            losses = epochs.train(epoch, progress)
+            progress = None
+            metrics, improved, checkpoints = epochs.evaluate(epoch)
+            epochs.write(epoch, losses, metrics, improved, checkpoints)
+            if on_epoch is not None:
+                writer.wait()  # the hook may stop the process: this epoch's files are on disk first
+                on_epoch(record.results["history"][-1])
+            if stop() and epoch < config.epochs:
+                raise epochs.stopped(Interrupted, f"interrupted ({stop.signal_name}) after epoch {epoch}; state "
+                                                  f"saved: resume with --resume {output}")
+    return _finish(trainer, data, output, record, writer)
+
+
+def _build_trainer(config: Config, data: DataFolder) -> Trainer:
     device = resolve_device(config.device)
     seed_everything(config.seed)
     if device.type == "cuda":
@@ -301,108 +305,130 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
         # for (the GPU check's resume step), as its timing-based choice may differ from one process to the next
         torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
     try:
-        trainer = build_trainer(config, data, device)
+        return build_trainer(config, data, device)
     except torch.cuda.OutOfMemoryError:
         raise TrainingError(f"GPU out of memory while placing the data and model on {device}: try "
                             "--data-on-device no (data streamed from host memory)") from None
-    if state is None:
-        record, first_epoch, progress = _start_record(config, data, output, trainer), 1, None
-    else:
-        record, first_epoch, progress = _restore(trainer, state)
-    results = record.results
+
+
+def _record_environment(trainer: Trainer, data: DataFolder, results: dict) -> None:
+    """The device, precision, compile and data placement in the results; the data's and trainer's warnings
+    in the results and on the console."""
     results["environment"] = _describe_environment(trainer, data)
     results["warnings"] = [*results["warnings"], *(w for w in trainer.warnings if w not in results["warnings"])]
     for warning in data.warnings + trainer.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    if config.verbose:
-        _log_start(trainer, data, output, log, first_epoch, progress, state is not None)
-    os.makedirs(output, exist_ok=True)
-    results_path = os.path.join(output, RESULTS_FILE)
-    writer = RunWriter(output, trainer.device)  # the epoch's files, written while the next epoch trains
+        logger.warning(warning)
 
-    def stop_here(status: str, message: str) -> str:
-        """Records why the run stopped, shows the summary so far, returns the one-line message."""
-        writer.close(failing=status == "failed")  # the write in flight first: it holds an older results.json
+
+class _Epochs:
+    """The steps of one epoch of `fit`, over what they share: training, the non-finite checks, evaluation
+    with model selection, the epoch's record and files, its line; and `stopped`, which ends the run."""
+
+    def __init__(self, trainer: Trainer, data: DataFolder, output: str, record: RunRecord, writer: RunWriter,
+                 stop: StopRequest, first_epoch: int):
+        self.trainer, self.data, self.output, self.record, self.writer, self.stop = (
+            trainer, data, output, record, writer, stop)
+        self.config, self.first_epoch = trainer.config, first_epoch
+        self.started = self.last_state = self.epoch_start = time.time()
+
+    def stopped(self, error: type[Exception], message: str) -> Exception:
+        """`error(message)` to raise, once the run's stop is recorded: the write in flight finished (it
+        holds an older results.json), the status in results.json, and the summary so far shown."""
+        status = "failed" if error is TrainingError else "interrupted"
+        self.writer.close(failing=status == "failed")
+        results = self.record.results
         results["status"] = status
-        write_json(results_path, results)
+        write_json(os.path.join(self.output, RESULTS_FILE), results)
         if results["final"]:
-            log("")
-            log(summary_table(results["final"]))
-        return message
+            logger.info("")
+            logger.info(summary_table(results["final"]))
+        return error(message)
 
-    def kept() -> str:
-        epochs = ", ".join(f"{c} epoch {b['best_epoch']}" for c, b in record.best.items() if b["best_epoch"])
-        return (f"the checkpoints kept in {output} are the last finite ones ({epochs})" if epochs
-                else f"no checkpoint was written to {output}")
+    def kept(self) -> str:
+        epochs = ", ".join(f"{c} epoch {b['best_epoch']}" for c, b in self.record.best.items() if b["best_epoch"])
+        return (f"the checkpoints kept in {self.output} are the last finite ones ({epochs})" if epochs
+                else f"no checkpoint was written to {self.output}")
 
-    started, last_state = time.time(), time.time()
-    with StopRequest(should_stop) as stop, writer:
-        for epoch in range(first_epoch, config.epochs + 1):
-            epoch_start = time.time()
-            progress = progress or start_epoch(trainer)
-            # on a terminal only: a log file gets the epoch lines alone
-            steps_line = StepProgress(epoch, config.epochs) if config.verbose and log is print and \
-                sys.stdout.isatty() else None
-            try:
-                losses = train_one_epoch(trainer, epoch, progress, stop, steps_line)
-            except torch.cuda.OutOfMemoryError:
-                raise TrainingError(stop_here("failed", (
-                    f"GPU out of memory at epoch {epoch} with batch size {config.batch_size}: try a smaller "
-                    f"--batch-size, --data-on-device no, or --precision bf16; {kept()}"))) from None
-            if steps_line is not None:
-                steps_line.erase()
-            if losses is None:
-                if not bool(trainer.finite_weights()):
-                    raise TrainingError(stop_here("failed", (
-                        f"the model holds NaN or Inf at epoch {epoch}, step {progress.step}: training stopped; "
-                        f"{kept()} (try a lower --learning-rate)")))
-                writer.write(epoch, results, {}, state_payload(trainer, epoch, progress, record.results, record.best,
-                                                               record.test_predictions))
-                raise Interrupted(stop_here("interrupted", (
-                    f"interrupted ({stop.signal_name}) at epoch {epoch}, step {progress.step}/{len(progress.bounds)}; "
-                    f"state saved: resume with --resume {output}")))
-            progress = None
-            if trainer.compile_error and "compile_error" not in results["environment"]:
-                results["warnings"] = [*results["warnings"], f"torch.compile failed ({trainer.compile_error}); "
-                                                             "trained eager"]
-            results["environment"].update(compile_report(trainer))  # graphs compiled so far, or the fallback
-            bad = [k for k, v in losses.items() if not math.isfinite(v)]
-            if bad or not losses.pop("finite_weights"):
-                what = f"loss term {bad[0]} is {losses[bad[0]]}" if bad else "the model holds NaN or Inf"
-                raise TrainingError(stop_here("failed", (
-                    f"{what} at epoch {epoch}: training stopped; {kept()} (try a lower --learning-rate)")))
-            train_seconds = time.time() - epoch_start
-            splits = ("valid", "test") if config.test_every_epoch else ("valid",)
-            metrics = evaluate(trainer, data, splits)
-            broken = [c for c, m in metrics.items() if not m.get("finite", True)]
-            if broken:
-                raise TrainingError(stop_here("failed", (
-                    f"classifier {broken[0]} outputs NaN or Inf at epoch {epoch}: training stopped; {kept()}")))
-            improved, checkpoints = _record_best(trainer, data, output, epoch, metrics, record)
-            eval_seconds = time.time() - epoch_start - train_seconds
-            results["history"].append({
-                "epoch": epoch, "train_seconds": train_seconds, "eval_seconds": eval_seconds, "loss": losses,
-                **{c: {s: m[s] for s in ("valid", "test") if s in m} for c, m in metrics.items()},
-                "improved": improved})
-            results["final"] = {c: b for c, b in record.best.items() if b["best_epoch"]}
-            snapshot = epoch < config.epochs and (stop() or time.time() - last_state >= config.save_every_seconds
-                                                  or (config.save_every > 0 and epoch % config.save_every == 0))
-            results["history"][-1]["state_written"] = snapshot
-            state_now = state_payload(trainer, epoch + 1, None, record.results, record.best,
-                                      record.test_predictions) if snapshot else None
-            # the files this epoch wrote hold the history up to here; the write time joins the next ones
-            results["history"][-1]["write_seconds"] = writer.write(epoch, results, checkpoints, state_now)
-            results["history"][-1]["write_wait_seconds"] = writer.waited  # part of it: the previous write
-            last_state = time.time() if snapshot else last_state
-            if config.verbose:
-                elapsed = time.time() - started
-                eta = elapsed / (epoch - first_epoch + 1) * (config.epochs - epoch)
-                log(_epoch_line(config, epoch, losses, metrics, improved, train_seconds, eval_seconds, eta,
-                                trainer.spec.terms))
-            if on_epoch is not None:
-                writer.wait()  # the hook may stop the process: this epoch's files are on disk first
-                on_epoch(results["history"][-1])
-            if stop() and epoch < config.epochs:
-                raise Interrupted(stop_here("interrupted", (
-                    f"interrupted ({stop.signal_name}) after epoch {epoch}; state saved: resume with --resume {output}")))
-    return _finish(trainer, data, output, record, log, writer)
+    def train(self, epoch: int, progress: EpochProgress | None) -> dict:
+        """The epoch's mean losses; a stop request mid-epoch saves the state and ends the run."""
+        trainer, config = self.trainer, self.config
+        self.epoch_start = time.time()
+        progress = progress or start_epoch(trainer)
+        bar = console.progress(len(progress.bounds), f"epoch {epoch}/{config.epochs}", progress.step) \
+            if config.verbose else None
+        try:
+            losses = train_one_epoch(trainer, epoch, progress, self.stop,
+                                     None if bar is None else lambda step, steps: bar.update())
+        except torch.cuda.OutOfMemoryError:
+            raise self.stopped(TrainingError, (
+                f"GPU out of memory at epoch {epoch} with batch size {config.batch_size}: try a smaller "
+                f"--batch-size, --data-on-device no, or --precision bf16; {self.kept()}")) from None
+        finally:
+            if bar is not None:
+                bar.close()
+        if losses is None:
+            self._interrupted_mid_epoch(epoch, progress)
+        self._check_finite(epoch, losses)
+        self.train_seconds = time.time() - self.epoch_start
+        return losses
+
+    def _interrupted_mid_epoch(self, epoch: int, progress: EpochProgress) -> None:
+        if not bool(self.trainer.finite_weights()):
+            raise self.stopped(TrainingError, (
+                f"the model holds NaN or Inf at epoch {epoch}, step {progress.step}: training stopped; "
+                f"{self.kept()} (try a lower --learning-rate)"))
+        record = self.record
+        self.writer.write(epoch, record.results, {}, state_payload(self.trainer, epoch, progress, record.results,
+                                                                   record.best, record.test_predictions))
+        raise self.stopped(Interrupted, (
+            f"interrupted ({self.stop.signal_name}) at epoch {epoch}, step {progress.step}/{len(progress.bounds)}; "
+            f"state saved: resume with --resume {self.output}"))
+
+    def _check_finite(self, epoch: int, losses: dict) -> None:
+        trainer, results = self.trainer, self.record.results
+        if trainer.compile_error and "compile_error" not in results["environment"]:
+            results["warnings"] = [*results["warnings"], f"torch.compile failed ({trainer.compile_error}); "
+                                                         "trained eager"]
+        results["environment"].update(compile_report(trainer))  # graphs compiled so far, or the fallback
+        bad = [k for k, v in losses.items() if not math.isfinite(v)]
+        if bad or not losses.pop("finite_weights"):
+            what = f"loss term {bad[0]} is {losses[bad[0]]}" if bad else "the model holds NaN or Inf"
+            raise self.stopped(TrainingError, (
+                f"{what} at epoch {epoch}: training stopped; {self.kept()} (try a lower --learning-rate)"))
+
+    def evaluate(self, epoch: int) -> tuple[dict, list[str], dict]:
+        """Validation (and test, with --test-every-epoch) metrics, the classifiers that improved and the
+        checkpoints to write."""
+        splits = ("valid", "test") if self.config.test_every_epoch else ("valid",)
+        metrics = evaluate(self.trainer, self.data, splits)
+        broken = [c for c, m in metrics.items() if not m.get("finite", True)]
+        if broken:
+            raise self.stopped(TrainingError, (
+                f"classifier {broken[0]} outputs NaN or Inf at epoch {epoch}: training stopped; {self.kept()}"))
+        improved, checkpoints = _record_best(self.trainer, self.data, self.output, epoch, metrics, self.record)
+        return metrics, improved, checkpoints
+
+    def write(self, epoch: int, losses: dict, metrics: dict, improved: list[str], checkpoints: dict) -> None:
+        """The epoch's history entry, its files (with the state when one is due) and its line."""
+        config, record = self.config, self.record
+        results = record.results
+        eval_seconds = time.time() - self.epoch_start - self.train_seconds
+        entry = {"epoch": epoch, "train_seconds": self.train_seconds, "eval_seconds": eval_seconds, "loss": losses,
+                 **{c: {s: m[s] for s in ("valid", "test") if s in m} for c, m in metrics.items()},
+                 "improved": improved}
+        results["history"].append(entry)
+        results["final"] = {c: b for c, b in record.best.items() if b["best_epoch"]}
+        snapshot = epoch < config.epochs and (self.stop() or time.time() - self.last_state >= config.save_every_seconds
+                                              or (config.save_every > 0 and epoch % config.save_every == 0))
+        entry["state_written"] = snapshot
+        state_now = state_payload(self.trainer, epoch + 1, None, results, record.best,
+                                  record.test_predictions) if snapshot else None
+        # the files this epoch wrote hold the history up to here; the write time joins the next ones
+        entry["write_seconds"] = self.writer.write(epoch, results, checkpoints, state_now)
+        entry["write_wait_seconds"] = self.writer.waited  # part of it: the previous write
+        self.last_state = time.time() if snapshot else self.last_state
+        if config.verbose:
+            elapsed = time.time() - self.started
+            eta = elapsed / (epoch - self.first_epoch + 1) * (config.epochs - epoch)
+            logger.info(_epoch_line(config, epoch, losses, metrics, improved, self.train_seconds, eval_seconds, eta,
+                                    self.trainer.spec.terms))

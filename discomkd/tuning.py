@@ -13,6 +13,7 @@ The chosen settings are then trained `runs` times on fresh seeds by the comparis
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 
@@ -21,6 +22,7 @@ import ray.tune as ray_tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
+from discomkd import console
 from discomkd.augment import AUGMENTATIONS
 from discomkd.comparison import compare, draw_splits, has_split_files, save_splits
 from discomkd.comparison_jobs import DataSource, read_data
@@ -40,6 +42,8 @@ WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3)
 LEARNING_RATES = (1e-5, 1e-2)  # log-uniform; the paper's 1e-4 in the middle
 SEARCHED = ("learning_rate", "weight_decay", "epochs", "weight_aux", "weight_mod", "weight_adv", "weight_perp",
             "grl_coefficient", "augment_first", "augment_second")
+
+logger = logging.getLogger(__name__)
 
 
 def epoch_choices(max_epochs: int) -> list[int]:
@@ -108,11 +112,8 @@ def run_trial(settings: dict, job: SearchJob, output: str, report) -> dict:
         report({METRIC: float(np.mean(list(best.values()))), "epoch": entry["epoch"]})
 
     os.makedirs(output, exist_ok=True)
-    return fit(config, search_data(job), output, log=_silent, on_epoch=on_epoch)
-
-
-def _silent(line: str) -> None:
-    """The trials' engine lines are dropped: one line per finished trial instead."""
+    with console.only_warnings("discomkd.training"):  # one line per finished trial instead
+        return fit(config, search_data(job), output, on_epoch=on_epoch)
 
 
 def _trainable(settings: dict, job: SearchJob):
@@ -121,7 +122,7 @@ def _trainable(settings: dict, job: SearchJob):
 
 
 class _TrialLines(ray_tune.Callback):
-    """One line per finished or stopped trial, on stdout (Tune pickles its callbacks: no log function kept)."""
+    """One line per finished or stopped trial."""
 
     def __init__(self, total: int):
         self.total, self.done = total, 0
@@ -131,12 +132,11 @@ class _TrialLines(ray_tune.Callback):
         result = trial.last_result or {}
         shown = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                           for k, v in sorted(trial.config.items()))
-        print(f"trial {self.done}/{self.total}  valid wF1 {result.get(METRIC, float('nan')):.4f}  "
+        logger.info(f"trial {self.done}/{self.total}  valid wF1 {result.get(METRIC, float('nan')):.4f}  "
                  f"epochs {result.get('epoch', 0)}/{trial.config['epochs']}  {shown}")
 
 
-def search(job: SearchJob, data: DataFolder, trials: int, grace_epochs: int, cpus: float, gpus: float,
-           log=print) -> dict:
+def search(job: SearchJob, data: DataFolder, trials: int, grace_epochs: int, cpus: float, gpus: float) -> dict:
     """Runs the search; returns {"chosen": settings, "trials": [{"settings", METRIC, "epochs_trained",
     "stopped_early"}], ...} with the chosen trial first among equals in Tune's order."""
     max_epochs = max(epoch_choices(job.config.epochs))
@@ -169,7 +169,7 @@ def search(job: SearchJob, data: DataFolder, trials: int, grace_epochs: int, cpu
 
 
 def tune_and_compare(config: Config, directory: str, first: str, second: str, trials: int, runs: int,
-                     grace_epochs: int | None, ray_executor, executor=None, log=print) -> dict:
+                     grace_epochs: int | None, ray_executor, executor=None) -> dict:
     """The search on seed config.seed, as Ray Tune trials on the cluster `ray_executor` reaches (its CPUs
     and GPUs per task), then the chosen and the starting settings each `runs` times on seeds
     config.seed+1.. (`comparison.compare` with `executor` into OUTPUT/starting and OUTPUT/tuned); writes
@@ -186,15 +186,15 @@ def tune_and_compare(config: Config, directory: str, first: str, second: str, tr
         save_splits(job.data.split_folder, split)
     started = time.time()
     grace_epochs = max(1, config.epochs // 10) if grace_epochs is None else grace_epochs
-    log(f"search: {trials} trial(s) of {METHOD} on seed {config.seed}, validation only "
+    logger.info(f"search: {trials} trial(s) of {METHOD} on seed {config.seed}, validation only "
         f"({len(data.modalities[0].splits['valid'])} rows); ASHA grace {grace_epochs} epoch(s)")
-    found = search(job, validation_only(data), trials, grace_epochs, ray_executor.cpus, ray_executor.gpus, log)
+    found = search(job, validation_only(data), trials, grace_epochs, ray_executor.cpus, ray_executor.gpus)
     found["search_seconds"] = time.time() - started
     write_json(os.path.join(config.output, "settings.json"), found["chosen"])
-    log(f"chosen (valid wF1 {found['chosen_' + METRIC]:.4f}): {found['chosen']}")
-    tables = {label: _final_runs(config, directory, first, second, runs, settings, label, executor, log)
+    logger.info(f"chosen (valid wF1 {found['chosen_' + METRIC]:.4f}): {found['chosen']}")
+    tables = {label: _final_runs(config, directory, first, second, runs, settings, label, executor)
               for label, settings in (("starting", starting_point(config)), ("tuned", found["chosen"]))}
-    return _report(config, (first, second), trials, runs, found, tables, started, log)
+    return _report(config, (first, second), trials, runs, found, tables, started)
 
 
 def _search_job(config: Config, directory: str, prefixes: tuple[str, str]
@@ -212,16 +212,16 @@ def _search_job(config: Config, directory: str, prefixes: tuple[str, str]
 
 
 def _final_runs(config: Config, directory: str, first: str, second: str, runs: int, settings: dict, label: str,
-                executor, log) -> dict:
+                executor) -> dict:
     """`settings` trained `runs` times on seeds config.seed+1.. by the comparison, into OUTPUT/<label>."""
     run_config = dataclasses.replace(config, **settings, seed=config.seed + 1,
                                      output=os.path.join(config.output, label), overwrite=True)
-    log(f"{label} settings: {runs} run(s) on seeds {config.seed + 1}..{config.seed + runs}")
-    return compare(run_config, directory, first, second, runs, METHOD, verbose=False, log=log, executor=executor)
+    logger.info(f"{label} settings: {runs} run(s) on seeds {config.seed + 1}..{config.seed + runs}")
+    return compare(run_config, directory, first, second, runs, METHOD, verbose=False, executor=executor)
 
 
 def _report(config: Config, prefixes: tuple[str, str], trials: int, runs: int, found: dict, tables: dict,
-            started: float, log) -> dict:
+            started: float) -> dict:
     """tuning.md and tuning.json: the starting and the tuned settings side by side; returns tuning.json's contents."""
     paper = starting_point(config) == starting_point(Config(epochs=config.epochs))
     names = {"starting": "paper's settings" if paper else "starting settings", "tuned": "tuned on validation"}
@@ -235,6 +235,6 @@ def _report(config: Config, prefixes: tuple[str, str], trials: int, runs: int, f
     found.update(runs={label: t["aggregated"][METHOD] for label, t in tables.items()}, seeds=seeds,
                  table=table, total_seconds=time.time() - started)
     write_json(os.path.join(config.output, "tuning.json"), found)
-    log("")
-    log(format_table(rows, prefixes, runs, seeds, tables["tuned"]["splits"], False, notes))
+    logger.info("")
+    logger.info(format_table(rows, prefixes, runs, seeds, tables["tuned"]["splits"], False, notes))
     return found

@@ -10,6 +10,15 @@ import importlib.util  # noqa: E402  (this file is extended by appending)
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def console_output():
+    """The library's messages go where a command sends them (info to stdout, warnings to stderr), so
+    tests read them with capsys as a user reads them."""
+    from discomkd.console import configure_output
+
+    configure_output()
+
+
 @pytest.fixture(scope="session")
 def cli_main():
     """`main(argv) -> exit status` of main_DisCoM-KD.py, loaded by path (its hyphen rules out an import)."""
@@ -37,7 +46,7 @@ def toy_run(tmp_path_factory):
     """One finished 2-epoch DisCoM-KD run on the toy folder, shared by the tests that read a run
     (predict, inspect, hardening, option fuzzing): (data folder, run folder). Label values 3, 7, 11:
     labels need not be 0..K-1. Tests that write into the run folder work on a copy."""
-    from toy import PREFIXES, TOY_RUN_LABELS, quiet, write_toy_folder
+    from toy import PREFIXES, TOY_RUN_LABELS, write_toy_folder
 
     from discomkd.config import Config
     from functions import run
@@ -45,5 +54,5 @@ def toy_run(tmp_path_factory):
     folder = write_toy_folder(tmp_path_factory.mktemp("toy-run") / "data", PREFIXES, label_values=TOY_RUN_LABELS)
     output = os.path.join(folder, "run")
     run(Config(epochs=2, batch_size=16, encoder_first="lenet", device="cpu", verbose=0, output=output), folder,
-        *PREFIXES, log=quiet)
+        *PREFIXES)
     return folder, output

@@ -18,7 +18,7 @@ from toy import ROOT, folder_snapshot, write_toy_folder
 
 import compare
 import make_splits
-from discomkd import comparison, comparison_jobs
+from discomkd import comparison, comparison_jobs, training
 from discomkd.config import Config
 from discomkd.data import load_data_folder
 from discomkd.engine import build_trainer, train_one_epoch
@@ -34,17 +34,12 @@ NEURAL = "mono,teacher,kd,dkd,discomkd"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def quiet(*_):
-    pass
-
-
 @pytest.fixture(scope="module")
 def neural(tmp_path_factory):
     """Two runs of the neural methods on a learnable toy folder with its own split."""
     folder = write_toy_folder(tmp_path_factory.mktemp("neural") / "data", separation=3.0)
     output = os.path.join(os.path.dirname(folder), "out")
-    results = comparison.compare(Config(output=output, **SETTINGS), folder, "IMG", "VEC", runs=2, methods=NEURAL,
-                              log=quiet)
+    results = comparison.compare(Config(output=output, **SETTINGS), folder, "IMG", "VEC", runs=2, methods=NEURAL)
     return folder, output, results
 
 
@@ -101,7 +96,7 @@ def test_same_seed_repeats_exactly_whatever_the_other_methods(neural, tmp_path):
     """Each model is seeded on its own: dkd alone (with its teacher) and mono repeat run 0 exactly."""
     folder, _, results = neural
     again = comparison.compare(Config(output=str(tmp_path / "again"), **SETTINGS), folder, "IMG", "VEC", runs=1,
-                            methods="dkd,mono", log=quiet)
+                            methods="dkd,mono")
     for method in ("mono", "dkd"):
         assert without_seconds(again["results"][0]["methods"][method]) == \
             without_seconds(results["results"][0]["methods"][method])
@@ -130,7 +125,7 @@ def test_teacher_stays_frozen_while_students_distil(tmp_path):
 def test_classical_baselines_reproduce_scikit_learn(tmp_path):
     folder = write_toy_folder(tmp_path / "data", separation=0.25, n=150)  # hard enough for C to matter
     results = comparison.compare(Config(output=str(tmp_path / "out"), **SETTINGS), folder, "IMG", "VEC", runs=1,
-                              methods="svm,logreg", log=quiet)
+                              methods="svm,logreg")
     data = load_data_folder(folder, "IMG", "VEC")
     models = {"svm": lambda c: SVC(C=c, kernel="rbf"), "logreg": lambda c: LogisticRegression(C=c, max_iter=5000)}
     for method, model in models.items():
@@ -155,8 +150,7 @@ def test_folder_without_splits_gets_a_saved_split_per_run(tmp_path):
         os.remove(os.path.join(folder, f"{split}_idx.npy"))
     before = folder_snapshot(folder)
     output = str(tmp_path / "out")
-    results = comparison.compare(Config(output=output, **SETTINGS), folder, "IMG", "VEC", runs=2, methods="logreg",
-                              log=quiet)
+    results = comparison.compare(Config(output=output, **SETTINGS), folder, "IMG", "VEC", runs=2, methods="logreg")
     assert folder_snapshot(folder) == before  # the user's folder is only read
     labels = np.load(os.path.join(folder, "labels.npy"))
     splits = []
@@ -178,7 +172,7 @@ def test_teacher_and_distillation_skipped_without_paired_rows(tmp_path):
     np.save(os.path.join(folder, "train_idx_IMG.npy"), train[: len(train) // 2])
     np.save(os.path.join(folder, "train_idx_VEC.npy"), train[len(train) // 2:])
     config = Config(output=str(tmp_path / "out"), **{**SETTINGS, "epochs": 1})
-    results = comparison.compare(config, folder, "IMG", "VEC", runs=1, methods="mono,kd", log=quiet)
+    results = comparison.compare(config, folder, "IMG", "VEC", runs=1, methods="mono,kd")
     entries = results["results"][0]["methods"]
     assert entries["kd"]["status"] == "skipped" and "paired" in entries["kd"]["note"]
     assert entries["mono"]["columns"]["IMG"]["train_rows"] == len(train) // 2
@@ -285,7 +279,7 @@ def test_single_class_training_rows_get_a_constant_classical_prediction(tmp_path
     train = np.load(os.path.join(folder, "train_idx.npy"))
     np.save(os.path.join(folder, "train_idx_VEC.npy"), train[labels[train] == labels[train][0]])
     results = comparison.compare(Config(output=str(tmp_path / "out"), **SETTINGS), folder, "IMG", "VEC", runs=1,
-                              methods="svm,logreg", log=quiet)
+                              methods="svm,logreg")
     for method in ("svm", "logreg"):
         column = results["results"][0]["methods"][method]["columns"]["VEC"]
         assert "single class" in column["note"] and column["C"] is None
@@ -300,15 +294,15 @@ def test_an_interrupted_comparison_keeps_what_finished_and_says_so(tmp_path, mon
     interrupted) and the message says where; with none, nothing is left behind, so the same command runs again."""
     folder = write_toy_folder(tmp_path / "data", separation=3.0)
     output = str(tmp_path / "out")
-    real_fit = comparison_jobs.fit
+    real_fit = training.fit
     calls = [0]
 
-    def stopping_fit(config, data, run_output, state=None, log=print, should_stop=None, on_epoch=None):
+    def stopping_fit(config, data, run_output, state=None, should_stop=None, on_epoch=None):
         calls[0] += 1
         stop_now = calls[0] == finished_runs + 1  # one neural model per run here: discomkd
-        return real_fit(config, data, run_output, state, log, (lambda: True) if stop_now else should_stop, on_epoch)
+        return real_fit(config, data, run_output, state, (lambda: True) if stop_now else should_stop, on_epoch)
 
-    monkeypatch.setattr(comparison_jobs, "fit", stopping_fit)
+    monkeypatch.setattr(training, "fit", stopping_fit)
     argv = [folder, "IMG", "VEC", "--runs", "2", "--methods", "discomkd,logreg", "--output", output,
             "--epochs", "2", "--batch-size", "16", "--encoder-first", "lenet", "--device", "cpu"]
     assert compare.main(argv) == 130
@@ -322,7 +316,7 @@ def test_an_interrupted_comparison_keeps_what_finished_and_says_so(tmp_path, mon
         assert "discomkd" in open(os.path.join(output, comparison.TABLE_FILE)).read()
     else:
         assert "nothing was kept" in err[0] and not os.path.exists(output)
-        monkeypatch.setattr(comparison_jobs, "fit", real_fit)
+        monkeypatch.setattr(training, "fit", real_fit)
         assert compare.main(argv[:4] + ["1"] + argv[5:]) == 0  # the same folder is free again
 
 

@@ -95,8 +95,7 @@ def test_every_method_of_a_default_comparison_trains_compiled_in_one_process(fol
     time of `aot_eager`."""
     monkeypatch.setattr(compiling, "BACKEND", "eager")
     output = str(tmp_path / "comparison")
-    results = comparison.compare(Config(epochs=1, output=output, **TOY), folder, *PREFIXES, runs=1,
-                                 log=lambda *args: None)
+    results = comparison.compare(Config(epochs=1, output=output, **TOY), folder, *PREFIXES, runs=1)
     (only_run,) = results["results"]
     neural = [m for m in only_run["methods"] if m in METHODS]
     assert neural == [m for m in METHODS if METHODS[m].compared_by_default]
@@ -116,13 +115,12 @@ def test_the_recompile_limit_falls_back_to_eager_and_says_so(folder, tmp_path, m
     monkeypatch.setattr(compiling, "BACKEND", "aot_eager")
     monkeypatch.setattr(compiling, "GUARDED_CALLS", 0)
     monkeypatch.setattr(engine, "_step_state", lambda trainer: pytest.fail("a guarded call of the compiled step"))
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     config = Config(epochs=2, output=str(tmp_path / "limited"), **TOY)
-    limited = run(config, folder, *PREFIXES, log=lambda *args: None)
+    with torch._dynamo.config.patch(recompile_limit=1):  # dynamo's own patching: restored exactly after
+        limited = run(config, folder, *PREFIXES)
     err = capsys.readouterr().err
     assert "warning: torch.compile failed (FailOnRecompileLimitHit" in err, err
     assert limited["environment"]["compiled"] is False
     assert limited["environment"]["compile_error"].startswith("FailOnRecompileLimitHit")
-    eager = run(dataclasses.replace(config, output=str(tmp_path / "eager"), compile="no"), folder, *PREFIXES,
-                log=lambda *args: None)
+    eager = run(dataclasses.replace(config, output=str(tmp_path / "eager"), compile="no"), folder, *PREFIXES)
     assert [h["loss"] for h in limited["history"]] == [h["loss"] for h in eager["history"]]

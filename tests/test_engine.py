@@ -1,12 +1,11 @@
 """The one training engine: every method's spec goes through `training.fit`, and a diverged run keeps
 nothing broken."""
-import io
 import os
 
 import numpy as np
 import pytest
 import torch
-from toy import PREFIXES, quiet, read_results, write_toy_folder
+from toy import PREFIXES, read_results, write_toy_folder
 
 from discomkd.config import Config, seed_everything
 from discomkd.data import array_path, load_data_folder
@@ -15,7 +14,7 @@ from discomkd.errors import TrainingError
 from discomkd.inference import predict_array
 from discomkd.methods import FUSED, METHODS
 from discomkd.run_files import STATE_FILE, checkpoint_path, load_classifier, load_state
-from discomkd.training import StepProgress, fit
+from discomkd.training import fit
 from functions import run
 
 # a LeNet on (1, 12, 12) images and the MLP on 6-d vectors, lr 1e-3: two short epochs learn the toy classes
@@ -33,7 +32,7 @@ def data(tmp_path_factory):
 def teacher(data, tmp_path_factory):
     """A trained teacher's checkpoint: what kd and dkd read."""
     output = str(tmp_path_factory.mktemp("teacher"))
-    fit(Config(**SETTINGS, method="teacher"), data, output, log=quiet)
+    fit(Config(**SETTINGS, method="teacher"), data, output)
     return checkpoint_path(output, FUSED)
 
 
@@ -48,7 +47,7 @@ def test_every_method_trains_through_the_one_loop(method, target, data, teacher,
     spec = METHODS[method]
     config = Config(**SETTINGS, method=method, modality=PREFIXES[target] if spec.per_modality else None,
                     teacher=teacher if spec.needs_teacher else None)
-    results = fit(config, data, str(tmp_path), log=quiet)
+    results = fit(config, data, str(tmp_path))
     assert results["status"] == "finished" and results["environment"]["compiled"] is False
     assert [set(h["loss"]) for h in results["history"]] == [set(spec.terms) | {"total"}] * SETTINGS["epochs"]
     expected = {FUSED} if method == "teacher" else {PREFIXES[target]} if spec.per_modality else set(PREFIXES)
@@ -81,7 +80,7 @@ def test_a_diverging_run_keeps_no_non_finite_value_and_reports_a_finite_best(tmp
     output = str(tmp_path / "out")
     config = Config(**{**SETTINGS, "epochs": 6, "learning_rate": 1e4, "batch_size": 8}, output=output)
     with pytest.raises(TrainingError, match="NaN or Inf|loss term") as stopped:
-        run(config, folder, *PREFIXES, log=quiet)
+        run(config, folder, *PREFIXES)
     results = read_results(output)
     assert results["status"] == "failed"
     assert "last finite" in str(stopped.value) or "no checkpoint" in str(stopped.value)
@@ -102,21 +101,8 @@ def test_a_diverging_run_keeps_no_non_finite_value_and_reports_a_finite_best(tmp
 def test_a_nan_grl_coefficient_is_refused_before_anything_is_written(tmp_path):
     folder = write_toy_folder(tmp_path / "data")
     with pytest.raises(Exception, match="--grl-coefficient"):
-        run(Config(**SETTINGS, grl_coefficient=float("nan"), output=str(tmp_path / "out")), folder, *PREFIXES,
-            log=quiet)
+        run(Config(**SETTINGS, grl_coefficient=float("nan"), output=str(tmp_path / "out")), folder, *PREFIXES)
     assert not os.path.exists(tmp_path / "out")
-
-
-def test_the_step_progress_line_is_rewritten_in_place_and_erased():
-    stream = io.StringIO()
-    line = StepProgress(3, 30, stream)
-    line.INTERVAL_SECONDS = 0.0  # every step, for the test
-    for step in range(1, 5):
-        line(step, 4)
-    line.erase()
-    written = stream.getvalue()
-    assert written.count("\r") == 4 + 2 and "\n" not in written  # four lines, then the erasing one
-    assert "epoch 3/30  step 4/4 (100%)" in written and written.endswith("\r")
 
 
 def test_on_step_is_called_after_every_step(data):

@@ -20,7 +20,7 @@ QUIET = dict(epochs=3, batch_size=16, encoder_first="lenet", augment_first="flip
 
 def _history(folder, output, **overrides):
     config = configuration.Config(output=str(output), **{**QUIET, **overrides})
-    results = functions.run(config, str(folder), "IMG", "VEC", log=lambda *args: None)
+    results = functions.run(config, str(folder), "IMG", "VEC")
     return [h["loss"] for h in results["history"]], results["final"]
 
 

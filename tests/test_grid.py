@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from toy import PREFIXES, folder_snapshot, one_error_line, quiet, write_toy_folder
+from toy import PREFIXES, folder_snapshot, one_error_line, write_toy_folder
 
 import compare
 import discomkd
@@ -90,14 +90,14 @@ def test_score_test_off_never_evaluates_the_test_split(tmp_path, monkeypatch):
 
     monkeypatch.setattr(training, "evaluate", recording)
     output = str(tmp_path / "run")
-    results = training.fit(Config(**SETTINGS, score_test=False, verbose=0), data, output, log=quiet)
+    results = training.fit(Config(**SETTINGS, score_test=False, verbose=0), data, output)
     assert scored and set(scored) == {"valid"}
     assert results["status"] == "finished"
     assert all(final["test"] is None for final in results["final"].values())
     assert not [name for name in os.listdir(output) if name.startswith("test_predictions")]
     assert all("test" not in entry[p] for entry in results["history"] for p in PREFIXES)
     scored.clear()
-    training.fit(Config(**SETTINGS, verbose=0), data, str(tmp_path / "scored"), log=quiet)
+    training.fit(Config(**SETTINGS, verbose=0), data, str(tmp_path / "scored"))
     assert "test" in scored  # the default still scores test at improving epochs
     with pytest.raises(Exception, match="--test-every-epoch"):
         config_module.check_config(Config(**SETTINGS, score_test=False, test_every_epoch=True))
@@ -153,14 +153,14 @@ def test_runs_finishing_out_of_order_are_saved_in_seed_order(tmp_path):
         def start(self, output):
             pass
 
-        def __call__(self, jobs, run_job, log):
-            yield from reversed(list(LocalExecutor()(jobs, run_job, log)))
+        def __call__(self, jobs, run_job):
+            yield from reversed(list(LocalExecutor()(jobs, run_job)))
 
     results = comparison.compare(Config(output=output, device="cpu"), folder, *PREFIXES, runs=3, methods="logreg",
-                              resplit=True, log=quiet, executor=Reversed())
+                              resplit=True, executor=Reversed())
     assert [run["seed"] for run in results["results"]] == [0, 1, 2] and results["executor"] == "reversed"
     local = comparison.compare(Config(output=str(tmp_path / "local"), device="cpu"), folder, *PREFIXES, runs=3,
-                            methods="logreg", resplit=True, log=quiet)
+                            methods="logreg", resplit=True)
     values = [r["methods"]["logreg"]["columns"]["IMG"]["test"]["weighted_f1"] for r in local["results"]]
     assert results["aggregated"]["logreg"]["columns"]["IMG"]["weighted_f1"]["values"] == values
     assert np.isfinite(values).all()

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from toy import PREFIXES, ROOT, folder_snapshot, quiet, read_results, write_toy_folder
+from toy import PREFIXES, ROOT, folder_snapshot, read_results, write_toy_folder
 
 import benchmark
 import compare
@@ -19,6 +19,7 @@ import inspect_run
 import make_example
 import make_splits
 import predict
+from discomkd import console
 from discomkd import run_files as outputs
 from discomkd.batches import RowSource
 from discomkd.config import MAX_SEED, Config, check_config
@@ -175,10 +176,10 @@ def test_resume_works_from_another_working_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "project")
     config = Config(**{**FAST_CONFIG.__dict__, "epochs": 2, "output": "run"})
     with pytest.raises(Interrupted):
-        run(config, "data", *PREFIXES, log=quiet, should_stop=lambda: True)  # relative paths, as a user types them
+        run(config, "data", *PREFIXES, should_stop=lambda: True)  # relative paths, as a user types them
     assert read_results("run")["data"]["directory"] == str(tmp_path / "project" / "data")
     monkeypatch.chdir(tmp_path)
-    results = resume(os.path.join("project", "run"), log=quiet)
+    results = resume(os.path.join("project", "run"))
     assert results["status"] == "finished" and len(results["history"]) == 2
 
 
@@ -292,7 +293,7 @@ def test_make_splits_writes_all_three_or_none(folder, monkeypatch):
 
     monkeypatch.setattr(make_splits.np, "save", failing_save)
     with pytest.raises(OSError):
-        make_splits.make_splits(folder, seed=3, overwrite=True, log=quiet)
+        make_splits.make_splits(folder, seed=3, overwrite=True)
     assert folder_snapshot(folder) == before
     assert {n: open(os.path.join(folder, n), "rb").read() for n in contents} == contents
 
@@ -346,7 +347,7 @@ def test_stdout_redirected_to_a_file_gets_each_epoch_line_at_once(tmp_path):
 @pytest.mark.parametrize("script", [compare, predict, inspect_run, make_splits, make_example, benchmark])
 def test_every_command_makes_stdout_line_buffered(script, monkeypatch):
     calls = []
-    monkeypatch.setattr(script, "line_buffered_stdout", lambda: calls.append(1))
+    monkeypatch.setattr(script, "configure_output", lambda: calls.append(1))
     with pytest.raises(SystemExit):
         script.main(["--help"])
     assert calls == [1]
@@ -355,10 +356,10 @@ def test_every_command_makes_stdout_line_buffered(script, monkeypatch):
 def test_line_buffered_stdout(monkeypatch):
     stream = io.TextIOWrapper(io.BytesIO())
     monkeypatch.setattr(sys, "stdout", stream)
-    outputs.line_buffered_stdout()
+    console.line_buffered_stdout()
     assert stream.line_buffering
     monkeypatch.setattr(sys, "stdout", io.StringIO())  # a test's capture: nothing to reconfigure
-    outputs.line_buffered_stdout()
+    console.line_buffered_stdout()
 
 
 # ----------------------------------------------------------------------------- 11. smaller things

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from toy import quiet, read_results, write_toy_folder
+from toy import logged_lines, read_results, write_toy_folder
 
 import compare
 import functions
@@ -33,10 +33,10 @@ BEFORE_ISSUE_16 = [
      "perp": 0.6633923649787903, "total": 4.409980773925781}]
 
 
-def toy_run(folder, name="run", log=quiet, **overrides):
+def toy_run(folder, name="run", **overrides):
     """results.json of a 2-epoch toy run in folder/name."""
     output = os.path.join(folder, name)
-    functions.run(Config(output=output, **{**TOY, **overrides}), folder, *PREFIXES, log=log)
+    functions.run(Config(output=output, **{**TOY, **overrides}), folder, *PREFIXES)
     return read_results(output)
 
 
@@ -167,8 +167,8 @@ def test_probe_rows_are_capped_reproducibly():
 
 
 def test_run_writes_and_prints_the_invariance_probe_of_its_best_checkpoints(folder, tmp_path):
-    lines = []
-    results = toy_run(folder, "probed", log=lines.append)
+    with logged_lines() as lines:
+        results = toy_run(folder, "probed")
     probe = results["invariance_probe"]
     valid_rows = len(np.load(os.path.join(folder, "valid_idx.npy")))
     assert probe["split"] == "valid" and probe["chance"] == 0.5 and probe["rows_per_modality"] == valid_rows
@@ -192,7 +192,7 @@ def test_methods_without_invariant_parts_have_no_probe(folder):
 def test_comparison_shows_the_probe_for_discomkd_rows_only(folder, tmp_path):
     output = str(tmp_path / "cmp")
     results = comparison.compare(Config(epochs=1, batch_size=16, encoder_first="lenet", device="cpu", output=output),
-                              folder, *PREFIXES, runs=2, methods="mono,discomkd-dann", resplit=True, log=quiet)
+                              folder, *PREFIXES, runs=2, methods="mono,discomkd-dann", resplit=True)
     aggregated = results["aggregated"]
     values = [run["methods"]["discomkd-dann"]["invariance_probe"]["modality_accuracy"] for run in results["results"]]
     assert aggregated["discomkd-dann"]["invariance_probe"]["values"] == values
@@ -269,8 +269,8 @@ def test_a_compiled_step_reads_the_changing_coefficient_without_recompiling(fold
         if line.startswith("epoch"):
             graphs_after_epoch.append(len(compiled_graphs))
 
-    compiled = toy_run(folder, "compiled", log=log, verbose=1, grl_schedule="dann", discriminator="mlp",
-                       compile="yes")
+    with logged_lines(log):
+        compiled = toy_run(folder, "compiled", verbose=1, grl_schedule="dann", discriminator="mlp", compile="yes")
     assert [h["loss"] for h in compiled["history"]] == [h["loss"] for h in eager["history"]]
     # epoch 1 compiles (its last, smaller batch may add a graph); epoch 2's new coefficients add none
     assert len(graphs_after_epoch) == 2 and graphs_after_epoch[0] >= 1

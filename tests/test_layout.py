@@ -5,7 +5,6 @@ import os
 import re
 
 import pytest
-
 from toy import ROOT
 
 LIBRARY_FILES = ("model_pytorch.py", "functions.py")  # the two top-level modules the original layout names

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from toy import folder_snapshot
 
 from discomkd.data import load_data_folder
-from discomkd.image_folders import Progress, channel_moments, combine_moments, read_sample
+from discomkd.image_folders import channel_moments, combine_moments, read_sample
 from predict import main as predict_main
 from prepare_data import main as prepare_main
 
@@ -236,13 +236,6 @@ def test_fractions_are_refused_as_make_splits_refuses_them(tmp_path, capsys, fra
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("error: --fractions ") and "positive" in error
     assert folder_snapshot(tmp_path) == before
-
-
-def test_progress_line_is_carriage_return_updated(capsys):
-    bar = Progress("checking", 3, enabled=True)
-    bar.update(3)
-    bar.close()
-    assert capsys.readouterr().err.startswith("\rchecking 3/3 files\r")
 
 
 def test_training_and_prediction_on_the_raw_files(tmp_path, capsys, cli_main):

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 import toy
-from toy import PREFIXES, KillOnce, quiet, write_toy_folder
+from toy import PREFIXES, KillOnce, logged_lines, write_toy_folder
 
 ray = pytest.importorskip("ray")
 
@@ -49,12 +49,13 @@ def compare_both(tmp_path, folder, settings, methods, runs, executor, lines, on_
     into the same output folder (paths, such as the per-run splits', are then alike): (local results, its
     table cells, executor results, its table cells)."""
     output = str(tmp_path / "out")
-    local = comparison.compare(Config(output=output, **settings), folder, *PREFIXES, runs=runs, methods=methods,
-                            log=quiet)
+    local = comparison.compare(Config(output=output, **settings), folder, *PREFIXES, runs=runs, methods=methods)
     local_cells = table_cells(output)
     os.rename(output, str(tmp_path / "local"))
-    remote = comparison.compare(Config(output=output, **settings), folder, *PREFIXES, runs=runs, methods=methods,
-                             log=lines.append, executor=executor, on_epoch=on_epoch)
+    with logged_lines() as logged:
+        remote = comparison.compare(Config(output=output, **settings), folder, *PREFIXES, runs=runs, methods=methods,
+                                    executor=executor, on_epoch=on_epoch)
+    lines.extend(logged)
     return local, local_cells, remote, table_cells(output)
 
 
@@ -88,7 +89,7 @@ def test_the_ray_executor_takes_relative_paths(tmp_path, monkeypatch):
     write_toy_folder(tmp_path / "data", separation=3.0)
     monkeypatch.chdir(tmp_path)
     found = comparison.compare(Config(output="out", **dict(SETTINGS, epochs=1)), "data", *PREFIXES, runs=1,
-                            methods="discomkd", log=quiet, executor=ray_executor.RayExecutor(gpus_per_task=0))
+                            methods="discomkd", executor=ray_executor.RayExecutor(gpus_per_task=0))
     assert found["status"] == "finished"
     assert os.path.exists(tmp_path / "out" / "run_0" / "discomkd" / "results.json")
 
@@ -119,9 +120,9 @@ def test_an_interrupted_ray_comparison_keeps_its_finished_runs(tmp_path):
         if line.startswith("  [2/3]"):
             raise KeyboardInterrupt
 
-    with pytest.raises(training.Interrupted, match="1/3 run"):
+    with pytest.raises(training.Interrupted, match="1/3 run"), logged_lines(log):
         comparison.compare(Config(output=output, device="cpu"), folder, *PREFIXES, runs=3, methods="logreg",
-                        resplit=True, log=log, executor=ray_executor.RayExecutor(gpus_per_task=0))
+                           resplit=True, executor=ray_executor.RayExecutor(gpus_per_task=0))
     saved = json.load(open(os.path.join(output, comparison.RESULTS_FILE)))
     assert saved["status"] == "interrupted" and len(saved["results"]) == 1
     assert "a single run" in open(os.path.join(output, comparison.TABLE_FILE)).read()

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from toy import CLI_OPTIONS, PREFIXES, ROOT, folder_snapshot, quiet, read_results, write_toy_folder
+from toy import CLI_OPTIONS, PREFIXES, ROOT, folder_snapshot, read_results, write_toy_folder
 
 from discomkd import methods
 from discomkd import run_files as outputs
@@ -35,7 +35,7 @@ def data_folder(tmp_path_factory):
 def reference(data_folder, tmp_path_factory):
     """The uninterrupted run every resumed run must reproduce."""
     output = str(tmp_path_factory.mktemp("reference") / "run")
-    run(dataclasses.replace(CONFIG, output=output), data_folder, *PREFIXES, log=quiet)
+    run(dataclasses.replace(CONFIG, output=output), data_folder, *PREFIXES)
     return output
 
 
@@ -96,7 +96,7 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(data_folder, r
     output = str(tmp_path / "run")
     points = stop_points(seed, kind, stops)
     with pytest.raises(Interrupted) as stopped:
-        run(dataclasses.replace(CONFIG, output=output), data_folder, *PREFIXES, log=quiet,
+        run(dataclasses.replace(CONFIG, output=output), data_folder, *PREFIXES,
             should_stop=lambda: step_counter[0] >= points[0])
     for i, point in enumerate(points):
         assert step_counter[0] == point, "the run must stop right after the step that asked"
@@ -113,8 +113,8 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(data_folder, r
             assert (state["epoch"], state["progress"]) == (epoch + 1, None)
         if i + 1 < len(points):
             with pytest.raises(Interrupted) as stopped:
-                resume(output, log=quiet, should_stop=lambda: step_counter[0] >= points[i + 1])
-    finished = resume(output, log=quiet)
+                resume(output, should_stop=lambda: step_counter[0] >= points[i + 1])
+    finished = resume(output)
     assert step_counter[0] == EPOCHS * STEPS_PER_EPOCH, "every step ran exactly once over all the runs"
     assert finished["resumed_at_epoch"] == [p // STEPS_PER_EPOCH + 1 for p in points]
     assert_same_run(reference, output)
@@ -173,7 +173,7 @@ def test_resume_refuses_a_changed_data_folder(tmp_path, step_counter, cli_main, 
     folder = write_toy_folder(tmp_path / "data", n=ROWS)
     output = str(tmp_path / "run")
     with pytest.raises(Interrupted):
-        run(dataclasses.replace(CONFIG, output=output), folder, *PREFIXES, log=quiet,
+        run(dataclasses.replace(CONFIG, output=output), folder, *PREFIXES,
             should_stop=lambda: step_counter[0] >= 2)
     labels_path = os.path.join(folder, "labels.npy")
     labels = np.load(labels_path)

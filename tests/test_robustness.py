@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from numpy.lib.format import open_memmap
-from toy import CLI_OPTIONS, PREFIXES, ROOT, one_error_line, quiet, read_results, toy_arrays, write_toy_folder
+from toy import CLI_OPTIONS, PREFIXES, ROOT, one_error_line, read_results, toy_arrays, write_toy_folder
 
 from discomkd import engine
 from discomkd import run_files as outputs
@@ -173,7 +173,7 @@ def test_nan_in_a_batch_stops_training_naming_the_term_and_epoch(tmp_path, nan_i
     folder = write_toy_folder(tmp_path / "data", n=ROWS)
     output = str(tmp_path / "run")
     with pytest.raises(TrainingError) as failed:
-        run(dataclasses.replace(CONFIG, output=output, save_every=1), folder, *PREFIXES, log=quiet)
+        run(dataclasses.replace(CONFIG, output=output, save_every=1), folder, *PREFIXES)
     message = str(failed.value)
     assert "at epoch 2" in message and "\n" not in message
     assert any(f"loss term {term} is nan" in message for term in LOSS_TERMS + ("total",)), message

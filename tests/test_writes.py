@@ -11,7 +11,7 @@ import torch
 from test_resume import CONFIG as RESUME_CONFIG
 from test_resume import ROWS as RESUME_ROWS
 from test_resume import STEPS_PER_EPOCH, assert_same_run
-from toy import quiet, read_results, write_toy_folder
+from toy import read_results, write_toy_folder
 
 import benchmark
 from discomkd import methods
@@ -61,7 +61,7 @@ def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp
 
 def test_every_file_a_run_writes_is_fsynced_then_renamed(data_folder, tmp_path, disk_events):
     output = str(tmp_path / "run")
-    run(dataclasses.replace(CONFIG, output=output, save_every=1), data_folder, *PREFIXES, log=quiet)
+    run(dataclasses.replace(CONFIG, output=output, save_every=1), data_folder, *PREFIXES)
     renamed = {target: source for kind, *paths in disk_events if kind == "replace" for source, target in [paths]}
     names = sorted(os.listdir(output))
     assert names == ["best_IMG.pt", "best_VEC.pt", "results.json", "test_predictions_IMG.npy",
@@ -127,8 +127,7 @@ def crashing_run(data_folder, output, monkeypatch, crash_at_step):
 
     monkeypatch.setattr(methods, "discomkd_losses", counted)
     with pytest.raises(Crash):
-        run(dataclasses.replace(RESUME_CONFIG, output=output, save_every_seconds=0), data_folder, *PREFIXES,
-            log=quiet, should_stop=crash)
+        run(dataclasses.replace(RESUME_CONFIG, output=output, save_every_seconds=0), data_folder, *PREFIXES, should_stop=crash)
     monkeypatch.setattr(methods, "discomkd_losses", losses)
 
 
@@ -138,7 +137,7 @@ TIMINGS = ("train_seconds", "eval_seconds", "write_seconds", "write_wait_seconds
 def test_background_snapshot_equals_the_synchronous_one_and_resumes_bit_identically(tmp_path, monkeypatch):
     data_folder = write_toy_folder(tmp_path / "data", n=RESUME_ROWS)
     reference = str(tmp_path / "reference")
-    run(dataclasses.replace(RESUME_CONFIG, output=reference), data_folder, *PREFIXES, log=quiet)
+    run(dataclasses.replace(RESUME_CONFIG, output=reference), data_folder, *PREFIXES)
     crash_at = 2 * STEPS_PER_EPOCH + 2  # inside epoch 3: state.pt is the snapshot written after epoch 2
     saved = {}
     for background in (False, True):
@@ -152,7 +151,7 @@ def test_background_snapshot_equals_the_synchronous_one_and_resumes_bit_identica
         assert_equal_trees(synchronous[part], background[part], part)
     strip = [{k: v for k, v in h.items() if k not in TIMINGS} for h in synchronous["results"]["history"]]
     assert strip == [{k: v for k, v in h.items() if k not in TIMINGS} for h in background["results"]["history"]]
-    resume(str(tmp_path / "background-True"), log=quiet)
+    resume(str(tmp_path / "background-True"))
     assert_same_run(reference, str(tmp_path / "background-True"))
 
 
@@ -189,12 +188,11 @@ def test_a_failing_compiled_step_falls_back_to_eager_with_the_same_results(data_
             return result
         return compiled
 
-    eager = run(dataclasses.replace(CONFIG, output=str(tmp_path / "eager"), compile="no"), data_folder, *PREFIXES,
-                log=quiet)
+    eager = run(dataclasses.replace(CONFIG, output=str(tmp_path / "eager"), compile="no"), data_folder, *PREFIXES)
     capsys.readouterr()
     monkeypatch.setattr(torch, "compile", failing_compile)
     output = str(tmp_path / "fallback")
-    fallback = run(dataclasses.replace(CONFIG, output=output, compile="yes"), data_folder, *PREFIXES, log=quiet)
+    fallback = run(dataclasses.replace(CONFIG, output=output, compile="yes"), data_folder, *PREFIXES)
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert warnings == ["warning: torch.compile failed (RuntimeError: inductor: backend compiler failed); training "

@@ -1,20 +1,34 @@
 """Toy data folders for the tests, written by the same layout rules the suite reads (data.py)."""
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 
 import numpy as np
 
 from discomkd.data import array_path
+from discomkd.settings_file import command_line
 from discomkd.splits import stratified_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: the commands live here
 PREFIXES = ("IMG", "VEC")  # the toy folder's modalities: (1, 12, 12) images and 6-d vectors
-# command-line options for a fast toy run: LeNet on the small images, lr 2e-3 so few epochs learn
 TOY_RUN_LABELS = (3, 7, 11)  # the label values of conftest's shared toy run
-CLI_OPTIONS = ["--batch-size", "16", "--encoder-first", "lenet", "--learning-rate", "2e-3", "--device", "cpu"]
+# The one toy configuration (Config fields): a fast run, LeNet on the small images, on the CPU. A test
+# extends it with what it needs, e.g. Config(**{**TOY_SETTINGS, "epochs": 3}, output=...); on a command
+# line it is toy_options().
+TOY_SETTINGS = dict(epochs=2, batch_size=16, learning_rate=1e-3, encoder_first="lenet", device="cpu")
+
+
+def toy_options(**changes) -> list[str]:
+    """TOY_SETTINGS with `changes` as command-line options, e.g. toy_options(epochs=1) for main_DisCoM-KD.py."""
+    return command_line({**TOY_SETTINGS, **changes})
+
+
+# the command-line toy run of the crash-safety and resume tests: lr 2e-3 so few epochs learn
+CLI_OPTIONS = toy_options(learning_rate=2e-3)
 
 
 def toy_arrays(n: int = 120, shapes=((1, 12, 12), (6,)), num_classes: int = 3, separation: float = 2.0,
@@ -51,20 +65,18 @@ def write_toy_folder(folder, prefixes=("IMG", "VEC"), n: int = 120, shapes=((1, 
     return folder
 
 
-def folder_snapshot(folder) -> dict[str, int]:
-    """Every file under `folder` with its size: compare before/after to prove nothing was written."""
-    return {os.path.join(root, name): os.path.getsize(os.path.join(root, name))
-            for root, _, names in os.walk(folder) for name in names}
+def folder_snapshot(folder) -> dict[str, tuple[int, int]]:
+    """Every file under `folder` with its size and modification time: compare before/after to prove
+    that nothing was written (a file rewritten with the same size included)."""
+    stats = {os.path.join(root, name): os.stat(os.path.join(root, name))
+             for root, _, names in os.walk(folder) for name in names}
+    return {path: (stat.st_size, stat.st_mtime_ns) for path, stat in stats.items()}
 
 
 def read_results(output) -> dict:
     """The results.json of a run folder."""
     with open(os.path.join(output, "results.json")) as handle:
         return json.load(handle)
-
-
-def quiet(*_) -> None:
-    """A `log` that prints nothing."""
 
 
 def one_error_line(err: str) -> str:
@@ -87,3 +99,26 @@ class KillOnce:
         if entry["epoch"] == 1 and not os.path.exists(self.marker):
             open(self.marker, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def logged_lines(callback=None):
+    """The lines the library logs during the block (info and warnings), in the list it yields; each also
+    passed to `callback(line)`, which may raise to stop the code that logged it."""
+    lines = []
+
+    class Hook(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+            if callback is not None:
+                callback(lines[-1])
+
+    logger, hook = logging.getLogger("discomkd"), Hook()
+    level = logger.level
+    logger.addHandler(hook)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(hook)
+        logger.setLevel(level)

@@ -150,7 +150,7 @@ def trajectories(preset: dict, work: str, record: StepRecord) -> None:
         config = Config(epochs=preset["epochs"], device=preset["device"], compile=compile_setting,
                         precision=precision, verbose=0, output=os.path.join(work, "runs", name.replace(" ", "-")))
         started = time.perf_counter()
-        results = run(config, folder, *prefixes, log=lambda *args: None)
+        results = run(config, folder, *prefixes)
         runs[name] = {"seconds": time.perf_counter() - started, "environment": results["environment"],
                       "total_loss": [h["loss"]["total"] for h in results["history"]],
                       "valid_weighted_f1": {p: [h[p]["valid"]["weighted_f1"] for h in results["history"]]
@@ -171,7 +171,7 @@ def kill_and_resume(preset: dict, work: str, record: StepRecord) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)  # this process runs step (c) alone
     config = Config(epochs=preset["epochs"], device=preset["device"], compile="no", precision="fp32",
                     save_every_seconds=0.0, verbose=0, output=os.path.join(work, "uninterrupted"))
-    expected = [h["loss"] for h in run(config, folder, *prefixes, log=lambda *args: None)["history"]]
+    expected = [h["loss"] for h in run(config, folder, *prefixes)["history"]]
 
     def command(output: str) -> list[str]:  # the same run through main_DisCoM-KD.py
         return [sys.executable, "-c", DETERMINISTIC_RUN, folder, *prefixes, "--epochs", str(config.epochs),
