@@ -2,7 +2,7 @@
 the next batch gathered in the background, the row order of an epoch, and batched inference input."""
 from __future__ import annotations
 
-import threading
+import concurrent.futures
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ class RowSource:
 
 
 class Prefetcher:
-    """Runs `fetch(i)` for i in 0..n-1 one item ahead in a background thread (streamed data only)."""
+    """Runs `fetch(i)` for i in 0..n-1 one item ahead on a background worker (streamed data only)."""
 
     def __init__(self, fetch, count: int, enabled: bool):
         self.fetch, self.count, self.enabled = fetch, count, enabled
@@ -66,20 +66,13 @@ class Prefetcher:
             for i in range(self.count):
                 yield self.fetch(i)
             return
-        result: dict = {}
-
-        def work(i):
-            result[i] = self.fetch(i)
-
-        thread = threading.Thread(target=work, args=(0,))
-        thread.start()
-        for i in range(self.count):
-            thread.join()
-            item = result.pop(i)
-            if i + 1 < self.count:
-                thread = threading.Thread(target=work, args=(i + 1,))
-                thread.start()
-            yield item
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as worker:
+            pending = worker.submit(self.fetch, 0) if self.count else None
+            for i in range(self.count):
+                item = pending.result()  # the fetch's own error, if any, is raised here
+                if i + 1 < self.count:
+                    pending = worker.submit(self.fetch, i + 1)
+                yield item
 
 
 def epoch_positions(sizes: tuple[int, int], batch_size: int,

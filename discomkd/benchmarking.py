@@ -17,7 +17,7 @@ from discomkd.config import Config, resolve_device, seed_everything
 from discomkd.data import array_path, load_data_folder
 from discomkd.engine import build_trainer, compile_report, evaluate, start_epoch, train_one_epoch
 from discomkd.splits import stratified_split
-from discomkd.training import fit
+from discomkd.training import cudnn_autotuning, fit
 
 # EuroSAT as the authors prepare it: 13-band multispectral and 2-band SAR 64x64 patches, 10 classes.
 SHAPES = {
@@ -77,20 +77,20 @@ def measure(config: Config, folder: str, epochs: int) -> dict:
     device = resolve_device(config.device)
     seed_everything(config.seed)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(device)
     trainer = build_trainer(config, data, device)
     data_bytes = sum(s.data.numel() * s.data.element_size() for s in trainer.sources.values() if s.resident)
     train_seconds, eval_seconds = [], []
-    for epoch in range(1, epochs + 1):
-        _synchronize(device)
-        start = time.perf_counter()
-        train_one_epoch(trainer, epoch, start_epoch(trainer))  # returns after reading the losses: synchronised
-        middle = time.perf_counter()
-        evaluate(trainer, data)
-        _synchronize(device)
-        train_seconds.append(middle - start)
-        eval_seconds.append(time.perf_counter() - middle)
+    with cudnn_autotuning(device):
+        for epoch in range(1, epochs + 1):
+            _synchronize(device)
+            start = time.perf_counter()
+            train_one_epoch(trainer, epoch, start_epoch(trainer))  # returns after reading the losses: synchronised
+            middle = time.perf_counter()
+            evaluate(trainer, data)
+            _synchronize(device)
+            train_seconds.append(middle - start)
+            eval_seconds.append(time.perf_counter() - middle)
     steady = slice(1, None) if epochs > 1 else slice(None)
     train_mean = float(np.mean(train_seconds[steady]))
     eval_mean = float(np.mean(eval_seconds[steady]))

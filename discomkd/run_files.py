@@ -166,13 +166,9 @@ def write_payload(path: str, payload: dict) -> None:
 
 
 def read_checkpoint(path: str) -> dict:
-    """A checkpoint's payload (weights only, no pickled code), its classifier description filled in for
-    checkpoints of DisCoM-KD's first format, which held a modality branch."""
+    """A checkpoint's payload (weights only, no pickled code), its fields checked."""
     checkpoint = _load_weights_only(path, CHECKPOINT_FORMAT, "checkpoint")
     try:
-        if "classifier" not in checkpoint:
-            checkpoint["classifier"] = {"kind": "discomkd-branch", "input_shape": checkpoint["input_shape"],
-                                        "encoder": checkpoint["encoder"], "num_classes": len(checkpoint["classes"])}
         classes, described = len(checkpoint["classes"]), checkpoint["classifier"].get("num_classes")
         checkpoint["state_dict"]  # noqa: B018 (present, or the KeyError below)
     except KeyError as error:

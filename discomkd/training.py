@@ -281,7 +281,8 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
         _log_start(trainer, data, output, first_epoch, progress, state is not None)
     os.makedirs(output, exist_ok=True)
     # the epoch's files are written by the writer while the next epoch trains
-    with StopRequest(should_stop) as stop, RunWriter(output, trainer.device) as writer:
+    with cudnn_autotuning(trainer.device), StopRequest(should_stop) as stop, \
+            RunWriter(output, trainer.device) as writer:
         epochs = _Epochs(trainer, data, output, record, writer, stop, first_epoch)
         for epoch in range(first_epoch, config.epochs + 1):
             losses = epochs.train(epoch, progress)
@@ -300,15 +301,25 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
 def _build_trainer(config: Config, data: DataFolder) -> Trainer:
     device = resolve_device(config.device)
     seed_everything(config.seed)
-    if device.type == "cuda":
-        # fixed input shapes: let cuDNN pick the fastest kernels, unless deterministic algorithms are asked
-        # for (the GPU check's resume step), as its timing-based choice may differ from one process to the next
-        torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
     try:
         return build_trainer(config, data, device)
     except torch.cuda.OutOfMemoryError:
         raise TrainingError(f"GPU out of memory while placing the data and model on {device}: try "
                             "--data-on-device no (data streamed from host memory)") from None
+
+
+@contextlib.contextmanager
+def cudnn_autotuning(device: torch.device):
+    """Within the block, on a GPU, cuDNN picks the fastest kernels for the run's fixed input shapes, unless
+    deterministic algorithms are asked for (the GPU check's resume step): its timing-based choice may differ
+    from one process to the next. The setting is the process's: restored after the run."""
+    before = torch.backends.cudnn.benchmark
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def _record_environment(trainer: Trainer, data: DataFolder, results: dict) -> None:
