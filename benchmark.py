@@ -42,7 +42,7 @@ from discomkd.benchmarking import (
 from discomkd.config import Config, check_config, plain_path, resolve_device
 from discomkd.console import configure_output
 from discomkd.data import default_encoder
-from discomkd.errors import DataError
+from discomkd.errors import BadInput, DataError, OptionError
 from discomkd.run_files import folder_problem
 from model_pytorch import ENCODERS
 
@@ -69,26 +69,26 @@ def check_options(preset: dict, epochs: int, config: Config, output: str) -> Non
     """Raises `DataError` for options the benchmark cannot run with, before anything is generated."""
     check_config(config)
     if epochs < 1:
-        raise DataError(f"--epochs {epochs}: at least 1 is expected")
+        raise OptionError(f"--epochs {epochs}: at least 1 is expected")
     if preset["classes"] < 2:
-        raise DataError(f"--classes {preset['classes']}: at least 2 are expected")
+        raise OptionError(f"--classes {preset['classes']}: at least 2 are expected")
     # 3 rows per class give every class a row in each split, and at least 2 training rows in all
     if preset["samples"] < 3 * preset["classes"]:
-        raise DataError(f"--samples {preset['samples']}: at least 3 per class ({3 * preset['classes']}) are expected")
+        raise OptionError(f"--samples {preset['samples']}: at least 3 per class ({3 * preset['classes']}) are expected")
     for option, prefix, shape in (("--first-shape", "FIRST", preset["first"]),
                                   ("--second-shape", "SECOND", preset["second"])):
         if not 1 <= len(shape) <= 3 or min(shape) < 1:
-            raise DataError(f"{option} {' '.join(map(str, shape))}: 1 to 3 positive sizes are expected "
+            raise OptionError(f"{option} {' '.join(map(str, shape))}: 1 to 3 positive sizes are expected "
                             "(C H W images, C L sequences or F vectors)")
         encoder = default_encoder(prefix, tuple(shape))
         spatial = tuple(shape)[1:] if ENCODERS[encoder].rank is not None else ()
         if spatial and min(spatial) < ENCODERS[encoder].min_size:
-            raise DataError(f"{option} {' '.join(map(str, shape))}: too small for encoder {encoder}, which needs at "
+            raise OptionError(f"{option} {' '.join(map(str, shape))}: too small for encoder {encoder}, which needs at "
                             f"least {ENCODERS[encoder].min_size} in each spatial dimension")
     needed = preset["samples"] * (int(np.prod(preset["first"])) + int(np.prod(preset["second"]))) * 4  # float32
     free = shutil.disk_usage(tempfile.gettempdir()).free
     if needed > free:
-        raise DataError(f"--samples {preset['samples']}: the synthetic data needs {needed / 2**30:.1f} GiB, "
+        raise OptionError(f"--samples {preset['samples']}: the synthetic data needs {needed / 2**30:.1f} GiB, "
                         f"{tempfile.gettempdir()} has {free / 2**30:.1f} GiB free")
     if folder_problem(output) is not None:
         raise DataError(f"{output}: {folder_problem(output)}")
@@ -136,8 +136,8 @@ def main(argv=None) -> int:
         check_options(preset, args.epochs, config, args.output)
         unknown = [m for m in methods if m not in END_TO_END_METHODS]
         if args.end_to_end and (unknown or not methods):
-            raise DataError(f"--methods {args.methods}: expected some of {', '.join(END_TO_END_METHODS)}, comma-separated")
-    except DataError as error:
+            raise OptionError(f"--methods {args.methods}: expected some of {', '.join(END_TO_END_METHODS)}, comma-separated")
+    except BadInput as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     device = resolve_device(config.device)

@@ -22,7 +22,7 @@ import sys
 
 from discomkd.config import DEVICE_HELP
 from discomkd.console import configure_output
-from discomkd.errors import DataError, command_status
+from discomkd.errors import BadInput, command_status
 from discomkd.inspection import inspect_run_folder
 
 
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     configure_output()
     args = build_parser().parse_args(argv)
     return command_status(lambda: inspect_run_folder(args.run_folder, not args.no_figures, not args.no_probes,
-                                                     args.data, args.device), (DataError, OSError))
+                                                     args.data, args.device), (BadInput, OSError))
 
 
 if __name__ == "__main__":

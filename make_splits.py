@@ -17,7 +17,7 @@ import numpy as np
 from discomkd.config import seed_problem
 from discomkd.console import configure_output
 from discomkd.data import file_problem, read_labels, write_split_files
-from discomkd.errors import DataError, command_status
+from discomkd.errors import DataError, OptionError, command_status
 from discomkd.run_files import folder_problem
 from discomkd.splits import DEFAULT_FRACTIONS, SPLITS, draw_split, split_file_name
 
@@ -26,7 +26,7 @@ def make_splits(directory: str, seed: int = 0, fractions=DEFAULT_FRACTIONS, over
                 ) -> dict[str, np.ndarray]:
     """Writes DIR/{train,valid,test}_idx.npy; raises `DataError` before writing anything on bad input."""
     if seed_problem(seed):
-        raise DataError(seed_problem(seed))
+        raise OptionError(seed_problem(seed))
     if not os.path.isdir(directory):
         raise DataError(f"{directory}: data folder not found")
     labels = read_labels(os.path.join(directory, "labels.npy"))

@@ -24,7 +24,7 @@ import sys
 
 from discomkd.config import DEVICE_HELP, Config
 from discomkd.console import configure_output
-from discomkd.errors import DataError, command_status
+from discomkd.errors import BadInput, command_status
 from discomkd.prediction import predict_files
 
 
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     configure_output()
     args = build_parser().parse_args(argv)
     return command_status(lambda: predict_files(args.checkpoint, args.input, args.rows, args.labels, args.output,
-                                                args.batch_size, args.device, args.overwrite), (DataError, OSError))
+                                                args.batch_size, args.device, args.overwrite), (BadInput, OSError))
 
 
 if __name__ == "__main__":

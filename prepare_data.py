@@ -14,7 +14,7 @@ import argparse
 import re
 import sys
 
-from discomkd.errors import DataError, command_status
+from discomkd.errors import BadInput, OptionError, command_status
 from discomkd.image_folders import check_name, list_class_folders, prepare, read_manifest
 from discomkd.splits import DEFAULT_FRACTIONS, check_fractions
 
@@ -22,14 +22,14 @@ from discomkd.splits import DEFAULT_FRACTIONS, check_fractions
 def name_and_value(text: str, option: str) -> tuple[str, str]:
     name, equals, value = text.partition("=")
     if not equals or not value:
-        raise DataError(f"{option} {text}: NAME=VALUE expected")
+        raise OptionError(f"{option} {text}: NAME=VALUE expected")
     return check_name(name, option), value
 
 
 def parse_size(text: str, option: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d+)x(\d+)", text)
     if not match or min(int(match[1]), int(match[2])) < 1:
-        raise DataError(f"{option} {text}: a size HxW (e.g. 64x64) expected")
+        raise OptionError(f"{option} {text}: a size HxW (e.g. 64x64) expected")
     return int(match[1]), int(match[2])
 
 
@@ -65,14 +65,14 @@ def run(args: argparse.Namespace) -> None:
     else:
         folders = dict(name_and_value(text, "--modality") for text in args.modality)
         if len(args.modality) != 2 or len(folders) != 2:
-            raise DataError(f"--modality: two modalities with different names expected, got "
+            raise OptionError(f"--modality: two modalities with different names expected, got "
                             f"{' '.join(args.modality)}")
         table = list_class_folders(folders)
     sizes = {}
     for text in args.resize:
         name, value = name_and_value(text, "--resize")
         if name not in table.names:
-            raise DataError(f"--resize {text}: no modality {name}; the modalities are {', '.join(table.names)}")
+            raise OptionError(f"--resize {text}: no modality {name}; the modalities are {', '.join(table.names)}")
         sizes[name] = parse_size(value, "--resize")
     summary = prepare(table, args.output, sizes, args.seed, tuple(args.fractions), args.skip_bad, args.overwrite)
     for warning in summary["warnings"]:
@@ -102,7 +102,7 @@ def describe(summary: dict) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return command_status(lambda: run(args), (DataError, OSError))
+    return command_status(lambda: run(args), (BadInput, OSError))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from discomkd.comparison_table import STD_DDOF, aggregate, format_table
 from discomkd.config import MAX_SEED, Config, check_config, resolve_device, resolve_precision
 from discomkd.data import DataFolder, read_labels
 from discomkd.engine import build_sources
-from discomkd.errors import DataError, Interrupted, TrainingError
+from discomkd.errors import DataError, Interrupted, OptionError, TrainingError
 from discomkd.executors import LocalExecutor
 from discomkd.methods import METHODS
 from discomkd.run_files import atomic_write, prepare_output, save_npy, write_json, write_text
@@ -60,7 +60,7 @@ def parse_methods(text: str) -> tuple[str, ...]:
     methods = []
     for name in (part.strip() for part in text.split(",")):
         if name not in ALL_METHODS:
-            raise DataError(f"--methods {text}: unknown method {name!r}; expected a comma-separated list of "
+            raise OptionError(f"--methods {text}: unknown method {name!r}; expected a comma-separated list of "
                             f"{', '.join(ALL_METHODS)}")
         if name not in methods:
             methods.append(name)
@@ -138,13 +138,13 @@ def read_input(config: Config, directory: str, prefixes: tuple[str, str], runs: 
     drawn splits, the data, the augmentation settings. Raises `DataError`."""
     methods = parse_methods(methods if isinstance(methods, str) else ",".join(methods))
     if not 1 <= runs <= MAX_RUNS:  # before the seeds are listed
-        raise DataError(f"--runs {runs}: 1 to {MAX_RUNS} is expected")
+        raise OptionError(f"--runs {runs}: 1 to {MAX_RUNS} is expected")
     output = config.output or os.path.join(directory, f"comparison_{prefixes[0]}_{prefixes[1]}")
     comparison = Comparison(dataclasses.replace(config, output=output), directory, prefixes,
                             [config.seed + k for k in range(runs)], methods, verbose)
     check_config(comparison.config)
     if config.seed + runs - 1 > MAX_SEED:
-        raise DataError(f"--seed {config.seed} --runs {runs}: the last run's seed {config.seed + runs - 1} exceeds "
+        raise OptionError(f"--seed {config.seed} --runs {runs}: the last run's seed {config.seed + runs - 1} exceeds "
                         f"{MAX_SEED} (2**32-1)")
     if resplit or not has_split_files(directory, prefixes):
         comparison.drawn = draw_splits(directory, comparison.seeds)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from discomkd.errors import DataError
+from discomkd.errors import OptionError
 from discomkd.methods import METHODS
 from model_pytorch import DISCRIMINATORS, GRL_SCHEDULES, LOSS_TERMS
 
@@ -156,7 +156,7 @@ def check_config(config: Config) -> None:
     if config.method not in METHODS:
         problems.append(f"method {config.method!r}: expected one of {', '.join(METHODS)}")
     if problems:
-        raise DataError(problems[0])
+        raise OptionError(problems[0])
     resolve_device(config.device)
 
 
@@ -173,11 +173,11 @@ def resolve_device(name: str) -> torch.device:
     except (RuntimeError, TypeError, ValueError):  # torch's message lists every backend it knows
         device = None
     if device is None or device.type not in ("cpu", "cuda"):  # meta, mps, xla...: not what this code runs on
-        raise DataError(f"--device {name}: not a device; expected auto, cpu, cuda or cuda:N")
+        raise OptionError(f"--device {name}: not a device; expected auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DataError(f"--device {name}: CUDA is not available on this machine")
+        raise OptionError(f"--device {name}: CUDA is not available on this machine")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise DataError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+        raise OptionError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                         f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return device
 

@@ -22,7 +22,7 @@ from discomkd.augment import AUGMENTATIONS, augment, default_augmentation
 from discomkd.batches import Prefetcher, RowSource, epoch_positions
 from discomkd.config import Config, resolve_precision
 from discomkd.data import DataFolder, Modality
-from discomkd.errors import DataError
+from discomkd.errors import OptionError
 from discomkd.inference import autocast_context, class_probabilities, run_in_batches, source_batches
 from discomkd.methods import FUSED, METHODS, MethodSpec, ModelShape, build_model
 from discomkd.probes import modality_probe, probe_rows
@@ -334,7 +334,7 @@ def resolve_augmentation(config: Config, modality: Modality, position: int) -> s
     mode = getattr(config, ("augment_first", "augment_second")[position])
     mode = default_augmentation(modality.prefix, rank) if mode == "auto" else mode
     if mode not in AUGMENTATIONS[rank]:
-        raise DataError(f"--augment-{('first', 'second')[position]} {mode}: not available for {modality.prefix}'s "
+        raise OptionError(f"--augment-{('first', 'second')[position]} {mode}: not available for {modality.prefix}'s "
                         f"samples of shape {modality.sample_shape}; expected one of {', '.join(AUGMENTATIONS[rank])}")
     return mode
 

@@ -8,8 +8,16 @@ import sys
 EXIT_BAD_INPUT, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 2, 3, 130
 
 
-class DataError(ValueError):
-    """Bad input (a data folder, an option, a file), explained in one line; nothing was written."""
+class BadInput(ValueError):
+    """Input this code refuses, explained in one line; nothing was written."""
+
+
+class DataError(BadInput):
+    """A data folder, a file or a run folder that cannot be used."""
+
+
+class OptionError(BadInput):
+    """An option, or a combination of options, that cannot be used (a setting, a device, a Ray resource)."""
 
 
 class TrainingError(RuntimeError):
@@ -20,7 +28,7 @@ class Interrupted(RuntimeError):
     """The run was stopped by a signal after saving a resumable state."""
 
 
-def command_status(action, bad_input=(DataError,)) -> int:
+def command_status(action, bad_input=(BadInput,)) -> int:
     """Runs a command's `action()` and returns its exit status: 0, or for a `bad_input` error, a
     `TrainingError` or an `Interrupted` one line on stderr and EXIT_BAD_INPUT,
     EXIT_TRAINING_FAILED or EXIT_INTERRUPTED."""

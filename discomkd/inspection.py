@@ -10,7 +10,7 @@ import os
 
 from discomkd.config import resolve_device
 from discomkd.data import DataFolder, reload_data_folder
-from discomkd.errors import DataError
+from discomkd.errors import DataError, OptionError
 from discomkd.figures import MISSING_MATPLOTLIB, draw_figures, matplotlib_figure
 from discomkd.inference import feature_parts
 from discomkd.probes import disentanglement_probes, probe_table
@@ -51,7 +51,7 @@ def inspect_run_folder(run_folder: str, figures: bool = True, probes: bool = Tru
                        device: str = "auto") -> dict:
     """inspect_run.py's whole job; raises `DataError`. Returns {"probes": ..., "figures": [paths]}."""
     if not figures and not probes:
-        raise DataError("--no-figures --no-probes: nothing to do; drop one of them")
+        raise OptionError("--no-figures --no-probes: nothing to do; drop one of them")
     results, data = load_run(run_folder, data_directory)
     if results.get("status") != "finished":
         # its checkpoints are the best epochs so far, not the final ones

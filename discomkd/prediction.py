@@ -16,7 +16,7 @@ from sklearn.metrics import confusion_matrix
 from discomkd.config import Config, checkpoint_precision, resolve_device
 from discomkd.data import as_int64, file_problem, is_integer_dtype, is_numeric_dtype, load_npy
 from discomkd.engine import classification_metrics
-from discomkd.errors import DataError
+from discomkd.errors import DataError, OptionError
 from discomkd.image_folders import SAMPLE_EXTENSIONS, raw_input_files, read_raw_samples
 from discomkd.inference import predict_array
 from discomkd.run_files import atomic_write, folder_problem, load_classifier, save_npy
@@ -63,7 +63,7 @@ def predict_files(checkpoint_file: str, input_path: str, rows_file: str | None =
     """predict.py's whole job: checks every input, predicts, writes the outputs and prints the summary
     (and, with `labels_file`, the evaluation); raises `DataError` before writing anything on bad input."""
     if batch_size < 1:
-        raise DataError(f"--batch-size {batch_size}: at least 1 is expected")
+        raise OptionError(f"--batch-size {batch_size}: at least 1 is expected")
     for path, what in ((checkpoint_file, "checkpoint"), (rows_file, "row numbers"), (labels_file, "labels")):
         if path is not None and file_problem(path) is not None:
             raise DataError(f"{path}: {file_problem(path)} ({what} expected here)")

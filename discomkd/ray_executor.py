@@ -23,7 +23,7 @@ import ray
 import torch
 
 from discomkd import console
-from discomkd.errors import DataError, TrainingError
+from discomkd.errors import DataError, OptionError, TrainingError
 from discomkd.run_files import write_text
 
 MARKER_FILE = ".ray-shared-storage"  # written by the driver into the output folder, read by every task
@@ -76,12 +76,12 @@ def connect(address: str | None, cpus_per_task: float, gpus_per_task: float) -> 
             ray.init(address=address, include_dashboard=False, log_to_driver=True,
                      runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}})
         except (ConnectionError, RuntimeError, ValueError) as error:
-            raise DataError(f"--ray-address {address}: cannot start or reach Ray: "
+            raise OptionError(f"--ray-address {address}: cannot start or reach Ray: "
                             f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
     resources = ray.cluster_resources()
     for name, need in (("GPU", gpus_per_task), ("CPU", cpus_per_task)):
         if need > resources.get(name, 0):
-            raise DataError(f"--{name.lower()}s-per-task {need:g}: the Ray cluster has {resources.get(name, 0):g} "
+            raise OptionError(f"--{name.lower()}s-per-task {need:g}: the Ray cluster has {resources.get(name, 0):g} "
                             f"{name}(s) in all; no task could start")
 
 
@@ -96,11 +96,11 @@ class RayExecutor:
         if gpus_per_task is None:
             gpus_per_task = 1.0 if torch.cuda.is_available() else 0.0
         if not 0 <= gpus_per_task or (gpus_per_task > 1 and gpus_per_task != int(gpus_per_task)):
-            raise DataError(f"--gpus-per-task {gpus_per_task}: 0, a fraction of one GPU, or a whole number is expected")
+            raise OptionError(f"--gpus-per-task {gpus_per_task}: 0, a fraction of one GPU, or a whole number is expected")
         if not cpus_per_task > 0:
-            raise DataError(f"--cpus-per-task {cpus_per_task}: a positive number is expected")
+            raise OptionError(f"--cpus-per-task {cpus_per_task}: a positive number is expected")
         if max_retries < 0:
-            raise DataError(f"--max-retries {max_retries}: 0 or more is expected")
+            raise OptionError(f"--max-retries {max_retries}: 0 or more is expected")
         self.address, self.max_retries = address, max_retries
         self.gpus, self.cpus = float(gpus_per_task), float(cpus_per_task)
         self.output = None  # the folder every task must see, set by `start`

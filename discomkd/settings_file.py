@@ -12,7 +12,7 @@ import json
 import sys
 
 from discomkd.config import Config
-from discomkd.errors import DataError
+from discomkd.errors import BadInput, DataError
 
 OPTION = "--settings"
 
@@ -70,7 +70,7 @@ def parse_or_report(parser: argparse.ArgumentParser, argv) -> dict | None:
     settings file's one `error:` line (the command then exits with EXIT_BAD_INPUT)."""
     try:
         args = vars(parse_with_settings(parser, argv))
-    except DataError as error:
+    except BadInput as error:
         print(f"error: {error}", file=sys.stderr)
         return None
     args.pop("settings")

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from discomkd.errors import DataError
+from discomkd.errors import DataError, OptionError
 
 SPLITS = ("train", "valid", "test")
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)  # the authors' train/valid/test shares
@@ -25,7 +25,7 @@ def check_fractions(fractions) -> tuple[float, float, float]:
     fractions = tuple(float(f) for f in fractions)
     if len(fractions) != len(SPLITS) or not all(math.isfinite(f) and f > 0 for f in fractions) \
             or abs(sum(fractions) - 1) > FRACTIONS_TOLERANCE:
-        raise DataError(f"--fractions {' '.join(map(str, fractions))}: three positive numbers summing to 1 "
+        raise OptionError(f"--fractions {' '.join(map(str, fractions))}: three positive numbers summing to 1 "
                         "(train valid test) are expected")
     return fractions
 

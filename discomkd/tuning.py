@@ -30,7 +30,7 @@ from discomkd.comparison_table import format_table
 from discomkd.config import Config, check_config
 from discomkd.data import DataFolder
 from discomkd.engine import resolve_augmentation
-from discomkd.errors import DataError
+from discomkd.errors import DataError, OptionError
 from discomkd.run_files import prepare_output, write_json, write_text
 from discomkd.training import fit
 
@@ -177,7 +177,7 @@ def tune_and_compare(config: Config, directory: str, first: str, second: str, tr
     the epochs ASHA lets every trial train, by default a tenth of config.epochs."""
     check_config(config)
     if trials < 1 or runs < 1:
-        raise DataError(f"--trials {trials} --runs {runs}: at least 1 each is expected")
+        raise OptionError(f"--trials {trials} --runs {runs}: at least 1 each is expected")
     job, data, split = _search_job(config, directory, (first, second))
     prepare_output(config.output, config.overwrite)
     ray_executor.start(config.output)  # refuses (DataError) before anything is written

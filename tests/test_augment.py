@@ -1,10 +1,15 @@
-"""Batched augmentation (data.augment): what each mode may and may not do to a sample."""
+"""Batched augmentation (data.augment): what each mode may and may not do to a sample, and the mode each
+modality gets by default."""
 import itertools
 
 import pytest
 import torch
+from toy import write_toy_folder
 
 from discomkd.augment import AUGMENTATIONS, MAX_SHIFT_FRACTION, SCALE_RANGE, augment
+from discomkd.config import Config
+from discomkd.data import load_data_folder
+from discomkd.engine import build_sources
 
 SAMPLES = 400  # each of the 8 dihedral variants has probability >= 1/32: all appear with near certainty
 
@@ -163,3 +168,12 @@ def test_a_seeded_generator_repeats_the_augmentation(mode, shape):
     other = augment(x, mode, generator(12))
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
+
+
+def test_spectro_images_are_not_augmented_by_default(tmp_path):
+    folder = write_toy_folder(tmp_path / "data", ("SPECTRO", "IMG"), n=30, shapes=((1, 12, 12), (1, 12, 12)))
+    data = load_data_folder(folder, "SPECTRO", "IMG")
+    *_, augmentations = build_sources(Config(data_on_device="no"), data, torch.device("cpu"))
+    assert augmentations == {0: "none", 1: "flip+rot90"}
+    *_, augmentations = build_sources(Config(data_on_device="no", augment_first="flip"), data, torch.device("cpu"))
+    assert augmentations == {0: "flip", 1: "flip+rot90"}  # an explicit choice still applies

@@ -1,14 +1,24 @@
-"""End-to-end runs of main_DisCoM-KD.py on learnable toy data: accuracy, outputs, checkpoints, seeding."""
-import json
+"""End-to-end runs of main_DisCoM-KD.py on learnable toy data: accuracy, outputs, checkpoints, seeding,
+--overwrite, and every command's stdout written line by line."""
+import io
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import torch
-from toy import PREFIXES, ROOT, folder_snapshot, write_toy_folder
+from toy import PREFIXES, QUICK_OPTIONS, ROOT, folder_snapshot, read_results, refused, toy_options, write_toy_folder
 
+import benchmark
+import compare
+import inspect_run
+import make_example
+import make_splits
+import predict
+from discomkd import console
+from discomkd import run_files as outputs
 from discomkd.run_files import load_classifier
 from model_pytorch import LOSS_TERMS
 
@@ -16,14 +26,14 @@ LABEL_VALUES = [10, 20, 30]  # labels need not be 0..K-1
 EPOCHS = 4
 # 2e-3 instead of the paper's 1e-4 so that 4 short epochs (24 steps) learn; no image augmentation because the toy
 # classes are arbitrary pixel patterns that flips and rotations would scramble
-OPTIONS = ["--epochs", str(EPOCHS), "--batch-size", "16", "--encoder-first", "lenet", "--augment-first", "none",
-           "--learning-rate", "2e-3", "--seed", "0", "--device", "cpu"]
+OPTIONS = toy_options(epochs=EPOCHS, augment_first="none", learning_rate=2e-3, seed=0)
 CHANCE = 1 / len(LABEL_VALUES)
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """One real command-line run, in its own process, into the default output folder."""
+def command_line_run(tmp_path_factory):
+    """One real command-line run, in its own process, into the default output folder: (data folder, run
+    folder, the completed process)."""
     folder = write_toy_folder(tmp_path_factory.mktemp("cli") / "data", n=120, label_values=LABEL_VALUES)
     completed = subprocess.run([sys.executable, "main_DisCoM-KD.py", folder, *PREFIXES, *OPTIONS],
                                cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -31,13 +41,8 @@ def finished_run(tmp_path_factory):
     return folder, output, completed
 
 
-def read_results(output):
-    with open(os.path.join(output, "results.json")) as handle:
-        return json.load(handle)
-
-
-def test_run_finishes_and_both_modalities_beat_chance(finished_run):
-    _, output, completed = finished_run
+def test_run_finishes_and_both_modalities_beat_chance(command_line_run):
+    _, output, completed = command_line_run
     assert completed.returncode == 0, completed.stderr
     assert "Traceback" not in completed.stderr
     results = read_results(output)
@@ -61,8 +66,8 @@ def test_run_finishes_and_both_modalities_beat_chance(finished_run):
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)
-def test_test_predictions_hold_the_users_labels(finished_run, prefix):
-    folder, output, _ = finished_run
+def test_test_predictions_hold_the_users_labels(command_line_run, prefix):
+    folder, output, _ = command_line_run
     predictions = np.load(os.path.join(output, f"test_predictions_{prefix}.npy"))
     test_rows = np.load(os.path.join(folder, "test_idx.npy"))
     labels = np.load(os.path.join(folder, "labels.npy"))
@@ -74,8 +79,8 @@ def test_test_predictions_hold_the_users_labels(finished_run, prefix):
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)
-def test_reloaded_checkpoint_reproduces_the_saved_test_predictions(finished_run, prefix):
-    folder, output, _ = finished_run
+def test_reloaded_checkpoint_reproduces_the_saved_test_predictions(command_line_run, prefix):
+    folder, output, _ = command_line_run
     branch, checkpoint = load_classifier(os.path.join(output, f"best_{prefix}.pt"))
     assert checkpoint["classes"] == LABEL_VALUES
     assert checkpoint["prefix"] == prefix
@@ -88,8 +93,8 @@ def test_reloaded_checkpoint_reproduces_the_saved_test_predictions(finished_run,
     assert np.array_equal(np.asarray(checkpoint["classes"])[predicted], saved)
 
 
-def test_same_seed_repeats_the_run_exactly(finished_run, tmp_path, capsys, cli_main):
-    folder, output, _ = finished_run
+def test_same_seed_repeats_the_run_exactly(command_line_run, tmp_path, capsys, cli_main):
+    folder, output, _ = command_line_run
     again = str(tmp_path / "again")
     assert cli_main([folder, *PREFIXES, *OPTIONS, "--output", again, "--quiet"]) == 0
     capsys.readouterr()
@@ -99,8 +104,8 @@ def test_same_seed_repeats_the_run_exactly(finished_run, tmp_path, capsys, cli_m
     assert read_results(output)["final"][PREFIXES[0]]["test"] == read_results(again)["final"][PREFIXES[0]]["test"]
 
 
-def test_existing_output_folder_is_refused_unless_overwrite(finished_run, tmp_path, capsys, cli_main):
-    folder, output, _ = finished_run
+def test_existing_output_folder_is_refused_unless_overwrite(command_line_run, tmp_path, capsys, cli_main):
+    folder, output, _ = command_line_run
     before = folder_snapshot(folder)
     assert cli_main([folder, *PREFIXES, *OPTIONS]) == 2
     out, err = capsys.readouterr()
@@ -112,11 +117,74 @@ def test_existing_output_folder_is_refused_unless_overwrite(finished_run, tmp_pa
     # with --overwrite a (small, fast) run replaces the earlier one's files
     small = write_toy_folder(tmp_path / "small", n=30)
     small_output = str(tmp_path / "small_output")
-    arguments = [small, *PREFIXES, "--epochs", "1", "--batch-size", "8", "--encoder-first", "lenet",
-                 "--device", "cpu", "--output", small_output, "--quiet"]
+    arguments = [small, *PREFIXES, *QUICK_OPTIONS, "--output", small_output]
     assert cli_main(arguments) == 0
     assert cli_main(arguments) == 2
     assert cli_main([*arguments, "--epochs", "2", "--overwrite"]) == 0
     capsys.readouterr()
     results = read_results(small_output)
     assert results["status"] == "finished" and len(results["history"]) == 2
+
+
+def test_overwrite_removes_an_earlier_runs_outputs_and_nothing_else(cli_main, tmp_path, capsys):
+    folder = write_toy_folder(tmp_path / "data", PREFIXES, n=30)
+    output = os.path.join(folder, "DisCoM-KD_IMG_VEC")
+    os.makedirs(os.path.join(output, "figures"))
+    stale = ["probes.json", "best_OLD.pt", "test_predictions_OLD.npy", "state.pt", "figures/tsne.png",
+             "figures/confusion_OLD.png", "results.json"]
+    for name in stale + ["notes.txt"]:
+        with open(os.path.join(output, name), "w") as handle:
+            handle.write("earlier")
+    # a refused run removes nothing
+    before = folder_snapshot(folder)
+    refused(cli_main([folder, *PREFIXES, *QUICK_OPTIONS, "--overwrite", "--augment-first", "shift"]), capsys, before,
+            folder_snapshot(folder), "--augment-first")
+    assert cli_main([folder, *PREFIXES, *QUICK_OPTIONS, "--overwrite"]) == 0
+    left = sorted(os.listdir(output))
+    assert left == ["best_IMG.pt", "best_VEC.pt", "notes.txt", "results.json", "test_predictions_IMG.npy",
+                    "test_predictions_VEC.npy"], left
+    assert read_results(output)["status"] == "finished"
+
+
+def test_clear_run_outputs_keeps_a_figures_folder_holding_other_files(tmp_path):
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "tsne.png").write_text("x")
+    (tmp_path / "figures" / "mine.png").write_text("x")
+    assert outputs.clear_run_outputs(str(tmp_path)) == [str(tmp_path / "figures" / "tsne.png")]
+    assert os.listdir(tmp_path / "figures") == ["mine.png"]
+
+
+# ----------------------------------------------------------------------------- line-buffered output
+def test_stdout_redirected_to_a_file_gets_each_epoch_line_at_once(tmp_path):
+    folder = write_toy_folder(tmp_path / "data", PREFIXES, n=30)
+    log = tmp_path / "train.log"
+    with open(log, "w") as handle:
+        process = subprocess.Popen([sys.executable, os.path.join(ROOT, "main_DisCoM-KD.py"), folder, *PREFIXES,
+                                    *toy_options(epochs=1000, batch_size=8)], stdout=handle, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and process.poll() is None and "epoch    1/1000" not in log.read_text():
+            time.sleep(0.1)
+        assert process.poll() is None, "the run ended before its first epoch line reached the file"
+        assert "epoch    1/1000" in log.read_text()
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.parametrize("script", [compare, predict, inspect_run, make_splits, make_example, benchmark])
+def test_every_command_makes_stdout_line_buffered(script, monkeypatch):
+    calls = []
+    monkeypatch.setattr(script, "configure_output", lambda: calls.append(1))
+    with pytest.raises(SystemExit):
+        script.main(["--help"])
+    assert calls == [1]
+
+
+def test_line_buffered_stdout(monkeypatch):
+    stream = io.TextIOWrapper(io.BytesIO())
+    monkeypatch.setattr(sys, "stdout", stream)
+    console.line_buffered_stdout()
+    assert stream.line_buffering
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # a test's capture: nothing to reconfigure
+    console.line_buffered_stdout()

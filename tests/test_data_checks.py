@@ -1,4 +1,5 @@
-"""Epoch batching, label mapping, and every bad input: one `error:` line, exit status 2, nothing written."""
+"""Epoch batching, label mapping, dtypes, and every bad input: one `error:` line, exit status 2, nothing
+written."""
 import itertools
 import os
 import shutil
@@ -6,13 +7,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from toy import folder_snapshot, write_toy_folder
+from toy import PREFIXES, QUICK_OPTIONS, folder_snapshot, read_results, refused, write_toy_folder
 
-from discomkd.batches import epoch_positions
+from discomkd.batches import RowSource, epoch_positions
 from discomkd.data import (
     array_path,
     data_fingerprint,
     load_data_folder,
+    load_npy,
     load_with_split_files,
     reload_data_folder,
     write_split_files,
@@ -241,6 +243,83 @@ def test_class_missing_from_training_is_a_warning_not_an_error(tmp_path, capsys,
     assert len(test_warnings) == 2 and all("[30]" in line for line in test_warnings), err
     assert "error" not in err
     assert os.path.isfile(os.path.join(output, "results.json"))
+
+
+# ----------------------------------------------------------------------------- dtypes and values
+@pytest.fixture
+def folder(tmp_path):
+    return write_toy_folder(tmp_path / "data", PREFIXES, n=ROWS)
+
+
+def _rewrite(folder, name, change):
+    path = os.path.join(folder, name)
+    np.save(path, change(np.load(path)))
+    return path
+
+
+def test_big_endian_and_narrow_dtypes_are_read_as_their_values(folder):
+    reference = np.load(array_path(folder, "IMG"))
+    for dtype in (">f4", ">f8", "<f2", ">i2", "u1"):
+        array = reference.astype(dtype)
+        rows = np.arange(ROWS)
+        for resident in (True, False):
+            source = RowSource(array, rows, torch.device("cpu"), resident)
+            batch = source.gather(torch.arange(ROWS))
+            assert batch.dtype == torch.float32
+            np.testing.assert_array_equal(batch.numpy(), array.astype(np.float32))
+
+
+def test_a_big_endian_folder_trains(cli_main, folder, capsys):
+    _rewrite(folder, "IMG_data_normalized.npy", lambda a: a.astype(">f4"))
+    _rewrite(folder, "labels.npy", lambda a: a.astype(">i8"))
+    assert cli_main([folder, *PREFIXES, *QUICK_OPTIONS]) == 0, capsys.readouterr().err
+    assert read_results(os.path.join(folder, "DisCoM-KD_IMG_VEC"))["status"] == "finished"
+
+
+@pytest.mark.parametrize("name, change, expected", [
+    ("IMG_data_normalized.npy", lambda a: a.astype(np.longdouble), "not supported"),
+    ("IMG_data_normalized.npy", lambda a: a.astype("m8[s]"), "not numeric"),
+    ("labels.npy", lambda a: a.astype("m8[D]"), "integer"),
+    ("test_idx.npy", lambda a: a.astype("m8[ns]"), "integer"),
+    ("labels.npy", lambda a: a.astype(np.uint64) + np.uint64(2**63), "exceeds"),
+    ("train_idx.npy", lambda a: np.append(a.astype(np.uint64), np.uint64(2**64 - 1)), "exceeds"),
+])
+def test_unsupported_dtypes_and_values_are_refused(cli_main, folder, capsys, name, change, expected):
+    if name == "IMG_data_normalized.npy" and np.dtype(np.longdouble).itemsize <= 8:
+        pytest.skip("no extended precision on this platform")
+    path = _rewrite(folder, name, change)
+    before = folder_snapshot(folder)
+    refused(cli_main([folder, *PREFIXES, *QUICK_OPTIONS]), capsys, before, folder_snapshot(folder), path, expected)
+
+
+def test_uint64_labels_within_int64_keep_their_values(folder):
+    _rewrite(folder, "labels.npy", lambda a: a.astype(np.uint64) + np.uint64(2**62))
+    data = load_data_folder(folder, *PREFIXES)
+    assert data.classes.tolist() == [2**62, 2**62 + 1, 2**62 + 2]
+
+
+def test_float64_beyond_float32_is_refused_naming_the_row(cli_main, folder, capsys):
+    rows = np.load(os.path.join(folder, "valid_idx.npy"))
+    path = array_path(folder, "VEC")
+    array = np.load(path).astype(np.float64)
+    array[rows[0], 2] = 1e300  # finite in float64, Inf in float32
+    np.save(path, array)
+    before = folder_snapshot(folder)
+    refused(cli_main([folder, *PREFIXES, *QUICK_OPTIONS]), capsys, before, folder_snapshot(folder), path,
+            f"row {rows[0]} ", "float32")
+
+
+def test_load_npy_names_what_stands_where_a_file_should_be(tmp_path):
+    os.mkdir(tmp_path / "folder.npy")
+    os.mkfifo(tmp_path / "fifo.npy")
+    os.symlink(tmp_path / "loop_b.npy", tmp_path / "loop_a.npy")
+    os.symlink(tmp_path / "loop_a.npy", tmp_path / "loop_b.npy")
+    os.symlink(tmp_path / "gone.npy", tmp_path / "dangling.npy")
+    for name, expected in (("folder.npy", "is a folder, not a file"), ("fifo.npy", "not a regular file"),
+                           ("loop_a.npy", "symbolic link loop"), ("dangling.npy", "broken symbolic link"),
+                           ("missing.npy", "file not found")):
+        with pytest.raises(DataError, match=expected):
+            load_npy(str(tmp_path / name), "an array")
 
 
 # ----------------------------------------------------------------------------- a run's data folder, read again

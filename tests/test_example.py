@@ -1,7 +1,11 @@
-"""The embedded example the README's first command builds."""
+"""The embedded example the README's first command builds, and make_example.py's refusals."""
+import os
+
 import numpy as np
 import pytest
+from toy import folder_snapshot, refused
 
+import make_example
 from discomkd.data import load_data_folder
 from discomkd.errors import DataError
 from make_example import make_digits_example
@@ -26,3 +30,27 @@ def test_example_is_reproducible_and_never_overwrites(tmp_path):
         assert np.array_equal(np.load(tmp_path / "a" / f"{name}.npy"), np.load(tmp_path / "b" / f"{name}.npy"))
     with pytest.raises(DataError, match="exists"):
         make_digits_example(str(tmp_path / "a"))
+
+
+def test_make_example_help_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        make_example.main(["--help"])
+    assert exit_info.value.code == 0 and "--overwrite" in capsys.readouterr().out
+    assert os.listdir(tmp_path) == []
+
+
+def test_make_example_refuses_a_folder_with_files_and_an_impossible_folder(tmp_path, capsys):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    (tmp_path / "file").write_text("x")
+    for folder, expected in ((tmp_path / "full", "--overwrite"), (tmp_path / "file" / "sub", "not a folder"),
+                             (tmp_path / "file", "not a folder"), ("/proc/example", "/proc")):
+        before = folder_snapshot(tmp_path)
+        refused(make_example.main([str(folder)]), capsys, before, folder_snapshot(tmp_path), expected)
+
+
+def test_make_example_overwrite_keeps_other_files(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert make_example.main([str(tmp_path), "--overwrite"]) == 0
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "labels.npy").is_file()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from toy import PREFIXES, folder_snapshot
+from toy import PREFIXES, folder_snapshot, read_results, refused
 
 from discomkd.errors import DataError
 from discomkd.figures import MISSING_MATPLOTLIB
@@ -125,3 +125,24 @@ def test_a_moved_data_folder_is_found_with_data_and_a_changed_one_refused(toy_ru
     np.save(moved / "labels.npy", np.roll(labels, 1))  # same classes and shapes, labels on other rows
     with pytest.raises(DataError, match="changed since training"):
         load_run(output, str(moved))
+
+
+def test_inspect_warns_about_an_untoy_run(toy_run, tmp_path, capsys):
+    data, output = toy_run
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    results = read_results(output)
+    results["status"] = "interrupted"
+    (interrupted / "results.json").write_text(json.dumps(results))
+    for name in ("best_IMG.pt", "best_VEC.pt"):
+        os.symlink(os.path.join(output, name), interrupted / name)
+    assert main([str(interrupted), "--no-figures", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "interrupted" in err and "not finished" in err, err
+
+
+def test_nothing_to_do_is_refused_in_one_line(toy_run, capsys):
+    _, output = toy_run
+    before = folder_snapshot(output)
+    refused(main([output, "--no-figures", "--no-probes"]), capsys, before, folder_snapshot(output),
+            "nothing to do")

@@ -2,11 +2,12 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 import torch
-from toy import PREFIXES, ROOT, TOY_RUN_LABELS, folder_snapshot
+from toy import PREFIXES, ROOT, TOY_RUN_LABELS, folder_snapshot, refused
 
 from discomkd.data import array_path
 from discomkd.inference import predict_array
@@ -124,6 +125,39 @@ def test_labels_outside_the_classes_count_as_errors(toy_run, tmp_path, capsys):
     assert f"accuracy {(len(labels) - 3) / len(labels):.4f}" in captured.out
     assert "99 (unknown)" in captured.out
     assert captured.err.startswith("warning: 3 label(s) with value(s) [99]")
+
+
+def test_labels_are_per_input_row_and_follow_rows(toy_run, tmp_path, capsys):
+    data, output = toy_run
+    labels = np.load(os.path.join(data, "labels.npy"))
+    rows = np.random.default_rng(0).permutation(len(labels))  # as many rows as the input: the ambiguous case
+    np.save(tmp_path / "rows.npy", rows)
+    assert main([os.path.join(output, "best_VEC.pt"), array_path(data, "VEC"), "--rows",
+                         str(tmp_path / "rows.npy"), "--labels", os.path.join(data, "labels.npy"),
+                         "--output", str(tmp_path / "p")]) == 0
+    out = capsys.readouterr().out
+    predicted = np.load(tmp_path / "p_classes.npy")
+    accuracy = float(np.mean(predicted == labels[rows]))
+    assert f"accuracy {accuracy:.4f}" in out, out
+    np.save(tmp_path / "short.npy", labels[:10])  # one per selected row is no longer a second meaning
+    before = folder_snapshot(tmp_path)
+    refused(main([os.path.join(output, "best_VEC.pt"), array_path(data, "VEC"), "--rows",
+                          str(tmp_path / "rows.npy"), "--labels", str(tmp_path / "short.npy"),
+                          "--output", str(tmp_path / "q")]), capsys, before, folder_snapshot(tmp_path),
+            f"expected {len(labels)} (one per row of the input")
+
+
+def test_no_numpy_warning_is_printed_before_the_error(toy_run, tmp_path, capsys):
+    data, output = toy_run
+    array = np.load(array_path(data, "VEC")).astype(np.float64)
+    array[4, 1] = 1e300  # an overflow when cast to float32: numpy warns unless told that it is expected
+    np.save(tmp_path / "big.npy", array)
+    before = folder_snapshot(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status = main([os.path.join(output, "best_VEC.pt"), str(tmp_path / "big.npy"), "--device", "cpu"])
+    refused(status, capsys, before, folder_snapshot(tmp_path), "row 4 ")
+    assert [str(w.message) for w in caught] == []
 
 
 def _write(path, values):

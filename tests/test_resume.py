@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from toy import CLI_OPTIONS, PREFIXES, ROOT, folder_snapshot, read_results, write_toy_folder
+from toy import PREFIXES, ROOT, TOY_SETTINGS, folder_snapshot, read_results, toy_options, write_toy_folder
 
 from discomkd import methods
 from discomkd import run_files as outputs
@@ -23,7 +23,7 @@ ROWS = 72  # 51 training rows: batches of 16, 16, 16, 3 -> 4 steps per epoch
 STEPS_PER_EPOCH = 4
 EPOCHS = 4
 # Image augmentation and the MLP's dropout stay on: both draw random numbers, which resuming must restore.
-CONFIG = Config(epochs=EPOCHS, batch_size=16, encoder_first="lenet", learning_rate=2e-3, device="cpu", verbose=0)
+CONFIG = Config(**{**TOY_SETTINGS, "epochs": EPOCHS, "learning_rate": 2e-3}, verbose=0)
 
 
 @pytest.fixture(scope="module")
@@ -120,12 +120,25 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(data_folder, r
     assert_same_run(reference, output)
 
 
+def test_resume_works_from_another_working_folder(tmp_path, monkeypatch):
+    write_toy_folder(tmp_path / "project" / "data", PREFIXES, n=30)
+    monkeypatch.chdir(tmp_path / "project")
+    config = Config(**{**TOY_SETTINGS, "batch_size": 8}, verbose=0, output="run")
+    with pytest.raises(Interrupted):
+        run(config, "data", *PREFIXES, should_stop=lambda: True)  # relative paths, as a user types them
+    assert read_results("run")["data"]["directory"] == str(tmp_path / "project" / "data")
+    monkeypatch.chdir(tmp_path)
+    results = resume(os.path.join("project", "run"))
+    assert results["status"] == "finished" and len(results["history"]) == 2
+
+
+
 def test_sigint_through_the_cli_saves_state_and_resume_finishes(tmp_path, cli_main, capsys):
     folder = write_toy_folder(tmp_path / "data", n=60)
     output = str(tmp_path / "run")
     epochs = 8  # several epochs left when the signal arrives after the first one
-    process = subprocess.Popen([sys.executable, "main_DisCoM-KD.py", folder, *PREFIXES, *CLI_OPTIONS,
-                                "--epochs", str(epochs), "--output", output],
+    process = subprocess.Popen([sys.executable, "main_DisCoM-KD.py", folder, *PREFIXES,
+                                *toy_options(epochs=epochs, learning_rate=2e-3), "--output", output],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 240

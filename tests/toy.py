@@ -27,8 +27,8 @@ def toy_options(**changes) -> list[str]:
     return command_line({**TOY_SETTINGS, **changes})
 
 
-# the command-line toy run of the crash-safety and resume tests: lr 2e-3 so few epochs learn
-CLI_OPTIONS = toy_options(learning_rate=2e-3)
+# the cheapest command-line run, for bad inputs: one that is wrongly accepted trains quickly and exits 0
+QUICK_OPTIONS = [*toy_options(epochs=1, batch_size=8), "--quiet"]
 
 
 def toy_arrays(n: int = 120, shapes=((1, 12, 12), (6,)), num_classes: int = 3, separation: float = 2.0,
@@ -77,6 +77,19 @@ def read_results(output) -> dict:
     """The results.json of a run folder."""
     with open(os.path.join(output, "results.json")) as handle:
         return json.load(handle)
+
+
+def refused(status: int, capsys, before: dict, after: dict, *expected: str) -> str:
+    """Asserts the project's bad-input rule and returns the error line: exit 2, one `error:` line on
+    stderr (warning lines aside) holding each of `expected`, nothing on stdout, no file written
+    (`before` and `after`: folder_snapshot's of the folders concerned)."""
+    out, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if not line.startswith("warning: ")]
+    assert status == 2, (status, err)
+    assert len(errors) == 1 and errors[0].startswith("error: "), err
+    assert all(text in errors[0] for text in expected), (errors[0], expected)
+    assert out == "" and after == before, "something was written"
+    return errors[0]
 
 
 def one_error_line(err: str) -> str:

@@ -15,7 +15,7 @@ import compare
 import functions
 from discomkd import comparison, methods
 from discomkd.config import Config, check_config
-from discomkd.errors import DataError
+from discomkd.errors import OptionError
 from discomkd.inference import feature_parts
 from discomkd.inspection import load_run
 from discomkd.probes import INVARIANCE_MEANING, modality_probe, probe_rows
@@ -129,7 +129,7 @@ def test_discriminator_learning_rate_group():
     ("grl_warmup", math.nan), ("discriminator", "MLP"), ("discriminator_lr_scale", 0.0),
     ("discriminator_lr_scale", -1.0), ("discriminator_lr_scale", math.inf), ("discriminator_lr_scale", math.nan)])
 def test_bad_remedy_options_are_refused_in_one_line(option, value):
-    with pytest.raises(DataError, match="--" + option.replace("_", "-")):
+    with pytest.raises(OptionError, match="--" + option.replace("_", "-")):
         check_config(Config(device="cpu", **{option: value}))
 
 
