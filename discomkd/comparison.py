@@ -139,7 +139,8 @@ def read_input(config: Config, directory: str, prefixes: tuple[str, str], runs: 
     methods = parse_methods(methods if isinstance(methods, str) else ",".join(methods))
     if not 1 <= runs <= MAX_RUNS:  # before the seeds are listed
         raise OptionError(f"--runs {runs}: 1 to {MAX_RUNS} is expected")
-    output = config.output or os.path.join(directory, f"comparison_{prefixes[0]}_{prefixes[1]}")
+    default = os.path.join(directory, f"comparison_{prefixes[0]}_{prefixes[1]}")
+    output = default if config.output is None else config.output  # '' is refused by check_config
     comparison = Comparison(dataclasses.replace(config, output=output), directory, prefixes,
                             [config.seed + k for k in range(runs)], methods, verbose)
     check_config(comparison.config)

@@ -111,9 +111,14 @@ def seed_problem(seed: int, option: str = "--seed") -> str | None:
     return None
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def check_config(config: Config) -> None:
-    """Raises `DataError` for settings no run can use (the device included)."""
+    """Raises `OptionError` for settings no run can use (the device included)."""
     problems = []
+    if config.output == "":
+        problems.append("--output '': an empty name; name a folder (. for this one)")
     if seed_problem(config.seed):
         problems.append(seed_problem(config.seed))
     if config.weight_decay < 0 or not math.isfinite(config.weight_decay):
@@ -144,6 +149,13 @@ def check_config(config: Config) -> None:
         problems.append(f"--eval-batch-size {config.eval_batch_size}: at least 1 is expected")
     if config.learning_rate <= 0 or not math.isfinite(config.learning_rate):
         problems.append(f"--learning-rate {config.learning_rate}: a positive number is expected")
+    # the optimizer computes in float32: a rate or decay beyond its range cannot be stepped with
+    for option, value in (("--learning-rate", config.learning_rate), ("--weight-decay", config.weight_decay),
+                          ("--discriminator-lr-scale", config.learning_rate * config.discriminator_lr_scale)):
+        if math.isfinite(value) and abs(value) > FLOAT32_MAX:
+            shown = getattr(config, option[2:].replace("-", "_"))
+            problems.append(f"{option} {shown:g}: beyond float32's range ({FLOAT32_MAX:.3g}) with this learning "
+                            "rate; the optimizer steps in float32")
     for term, weight in config.loss_weights().items():
         if weight < 0 or not math.isfinite(weight):
             problems.append(f"--weight-{term} {weight}: a finite number >= 0 is expected")

@@ -25,6 +25,8 @@ def load_run(run_folder: str, data_directory: str | None = None) -> tuple[dict, 
     `data_directory` replaces the recorded folder (for a data folder moved since training).
     Raises `DataError` when the run or its data cannot be read, or the data changed since training.
     """
+    if data_directory == "":
+        raise OptionError("--data '': an empty name; name the data folder")
     results_path = os.path.join(run_folder, RESULTS_FILE)
     if not os.path.isdir(run_folder):
         raise DataError(f"{run_folder}: run folder not found")

@@ -41,6 +41,8 @@ def output_files(input_path: str, output: str | None, overwrite: bool) -> Output
     """The output files of a prediction (prefix `output`, else INPUT without .npy or its sample file's
     extension, plus _pred), refused when their folder cannot be written or, unless `overwrite`, they exist."""
     stem, extension = os.path.splitext(input_path.rstrip(os.sep))
+    if output == "":
+        raise OptionError("--output '': an empty name; name a prefix for the output files")
     prefix = output or (stem if extension.lower() in SAMPLE_EXTENSIONS else input_path.rstrip(os.sep)) + "_pred"
     classes_path, probabilities_path = output_paths(prefix)
     folder = os.path.dirname(os.path.abspath(classes_path))

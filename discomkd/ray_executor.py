@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
+import math
 import os
 import socket
 import uuid
@@ -95,9 +96,9 @@ class RayExecutor:
                  max_retries: int = DEFAULT_MAX_RETRIES):
         if gpus_per_task is None:
             gpus_per_task = 1.0 if torch.cuda.is_available() else 0.0
-        if not 0 <= gpus_per_task or (gpus_per_task > 1 and gpus_per_task != int(gpus_per_task)):
+        if not 0 <= gpus_per_task < math.inf or (gpus_per_task > 1 and gpus_per_task != int(gpus_per_task)):
             raise OptionError(f"--gpus-per-task {gpus_per_task}: 0, a fraction of one GPU, or a whole number is expected")
-        if not cpus_per_task > 0:
+        if not 0 < cpus_per_task < math.inf:
             raise OptionError(f"--cpus-per-task {cpus_per_task}: a positive number is expected")
         if max_retries < 0:
             raise OptionError(f"--max-retries {max_retries}: 0 or more is expected")

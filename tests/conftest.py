@@ -44,15 +44,14 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def toy_run(tmp_path_factory):
     """One finished 2-epoch DisCoM-KD run on the toy folder, shared by the tests that read a run
-    (predict, inspect, hardening, option fuzzing): (data folder, run folder). Label values 3, 7, 11:
-    labels need not be 0..K-1. Tests that write into the run folder work on a copy."""
-    from toy import PREFIXES, TOY_RUN_LABELS, write_toy_folder
+    (predict, inspect, bad options, option fuzzing): (data folder, run folder). Label values 3, 7, 11:
+    labels need not be 0..K-1; the paper's learning rate. Tests that write into the run folder work on a copy."""
+    from toy import PREFIXES, TOY_RUN_LABELS, TOY_SETTINGS, write_toy_folder
 
     from discomkd.config import Config
     from functions import run
 
     folder = write_toy_folder(tmp_path_factory.mktemp("toy-run") / "data", PREFIXES, label_values=TOY_RUN_LABELS)
     output = os.path.join(folder, "run")
-    run(Config(epochs=2, batch_size=16, encoder_first="lenet", device="cpu", verbose=0, output=output), folder,
-        *PREFIXES)
+    run(Config(**{**TOY_SETTINGS, "learning_rate": Config.learning_rate}, verbose=0, output=output), folder, *PREFIXES)
     return folder, output

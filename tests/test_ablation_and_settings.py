@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from toy import PREFIXES, folder_snapshot, one_error_line, write_toy_folder
+from toy import PREFIXES, TOY_SETTINGS, folder_snapshot, one_error_line, toy_options, write_toy_folder
 
 import compare
 import discomkd
@@ -20,9 +20,6 @@ from discomkd.executors import LocalExecutor
 from discomkd.methods import ABLATIONS, METHODS, ModelShape, build_model
 from discomkd.run_files import checkpoint_path, load_classifier
 from model_pytorch import PART_DIM
-
-SETTINGS = dict(epochs=2, batch_size=16, learning_rate=1e-3, encoder_first="lenet", device="cpu")
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -56,8 +53,7 @@ def test_ablations_differ_from_the_full_model_in_one_weight_or_the_task_features
 def test_ablation_rows_in_the_comparison_and_their_checkpoints_reload(tmp_path, capsys):
     folder = write_toy_folder(tmp_path / "data", separation=3.0)
     output = str(tmp_path / "out")
-    argv = [folder, *PREFIXES, "--methods", "discomkd", "--ablation", "--epochs", "1", "--batch-size", "16",
-            "--encoder-first", "lenet", "--learning-rate", "1e-3", "--device", "cpu", "--output", output]
+    argv = [folder, *PREFIXES, "--methods", "discomkd", "--ablation", *toy_options(epochs=1), "--output", output]
     assert compare.main(argv) == 0
     capsys.readouterr()
     saved = json.load(open(os.path.join(output, comparison.RESULTS_FILE)))
@@ -90,17 +86,17 @@ def test_score_test_off_never_evaluates_the_test_split(tmp_path, monkeypatch):
 
     monkeypatch.setattr(training, "evaluate", recording)
     output = str(tmp_path / "run")
-    results = training.fit(Config(**SETTINGS, score_test=False, verbose=0), data, output)
+    results = training.fit(Config(**TOY_SETTINGS, score_test=False, verbose=0), data, output)
     assert scored and set(scored) == {"valid"}
     assert results["status"] == "finished"
     assert all(final["test"] is None for final in results["final"].values())
     assert not [name for name in os.listdir(output) if name.startswith("test_predictions")]
     assert all("test" not in entry[p] for entry in results["history"] for p in PREFIXES)
     scored.clear()
-    training.fit(Config(**SETTINGS, verbose=0), data, str(tmp_path / "scored"))
+    training.fit(Config(**TOY_SETTINGS, verbose=0), data, str(tmp_path / "scored"))
     assert "test" in scored  # the default still scores test at improving epochs
     with pytest.raises(Exception, match="--test-every-epoch"):
-        config_module.check_config(Config(**SETTINGS, score_test=False, test_every_epoch=True))
+        config_module.check_config(Config(**TOY_SETTINGS, score_test=False, test_every_epoch=True))
 
 
 def test_a_settings_file_sets_defaults_and_the_command_line_wins(tmp_path, cli_main, capsys):

@@ -104,6 +104,7 @@ def test_same_seed_repeats_the_run_exactly(command_line_run, tmp_path, capsys, c
     assert read_results(output)["final"][PREFIXES[0]]["test"] == read_results(again)["final"][PREFIXES[0]]["test"]
 
 
+# ----------------------------------------------------------------------------- --overwrite
 def test_existing_output_folder_is_refused_unless_overwrite(command_line_run, tmp_path, capsys, cli_main):
     folder, output, _ = command_line_run
     before = folder_snapshot(folder)

@@ -1,4 +1,4 @@
-"""The comparison runner (compare.py) and make_splits.py on toy folders."""
+"""The comparison runner (compare.py) on toy folders."""
 import dataclasses
 import importlib.util
 import json
@@ -14,10 +14,9 @@ from sklearn.metrics import f1_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
-from toy import ROOT, folder_snapshot, write_toy_folder
+from toy import ROOT, TOY_SETTINGS, folder_snapshot, toy_options, write_toy_folder
 
 import compare
-import make_splits
 from discomkd import comparison, comparison_jobs, training
 from discomkd.config import Config
 from discomkd.data import load_data_folder
@@ -27,7 +26,7 @@ from discomkd.run_files import checkpoint_path
 
 # small, fast settings: a LeNet on (1, 12, 12) images and the MLP on 6-d vectors; lr 1e-3 so that
 # three epochs of 84 rows suffice
-SETTINGS = dict(epochs=3, batch_size=16, learning_rate=1e-3, encoder_first="lenet", device="cpu")
+SETTINGS = {**TOY_SETTINGS, "epochs": 3}
 NEURAL = "mono,teacher,kd,dkd,discomkd"
 
 
@@ -237,39 +236,6 @@ def test_config_options_shared_with_main():
     assert comparison.parse_methods("kd, mono,kd") == ("kd", "mono")
 
 
-# ----------------------------------------------------------------------------- make_splits.py
-def test_make_splits_writes_stratified_disjoint_splits_and_refuses_to_overwrite(tmp_path, capsys):
-    folder = str(tmp_path)
-    labels = np.repeat([3, 7, 9], [50, 30, 20])
-    np.save(os.path.join(folder, "labels.npy"), labels)
-    assert make_splits.main([folder, "--seed", "4"]) == 0
-    split = {s: np.load(os.path.join(folder, f"{s}_idx.npy")) for s in ("train", "valid", "test")}
-    assert np.array_equal(np.sort(np.concatenate(list(split.values()))), np.arange(len(labels)))
-    counts = {s: [int((labels[rows] == v).sum()) for v in (3, 7, 9)] for s, rows in split.items()}
-    assert counts == {"train": [35, 21, 14], "valid": [5, 3, 2], "test": [10, 6, 4]}
-    capsys.readouterr()
-
-    before = {s: open(os.path.join(folder, f"{s}_idx.npy"), "rb").read() for s in split}
-    assert make_splits.main([folder, "--seed", "5"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "--overwrite" in err
-    assert {s: open(os.path.join(folder, f"{s}_idx.npy"), "rb").read() for s in split} == before
-
-    assert make_splits.main([folder, "--seed", "5", "--fractions", "0.6", "0.2", "0.2", "--overwrite"]) == 0
-    train = np.load(os.path.join(folder, "train_idx.npy"))
-    assert [int((labels[train] == v).sum()) for v in (3, 7, 9)] == [30, 18, 12]
-
-
-def test_make_splits_bad_input(tmp_path, capsys):
-    np.save(tmp_path / "labels.npy", np.arange(10.0))
-    assert make_splits.main([str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'labels.npy'}: labels must be")
-    np.save(tmp_path / "labels.npy", np.arange(10))
-    assert make_splits.main([str(tmp_path), "--fractions", "0.5", "0.5", "0.5"]) == 2
-    assert "--fractions" in capsys.readouterr().err
-    assert sorted(os.listdir(tmp_path)) == ["labels.npy"]
-
-
 # ----------------------------------------------------------------------------- stopping and failing
 def test_single_class_training_rows_get_a_constant_classical_prediction(tmp_path):
     """svm/logreg need two classes: a modality whose training rows hold one gets a constant prediction,
@@ -303,8 +269,7 @@ def test_an_interrupted_comparison_keeps_what_finished_and_says_so(tmp_path, mon
         return real_fit(config, data, run_output, state, (lambda: True) if stop_now else should_stop, on_epoch)
 
     monkeypatch.setattr(training, "fit", stopping_fit)
-    argv = [folder, "IMG", "VEC", "--runs", "2", "--methods", "discomkd,logreg", "--output", output,
-            "--epochs", "2", "--batch-size", "16", "--encoder-first", "lenet", "--device", "cpu"]
+    argv = [folder, "IMG", "VEC", "--runs", "2", "--methods", "discomkd,logreg", "--output", output, *toy_options()]
     assert compare.main(argv) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"comparison interrupted with {finished_runs}/2 run(s) finished")

@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from toy import PREFIXES, write_toy_folder
+from toy import PREFIXES, TOY_SETTINGS, write_toy_folder
 
 from discomkd import comparison, compiling, engine
 from discomkd.config import Config, seed_everything
@@ -20,7 +20,7 @@ from functions import run
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # 90 rows: 63 training rows, three batches of 16 and a last one of 15, so a run has two batch shapes
-TOY = dict(batch_size=16, encoder_first="lenet", learning_rate=2e-3, device="cpu", verbose=0, compile="yes")
+TOY = {**TOY_SETTINGS, "learning_rate": 2e-3, "verbose": 0, "compile": "yes"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ class CountingBackend:
 def test_a_run_compiles_one_static_graph_per_batch_shape_and_nothing_after_its_first_epoch(folder, monkeypatch):
     backend = CountingBackend()
     monkeypatch.setattr(compiling, "BACKEND", backend)
-    config = Config(epochs=2, **TOY)
+    config = Config(**TOY)
     data = load_data_folder(folder, *PREFIXES, (config.encoder_first, config.encoder_second))
     seed_everything(config.seed)
     trainer = build_trainer(config, data, torch.device("cpu"))
@@ -77,7 +77,7 @@ def test_no_method_breaks_its_step_into_several_graphs(folder, monkeypatch, meth
     capture alone (graph breaks are the capture's)."""
     monkeypatch.setattr(compiling, "BACKEND", "eager")
     spec = METHODS[method]
-    config = dataclasses.replace(Config(epochs=1, **{**TOY, "batch_size": 64}, method=method,
+    config = dataclasses.replace(Config(**{**TOY, "epochs": 1, "batch_size": 64}, method=method,
                                         modality=PREFIXES[0] if spec.per_modality else None), **spec.overrides)
     data = load_data_folder(folder, *PREFIXES, (config.encoder_first, config.encoder_second))
     trainer = build_trainer(config, data, torch.device("cpu"))
@@ -95,7 +95,7 @@ def test_every_method_of_a_default_comparison_trains_compiled_in_one_process(fol
     time of `aot_eager`."""
     monkeypatch.setattr(compiling, "BACKEND", "eager")
     output = str(tmp_path / "comparison")
-    results = comparison.compare(Config(epochs=1, output=output, **TOY), folder, *PREFIXES, runs=1)
+    results = comparison.compare(Config(**{**TOY, "epochs": 1}, output=output), folder, *PREFIXES, runs=1)
     (only_run,) = results["results"]
     neural = [m for m in only_run["methods"] if m in METHODS]
     assert neural == [m for m in METHODS if METHODS[m].compared_by_default]
@@ -115,7 +115,7 @@ def test_the_recompile_limit_falls_back_to_eager_and_says_so(folder, tmp_path, m
     monkeypatch.setattr(compiling, "BACKEND", "aot_eager")
     monkeypatch.setattr(compiling, "GUARDED_CALLS", 0)
     monkeypatch.setattr(engine, "_step_state", lambda trainer: pytest.fail("a guarded call of the compiled step"))
-    config = Config(epochs=2, output=str(tmp_path / "limited"), **TOY)
+    config = Config(**TOY, output=str(tmp_path / "limited"))
     with torch._dynamo.config.patch(recompile_limit=1):  # dynamo's own patching: restored exactly after
         limited = run(config, folder, *PREFIXES)
     err = capsys.readouterr().err

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from numpy.lib.format import open_memmap
-from toy import CLI_OPTIONS, PREFIXES, ROOT, one_error_line, read_results, toy_arrays, write_toy_folder
+from toy import PREFIXES, ROOT, TOY_SETTINGS, one_error_line, read_results, toy_arrays, toy_options, write_toy_folder
 
 from discomkd import engine
 from discomkd import run_files as outputs
@@ -105,7 +105,7 @@ KILLS = [(1, "before-rename"), (3, "mid-write"), (6, "before-rename"), (10, "mid
 def test_sigkill_inside_file_replacements_leaves_only_complete_files_and_resumes_exactly(tmp_path, cli_main,
                                                                                            capsys):
     folder = write_toy_folder(tmp_path / "data", n=60)
-    arguments = [folder, *PREFIXES, *CLI_OPTIONS, "--epochs", "6", "--save-every", "1", "--quiet"]
+    arguments = [folder, *PREFIXES, *toy_options(epochs=6, learning_rate=2e-3), "--save-every", "1", "--quiet"]
     reference = str(tmp_path / "reference")
     runs = [[reference, 0, "none"]] + [[str(tmp_path / f"killed{k}-{mode}"), k, mode] for k, mode in KILLS]
     completed = subprocess.run([sys.executable, "-c", KILLER, json.dumps([arguments, runs])],
@@ -144,8 +144,7 @@ def test_sigkill_inside_file_replacements_leaves_only_complete_files_and_resumes
 
 # ----------------------------------------------------------------------------- NaN in a batch
 EPOCHS_NAN = 3
-CONFIG = Config(epochs=EPOCHS_NAN, batch_size=16, encoder_first="lenet", augment_first="none", learning_rate=2e-3,
-                device="cpu", verbose=0)
+CONFIG = Config(**{**TOY_SETTINGS, "epochs": EPOCHS_NAN, "learning_rate": 2e-3}, augment_first="none", verbose=0)
 ROWS = 72  # 51 training rows: 4 steps per epoch
 STEPS_PER_EPOCH = 4
 
@@ -192,7 +191,7 @@ def test_nan_in_a_batch_stops_training_naming_the_term_and_epoch(tmp_path, nan_i
 def test_nan_through_the_cli_exits_3_with_one_error_line(tmp_path, nan_in_epoch_2, cli_main, capsys):
     folder = write_toy_folder(tmp_path / "data", n=ROWS)
     output = str(tmp_path / "run")
-    status = cli_main([folder, *PREFIXES, *CLI_OPTIONS, "--augment-first", "none", "--epochs", str(EPOCHS_NAN),
+    status = cli_main([folder, *PREFIXES, *toy_options(epochs=EPOCHS_NAN, learning_rate=2e-3, augment_first="none"),
                        "--output", output, "--quiet"])
     line = one_error_line(capsys.readouterr().err)
     assert status == 3
@@ -344,8 +343,9 @@ def test_reading_the_array_into_memory_fails_under_the_limit(sparse_folder):
 @pytest.mark.parametrize("on_device", ["no", "auto"])
 def test_training_on_an_array_larger_than_the_memory_limit(sparse_folder, tmp_path, on_device):
     output = str(tmp_path / "run")
-    completed = subprocess.run([sys.executable, "main_DisCoM-KD.py", sparse_folder, *PREFIXES, *CLI_OPTIONS,
-                                "--epochs", "1", "--data-on-device", on_device, "--output", output],
+    completed = subprocess.run([sys.executable, "main_DisCoM-KD.py", sparse_folder, *PREFIXES,
+                                *toy_options(epochs=1, learning_rate=2e-3), "--data-on-device", on_device,
+                                "--output", output],
                                cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=limited(DATA_LIMIT))
     assert completed.returncode == 0, completed.stderr[-2000:]
     results = read_results(output)

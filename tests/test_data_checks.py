@@ -233,8 +233,7 @@ def test_class_missing_from_training_is_a_warning_not_an_error(tmp_path, capsys,
     train = load(folder, "train_idx.npy")
     save(folder, "train_idx.npy", train[labels[train] != 30])
     output = str(tmp_path / "out")
-    status = cli_main([folder, "IMG", "VEC", "--epochs", "1", "--batch-size", "8", "--encoder-first", "lenet",
-                       "--device", "cpu", "--output", output, "--quiet"])
+    status = cli_main([folder, "IMG", "VEC", *QUICK_OPTIONS, "--output", output])
     _, err = capsys.readouterr()
     assert status == 0
     warnings = [line for line in err.splitlines() if line.startswith("warning: ")]

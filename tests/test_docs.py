@@ -22,10 +22,13 @@ from urllib.parse import unquote
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README_MAX_BYTES = 15_000  # the front door's bound (issue 20): everything else lives in docs/
+README_MAX_BYTES = 15_000  # the front door's bound: everything else lives in docs/
 COMMANDS = ("main_DisCoM-KD.py", "compare.py", "tune.py", "predict.py", "inspect_run.py", "prepare_data.py",
-            "make_splits.py", "make_example.py", "benchmark.py")
+            "make_splits.py", "make_example.py", "benchmark.py", "gpu_check.py")
 COMMAND_FOLDERS = ("", "tools")  # where a command's file may live (the benchmark may join the GPU check in tools/)
+# other names the docs run a command by: the GPU check as a module, or through its shell wrapper (which passes
+# its options on)
+SPELLINGS = {"tools.gpu_check": "gpu_check.py", "gpu_check.sh": "gpu_check.py"}
 ANY = "any command"
 
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
@@ -35,7 +38,8 @@ CODE_SPAN = re.compile(r"(`+)(.+?)(?<!`)\1(?!`)", re.DOTALL)
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 SCHEME = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*:|//)")
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
-COMMAND = re.compile(r"(?<![\w./-])(?:tools/)?(" + "|".join(re.escape(c) for c in COMMANDS) + r")(?![\w-])")
+COMMAND = re.compile(r"(?<![\w./-])(?:tools/)?(" + "|".join(re.escape(c) for c in (*COMMANDS, *SPELLINGS))
+                     + r")(?![\w-])")
 SHELL_SEPARATOR = re.compile(r"&&|\|\||;|\s\|\s")
 
 
@@ -142,12 +146,17 @@ def link_problems(path: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- options
+def command_named(match: re.Match) -> str:
+    """The command file a COMMAND match names."""
+    return SPELLINGS.get(match.group(1), match.group(1))
+
+
 def shell_options(segment: str) -> list[tuple[str | None, str]]:
     """(command, option) for each `--option` in a code span or a code line: the command is the last one named
     before the option in the same shell command, None where none is."""
     found = []
     for piece in SHELL_SEPARATOR.split(segment):
-        commands = [(match.end(), match.group(1)) for match in COMMAND.finditer(piece)]
+        commands = [(match.end(), command_named(match)) for match in COMMAND.finditer(piece)]
         for option in OPTION.finditer(piece):
             named = [command for end, command in commands if end <= option.start()]
             found.append((named[-1] if named else None, option.group(0)))
@@ -176,7 +185,7 @@ def option_uses(markdown: str) -> list[tuple[str, str, int]]:
             continue
         if block.kind == "heading":
             named = COMMAND.search(block.text)
-            headings = [h for h in headings if h[0] < block.level] + [(block.level, named and named.group(1))]
+            headings = [h for h in headings if h[0] < block.level] + [(block.level, named and command_named(named))]
         context = next((command for _, command in reversed(headings) if command), ANY)
         for span in CODE_SPAN.finditer(block.text):
             line = block.line + block.text[:span.start()].count("\n")
@@ -185,7 +194,7 @@ def option_uses(markdown: str) -> list[tuple[str, str, int]]:
                 if command:
                     uses.append((command, option, line))
                 elif content.startswith("--"):  # options alone: the command around them
-                    earlier = [m.group(1) for m in COMMAND.finditer(block.text[:span.start()])]
+                    earlier = [command_named(m) for m in COMMAND.finditer(block.text[:span.start()])]
                     uses.append((earlier[-1] if earlier else context, option, line))
     return uses
 
@@ -285,13 +294,15 @@ def test_an_unknown_option_is_found():
     markdown = ("## Using `predict.py`\n\nIt takes `--rows` and `--no-such-row-option`.\n\n"
                 "```bash\npython compare.py DIR A B --runs 5 \\\n    --no-such-compare-option  # comment\n"
                 "pip install --index-url URL torch && python tune.py DIR A B --trials 3\n```\n\n"
-                "| `--output` | `compare.py`'s `--methods` |\n\n## Elsewhere\n\n`--no-such-anywhere`\n")
+                "| `--output` | `compare.py`'s `--methods` |\n\n## Elsewhere\n\n`--no-such-anywhere`\n\n"
+                "```\npython -m tools.gpu_check OUT --cpu-small --no-such-check-option\n```\n")
     uses = option_uses(markdown)
     assert ("predict.py", "--rows", 3) in uses and ("predict.py", "--no-such-row-option", 3) in uses
     assert ("compare.py", "--runs", 6) in uses and ("compare.py", "--no-such-compare-option", 6) in uses
     assert ("tune.py", "--trials", 8) in uses and not any(option == "--index-url" for _, option, _ in uses)
     assert ("predict.py", "--output", 11) in uses and ("compare.py", "--methods", 11) in uses
     assert (ANY, "--no-such-anywhere", 15) in uses
+    assert ("gpu_check.py", "--cpu-small", 18) in uses and ("gpu_check.py", "--no-such-check-option", 18) in uses
     unknown = {(command, option) for command, option, _ in uses if option not in known_options(command)}
     assert unknown == {("predict.py", "--no-such-row-option"), ("compare.py", "--no-such-compare-option"),
-                       (ANY, "--no-such-anywhere")}
+                       (ANY, "--no-such-anywhere"), ("gpu_check.py", "--no-such-check-option")}

@@ -11,7 +11,7 @@ import torch
 from test_resume import CONFIG as RESUME_CONFIG
 from test_resume import ROWS as RESUME_ROWS
 from test_resume import STEPS_PER_EPOCH, assert_same_run
-from toy import read_results, write_toy_folder
+from toy import TOY_SETTINGS, read_results, write_toy_folder
 
 import benchmark
 from discomkd import methods
@@ -22,7 +22,7 @@ from discomkd.run_files import TEMPORARY_PREFIX
 from functions import resume, run
 
 PREFIXES = ("IMG", "VEC")
-CONFIG = Config(epochs=3, batch_size=16, encoder_first="lenet", learning_rate=2e-3, device="cpu", verbose=0)
+CONFIG = Config(**{**TOY_SETTINGS, "epochs": 3, "learning_rate": 2e-3}, verbose=0)
 
 
 @pytest.fixture(scope="module")

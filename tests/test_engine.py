@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from toy import PREFIXES, read_results, write_toy_folder
+from toy import PREFIXES, TOY_SETTINGS, read_results, write_toy_folder
 
 from discomkd.config import Config, seed_everything
 from discomkd.data import array_path, load_data_folder
@@ -18,8 +18,7 @@ from discomkd.training import fit
 from functions import run
 
 # a LeNet on (1, 12, 12) images and the MLP on 6-d vectors, lr 1e-3: two short epochs learn the toy classes
-SETTINGS = dict(epochs=2, batch_size=16, learning_rate=1e-3, encoder_first="lenet", augment_first="none",
-                device="cpu", verbose=0)
+SETTINGS = {**TOY_SETTINGS, "augment_first": "none", "verbose": 0}
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from toy import write_toy_folder
+from toy import TOY_SETTINGS, write_toy_folder
 
 import benchmark
 import functions
@@ -14,8 +14,8 @@ from discomkd import config as configuration
 from discomkd.benchmarking import SHAPES, write_synthetic_folder
 from discomkd.data import load_data_folder
 
-QUIET = dict(epochs=3, batch_size=16, encoder_first="lenet", augment_first="flip+rot90", verbose=0, overwrite=True,
-             device="cpu")
+QUIET = {**TOY_SETTINGS, "epochs": 3, "learning_rate": configuration.Config.learning_rate,
+         "augment_first": "flip+rot90", "verbose": 0, "overwrite": True}
 
 
 def _history(folder, output, **overrides):

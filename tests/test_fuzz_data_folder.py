@@ -14,14 +14,12 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis (a test-only dependency) is not installed")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from toy import PREFIXES, folder_snapshot, write_toy_folder  # noqa: E402
+from toy import PREFIXES, QUICK_OPTIONS, folder_snapshot, write_toy_folder  # noqa: E402
 
 from discomkd.data import array_path  # noqa: E402
 
 ROWS = 30
 SPLIT_FILES = ("train_idx.npy", "valid_idx.npy", "test_idx.npy")
-# --epochs 1 and small batches: an input that wrongly passed the checks would train, quickly, and exit 0
-OPTIONS = ["--epochs", "1", "--batch-size", "8", "--encoder-first", "lenet", "--device", "cpu", "--quiet"]
 EXAMPLES_PER_KIND = 8  # 12 kinds: 96 corrupted folders in ~10 s
 
 
@@ -171,7 +169,7 @@ def test_corrupted_folder_gives_one_error_line_and_writes_nothing(cli_main, kind
             before = folder_snapshot(parent)
             stdout, stderr = io.StringIO(), io.StringIO()
             with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-                status = cli_main([folder, *prefixes, *OPTIONS])
+                status = cli_main([folder, *prefixes, *QUICK_OPTIONS])
             err = stderr.getvalue()
             assert status == 2, f"exit {status}, stderr {err!r}"
             assert "Traceback" not in err and stdout.getvalue() == ""

@@ -1,26 +1,38 @@
-"""Property-based fuzzing of every command's OPTIONS (tests/test_fuzz.py fuzzes the data folder).
+"""Every option of every command, fuzzed (tests/test_fuzz_data_folder.py fuzzes the data folder).
 
-Each command's options map to pools of valid and invalid values (negative, zero, huge, nan, inf,
-empty, unknown, paths where nothing can be written). An argument list draws a focus option (each
-option is the focus of some examples, so every one is exercised) plus a few others, on top of a
-cheap base (1 epoch, tiny data). Whatever is drawn, the command must end with exit status 0, or 2
-with exactly one `error:` line on stderr (argparse's usage line aside), nothing on stdout and
-nothing written; never a traceback. A run whose loss diverges (a huge learning rate or loss weight)
-may end with 3, the project's "training failed" status, with its one `error:` line.
+Each option of each command has three pools of values, on top of a cheap base argument list (one
+epoch on 30 rows):
+- VALID values: given alone, the command runs (exit 0) and writes what it writes; the first of each
+  pool (the most telling) is run alone, the others only in combinations (a training costs 0.1-1 s);
+- INVALID values (negative, zero, huge, nan, inf, empty, unknown, paths where nothing can be written):
+  given alone, each is refused with exit 2, exactly one `error:` line naming the option or the value
+  (argparse's: its usage and one `prog: error:` line), nothing on stdout and nothing written;
+- DIVERGING values (a huge learning rate or loss weight): they train, and may end with exit 3, the
+  "training failed" status, with one `error:` line naming the loss.
+A value is a string, a tuple of strings (nargs, or an option that makes it apply, such as
+`--executor ray`), None (a flag) or `known_bug(reason, value)`: its test is an expected failure (strict,
+so that a fix is noticed). A derandomized hypothesis property then draws random combinations of
+options and values from all three pools: whatever is drawn, no traceback and exit 0, 2 or 3.
 """
-import collections
+from __future__ import annotations
+
 import contextlib
+import dataclasses
+import fnmatch
 import io
+import json
 import os
+import re
 import shutil
 import tempfile
 
+import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis (a test-only dependency) is not installed")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from toy import PREFIXES, folder_snapshot, write_toy_folder  # noqa: E402
+from toy import PREFIXES, TOY_SETTINGS, folder_snapshot, toy_options, write_toy_folder  # noqa: E402
 
 import benchmark  # noqa: E402
 import compare  # noqa: E402
@@ -28,88 +40,363 @@ import inspect_run  # noqa: E402
 import make_example  # noqa: E402
 import make_splits  # noqa: E402
 import predict  # noqa: E402
-from discomkd.data import array_path  # noqa: E402
+from discomkd.config import Config  # noqa: E402
+from discomkd.errors import Interrupted  # noqa: E402
+from functions import run  # noqa: E402
 
 ROWS = 30
-EXAMPLES_PER_OPTION = 2  # derandomized: the same examples every run
-MAX_EXTRA_OPTIONS = 2
+VALID_ALONE = 1  # valid values run alone per option, the first of its pool: a training costs 0.1-1 s
 POSITIONAL = "(positional)"
-# Placeholders in the pools, filled per example: a fresh temporary folder and what it holds.
-# {tmp} the example's folder; {data} a toy data folder in it; {file} a regular file; {full} a folder
-# holding a file; {run} a finished run (copied into {tmp}); {checkpoint} its best_VEC.pt.
+MAIN = "main_DisCoM-KD.py"
 
 
-def values(*items):
-    """An option's pool: each item is one value (a string), a tuple of values (nargs) or None (a flag)."""
-    return [() if item is None else (item,) if isinstance(item, str) else tuple(item) for item in items]
+@dataclasses.dataclass(frozen=True)
+class KnownBug:
+    """A pool value (the arguments after its option) that the command mishandles today, and how."""
+    value: tuple
+    reason: str
 
 
-NUMBERS = ("-1", "0", "nan", "inf", "-inf", "", "x", "1e309", "99999999999999999999")
-FLOATS = values("0", "1e-3", "0.5", "1", "-1", "nan", "inf", "-inf", "1e309", "", "x", "1e300")
-SMALL_INTS = values("1", "2", *NUMBERS, "1.5")
-BIG_INTS = values("1", "2", "8", "512", "100000000", *NUMBERS)
-DEVICES = values("cpu", "auto", "cpu:0", "meta", "mps", "xla", "cuda:x", "cuda:-1", "", "CPU", "gpu")
-OUTPUT_FOLDERS = values("{tmp}/out", "{tmp}/a/b/c", "", "{file}", "{file}/sub", "{full}", "/proc/fuzz-out",
-                        "/sys/fuzz-out", "{tmp}/" + "n" * 300)
+def known_bug(reason: str, item) -> KnownBug:
+    """A pool value whose test fails today for `reason` (a bug to fix): marked xfail(strict=True)."""
+    return KnownBug(as_value(item), reason)
+
+
+def as_value(item) -> tuple:
+    """A pool item as the arguments after its option: a string is one value, a tuple several, None none."""
+    return () if item is None else (item,) if isinstance(item, str) else tuple(item)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+    """One option's values, each a tuple of arguments or a KnownBug."""
+    valid: tuple = ()
+    invalid: tuple = ()
+    diverges: tuple = ()
+
+
+def pool(valid=(), invalid=(), diverges=()) -> Pool:
+    """One option's values (see the module's docstring); a single string stands for a one-value tuple."""
+    def values(items):
+        items = (items,) if isinstance(items, str) else items
+        return tuple(item if isinstance(item, KnownBug) else as_value(item) for item in items)
+    return Pool(values(valid), values(invalid), values(diverges))
+
+
+FLAG = pool(valid=[None])
+# argparse refuses what int() or float() cannot read ("-inf" reads as an option); nan and inf reach the checks
+NOT_INT = ("", "x", "1.5", "-inf")
+NOT_FLOAT = ("nan", "inf", "1e309", "-inf", "x")
+NON_NEGATIVE = pool(valid=["0", "0.5", "1e-3", "1"], invalid=["-1", *NOT_FLOAT], diverges="1e300")
+POSITIVE = pool(valid=["1e-3", "0.5", "1"], invalid=["0", "-1", *NOT_FLOAT], diverges="1e300")
+DEVICES = pool(valid=["cpu:0", "auto", "cpu"], invalid=["meta", "mps", "xla", "cuda:x", "cuda:-1", "", "CPU", "gpu"])
+BATCH_SIZES = pool(valid=["2", "99999999999999999999", "8", "512"], invalid=["1", "0", "-1", *NOT_INT])
+PRECISIONS = pool(valid=["bf16", "fp32", "auto"], invalid=["fp16", "bf17", ""])
+COMPILE = pool(valid=["no", "auto"], invalid=["", "maybe", "1"])  # "yes" compiles for minutes on a CPU: test_fast_path
+DATA_ON_DEVICE = pool(valid=["yes", "no", "auto"], invalid=["", "maybe"])
+OUTPUT_FOLDERS = pool(valid=["{tmp}/a/b/c", "{tmp}/out"],
+                      invalid=["{file}", "{file}/sub", "{full}", "/proc/fuzz-out", "/sys/fuzz-out",
+                               "{tmp}/" + "n" * 300, ""])
 CONFIG_OPTIONS = {
-    "--epochs": values("1", "2", "0", "-1", "nan", "", "x", "1.5"),
-    "--batch-size": BIG_INTS, "--eval-batch-size": BIG_INTS, "--save-every": BIG_INTS,
-    "--learning-rate": FLOATS, "--weight-decay": FLOATS, "--grl-coefficient": FLOATS,
-    "--weight-cl": FLOATS, "--weight-aux": FLOATS, "--weight-mod": FLOATS, "--weight-adv": FLOATS,
-    "--weight-perp": FLOATS,
-    "--seed": values("0", "4294967295", "4294967296", "-1", "99999999999", "", "x", "1.5"),
+    "--epochs": pool(valid=["1", "2"], invalid=["0", "-1", *NOT_INT]),
+    "--batch-size": BATCH_SIZES,
+    "--eval-batch-size": pool(valid=["1", "99999999999999999999", "512"], invalid=["0", "-1", *NOT_INT]),
+    "--save-every": pool(valid=["0", "1", "99999999999999999999"], invalid=["-1", *NOT_INT]),
+    "--learning-rate": dataclasses.replace(POSITIVE, invalid=(*POSITIVE.invalid, ("1e300",)), diverges=()),
+    "--weight-decay": dataclasses.replace(NON_NEGATIVE, invalid=(*NON_NEGATIVE.invalid, ("1e300",)), diverges=()),
+    "--grl-coefficient": pool(valid=["-1", "0", "0.5"], invalid=NOT_FLOAT, diverges="1e300"),  # any finite number
+    "--weight-cl": NON_NEGATIVE, "--weight-aux": NON_NEGATIVE, "--weight-mod": NON_NEGATIVE,
+    "--weight-adv": NON_NEGATIVE, "--weight-perp": NON_NEGATIVE,
+    "--seed": pool(valid=["4294967295", "0"], invalid=["4294967296", "-1", "99999999999", "", "x", "1.5"]),
     "--device": DEVICES,
-    "--encoder-first": values("auto", "lenet", "resnet18", "mlp", "resnet1d", "", "LeNet", "vgg"),
-    "--encoder-second": values("auto", "mlp", "lenet", "", "x"),
-    "--augment-first": values("auto", "none", "flip", "flip+rot90", "shift", "", "rot"),
-    "--augment-second": values("auto", "none", "flip", "shift", ""),
-    "--data-on-device": values("auto", "yes", "no", "", "maybe"),
-    "--compile": values("auto", "no", "", "maybe", "1"),  # "yes" on a CPU compiles for minutes: see test_fast_path
-    "--precision": values("auto", "fp32", "bf16", "fp16", "bf17", ""),
-    "--overwrite": values(None),
-    "--test-every-epoch": values(None), "--save-every-seconds": FLOATS,
-    "--grl-schedule": values("constant", "dann", "linear", "", "x", "DANN"), "--grl-warmup": FLOATS,
-    "--discriminator": values("linear", "mlp", "", "x"), "--discriminator-lr-scale": FLOATS,
-    "--settings": values("{file}", "{tmp}/nowhere.json", "", "{data}"),
+    "--encoder-first": pool(valid=["mlp", "auto", "resnet18", "lenet"], invalid=["resnet1d", "", "LeNet", "vgg"]),
+    "--encoder-second": pool(valid=["mlp", "auto"], invalid=["lenet", "resnet18", "", "x"]),
+    "--augment-first": pool(valid=["flip+rot90", "none", "flip", "auto"], invalid=["shift", "", "rot"]),
+    "--augment-second": pool(valid=["none", "auto"], invalid=["flip", "shift", ""]),
+    "--data-on-device": DATA_ON_DEVICE,
+    "--compile": COMPILE,
+    "--precision": PRECISIONS,
+    "--overwrite": FLAG,
+    "--test-every-epoch": FLAG,
+    "--save-every-seconds": pool(valid=["0", "1e300", "0.5"], invalid=["-1", *NOT_FLOAT]),
+    "--grl-schedule": pool(valid=["dann", "linear", "constant"], invalid=["", "x", "DANN"]),
+    "--grl-warmup": pool(valid=["1e-3", "1", "0.5"], invalid=["0", "-1", "1.5", "1e300", *NOT_FLOAT]),
+    "--discriminator": pool(valid=["mlp", "linear"], invalid=["", "x"]),
+    "--discriminator-lr-scale": dataclasses.replace(POSITIVE, invalid=(*POSITIVE.invalid, ("1e300",)), diverges=()),
+    "--settings": pool(valid="{settings}", invalid=["{file}", "{tmp}/nowhere.json", "", "{data}",
+                                                    "{unknown_setting}", "{mistyped_setting}"]),
 }
 
 
-class Example:
-    """One example's folder with the files the placeholders name."""
+@dataclasses.dataclass
+class Command:
+    name: str
+    main: object  # main(argv) -> exit status; None for main_DisCoM-KD.py (conftest's cli_main)
+    options: dict  # option (or POSITIONAL) -> Pool
+    argv: object  # argv(example, positional or None, arguments) -> the full argument list
+    writes: tuple  # file-name patterns a successful run writes (or rewrites)
+    examples: int  # random combinations drawn by the property
+    not_alone: frozenset = frozenset()  # options whose values are drawn in combinations only
 
-    def __init__(self, needs_run=None):
+
+class Example:
+    """One example's temporary folder. A placeholder in a value ({data}, {run}, ...) names a file or
+    folder made in it on first use; `request` gives the shared runs copied from."""
+
+    def __init__(self, request):
+        self.request = request
         self.tmp = tempfile.mkdtemp(prefix="fuzz-options-")
-        self.data = write_toy_folder(os.path.join(self.tmp, "data"), PREFIXES, n=ROWS)
-        self.file = os.path.join(self.tmp, "file.txt")
-        with open(self.file, "w") as handle:
-            handle.write("a user's file")
-        self.full = os.path.join(self.tmp, "full")
-        os.makedirs(self.full)
-        with open(os.path.join(self.full, "notes.txt"), "w") as handle:
-            handle.write("a user's file")
-        self.run = None
-        if needs_run is not None:
-            self.run = os.path.join(self.tmp, "run")
-            shutil.copytree(needs_run, self.run)
+        self.made = {"tmp": self.tmp}
 
     def fill(self, text: str) -> str:
-        return (text.replace("{tmp}", self.tmp).replace("{data}", self.data).replace("{file}", self.file)
-                .replace("{full}", self.full).replace("{run}", self.run or "")
-                .replace("{checkpoint}", os.path.join(self.run or "", "best_VEC.pt")))
+        return re.sub(r"\{(\w+)\}", lambda match: self.path(match.group(1)), text)
+
+    def path(self, name: str) -> str:
+        if name not in self.made:
+            self.made[name] = getattr(self, "make_" + name)()
+        return self.made[name]
+
+    def here(self, name: str) -> str:
+        return os.path.join(self.tmp, name)
+
+    def write_text(self, name: str, text: str) -> str:
+        with open(self.here(name), "w") as handle:
+            handle.write(text)
+        return self.here(name)
+
+    def make_data(self):  # a toy data folder with its split files
+        return write_toy_folder(self.here("data"), PREFIXES, n=ROWS)
+
+    def make_unsplit(self):  # one without split files (make_splits.py writes them)
+        folder = write_toy_folder(self.here("unsplit"), PREFIXES, n=ROWS)
+        for split in ("train", "valid", "test"):
+            os.remove(os.path.join(folder, f"{split}_idx.npy"))
+        return folder
+
+    def make_file(self):  # a user's regular file
+        return self.write_text("file.txt", "a user's file")
+
+    def make_full(self):  # a folder holding a user's file
+        os.makedirs(self.here("full"))
+        self.write_text("full/notes.txt", "a user's file")
+        return self.here("full")
+
+    def make_settings(self):
+        return self.write_text("settings.json", json.dumps({"learning_rate": 0.002, "weight_adv": 0.5}))
+
+    def make_unknown_setting(self):
+        return self.write_text("unknown.json", json.dumps({"lr": 0.002}))
+
+    def make_mistyped_setting(self):
+        return self.write_text("mistyped.json", json.dumps({"epochs": "two"}))
+
+    def make_rundata(self):  # a copy of conftest's toy run's data folder, its run folder inside
+        folder, _ = self.request.getfixturevalue("toy_run")
+        return shutil.copytree(folder, self.here("rundata"))
+
+    def make_run(self):
+        folder, output = self.request.getfixturevalue("toy_run")
+        return os.path.join(self.path("rundata"), os.path.relpath(output, folder))
+
+    def make_checkpoint(self):
+        return os.path.join(self.path("run"), "best_VEC.pt")
+
+    def make_resumable(self):  # a copy of an interrupted run: --resume continues it
+        return shutil.copytree(self.request.getfixturevalue("interrupted_run"), self.here("resumable"))
+
+    def make_old_prediction(self):  # the prefix of an earlier prediction's files
+        np.save(self.here("old_classes.npy"), np.zeros(3, dtype=np.int64))
+        return self.here("old")
+
+    def make_far_rows(self):  # row numbers past the end of the input
+        np.save(self.here("far_rows.npy"), np.array([0, 10 ** 6]))
+        return self.here("far_rows.npy")
 
 
-def draw_arguments(draw, options: dict, focus: str) -> list[str]:
-    """The focus option (or positional arguments) and up to MAX_EXTRA_OPTIONS others, each with a pool value."""
-    others = sorted(set(options) - {focus, POSITIONAL})
-    chosen = [focus] + (draw(st.lists(st.sampled_from(others), max_size=MAX_EXTRA_OPTIONS, unique=True))
-                        if others else [])
-    arguments = []
-    for flag in chosen:
-        if flag != POSITIONAL:
-            arguments += [flag, *draw(st.sampled_from(options[flag]))]
-    return arguments
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory):
+    """A one-epoch toy run stopped at its first step, its state.pt saved: a run folder --resume continues."""
+    folder = write_toy_folder(tmp_path_factory.mktemp("interrupted") / "data", PREFIXES, n=ROWS)
+    output = os.path.join(folder, "run")
+    config = Config(**{**TOY_SETTINGS, "epochs": 1}, verbose=0, output=output)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            pytest.raises(Interrupted):
+        run(config, folder, *PREFIXES, should_stop=lambda: True)
+    assert os.path.exists(os.path.join(output, "state.pt"))
+    return output
 
 
+# ----------------------------------------------------------------------------- main_DisCoM-KD.py
+MAIN_BASE = toy_options(epochs=1)
+
+
+def main_argv(example, positional, arguments):
+    if "--resume" in arguments:  # --resume RUN_FOLDER is given alone
+        return arguments
+    return [*(positional if positional is not None else (example.path("data"), *PREFIXES)), *MAIN_BASE, *arguments]
+
+
+MAIN_OPTIONS = {
+    **CONFIG_OPTIONS,
+    "--output": OUTPUT_FOLDERS,
+    "--resume": pool(valid="{resumable}", invalid=["{run}", "{data}", "{tmp}/nowhere", "{file}", "", "{full}",
+                                                   ("{resumable}", "--epochs", "2")]),  # finished; not runs; not alone
+    "--legacy-modality-targets": FLAG, "--quiet": FLAG, "--no-fast": FLAG,
+    "--verbose": pool(valid=[None], invalid=[("--quiet",)]),
+    POSITIONAL: pool(valid=[("{data}", "IMG", "VEC")],
+                     invalid=[("{data}", "IMG", "IMG"), ("{data}", "IMG", ""), ("{data}", "../IMG", "VEC"),
+                              ("{tmp}/nowhere", "IMG", "VEC"), ("{file}", "IMG", "VEC"), ("", "IMG", "VEC"),
+                              ("{data}", "IMG"), ("{data}", "img", "VEC"), ("{data}", "IMG ", "VEC"), ()]),
+}
+
+# ----------------------------------------------------------------------------- compare.py
+COMPARE_BASE = [*toy_options(epochs=1), "--methods", "logreg", "--output", "{tmp}/cmp"]
+
+
+def compare_argv(example, positional, arguments):
+    base = [example.fill(a) for a in COMPARE_BASE]
+    return [*(positional if positional is not None else (example.path("data"), *PREFIXES)), *base, *arguments]
+
+
+# The Ray options apply with --executor ray only (the local executor ignores them): their invalid values
+# are given with it, and are refused before Ray starts. Valid ones with Ray: tests/test_ray.py.
+RAY = ("--executor", "ray")
+COMPARE_OPTIONS = {
+    **CONFIG_OPTIONS,
+    "--epochs": pool(valid="1", invalid=["0", "-1", "x"]),  # compare trains every method: one epoch at most here
+    "--runs": pool(valid=["2", "1"], invalid=["0", "-1", "1001", "1000000000", "", "x"]),
+    "--methods": pool(valid=["svm,logreg", "mono", "discomkd", "logreg,logreg", "logreg"],
+                      invalid=["", ",", "x", "LOGREG", "logreg,x"]),
+    "--resplit": FLAG, "--verbose": FLAG, "--ablation": FLAG,
+    "--executor": pool(valid="local", invalid=["", "x", "RAY"]),  # "ray" starts a cluster: tests/test_ray.py
+    "--ray-address": pool(valid=["auto", "", "127.0.0.1:1"]),  # any text; reaching it: tests/test_ray.py
+    "--gpus-per-task": pool(valid=["0.5", "0", "1"],
+                            invalid=[("-1", *RAY), ("nan", *RAY), ("1.5", *RAY), "", "x",
+                                     ("inf", *RAY),
+                                     ("1e309", *RAY)]),
+    "--cpus-per-task": pool(valid=["0.5", "1"], invalid=[("0", *RAY), ("-1", *RAY), ("nan", *RAY), "", "x"]),
+    "--max-retries": pool(valid=["0", "3"], invalid=[("-1", *RAY), "", "x", "1.5"]),
+    "--output": OUTPUT_FOLDERS,
+    POSITIONAL: pool(valid=[("{data}", "IMG", "VEC")],
+                     invalid=[("{data}", "VEC", "VEC"), ("{tmp}/nowhere", "IMG", "VEC"), ("{file}", "IMG", "VEC"),
+                              ("{data}", "IMG", "X"), ("{data}", "IMG")]),
+}
+
+# ----------------------------------------------------------------------------- predict.py
+PREDICT_OPTIONS = {
+    "--rows": pool(valid=["{data}/test_idx.npy", "{data}/labels.npy"],
+                   invalid=["{data}", "{tmp}/nowhere.npy", "{file}", "", "{data}/VEC_data_normalized.npy",
+                            "{far_rows}"]),
+    "--labels": pool(valid="{data}/labels.npy",
+                     invalid=["{data}/test_idx.npy", "{data}/VEC_data_normalized.npy", "{data}", "{file}", ""]),
+    "--output": pool(valid=["{full}/", "{tmp}/p", "{data}", ("{old_prediction}", "--overwrite")],
+                     invalid=["{tmp}/nowhere/p", "{file}/p", "/proc/p", "{old_prediction}", ""]),
+    "--batch-size": pool(valid=["1", "99999999999999999999", "512"], invalid=["0", "-1", *NOT_INT]),
+    "--device": DEVICES,
+    "--overwrite": FLAG,
+    POSITIONAL: pool(valid=[("{checkpoint}", "{data}/VEC_data_normalized.npy")],
+                     invalid=[("{checkpoint}", "{data}/IMG_data_normalized.npy"),
+                              ("{data}/labels.npy", "{data}/labels.npy"),
+                              ("{run}/results.json", "{data}/VEC_data_normalized.npy"), ("{run}", "{data}"),
+                              ("{checkpoint}", "{file}"), ("{checkpoint}", ""), ("", ""), ("{checkpoint}",)]),
+}
+
+
+def predict_argv(example, positional, arguments):
+    inputs = positional if positional is not None else (example.path("checkpoint"),
+                                                        example.fill("{data}/VEC_data_normalized.npy"))
+    return [*inputs, "--device", "cpu", "--output", example.here("pred"), *arguments]
+
+
+# ----------------------------------------------------------------------------- inspect_run.py
+INSPECT_OPTIONS = {
+    "--no-figures": FLAG, "--no-probes": FLAG,
+    "--data": pool(valid="{rundata}",  # {data}: other rows than the run's
+                   invalid=["{data}", "{tmp}/nowhere", "{file}", "{full}", ""]),
+    "--device": DEVICES,
+    POSITIONAL: pool(valid=[("{run}",)],
+                     invalid=[("{tmp}/nowhere",), ("{file}",), ("{data}",), ("",), ("{full}",), ()]),
+}
+
+
+def inspect_argv(example, positional, arguments):
+    # figures (t-SNE) cost seconds: drawn only for --no-probes alone, where they are the point
+    figures = [] if arguments == ["--no-probes"] else ["--no-figures"]
+    run_folder = positional if positional is not None else (example.path("run"),)
+    return [*run_folder, "--device", "cpu", *figures, *arguments]
+
+
+# ----------------------------------------------------------------------------- make_splits.py, make_example.py
+SPLITS_OPTIONS = {
+    "--seed": pool(valid=["4294967295", "0"], invalid=["4294967296", "-1", "", "x"]),
+    "--fractions": pool(valid=[("0.5", "0.25", "0.25"), ("0.7", "0.1", "0.2")],
+                        invalid=[("nan", "0.5", "0.5"), ("inf", "0", "0"), ("1", "0", "0"), ("0.7", "0.1"),
+                                 ("-0.2", "0.6", "0.6"), ("1e308", "1e308", "1e308"), ("0.3", "0.3", "0.3"),
+                                 ("x", "y", "z")]),
+    "--overwrite": FLAG,
+    POSITIONAL: pool(valid=[("{unsplit}",), ("{data}", "--overwrite")],
+                     invalid=[("{data}",), ("{tmp}/nowhere",), ("{file}",), ("{full}",), ("",), ()]),  # {data}: split
+}
+
+
+def splits_argv(example, positional, arguments):
+    return [*(positional if positional is not None else (example.path("unsplit"),)), *arguments]
+
+
+EXAMPLE_OPTIONS = {
+    "--overwrite": FLAG,
+    POSITIONAL: pool(valid=[("{tmp}/example",), (), ("{full}", "--overwrite")],  # (): ./example_digits
+                     invalid=[("{full}",), ("{file}",), ("{file}/sub",), ("/proc/example",), ("{data}",), ("",)]),
+}
+
+
+def example_argv(example, positional, arguments):
+    return [*(positional if positional is not None else (example.here("example"),)), *arguments]
+
+
+# ----------------------------------------------------------------------------- benchmark.py
+BENCHMARK_OPTIONS = {
+    "--shape": pool(valid="tiny", invalid=["eurosat-x", "", "TINY"]),  # the real presets run for minutes on a CPU
+    "--samples": pool(valid=["9", "64"], invalid=["8", "0", "-1", "10000000000000", "", "x"]),
+    "--first-shape": pool(valid=[("6",), ("2", "16"), ("1", "12", "12")],
+                          invalid=[("1", "3", "3"), ("0", "4", "4"), ("1", "2", "3", "4"), ("-1",), ("x",)]),
+    "--second-shape": pool(valid=[("6",), ("1", "8", "8")], invalid=[("0",), ("2", "1"), ("x",)]),
+    "--classes": pool(valid=["2", "3"], invalid=["1", "0", "-1", "100000", "x"]),
+    "--epochs": pool(valid=["2", "1"], invalid=["0", "-1", "x"]),
+    "--batch-size": BATCH_SIZES, "--device": DEVICES,
+    "--precision": PRECISIONS, "--compile": COMPILE, "--data-on-device": DATA_ON_DEVICE,
+    "--compare-plain": FLAG, "--end-to-end": FLAG,
+    "--output": pool(valid=["{full}", "{tmp}/a/b/c"],  # a folder of timestamped files: one holding files too
+                     invalid=["{file}", "{file}/sub", "/proc/fuzz-out", "/sys/fuzz-out", "{tmp}/" + "n" * 300, ""]),
+    # --methods applies with --end-to-end only
+    "--methods": pool(valid=[("mono,teacher", "--end-to-end"), ("discomkd", "--end-to-end")],
+                      invalid=[("", "--end-to-end"), ("x", "--end-to-end"), ("kd", "--end-to-end")]),
+}
+
+
+def benchmark_argv(example, positional, arguments):
+    # vectors (the MLP) by default: the tiny preset's images would train ResNet-18, seconds per example
+    return ["--shape", "tiny", "--first-shape", "8", "--epochs", "1", "--device", "cpu",
+            "--output", example.here("bench"), *arguments]
+
+
+COMMANDS = {command.name: command for command in [
+    Command(MAIN, None, MAIN_OPTIONS, main_argv, ("results.json",), 10),
+    # the training options are main_DisCoM-KD.py's (one parser function, one Config check; with --methods
+    # logreg nothing trains): their values run alone there, here in combinations (a few alone)
+    Command("compare.py", compare.main, COMPARE_OPTIONS, compare_argv, ("comparison.json", "comparison.md"), 6,
+            frozenset(CONFIG_OPTIONS) - {"--epochs", "--batch-size", "--seed", "--device", "--settings"}),
+    Command("predict.py", predict.main, PREDICT_OPTIONS, predict_argv, ("*_classes.npy", "*_probabilities.npy"), 4),
+    Command("inspect_run.py", inspect_run.main, INSPECT_OPTIONS, inspect_argv, ("*.json|*.png",), 2),
+    Command("make_splits.py", make_splits.main, SPLITS_OPTIONS, splits_argv,
+            ("train_idx.npy", "valid_idx.npy", "test_idx.npy"), 5),
+    Command("make_example.py", make_example.main, EXAMPLE_OPTIONS, example_argv,
+            ("labels.npy", "*_data_normalized.npy"), 4),
+    Command("benchmark.py", benchmark.main, BENCHMARK_OPTIONS, benchmark_argv, ("benchmark_*.json",), 3),
+]}
+
+
+# ----------------------------------------------------------------------------- running one example
 def run_command(main, argv, cwd):
     """(exit status, stdout, stderr) of `main(argv)` run in `cwd`; argparse's SystemExit becomes a status."""
     stdout, stderr = io.StringIO(), io.StringIO()
@@ -126,236 +413,156 @@ def run_command(main, argv, cwd):
     return status, stdout.getvalue(), stderr.getvalue()
 
 
-def check_outcome(status, out, err, before, after, argv):
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if not line.startswith("warning: ")]
-    if status == 0:
-        return "ok"
-    assert status in (2, 3), f"exit {status} for {argv}: {err}"
-    if lines and lines[0].startswith("usage:"):  # argparse: usage, then one 'prog: error: ...' line
-        assert sum(": error: " in line for line in lines) == 1 and out == "", (argv, err)
-        assert after == before, f"files written for {argv}"
-        return "argparse: " + lines[-1].split(": error: ")[1].split(":")[0][:30]
-    assert len(lines) == 1 and lines[0].startswith("error: "), (argv, err)
-    if status == 3:  # training failed; the run's outputs so far are kept by design
-        assert "loss" in lines[0], (argv, lines[0])
-        return "diverged"
-    assert out == "" and after == before, f"files written for {argv}: {sorted(set(after) ^ set(before))}"
-    return "refused"
+@dataclasses.dataclass
+class Outcome:
+    argv: list
+    status: int
+    out: str
+    err: str
+    written: list  # files created or changed
+
+    def error_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if not line.startswith("warning: ")]
+
+    def describe(self) -> str:
+        return f"exit {self.status} for {self.argv}\nstdout: {self.out[-800:]}\nstderr: {self.err[-1500:]}"
 
 
-def fuzz(main, options: dict, focus: str, make_argv, needs_run=None, examples=EXAMPLES_PER_OPTION, check_ok=None):
-    """Runs `examples` derandomized examples with `focus` drawn; returns the outcomes seen."""
-    seen = collections.Counter()
+def run_example(request, cli_main, command: Command, option: str | None, value: tuple, example=None) -> Outcome:
+    """Runs `command` on its cheap base with `option value` (or the positional arguments `value`), in a
+    fresh example folder that `request`'s finalizer removes."""
+    example = example or Example(request)
+    request.addfinalizer(lambda: shutil.rmtree(example.tmp, ignore_errors=True))
+    filled = [example.fill(text) for text in value]
+    if option == POSITIONAL:
+        argv = command.argv(example, filled, [])
+    else:
+        argv = command.argv(example, None, [] if option is None else [option, *filled])
+    return execute(cli_main, command, example, argv)
 
-    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+
+def execute(cli_main, command: Command, example: Example, argv: list) -> Outcome:
+    before = folder_snapshot(example.tmp)
+    status, out, err = run_command(command.main or cli_main, argv, example.tmp)
+    after = folder_snapshot(example.tmp)
+    return Outcome(argv, status, out, err, sorted(path for path in after if after[path] != before.get(path)))
+
+
+def assert_refused(outcome: Outcome, named=()) -> None:
+    """Exit 2, one `error:` line (argparse: its usage, then one `prog: error:` line) naming one of
+    `named` (the option or its value), nothing on stdout, nothing written."""
+    assert "Traceback" not in outcome.err, outcome.describe()
+    assert outcome.status == 2, outcome.describe()
+    lines = outcome.error_lines()
+    if lines and lines[0].startswith("usage:"):
+        errors = [line for line in lines if ": error: " in line]
+        assert len(errors) == 1 and lines[-1] == errors[0], outcome.describe()
+    else:
+        assert len(lines) == 1 and lines[0].startswith("error: "), outcome.describe()
+    if named:
+        assert any(text in lines[-1] for text in named), f"{lines[-1]!r} names none of {named}"
+    assert outcome.out == "", outcome.describe()
+    assert outcome.written == [], f"files written for {outcome.argv}: {outcome.written}"
+
+
+def assert_ran(outcome: Outcome, command: Command) -> None:
+    """Exit 0, no error line, and the command's files written."""
+    assert outcome.status == 0 and "Traceback" not in outcome.err, outcome.describe()
+    assert not [line for line in outcome.error_lines() if "error" in line.lower()], outcome.describe()
+    names = [os.path.basename(path) for path in outcome.written]
+    for patterns in command.writes:
+        assert any(fnmatch.fnmatch(name, pattern) for name in names for pattern in patterns.split("|")), \
+            f"{patterns} not written by {outcome.argv}: {names}"
+    if command.name == MAIN:
+        results = [path for path in outcome.written if os.path.basename(path) == "results.json"]
+        assert all(json.load(open(path))["status"] == "finished" for path in results), results
+
+
+# ----------------------------------------------------------------------------- the tests
+def cases(kind: str, alone: int | None = None) -> list:
+    """pytest parameters (command, option, value) for the values of pool `kind` (`alone`: the first ones,
+    and the known bugs)."""
+    params = []
+    for name, command in COMMANDS.items():
+        for option, option_pool in command.options.items():
+            if option in command.not_alone:
+                continue
+            items = getattr(option_pool, kind)
+            bugs_further = () if alone is None else tuple(item for item in items[alone:] if isinstance(item, KnownBug))
+            for item in items[:alone] + bugs_further:
+                value = item.value if isinstance(item, KnownBug) else item
+                shown = " ".join(repr(text) if text == "" else text[:40] for text in value)
+                marks = [pytest.mark.xfail(strict=True, reason=item.reason)] if isinstance(item, KnownBug) else []
+                params.append(pytest.param(name, option, value, marks=marks, id=f"{name} {option} {shown}".rstrip()))
+    return params
+
+
+@pytest.mark.parametrize("name, option, value", cases("valid", VALID_ALONE))
+def test_a_valid_value_runs(request, cli_main, name, option, value):
+    command = COMMANDS[name]
+    assert_ran(run_example(request, cli_main, command, option, value), command)
+
+
+@pytest.mark.parametrize("name, option, value", cases("invalid"))
+def test_an_invalid_value_is_refused_in_one_line(request, cli_main, name, option, value):
+    example = Example(request)
+    named = [example.fill(text) if text else "''" for text in value] + [option]
+    if "" in value:
+        named.append("error: : ")  # an empty path, named as nothing
+    if name == "benchmark.py" and option == "--classes" and value == ("100000",):
+        named.append("per class")  # more classes than --samples allows: the line names --samples
+    if option == POSITIONAL:
+        named = []  # the positional arguments each have their own checks, in their own words
+    assert_refused(run_example(request, cli_main, COMMANDS[name], option, value, example), named)
+
+
+@pytest.mark.parametrize("name, option, value", cases("diverges"))
+def test_a_diverging_value_trains_or_stops_on_its_loss(request, cli_main, name, option, value):
+    command = COMMANDS[name]
+    outcome = run_example(request, cli_main, command, option, value)
+    if outcome.status == 3:  # training failed; the run's outputs so far are kept by design
+        lines = outcome.error_lines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "loss" in lines[0], outcome.describe()
+    else:
+        assert_ran(outcome, command)
+
+
+def every_value(option_pool: Pool) -> list:
+    """The values the property draws from: all three pools, known bugs aside."""
+    return [value for value in option_pool.valid + option_pool.invalid + option_pool.diverges
+            if not isinstance(value, KnownBug)]
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_random_combinations_never_crash(request, cli_main, name):
+    """Up to three options drawn with values from all three pools (and sometimes positional arguments):
+    exit 0, 2 (one error line, nothing written) or 3 (one error line); never a traceback."""
+    command = COMMANDS[name]
+    flags = sorted(set(command.options) - {POSITIONAL})
+
+    @settings(max_examples=command.examples, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     @given(st.data())
-    def options_never_crash(data):
-        example = Example(needs_run)
+    def combinations_never_crash(data):
+        example = Example(request)
         try:
-            arguments = [example.fill(a) for a in draw_arguments(data.draw, options, focus)]
-            positional = [example.fill(a) for a in data.draw(st.sampled_from(options[POSITIONAL]))] \
-                if focus == POSITIONAL else None
-            argv = make_argv(example, positional, arguments)
-            before = folder_snapshot(example.tmp)
-            status, out, err = run_command(main, argv, example.tmp)
-            outcome = check_outcome(status, out, err, before, folder_snapshot(example.tmp), argv)
-            if outcome == "ok" and check_ok is not None:
-                check_ok(example, argv, out)
-            seen[outcome] += 1
+            chosen = data.draw(st.lists(st.sampled_from(flags), min_size=1, max_size=3, unique=True))
+            arguments = [example.fill(text) for flag in chosen
+                         for text in (flag, *data.draw(st.sampled_from(every_value(command.options[flag]))))]
+            positional = None
+            if POSITIONAL in command.options and data.draw(st.booleans()):
+                positional = [example.fill(text) for text in data.draw(st.sampled_from(every_value(
+                    command.options[POSITIONAL])))]
+            outcome = execute(cli_main, command, example, command.argv(example, positional, arguments))
+            assert "Traceback" not in outcome.err and outcome.status in (0, 2, 3), outcome.describe()
+            if outcome.status == 2:
+                assert_refused(outcome)
+            elif outcome.status == 3:
+                assert len(outcome.error_lines()) == 1, outcome.describe()
         finally:
             shutil.rmtree(example.tmp, ignore_errors=True)
 
-    options_never_crash()
-    return seen
-
-
-def fuzz_report(command, options, focus, seen):
-    print(f"\nfuzz {command} {focus}: {dict(seen)} ({len(options)} options and positionals in the pools)")
-    assert sum(seen.values()) > 0
-
-
-# ----------------------------------------------------------------------------- main_DisCoM-KD.py
-MAIN_BASE = ["--epochs", "1", "--batch-size", "8", "--encoder-first", "lenet", "--device", "cpu", "--quiet"]
-MAIN_OPTIONS = {
-    **CONFIG_OPTIONS,
-    "--output": OUTPUT_FOLDERS,
-    "--resume": values("{data}", "{tmp}/nowhere", "{file}", "", "{full}"),
-    "--legacy-modality-targets": values(None), "--quiet": values(None), "--verbose": values(None),
-    "--no-fast": values(None),
-    POSITIONAL: values(("{data}", "IMG", "VEC"), ("{data}", "IMG", "IMG"), ("{data}", "IMG", ""),
-                       ("{data}", "../IMG", "VEC"), ("{tmp}/nowhere", "IMG", "VEC"), ("{file}", "IMG", "VEC"),
-                       ("", "IMG", "VEC"), ("{data}", "IMG"), ("{data}", "img", "VEC"), ("{data}", "IMG ", "VEC")),
-}
-
-
-def main_argv(example, positional, arguments):
-    return [*(positional if positional is not None else (example.data, *PREFIXES)), *MAIN_BASE, *arguments]
-
-
-@pytest.mark.parametrize("focus", sorted(MAIN_OPTIONS))
-def test_main_options(cli_main, focus):
-    fuzz_report("main_DisCoM-KD.py", MAIN_OPTIONS, focus, fuzz(cli_main, MAIN_OPTIONS, focus, main_argv))
-
-
-# ----------------------------------------------------------------------------- compare.py
-COMPARE_BASE = ["--epochs", "1", "--batch-size", "8", "--encoder-first", "lenet", "--device", "cpu",
-                "--methods", "logreg", "--output", "{tmp}/cmp"]
-COMPARE_OPTIONS = {
-    **{k: v for k, v in CONFIG_OPTIONS.items() if k != "--epochs"},
-    "--epochs": values("1", "0", "-1", "x"),  # compare trains every method: one epoch at most here
-    "--runs": values("1", "2", "0", "-1", "1001", "1000000000", "", "x"),
-    "--methods": values("logreg", "mono", "svm,logreg", "discomkd", "", ",", "x", "logreg,logreg", "LOGREG"),
-    "--resplit": values(None), "--verbose": values(None), "--ablation": values(None),
-    # "ray" would start a Ray cluster where Ray is installed: tests/test_grid.py and test_ray.py cover it
-    "--executor": values("local", "", "x", "RAY"), "--ray-address": values("auto", "", "127.0.0.1:1"),
-    "--gpus-per-task": FLOATS, "--cpus-per-task": FLOATS, "--max-retries": BIG_INTS,
-    "--output": OUTPUT_FOLDERS,
-    POSITIONAL: values(("{data}", "IMG", "VEC"), ("{data}", "VEC", "VEC"), ("{tmp}/nowhere", "IMG", "VEC"),
-                       ("{file}", "IMG", "VEC"), ("{data}", "IMG", "X")),
-}
-COMPARE_OPTIONS["--seed"] = values("0", "4294967295", "-1", "x")
-
-
-def compare_argv(example, positional, arguments):
-    base = [example.fill(a) for a in COMPARE_BASE]
-    return [*(positional if positional is not None else (example.data, *PREFIXES)), *base, *arguments]
-
-
-@pytest.mark.parametrize("focus", sorted(COMPARE_OPTIONS))
-def test_compare_options(focus):
-    fuzz_report("compare.py", COMPARE_OPTIONS, focus, fuzz(compare.main, COMPARE_OPTIONS, focus, compare_argv))
-
-
-# ----------------------------------------------------------------------------- predict.py and inspect_run.py
-@pytest.fixture
-def finished_run(toy_run):
-    """The run folder of conftest's shared finished run (each example works on a copy)."""
-    return toy_run[1]
-
-
-PREDICT_OPTIONS = {
-    "--rows": values("{data}/test_idx.npy", "{data}/labels.npy", "{data}", "{tmp}/nowhere.npy", "{file}", "",
-                     "{data}/VEC_data_normalized.npy"),
-    "--labels": values("{data}/labels.npy", "{data}/test_idx.npy", "{data}/VEC_data_normalized.npy", "{data}",
-                       "{file}", ""),
-    "--output": values("{tmp}/p", "{tmp}/nowhere/p", "{file}/p", "/proc/p", "", "{data}", "{full}/"),
-    "--batch-size": BIG_INTS, "--device": DEVICES, "--overwrite": values(None),
-    POSITIONAL: values(("{checkpoint}", "{data}/VEC_data_normalized.npy"),
-                       ("{checkpoint}", "{data}/IMG_data_normalized.npy"), ("{data}/labels.npy", "{data}/labels.npy"),
-                       ("{run}/results.json", "{data}/VEC_data_normalized.npy"), ("{run}", "{data}"),
-                       ("{checkpoint}", "{file}"), ("{checkpoint}", ""), ("", "")),
-}
-
-
-def predict_argv(example, positional, arguments):
-    inputs = positional if positional is not None else (example.fill("{checkpoint}"), array_path(example.data, "VEC"))
-    return [*inputs, "--device", "cpu", "--output", os.path.join(example.tmp, "pred"), *arguments]
-
-
-@pytest.mark.parametrize("focus", sorted(PREDICT_OPTIONS))
-def test_predict_options(finished_run, focus):
-    fuzz_report("predict.py", PREDICT_OPTIONS, focus,
-                fuzz(predict.main, PREDICT_OPTIONS, focus, predict_argv, needs_run=finished_run))
-
-
-INSPECT_OPTIONS = {
-    "--no-figures": values(None), "--no-probes": values(None),
-    "--data": values("{data}", "{tmp}/nowhere", "{file}", "", "{full}"),
-    "--device": DEVICES,
-    POSITIONAL: values(("{run}",), ("{tmp}/nowhere",), ("{file}",), ("{data}",), ("",), ("{full}",)),
-}
-
-
-def inspect_argv(example, positional, arguments):
-    # figures (t-SNE) cost seconds: drawn only when the focus is --no-probes, where they are the point
-    figures = [] if "--no-probes" in arguments else ["--no-figures"]
-    return [*(positional if positional is not None else (example.run,)), "--device", "cpu", *figures, *arguments]
-
-
-@pytest.mark.parametrize("focus", sorted(INSPECT_OPTIONS))
-def test_inspect_run_options(finished_run, focus):
-    fuzz_report("inspect_run.py", INSPECT_OPTIONS, focus,
-                fuzz(inspect_run.main, INSPECT_OPTIONS, focus, inspect_argv, needs_run=finished_run))
-
-
-# ----------------------------------------------------------------------------- make_splits.py, make_example.py
-SPLITS_OPTIONS = {
-    "--seed": values("0", "4294967295", "4294967296", "-1", "", "x"),
-    "--fractions": values(("0.7", "0.1", "0.2"), ("0.5", "0.25", "0.25"), ("nan", "0.5", "0.5"), ("inf", "0", "0"),
-                          ("1", "0", "0"), ("0.7", "0.1"), ("-0.2", "0.6", "0.6"), ("1e308", "1e308", "1e308"),
-                          ("0.3", "0.3", "0.3"), ("x", "y", "z")),
-    "--overwrite": values(None),
-    POSITIONAL: values(("{data}",), ("{tmp}/nowhere",), ("{file}",), ("{full}",), ("",)),
-}
-
-
-def splits_argv(example, positional, arguments):
-    return [*(positional if positional is not None else (example.data,)), *arguments]
-
-
-@pytest.mark.parametrize("focus", sorted(SPLITS_OPTIONS))
-def test_make_splits_options(focus):
-    fuzz_report("make_splits.py", SPLITS_OPTIONS, focus, fuzz(make_splits.main, SPLITS_OPTIONS, focus, splits_argv))
-
-
-EXAMPLE_OPTIONS = {
-    "--overwrite": values(None),
-    POSITIONAL: values(("{tmp}/example",), ("{full}",), ("{file}",), ("{file}/sub",), ("/proc/example",), ("",),
-                       ("{data}",), ()),
-}
-
-
-def example_argv(example, positional, arguments):
-    return [*(positional if positional is not None else (os.path.join(example.tmp, "example"),)), *arguments]
-
-
-@pytest.mark.parametrize("focus", sorted(EXAMPLE_OPTIONS))
-def test_make_example_options(focus):
-    fuzz_report("make_example.py", EXAMPLE_OPTIONS, focus,
-                fuzz(make_example.main, EXAMPLE_OPTIONS, focus, example_argv, examples=3))
-
-
-# ----------------------------------------------------------------------------- benchmark.py
-BENCHMARK_OPTIONS = {
-    "--shape": values("tiny", "eurosat-x", "", "TINY"),  # the real presets run for minutes on a CPU
-    "--samples": values("9", "64", "8", "0", "-1", "10000000000000", "", "x"),
-    "--first-shape": values(("1", "12", "12"), ("6",), ("2", "16"), ("1", "3", "3"), ("0", "4", "4"),
-                            ("1", "2", "3", "4"), ("-1",), ("x",)),
-    "--second-shape": values(("6",), ("1", "8", "8"), ("0",), ("2", "1"), ("x",)),
-    "--classes": values("2", "3", "1", "0", "-1", "100000", "x"),
-    "--epochs": values("1", "2", "0", "-1", "x"),
-    "--batch-size": BIG_INTS, "--device": DEVICES,
-    "--precision": values("auto", "fp32", "bf16", "bf17", "", "fp16"),
-    "--compile": values("auto", "no", "", "maybe"),
-    "--data-on-device": values("auto", "yes", "no", "", "always"),
-    "--compare-plain": values(None),
-    "--output": OUTPUT_FOLDERS,
-    "--end-to-end": values(None), "--methods": values("discomkd", "mono,teacher", "", "x", "kd"),
-}
-
-
-def benchmark_argv(example, positional, arguments):
-    # vectors (the MLP) by default: the tiny preset's images would train ResNet-18, seconds per example
-    return ["--shape", "tiny", "--first-shape", "8", "--epochs", "1", "--device", "cpu",
-            "--output", os.path.join(example.tmp, "bench"), *arguments]
-
-
-@pytest.mark.parametrize("focus", sorted(BENCHMARK_OPTIONS))
-def test_benchmark_options(focus):
-    fuzz_report("benchmark.py", BENCHMARK_OPTIONS, focus,
-                fuzz(benchmark.main, BENCHMARK_OPTIONS, focus, benchmark_argv))
-
-
-def test_option_counts():
-    """The options (and positional argument lists) each command's fuzzing draws from, for the report."""
-    counts = {"main_DisCoM-KD.py": MAIN_OPTIONS, "compare.py": COMPARE_OPTIONS, "predict.py": PREDICT_OPTIONS,
-              "inspect_run.py": INSPECT_OPTIONS, "make_splits.py": SPLITS_OPTIONS, "make_example.py": EXAMPLE_OPTIONS,
-              "benchmark.py": BENCHMARK_OPTIONS}
-    print("\n" + ", ".join(f"{c}: {len([k for k in o if k != POSITIONAL])} options"
-                           + (" + positionals" if POSITIONAL in o else "") for c, o in counts.items()))
-    assert all(len(o) >= 2 for o in counts.values())
+    combinations_never_crash()
 
 
 def long_options(parser) -> set[str]:
@@ -365,13 +572,20 @@ def long_options(parser) -> set[str]:
 
 
 def test_every_option_of_every_command_is_fuzzed(cli_main):
-    """The pools are written by hand: an option added to a command must be added to its pool too."""
-    parsers = {"main_DisCoM-KD.py": (cli_main.__globals__["build_parser"](), MAIN_OPTIONS),
-               "compare.py": (compare.build_parser(), COMPARE_OPTIONS),
-               "predict.py": (predict.build_parser(), PREDICT_OPTIONS),
-               "inspect_run.py": (inspect_run.build_parser(), INSPECT_OPTIONS),
-               "make_splits.py": (make_splits.build_parser(), SPLITS_OPTIONS),
-               "make_example.py": (make_example.build_parser(), EXAMPLE_OPTIONS),
-               "benchmark.py": (benchmark.build_parser(), BENCHMARK_OPTIONS)}
-    missing = {command: sorted(long_options(parser) - set(pool)) for command, (parser, pool) in parsers.items()}
+    """The pools are written by hand: an option added to a command must be added to its pools too, with a
+    valid value, and an invalid one unless it takes none (a flag) or any text (--ray-address)."""
+    parsers = {MAIN: cli_main.__globals__["build_parser"](), "compare.py": compare.build_parser(),
+               "predict.py": predict.build_parser(), "inspect_run.py": inspect_run.build_parser(),
+               "make_splits.py": make_splits.build_parser(), "make_example.py": make_example.build_parser(),
+               "benchmark.py": benchmark.build_parser()}
+    assert set(parsers) == set(COMMANDS)
+    missing = {name: sorted(long_options(parser) - set(COMMANDS[name].options)) for name, parser in parsers.items()}
     assert not any(missing.values()), missing
+    without_valid = [(name, option) for name, command in COMMANDS.items()
+                     for option, option_pool in command.options.items() if not option_pool.valid]
+    assert not without_valid, without_valid
+    takes_a_value = {(name, flag) for name, parser in parsers.items() for action in parser._actions
+                     if action.nargs != 0 for flag in action.option_strings if flag.startswith("--")}
+    without_invalid = sorted((name, option) for name, option in takes_a_value - {("compare.py", "--ray-address")}
+                             if not COMMANDS[name].options[option].invalid)
+    assert not without_invalid, without_invalid

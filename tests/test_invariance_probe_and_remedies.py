@@ -1,5 +1,5 @@
-"""Issue 16: the invariant part's modality probe in every DisCoM-KD run, and the remedies for a fooled
-discriminator (reversal schedules, an MLP discriminator, a faster discriminator), all off by default."""
+"""The invariant part's modality probe in every DisCoM-KD run, and the remedies for a fooled discriminator
+(reversal schedules, an MLP discriminator, a faster discriminator), all off by default."""
 import dataclasses
 import json
 import math
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from toy import logged_lines, read_results, write_toy_folder
+from toy import TOY_SETTINGS, logged_lines, read_results, write_toy_folder
 
 import compare
 import functions
@@ -22,18 +22,19 @@ from discomkd.probes import INVARIANCE_MEANING, modality_probe, probe_rows
 from model_pytorch import PART_DIM, DisCoMKD, gradient_reverse, grl_coefficient_at
 
 PREFIXES = ("IMG", "VEC")
-TOY = dict(epochs=2, batch_size=16, encoder_first="lenet", verbose=0)
+# the paper's learning rate, as in the recorded history below
+TOY = {**TOY_SETTINGS, "learning_rate": Config.learning_rate, "verbose": 0}
 
 # Loss history of a 2-epoch toy run with the default options (lenet + mlp, toy folder n=120, seed 0),
-# recorded with the code before issue 16 (main at 833f401; torch 2.13.0, 2-core AMD EPYC CPU).
-BEFORE_ISSUE_16 = [
+# recorded with the code before the remedies (main at 833f401; torch 2.13.0, 2-core AMD EPYC CPU).
+BEFORE_THE_REMEDIES = [
     {"adv": 0.7199241518974304, "aux": 1.944800853729248, "cl": 0.9965729713439941, "mod": 0.7425656318664551,
      "perp": 0.6736539006233215, "total": 5.077517986297607},
     {"adv": 0.737011194229126, "aux": 1.5337692499160767, "cl": 0.7720596790313721, "mod": 0.7037481665611267,
      "perp": 0.6633923649787903, "total": 4.409980773925781}]
 
 
-def toy_run(folder, name="run", **overrides):
+def toy_results(folder, name="run", **overrides):
     """results.json of a 2-epoch toy run in folder/name."""
     output = os.path.join(folder, name)
     functions.run(Config(output=output, **{**TOY, **overrides}), folder, *PREFIXES)
@@ -168,7 +169,7 @@ def test_probe_rows_are_capped_reproducibly():
 
 def test_run_writes_and_prints_the_invariance_probe_of_its_best_checkpoints(folder, tmp_path):
     with logged_lines() as lines:
-        results = toy_run(folder, "probed")
+        results = toy_results(folder, "probed")
     probe = results["invariance_probe"]
     valid_rows = len(np.load(os.path.join(folder, "valid_idx.npy")))
     assert probe["split"] == "valid" and probe["chance"] == 0.5 and probe["rows_per_modality"] == valid_rows
@@ -185,14 +186,14 @@ def test_run_writes_and_prints_the_invariance_probe_of_its_best_checkpoints(fold
 
 
 def test_methods_without_invariant_parts_have_no_probe(folder):
-    results = toy_run(folder, "mono", method="mono", modality="VEC")
+    results = toy_results(folder, "mono", method="mono", modality="VEC")
     assert "invariance_probe" not in results
 
 
 def test_comparison_shows_the_probe_for_discomkd_rows_only(folder, tmp_path):
     output = str(tmp_path / "cmp")
-    results = comparison.compare(Config(epochs=1, batch_size=16, encoder_first="lenet", device="cpu", output=output),
-                              folder, *PREFIXES, runs=2, methods="mono,discomkd-dann", resplit=True)
+    results = comparison.compare(Config(**{**TOY, "epochs": 1}, output=output), folder, *PREFIXES, runs=2,
+                                 methods="mono,discomkd-dann", resplit=True)
     aggregated = results["aggregated"]
     values = [run["methods"]["discomkd-dann"]["invariance_probe"]["modality_accuracy"] for run in results["results"]]
     assert aggregated["discomkd-dann"]["invariance_probe"]["values"] == values
@@ -220,7 +221,7 @@ def test_remedy_methods_are_not_in_the_default_comparison():
 
 # ----------------------------------------------------------------------------- the paper's setting unchanged
 def test_default_options_give_the_results_of_before(folder):
-    """The code before issue 16 (a float coefficient, one parameter list), rebuilt here, and the default path
+    """The code before the remedies (a float coefficient, one parameter list), rebuilt here, and the default path
     now: bit-identical trajectories and results."""
     def old_losses(model, inputs, labels, config, progress=None):
         first, second = model(inputs[0], inputs[1], config.grl_coefficient)
@@ -228,22 +229,22 @@ def test_default_options_give_the_results_of_before(folder):
 
     old_spec = dataclasses.replace(methods.METHODS["discomkd"], losses=old_losses,
                                    parameter_groups=lambda model, config: [p for p in model.parameters()])
-    now = toy_run(folder, "now")
+    now = toy_results(folder, "now")
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(methods.METHODS, "discomkd", old_spec)  # the engine's METHODS is this dict
-        before = toy_run(folder, "before")
+        before = toy_results(folder, "before")
     assert [h["loss"] for h in now["history"]] == [h["loss"] for h in before["history"]]
     assert now["final"] == before["final"]
     # and the values recorded before the change, up to the last bits a different CPU may change
-    for epoch, recorded in zip(now["history"], BEFORE_ISSUE_16):
+    for epoch, recorded in zip(now["history"], BEFORE_THE_REMEDIES):
         assert epoch["loss"] == pytest.approx(recorded, rel=1e-4)
 
 
 def test_schedules_change_training_and_the_constant_one_does_not(folder):
-    default = toy_run(folder, "default")
+    default = toy_results(folder, "default")
     for name, overrides in (("dann", {"grl_schedule": "dann"}), ("mlp", {"discriminator": "mlp"}),
                             ("fast", {"discriminator_lr_scale": 10.0})):
-        results = toy_run(folder, name, **overrides)
+        results = toy_results(folder, name, **overrides)
         assert results["history"][0]["loss"]["adv"] != default["history"][0]["loss"]["adv"], name
         assert all(math.isfinite(v) for h in results["history"] for v in h["loss"].values())
 
@@ -261,7 +262,7 @@ def test_a_compiled_step_reads_the_changing_coefficient_without_recompiling(fold
     compile_function = torch.compile
     monkeypatch.setattr(torch, "compile", lambda function, **options: compile_function(
         function, **{**options, "backend": counting_backend}))
-    eager = toy_run(folder, "eager", grl_schedule="dann", discriminator="mlp", compile="no")
+    eager = toy_results(folder, "eager", grl_schedule="dann", discriminator="mlp", compile="no")
     torch._dynamo.reset()
     graphs_after_epoch = []
 
@@ -270,7 +271,7 @@ def test_a_compiled_step_reads_the_changing_coefficient_without_recompiling(fold
             graphs_after_epoch.append(len(compiled_graphs))
 
     with logged_lines(log):
-        compiled = toy_run(folder, "compiled", verbose=1, grl_schedule="dann", discriminator="mlp", compile="yes")
+        compiled = toy_results(folder, "compiled", verbose=1, grl_schedule="dann", discriminator="mlp", compile="yes")
     assert [h["loss"] for h in compiled["history"]] == [h["loss"] for h in eager["history"]]
     # epoch 1 compiles (its last, smaller batch may add a graph); epoch 2's new coefficients add none
     assert len(graphs_after_epoch) == 2 and graphs_after_epoch[0] >= 1

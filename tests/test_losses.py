@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from toy import write_toy_folder
+from toy import TOY_SETTINGS, write_toy_folder
 
 from discomkd.config import Config, seed_everything
 from discomkd.data import load_data_folder
@@ -181,7 +181,7 @@ def test_a_few_epochs_lower_the_loss(tmp_path):
     data = load_data_folder(folder, "IMG", "VEC", ("lenet", "mlp"))
     # 1e-3 instead of the paper's 1e-4 so that five short epochs (30 steps) move clearly;
     # no augmentation: the toy classes are arbitrary patterns that flips would scramble
-    config = Config(batch_size=16, learning_rate=1e-3, augment_first="none", compile="no", verbose=0)
+    config = Config(**TOY_SETTINGS, augment_first="none", compile="no", verbose=0)
     seed_everything(0)
     trainer = build_trainer(config, data, torch.device("cpu"))
     history = [train_one_epoch(trainer, epoch) for epoch in range(1, 6)]

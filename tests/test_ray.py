@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 import toy
-from toy import PREFIXES, KillOnce, logged_lines, write_toy_folder
+from toy import PREFIXES, TOY_SETTINGS, KillOnce, logged_lines, toy_options, write_toy_folder
 
 ray = pytest.importorskip("ray")
 
@@ -15,7 +15,6 @@ from discomkd import comparison, comparison_jobs, ray_executor, training, tuning
 from discomkd.config import Config  # noqa: E402
 from discomkd.data import load_data_folder  # noqa: E402
 
-SETTINGS = dict(epochs=2, batch_size=16, learning_rate=1e-3, encoder_first="lenet", device="cpu")
 slow = pytest.mark.skipif(os.environ.get("DISCOMKD_RAY_SLOW") != "1", reason="DISCOMKD_RAY_SLOW=1 runs it (30 s)")
 
 
@@ -72,7 +71,7 @@ def test_the_ray_executor_gives_the_local_table(tmp_path):
     for split in ("train", "valid", "test"):
         os.remove(os.path.join(folder, f"{split}_idx.npy"))
     lines = []
-    local, local_cells, remote, cells = compare_both(tmp_path, folder, SETTINGS, "mono,kd,discomkd,logreg", 2,
+    local, local_cells, remote, cells = compare_both(tmp_path, folder, TOY_SETTINGS, "mono,kd,discomkd,logreg", 2,
                                                      ray_executor.RayExecutor(gpus_per_task=0), lines)
     assert remote["status"] == "finished" and remote["executor"].startswith("ray (local)")
     assert without_times(remote) == without_times(local)
@@ -88,7 +87,7 @@ def test_the_ray_executor_takes_relative_paths(tmp_path, monkeypatch):
     """Relative DIR and --output, typed in another folder than the one Ray's workers started in."""
     write_toy_folder(tmp_path / "data", separation=3.0)
     monkeypatch.chdir(tmp_path)
-    found = comparison.compare(Config(output="out", **dict(SETTINGS, epochs=1)), "data", *PREFIXES, runs=1,
+    found = comparison.compare(Config(output="out", **dict(TOY_SETTINGS, epochs=1)), "data", *PREFIXES, runs=1,
                             methods="discomkd", executor=ray_executor.RayExecutor(gpus_per_task=0))
     assert found["status"] == "finished"
     assert os.path.exists(tmp_path / "out" / "run_0" / "discomkd" / "results.json")
@@ -96,7 +95,7 @@ def test_the_ray_executor_takes_relative_paths(tmp_path, monkeypatch):
 
 def test_a_killed_worker_is_retried_and_resumes_from_its_state(tmp_path):
     folder = write_toy_folder(tmp_path / "data", separation=3.0)
-    config = dict(SETTINGS, epochs=3, save_every=1)  # a state after every epoch: the retry resumes at epoch 2
+    config = dict(TOY_SETTINGS, epochs=3, save_every=1)  # a state after every epoch: the retry resumes at epoch 2
     marker = str(tmp_path / "killed")
     lines = []
     executor = ray_executor.RayExecutor(gpus_per_task=0, max_retries=2)
@@ -149,7 +148,7 @@ def test_a_trial_never_evaluates_the_test_split(tmp_path, monkeypatch):
         return evaluate(trainer, data, splits, classifiers)
 
     monkeypatch.setattr(training, "evaluate", recording)
-    job = tuning.SearchJob(Config(output=str(tmp_path / "search"), **dict(SETTINGS, epochs=3)),
+    job = tuning.SearchJob(Config(output=str(tmp_path / "search"), **dict(TOY_SETTINGS, epochs=3)),
                            comparison_jobs.DataSource(folder, PREFIXES, ("lenet", "auto"), None))
     results = tuning.run_trial({"learning_rate": 2e-3, "weight_adv": 0.3, "epochs": 3}, job,
                                str(tmp_path / "trial"), reports.append)
@@ -170,8 +169,7 @@ def test_tune_selects_on_validation_and_reports_both_settings(tmp_path, capsys, 
     folder = write_toy_folder(tmp_path / "data", separation=3.0)
     output = tmp_path / "tuning"
     monkeypatch.chdir(tmp_path)
-    argv = ["data", *PREFIXES, "--trials", "3", "--runs", "1", "--epochs", "2", "--grace-epochs", "1",
-            "--batch-size", "16", "--learning-rate", "1e-3", "--encoder-first", "lenet", "--device", "cpu",
+    argv = ["data", *PREFIXES, "--trials", "3", "--runs", "1", *toy_options(), "--grace-epochs", "1",
             "--gpus-per-task", "0", "--output", "tuning"]
     assert tune.main(argv) == 0
     out = capsys.readouterr().out
@@ -180,7 +178,7 @@ def test_tune_selects_on_validation_and_reports_both_settings(tmp_path, capsys, 
     assert len(found["trials"]) == 3 and scored
     assert found["chosen_" + tuning.METRIC] == max(t[tuning.METRIC] for t in scored)
     data = load_data_folder(folder, *PREFIXES)
-    first = tuning.first_trial(Config(**dict(SETTINGS, epochs=2)), data)
+    first = tuning.first_trial(Config(**dict(TOY_SETTINGS, epochs=2)), data)
     assert found["trials"][0]["settings"] == first  # the starting settings, auto augmentations resolved
     assert (first["augment_first"], first["augment_second"]) == ("flip+rot90", "none")
     chosen = json.load(open(output / "settings.json"))
