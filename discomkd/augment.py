@@ -1,5 +1,5 @@
 """Batched augmentation on the training device: flips, 90-degree rotations, shifts and scaling, drawn
-per sample from the trainer's generator."""
+per sample from the setup's generator."""
 from __future__ import annotations
 
 import functools

@@ -15,7 +15,7 @@ import torch
 
 from discomkd.config import Config, resolve_device, seed_everything
 from discomkd.data import array_path, load_data_folder
-from discomkd.engine import build_trainer, compile_report, evaluate, start_epoch, train_one_epoch
+from discomkd.engine import build_setup, compile_report, evaluate, start_epoch, train_one_epoch
 from discomkd.splits import stratified_split
 from discomkd.training import cudnn_autotuning, fit
 
@@ -78,31 +78,31 @@ def measure(config: Config, folder: str, epochs: int) -> dict:
     seed_everything(config.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    trainer = build_trainer(config, data, device)
-    data_bytes = sum(s.data.numel() * s.data.element_size() for s in trainer.sources.values() if s.resident)
+    setup = build_setup(config, data, device)
+    data_bytes = sum(s.data.numel() * s.data.element_size() for s in setup.sources.values() if s.resident)
     train_seconds, eval_seconds = [], []
     with cudnn_autotuning(device):
         for epoch in range(1, epochs + 1):
             _synchronize(device)
             start = time.perf_counter()
-            train_one_epoch(trainer, epoch, start_epoch(trainer))  # returns after reading the losses: synchronised
+            train_one_epoch(setup, epoch, start_epoch(setup))  # returns after reading the losses: synchronised
             middle = time.perf_counter()
-            evaluate(trainer, data)
+            evaluate(setup, data)
             _synchronize(device)
             train_seconds.append(middle - start)
             eval_seconds.append(time.perf_counter() - middle)
     steady = slice(1, None) if epochs > 1 else slice(None)
     train_mean = float(np.mean(train_seconds[steady]))
     eval_mean = float(np.mean(eval_seconds[steady]))
-    pairs = max(len(p) for p in trainer.train_positions.values())
+    pairs = max(len(p) for p in setup.train_positions.values())
     result = {
         "first_epoch_train_seconds": train_seconds[0], "first_epoch_eval_seconds": eval_seconds[0],
         "train_seconds_per_epoch": train_mean, "eval_seconds_per_epoch": eval_mean,
         "epoch_seconds": train_mean + eval_mean, "pairs_per_second": pairs / train_mean,
         "training_pairs": pairs, "steps_per_epoch": -(-pairs // config.batch_size),
         "all_train_seconds": train_seconds, "all_eval_seconds": eval_seconds,
-        "precision": trainer.precision, **compile_report(trainer),
-        "data_on_device": [s.resident for s in trainer.sources.values()], "resident_data_gib": data_bytes / 2**30,
+        "precision": setup.precision, **compile_report(setup),
+        "data_on_device": [s.resident for s in setup.sources.values()], "resident_data_gib": data_bytes / 2**30,
     }
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)

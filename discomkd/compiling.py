@@ -4,8 +4,8 @@ The step is compiled with `dynamic=False`, so that the partial last batch of an 
 of its own instead of moving every later batch onto one dynamic-shape graph (two static graphs, each used
 every epoch), and with `fullgraph=True`, so that a graph break, or dynamo's recompile limit, is an error
 the engine turns into its eager fallback with the reason recorded, never a step that silently runs
-eager. Dynamo's caches are reset for each new trainer: every trainer compiles the same code object
-(`Trainer.step_losses`), and the compiles of all the trainers of one process (a comparison, a Ray worker,
+eager. Dynamo's caches are reset for each new setup: every setup compiles the same code object
+(`TrainingSetup.step_losses`), and the compiles of all the trainers of one process (a comparison, a Ray worker,
 tuning trials) would otherwise count against one recompile limit.
 
 Knows torch only.

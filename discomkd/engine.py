@@ -1,4 +1,4 @@
-"""The training engine's parts: a method's model and data on the device (`build_trainer`), one
+"""The training engine's parts: a method's model and data on the device (`build_setup`), one
 epoch of training (`train_one_epoch`: batches, augmentation, the possibly compiled step, loss sums
 read once per epoch), and evaluation (`evaluate`, `predict`, and the end-of-run invariance probe of
 the best checkpoints). `functions.fit` runs them, epoch by epoch, for every method of
@@ -49,18 +49,19 @@ class Classifier:
     module: torch.nn.Module  # forward(*inputs) -> .logits (B, K)
 
     @property
-    def reads(self) -> tuple[int, ...]:
+    def input_modalities(self) -> tuple[int, ...]:
+        """The modalities the classifier takes as input."""
         return (0, 1) if self.modality is None else (self.modality,)
 
 
 @dataclass
-class Trainer:
+class TrainingSetup:
     """The training state of a run: the method, its model and optimizer, the data sources, the settings."""
 
     spec: MethodSpec
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    reads: tuple[int, ...]  # the modalities a training step reads
+    step_modalities: tuple[int, ...]  # the modalities a training step step_modalities
     sources: dict[int, RowSource]  # every modality the run reads or evaluates
     train_positions: dict[int, torch.Tensor]  # per modality read, its training rows' positions in its source
     labels: dict[int, torch.Tensor]  # per source, the label of each stored row (index device)
@@ -121,20 +122,20 @@ class EpochProgress:
         return self.step >= len(self.bounds)
 
 
-def start_epoch(trainer: Trainer) -> EpochProgress:
+def start_epoch(setup: TrainingSetup) -> EpochProgress:
     """The epoch's shuffles: one per modality read, or one shared when the method reads paired rows."""
-    shared = trainer.spec.paired or len(trainer.reads) == 1
-    sizes = (len(trainer.train_positions[trainer.reads[0]]),) if shared else \
-        tuple(len(trainer.train_positions[m]) for m in trainer.reads)
-    bounds, positions = epoch_positions(sizes, trainer.config.batch_size, trainer.generator)
+    shared = setup.spec.paired or len(setup.step_modalities) == 1
+    sizes = (len(setup.train_positions[setup.step_modalities[0]]),) if shared else \
+        tuple(len(setup.train_positions[m]) for m in setup.step_modalities)
+    bounds, positions = epoch_positions(sizes, setup.config.batch_size, setup.generator)
     if shared:
-        positions = positions * len(trainer.reads)
+        positions = positions * len(setup.step_modalities)
     # one copy per epoch: a pageable host-to-device copy per step would synchronise every step
-    positions = [p.to(trainer.sources[m].index_device) for p, m in zip(positions, trainer.reads)]
-    return EpochProgress(bounds, positions, 0, torch.zeros(len(trainer.spec.terms) + 1, device=trainer.device))
+    positions = [p.to(setup.sources[m].index_device) for p, m in zip(positions, setup.step_modalities)]
+    return EpochProgress(bounds, positions, 0, torch.zeros(len(setup.spec.terms) + 1, device=setup.device))
 
 
-def train_one_epoch(trainer: Trainer, epoch: int, progress: EpochProgress | None = None,
+def train_one_epoch(setup: TrainingSetup, epoch: int, progress: EpochProgress | None = None,
                     should_stop=None, on_step=None) -> dict[str, float] | None:
     """Trains epoch `epoch` (1-based) over the training rows once, from `progress.step` on.
 
@@ -143,35 +144,35 @@ def train_one_epoch(trainer: Trainer, epoch: int, progress: EpochProgress | None
     the step in flight (`progress` then says where to resume). `on_step(step, steps)`, if given, is
     called after each step (it must not read the device).
     """
-    model, optimizer, reads = trainer.model, trainer.optimizer, trainer.reads
+    model, optimizer, step_modalities = setup.model, setup.optimizer, setup.step_modalities
     model.train()
-    progress = progress or start_epoch(trainer)
+    progress = progress or start_epoch(setup)
     bounds, first_step = progress.bounds, progress.step
-    weights = trainer.spec.weights(trainer.config, epoch)
-    weights = torch.tensor([weights[k] for k in trainer.spec.terms], dtype=torch.float32)  # (T,)
+    weights = setup.spec.weights(setup.config, epoch)
+    weights = torch.tensor([weights[k] for k in setup.spec.terms], dtype=torch.float32)  # (T,)
     # non_blocking: the copy from host memory does not wait for the work already queued on the device
-    weights = weights.to(trainer.device, non_blocking=True)
+    weights = weights.to(setup.device, non_blocking=True)
     # each read modality's stored rows and their labels in this epoch's order, gathered once per epoch, so
     # that a step's batch is one index_select of the data (its labels are a slice)
-    stored = [trainer.train_positions[m][p] for m, p in zip(reads, progress.positions)]
-    epoch_labels = [trainer.labels[m][rows] for m, rows in zip(reads, stored)]
+    stored = [setup.train_positions[m][p] for m, p in zip(step_modalities, progress.positions)]
+    epoch_labels = [setup.labels[m][rows] for m, rows in zip(step_modalities, stored)]
 
     def fetch(i):
         """The i-th batch of the steps left, [(x, y)] per read modality (no randomness, so it may run in
         the prefetch thread)."""
         start, end = bounds[first_step + i]
-        return [(trainer.sources[m].gather(rows[start:end]), y[start:end].to(trainer.device, non_blocking=True))
-                for m, rows, y in zip(reads, stored, epoch_labels)]
+        return [(setup.sources[m].gather(rows[start:end]), y[start:end].to(setup.device, non_blocking=True))
+                for m, rows, y in zip(step_modalities, stored, epoch_labels)]
 
-    streamed = not all(trainer.sources[m].resident for m in reads)
+    streamed = not all(setup.sources[m].resident for m in step_modalities)
     # a tensor updated in place, so that a compiled step reads each new value without a new trace
-    training_progress = torch.zeros((), device=trainer.device)
+    training_progress = torch.zeros((), device=setup.device)
     for batch in Prefetcher(fetch, len(bounds) - first_step, enabled=streamed):
         # augmentation draws random numbers, so it runs here, in order, never in the prefetch thread
-        inputs = {m: augment(x, trainer.augmentations[m]) for m, (x, _) in zip(reads, batch)}
-        labels = {m: y for m, (_, y) in zip(reads, batch)}
-        training_progress.fill_((epoch - 1 + progress.step / len(bounds)) / trainer.config.epochs)
-        record = forward_backward(trainer, inputs, labels, weights, training_progress)
+        inputs = {m: augment(x, setup.augmentations[m]) for m, (x, _) in zip(step_modalities, batch)}
+        labels = {m: y for m, (_, y) in zip(step_modalities, batch)}
+        training_progress.fill_((epoch - 1 + progress.step / len(bounds)) / setup.config.epochs)
+        record = forward_backward(setup, inputs, labels, weights, training_progress)
         optimizer.step()
         progress.sums += record
         progress.step += 1
@@ -179,15 +180,15 @@ def train_one_epoch(trainer: Trainer, epoch: int, progress: EpochProgress | None
             on_step(progress.step, len(bounds))
         if should_stop is not None and should_stop() and not progress.finished:
             return None
-    values = torch.cat([progress.sums / len(bounds), trainer.finite_weights().float().view(1)])
+    values = torch.cat([progress.sums / len(bounds), setup.finite_weights().float().view(1)])
     values = values.tolist()  # the epoch's one host-device synchronisation
-    return dict(zip(trainer.spec.terms + ("total", "finite_weights"), values))
+    return dict(zip(setup.spec.terms + ("total", "finite_weights"), values))
 
 
-def forward_backward(trainer: Trainer, inputs: dict, labels: dict, weights: torch.Tensor,
+def forward_backward(setup: TrainingSetup, inputs: dict, labels: dict, weights: torch.Tensor,
                      training_progress: torch.Tensor) -> torch.Tensor:
     """One step up to the optimizer: zeroes the gradients, computes the loss terms and their weighted
-    total (`Trainer.step_losses`, compiled when compiling), and back-propagates. Returns the step's
+    total (`TrainingSetup.step_losses`, compiled when compiling), and back-propagates. Returns the step's
     detached (len(terms) + 1,) record: the raw terms, then the total.
 
     The first `compiling.GUARDED_CALLS` calls of the compiled step for each batch shape (torch.compile
@@ -197,66 +198,66 @@ def forward_backward(trainer: Trainer, inputs: dict, labels: dict, weights: torc
     later call, dynamo's recompile limit (raised before the step runs anything) falls back the same way;
     any other error propagates.
     """
-    if trainer.compiled_step is None:
-        return _forward_backward(trainer, trainer.step_losses, inputs, labels, weights, training_progress)
+    if setup.compiled_step is None:
+        return _forward_backward(setup, setup.step_losses, inputs, labels, weights, training_progress)
     shapes = tuple(tuple(x.shape) for x in inputs.values())
-    calls = trainer.compiled_calls.get(shapes, 0)
-    trainer.compiled_calls[shapes] = calls + 1
-    saved = _step_state(trainer) if calls < compiling.GUARDED_CALLS else None
+    calls = setup.compiled_calls.get(shapes, 0)
+    setup.compiled_calls[shapes] = calls + 1
+    saved = _step_state(setup) if calls < compiling.GUARDED_CALLS else None
     try:
-        return _forward_backward(trainer, trainer.compiled_step, inputs, labels, weights, training_progress)
+        return _forward_backward(setup, setup.compiled_step, inputs, labels, weights, training_progress)
     except torch.cuda.OutOfMemoryError:
         raise
     except Exception as error:  # noqa: BLE001 (dynamo, inductor, triton and CUDA graph errors share no base class)
         if saved is None and not compiling.is_recompile_limit(error):
             raise
         if saved is not None:
-            _restore_step_state(trainer, saved)
+            _restore_step_state(setup, saved)
         reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}".rstrip(": ")
-        trainer.compiled_step, trainer.compile_error = None, reason
+        setup.compiled_step, setup.compile_error = None, reason
         logger.warning(f"torch.compile failed ({reason}); training goes on eager, as with --compile no")
-        return _forward_backward(trainer, trainer.step_losses, inputs, labels, weights, training_progress)
+        return _forward_backward(setup, setup.step_losses, inputs, labels, weights, training_progress)
 
 
-def _forward_backward(trainer: Trainer, step_losses, inputs: dict, labels: dict, weights: torch.Tensor,
+def _forward_backward(setup: TrainingSetup, step_losses, inputs: dict, labels: dict, weights: torch.Tensor,
                       training_progress: torch.Tensor) -> torch.Tensor:
-    trainer.optimizer.zero_grad(set_to_none=True)
+    setup.optimizer.zero_grad(set_to_none=True)
     total, record = step_losses(inputs, labels, training_progress, weights)
     total.backward()
     return record
 
 
-def compile_report(trainer: Trainer) -> dict:
+def compile_report(setup: TrainingSetup) -> dict:
     """What a run's results say of its compiled step: {"compiled": whether the step is (still) compiled,
     "compile_error": why it fell back to eager (only when it did), "compile": what the compiler did for
-    this trainer (only when it compiled): graphs, graph breaks, recompiles (graphs beyond one per batch
+    this setup (only when it compiled): graphs, graph breaks, recompiles (graphs beyond one per batch
     shape), graphs left out of CUDA graphs, and the batch shapes (rows per step) of the compiled calls}."""
-    report = {"compiled": trainer.compiled_step is not None}
-    if trainer.compile_error:
-        report["compile_error"] = trainer.compile_error
-    if trainer.compiler_counts:
+    report = {"compiled": setup.compiled_step is not None}
+    if setup.compile_error:
+        report["compile_error"] = setup.compile_error
+    if setup.compiler_counts:
         now = compiling.compiler_counts()
-        counts = {k: now[k] - trainer.compiler_counts[k] for k in now}
+        counts = {k: now[k] - setup.compiler_counts[k] for k in now}
         report["compile"] = {"graphs": counts["graphs"], "graph_breaks": counts["graph_breaks"],
-                             "recompiles": max(0, counts["graphs"] - len(trainer.compiled_calls)),
+                             "recompiles": max(0, counts["graphs"] - len(setup.compiled_calls)),
                              "cudagraph_skips": counts["cudagraph_skips"],
-                             "batch_rows": sorted({shapes[0][0] for shapes in trainer.compiled_calls}, reverse=True)}
+                             "batch_rows": sorted({shapes[0][0] for shapes in setup.compiled_calls}, reverse=True)}
     return report
 
 
-def _step_state(trainer: Trainer) -> dict:
+def _step_state(setup: TrainingSetup) -> dict:
     """What a forward pass changes besides the gradients: the model's buffers and the random states."""
-    return {"buffers": [b.clone() for b in trainer.model.buffers()], "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(trainer.device) if trainer.device.type == "cuda" else None}
+    return {"buffers": [b.clone() for b in setup.model.buffers()], "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(setup.device) if setup.device.type == "cuda" else None}
 
 
-def _restore_step_state(trainer: Trainer, saved: dict) -> None:
+def _restore_step_state(setup: TrainingSetup, saved: dict) -> None:
     with torch.no_grad():
-        for buffer, value in zip(trainer.model.buffers(), saved["buffers"]):
+        for buffer, value in zip(setup.model.buffers(), saved["buffers"]):
             buffer.copy_(value)
     torch.set_rng_state(saved["rng"])
     if saved["cuda_rng"] is not None:
-        torch.cuda.set_rng_state(saved["cuda_rng"], trainer.device)
+        torch.cuda.set_rng_state(saved["cuda_rng"], setup.device)
 
 
 def predict(classifier: Classifier, sources: dict[int, RowSource], rows: np.ndarray, batch_size: int,
@@ -265,7 +266,7 @@ def predict(classifier: Classifier, sources: dict[int, RowSource], rows: np.ndar
 
     The probabilities may hold NaN when the model does; callers check (`evaluate` does).
     """
-    probabilities = run_in_batches(classifier.module, source_batches(sources, classifier.reads, rows, batch_size),
+    probabilities = run_in_batches(classifier.module, source_batches(sources, classifier.input_modalities, rows, batch_size),
                                    class_probabilities, precision)["probabilities"]
     return probabilities, probabilities.argmax(axis=1)
 
@@ -275,7 +276,7 @@ def evaluation_rows(data: DataFolder, classifier: Classifier, split: str) -> np.
     return data.modalities[0 if classifier.modality is None else classifier.modality].splits[split]
 
 
-def evaluate(trainer: Trainer, data: DataFolder, splits=("valid", "test"), classifiers=None) -> dict[str, dict]:
+def evaluate(setup: TrainingSetup, data: DataFolder, splits=("valid", "test"), classifiers=None) -> dict[str, dict]:
     """Metrics of each classifier (all, or those in `classifiers`) on each split, over the whole split.
 
     Returns:
@@ -283,12 +284,12 @@ def evaluate(trainer: Trainer, data: DataFolder, splits=("valid", "test"), class
         a classifier whose outputs are not finite gets {"finite": False} instead.
     """
     results = {}  # each classifier is evaluated in eval mode, its training mode restored (run_in_batches)
-    for classifier in classifiers or trainer.classifiers:
+    for classifier in classifiers or setup.classifiers:
         result = {"predictions": {}}
         for split in splits:
             rows = evaluation_rows(data, classifier, split)
-            probabilities, predicted = predict(classifier, trainer.sources, rows, trainer.config.eval_batch_size,
-                                               trainer.precision)
+            probabilities, predicted = predict(classifier, setup.sources, rows, setup.config.eval_batch_size,
+                                               setup.precision)
             if not np.isfinite(probabilities).all():
                 result = {"finite": False}
                 break
@@ -299,22 +300,22 @@ def evaluate(trainer: Trainer, data: DataFolder, splits=("valid", "test"), class
 
 
 @torch.inference_mode()
-def invariance_probe(trainer: Trainer, data: DataFolder, output: str) -> dict | None:
+def invariance_probe(setup: TrainingSetup, data: DataFolder, output: str) -> dict | None:
     """How well a logistic regression tells the modality from the invariant parts that each modality's
     best checkpoint gives on the validation rows (both modalities pooled; probes.modality_probe), or None
     when a checkpoint is missing. At most probes.PROBE_ROWS_PER_MODALITY rows, drawn with the run's seed."""
-    paths = [checkpoint_path(output, c.column) for c in trainer.classifiers]
+    paths = [checkpoint_path(output, c.column) for c in setup.classifiers]
     if not all(os.path.isfile(path) for path in paths):
         return None
-    rows = probe_rows(evaluation_rows(data, trainer.classifiers[0], "valid"), trainer.config.seed)
+    rows = probe_rows(evaluation_rows(data, setup.classifiers[0], "valid"), setup.config.seed)
     parts = []
-    for classifier, path in zip(trainer.classifiers, paths):
-        branch, _ = load_classifier(path, trainer.device)
-        batches = source_batches(trainer.sources, classifier.reads, rows, trainer.config.eval_batch_size)
+    for classifier, path in zip(setup.classifiers, paths):
+        branch, _ = load_classifier(path, setup.device)
+        batches = source_batches(setup.sources, classifier.input_modalities, rows, setup.config.eval_batch_size)
         parts.append(run_in_batches(branch, batches, lambda output: {"invariant": output.invariant.float()},
-                                    trainer.precision)["invariant"])  # (n, 256)
+                                    setup.precision)["invariant"])  # (n, 256)
     return {"split": "valid", "part": "invariant", "checkpoints": "each modality's best epoch",
-            **modality_probe(parts, trainer.config.seed)}
+            **modality_probe(parts, setup.config.seed)}
 
 
 def _resident_budget(device: torch.device) -> int:
@@ -372,40 +373,40 @@ def method_target(config: Config, data: DataFolder) -> int | None:
     return [m.prefix for m in data.modalities].index(config.modality)
 
 
-def training_rows(spec: MethodSpec, data: DataFolder, reads: tuple[int, ...]) -> dict[int, np.ndarray]:
+def training_rows(spec: MethodSpec, data: DataFolder, step_modalities: tuple[int, ...]) -> dict[int, np.ndarray]:
     """Each read modality's training rows; for paired methods the rows in both training sets, alike."""
     if spec.paired:
         paired = np.intersect1d(data.modalities[0].splits["train"], data.modalities[1].splits["train"])
-        return {m: paired for m in reads}
-    return {m: data.modalities[m].splits["train"] for m in reads}
+        return {m: paired for m in step_modalities}
+    return {m: data.modalities[m].splits["train"] for m in step_modalities}
 
 
-def build_trainer(config: Config, data: DataFolder, device: torch.device) -> Trainer:
+def build_setup(config: Config, data: DataFolder, device: torch.device) -> TrainingSetup:
     """Everything a run trains with, built right after seeding so the weights depend on the seed only."""
     spec = METHODS[config.method]
     target = method_target(config, data)
-    reads = spec.reads(target)
+    step_modalities = spec.step_modalities(target)
     shape = ModelShape(tuple(m.sample_shape for m in data.modalities), tuple(m.encoder for m in data.modalities),
                        data.num_classes, config.discriminator)
     teacher = load_classifier(config.teacher)[0] if spec.needs_teacher else None
     model = build_model(config.method, shape, target, teacher).to(device)
     classifiers = [Classifier(FUSED if m is None else data.modalities[m].prefix, m, module)
                    for m, module in spec.classifiers(model, target)]
-    used = sorted(set(reads) | {m for c in classifiers for m in c.reads})
+    used = sorted(set(step_modalities) | {m for c in classifiers for m in c.input_modalities})
     precision = resolve_precision(config.precision, device)
     warnings = [] if precision == config.precision or config.precision == "auto" else [
         f"--precision {config.precision}: {torch.cuda.get_device_name(device)} does not support it; training in "
         f"{precision}"]
     sources, labels, augmentations = build_sources(config, data, device, used)
-    rows = training_rows(spec, data, reads)
-    train_positions = {m: sources[m].positions(rows[m]) for m in reads}
+    rows = training_rows(spec, data, step_modalities)
+    train_positions = {m: sources[m].positions(rows[m]) for m in step_modalities}
     fused = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.Adam(spec.parameter_groups(model, config), lr=config.learning_rate,
                                  weight_decay=config.weight_decay, **fused)
     generator = torch.Generator().manual_seed(config.seed)
-    trainer = Trainer(spec, model, optimizer, reads, sources, train_positions, labels, augmentations, classifiers,
+    setup = TrainingSetup(spec, model, optimizer, step_modalities, sources, train_positions, labels, augmentations, classifiers,
                       shape, config, device, precision, generator, warnings=warnings)
     if config.compile == "yes" or (config.compile == "auto" and device.type == "cuda"):
-        trainer.compiled_step = compiling.compile_step(trainer.step_losses, device)
-        trainer.compiler_counts = compiling.compiler_counts()  # after the reset: counted from here
-    return trainer
+        setup.compiled_step = compiling.compile_step(setup.step_losses, device)
+        setup.compiler_counts = compiling.compiler_counts()  # after the reset: counted from here
+    return setup

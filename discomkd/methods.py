@@ -101,7 +101,7 @@ class MethodSpec:
     invariant_parts: bool = False
     compared_by_default: bool = True
 
-    def reads(self, target: int | None) -> tuple[int, ...]:
+    def step_modalities(self, target: int | None) -> tuple[int, ...]:
         """The modalities a training step of this method reads."""
         return (0, 1) if self.reads_both else (target,)
 

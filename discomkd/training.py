@@ -1,7 +1,7 @@
 """Training of any method from start (or a saved state) to its results.
 
 `fit(config, data, output)` is the one training loop, for DisCoM-KD and every neural baseline
-(each method is a spec in `methods.py`), built from the engine's parts (`engine.py`: the trainer,
+(each method is a spec in `methods.py`), built from the engine's parts (`engine.py`: the setup,
 an epoch, evaluation). The settings are `config.Config`; the data folder is read and checked
 by `data.py`, the files a run writes (results, checkpoints, resumable state) by `run_files.py` and
 `writer.py`. This module knows no command line.
@@ -26,8 +26,8 @@ from discomkd.config import Config, resolve_device, restore_rng, rng_state, seed
 from discomkd.data import DataFolder, data_fingerprint, reload_data_folder
 from discomkd.engine import (
     EpochProgress,
-    Trainer,
-    build_trainer,
+    TrainingSetup,
+    build_setup,
     compile_report,
     evaluate,
     invariance_probe,
@@ -112,14 +112,14 @@ def resume(run_folder: str, should_stop=None, on_epoch=None) -> dict:
     return fit(Config(**results["config"]), data, run_folder, state, should_stop, on_epoch)
 
 
-def state_payload(trainer: Trainer, epoch: int, progress: EpochProgress | None, results: dict, best: dict,
+def state_payload(setup: TrainingSetup, epoch: int, progress: EpochProgress | None, results: dict, best: dict,
                   test_predictions: dict) -> dict:
     """Everything needed to continue at `epoch` (mid-epoch when `progress` is given), for outputs.save_state."""
     return {
         "epoch": epoch, "results": results, "best": best,
         "test_predictions": {c: torch.from_numpy(np.asarray(v)) for c, v in test_predictions.items()},
-        "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-        "rng": rng_state(trainer.generator, trainer.device),
+        "model": setup.model.state_dict(), "optimizer": setup.optimizer.state_dict(),
+        "rng": rng_state(setup.generator, setup.device),
         "progress": None if progress is None else {
             "bounds": [list(b) for b in progress.bounds], "positions": [p.cpu() for p in progress.positions],
             "step": progress.step, "sums": progress.sums.cpu()},
@@ -136,25 +136,25 @@ class RunRecord:
     test_predictions: dict
 
 
-def _start_record(config: Config, data: DataFolder, output: str, trainer: Trainer) -> RunRecord:
+def _start_record(config: Config, data: DataFolder, output: str, setup: TrainingSetup) -> RunRecord:
     results = {"config": dataclasses.asdict(config), "data": data.describe(), "data_fingerprint": data_fingerprint(data),
                "output": output, "environment": {}, "warnings": data.warnings, "status": "running",
-               "train_rows": {data.modalities[m].prefix: len(p) for m, p in trainer.train_positions.items()},
+               "train_rows": {data.modalities[m].prefix: len(p) for m, p in setup.train_positions.items()},
                "history": [], "final": {}}
-    best = {c.column: {"best_epoch": 0, "valid": {"weighted_f1": -1.0}} for c in trainer.classifiers}
+    best = {c.column: {"best_epoch": 0, "valid": {"weighted_f1": -1.0}} for c in setup.classifiers}
     return RunRecord(results, best, {})
 
 
-def _restore(trainer: Trainer, state: dict) -> tuple[RunRecord, int, EpochProgress | None]:
-    """The record, first epoch and epoch progress of a saved state, with the trainer brought back to it."""
-    trainer.model.load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    restore_rng(state["rng"], trainer.generator)
+def _restore(setup: TrainingSetup, state: dict) -> tuple[RunRecord, int, EpochProgress | None]:
+    """The record, first epoch and epoch progress of a saved state, with the setup brought back to it."""
+    setup.model.load_state_dict(state["model"])
+    setup.optimizer.load_state_dict(state["optimizer"])
+    restore_rng(state["rng"], setup.generator)
     saved, progress = state["progress"], None
     if saved is not None:
         progress = EpochProgress([tuple(b) for b in saved["bounds"]],
-                                 [p.to(trainer.sources[m].index_device) for p, m in zip(saved["positions"], trainer.reads)],
-                                 saved["step"], saved["sums"].to(trainer.device))
+                                 [p.to(setup.sources[m].index_device) for p, m in zip(saved["positions"], setup.step_modalities)],
+                                 saved["step"], saved["sums"].to(setup.device))
     record = RunRecord(state["results"], state["best"],
                        {c: v.numpy() for c, v in state["test_predictions"].items()})
     record.results["status"] = "running"
@@ -162,43 +162,43 @@ def _restore(trainer: Trainer, state: dict) -> tuple[RunRecord, int, EpochProgre
     return record, state["epoch"], progress
 
 
-def _describe_environment(trainer: Trainer, data: DataFolder) -> dict:
-    prefixes = {m: data.modalities[m].prefix for m in trainer.sources}
-    return {"torch": str(torch.__version__), "device": str(trainer.device),
-            "device_name": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu",
-            "precision": trainer.precision, **compile_report(trainer),
-            "data_on_device": {prefixes[m]: s.resident for m, s in trainer.sources.items()},
-            "resident_data_bytes": sum(s.data.numel() * s.data.element_size() for s in trainer.sources.values()
+def _describe_environment(setup: TrainingSetup, data: DataFolder) -> dict:
+    prefixes = {m: data.modalities[m].prefix for m in setup.sources}
+    return {"torch": str(torch.__version__), "device": str(setup.device),
+            "device_name": torch.cuda.get_device_name(setup.device) if setup.device.type == "cuda" else "cpu",
+            "precision": setup.precision, **compile_report(setup),
+            "data_on_device": {prefixes[m]: s.resident for m, s in setup.sources.items()},
+            "resident_data_bytes": sum(s.data.numel() * s.data.element_size() for s in setup.sources.values()
                                        if s.resident),
-            "augmentation": {prefixes[m]: a for m, a in trainer.augmentations.items()}}
+            "augmentation": {prefixes[m]: a for m, a in setup.augmentations.items()}}
 
 
-def _log_start(trainer: Trainer, data: DataFolder, output: str, first_epoch: int, progress, resumed: bool):
-    config = trainer.config
-    environment = _describe_environment(trainer, data)
+def _log_start(setup: TrainingSetup, data: DataFolder, output: str, first_epoch: int, progress, resumed: bool):
+    config = setup.config
+    environment = _describe_environment(setup, data)
     logger.info("Config: " + ", ".join(f"{k}={v}" for k, v in sorted(dataclasses.asdict(config).items())))
-    logger.info(f"Method: {config.method}  device: {trainer.device}  precision {trainer.precision}  compiled "
+    logger.info(f"Method: {config.method}  device: {setup.device}  precision {setup.precision}  compiled "
         f"{environment['compiled']}  data on device "
         + " ".join(f"{p}={r}" for p, r in environment["data_on_device"].items()))
-    for m in trainer.sources:
+    for m in setup.sources:
         modality = data.modalities[m]
         logger.info(f"{modality.prefix}: samples {modality.sample_shape}, encoder {modality.encoder}, augmentation "
-            f"{trainer.augmentations[m]}, rows " + " ".join(f"{s} {len(r)}" for s, r in modality.splits.items())
-            + (f" (training on {len(trainer.train_positions[m])} paired rows)" if trainer.spec.paired
-               and m in trainer.train_positions else ""))
+            f"{setup.augmentations[m]}, rows " + " ".join(f"{s} {len(r)}" for s, r in modality.splits.items())
+            + (f" (training on {len(setup.train_positions[m])} paired rows)" if setup.spec.paired
+               and m in setup.train_positions else ""))
     if resumed:
         logger.info(f"Resuming {output} at epoch {first_epoch}" + (f", step {progress.step}" if progress else ""))
 
 
-def _record_best(trainer: Trainer, data: DataFolder, output: str, epoch: int, metrics: dict,
+def _record_best(setup: TrainingSetup, data: DataFolder, output: str, epoch: int, metrics: dict,
                  record: RunRecord) -> tuple[list[str], dict]:
     """Scores the test split of each classifier whose validation improved and keeps it as the best.
     Returns the improved columns and their checkpoints to write, {path: payload}."""
-    improved = [c for c in trainer.classifiers
+    improved = [c for c in setup.classifiers
                 if metrics[c.column]["valid"]["weighted_f1"] > record.best[c.column]["valid"]["weighted_f1"]]
-    if not trainer.config.test_every_epoch and trainer.config.score_test and improved:
+    if not setup.config.test_every_epoch and setup.config.score_test and improved:
         # the test split is only read at the epochs that model selection can pick
-        tested = evaluate(trainer, data, ("test",), improved)
+        tested = evaluate(setup, data, ("test",), improved)
         for c in improved:
             if tested[c.column].get("finite", True):
                 metrics[c.column]["test"] = tested[c.column]["test"]
@@ -215,10 +215,10 @@ def _record_best(trainer: Trainer, data: DataFolder, output: str, epoch: int, me
         if "test" in result:
             record.test_predictions[column] = result["predictions"]["test"]
         checkpoints[checkpoint_path(output, column)] = checkpoint_payload(
-            classifier.module, classifier_description(classifier.module, trainer.shape, classifier.modality),
+            classifier.module, classifier_description(classifier.module, setup.shape, classifier.modality),
             {**data.metadata.get(column, {}),  # class names and preprocessing of prepared folders
              "prefix": column, "position": classifier.modality, "classes": [int(c) for c in data.classes],
-             "config": dataclasses.asdict(trainer.config), "epoch": epoch,
+             "config": dataclasses.asdict(setup.config), "epoch": epoch,
              "metrics": {"valid": result["valid"], "test": result.get("test")}})
     return [c.column for c in improved], checkpoints
 
@@ -233,14 +233,14 @@ def _epoch_line(config: Config, epoch: int, losses: dict, metrics: dict, improve
             f"[{loss_text}]  valid wF1 {valid}")
 
 
-def _finish(trainer: Trainer, data: DataFolder, output: str, record: RunRecord, writer: RunWriter) -> dict:
+def _finish(setup: TrainingSetup, data: DataFolder, output: str, record: RunRecord, writer: RunWriter) -> dict:
     """Writes the best epochs' test predictions and the final results (with the invariance probe of
     methods that have invariant parts); removes the resumable state once the write in flight (the
     last epoch's) is done."""
     writer.close()
     results = record.results
-    if trainer.spec.invariant_parts:  # read from the best checkpoints: written now
-        results["invariance_probe"] = invariance_probe(trainer, data, output)
+    if setup.spec.invariant_parts:  # read from the best checkpoints: written now
+        results["invariance_probe"] = invariance_probe(setup, data, output)
     results["background_writes"] = writer.timings
     for column, predictions in record.test_predictions.items():
         user_labels = data.classes[predictions]
@@ -271,19 +271,19 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
     that epoch's results and state are written (tuning reports validation through it). Returns the
     results dict; raises `TrainingError` or `Interrupted`."""
     config = dataclasses.replace(config, **METHODS[config.method].overrides)
-    trainer = _build_trainer(config, data)
+    setup = _build_trainer(config, data)
     if state is None:
-        record, first_epoch, progress = _start_record(config, data, output, trainer), 1, None
+        record, first_epoch, progress = _start_record(config, data, output, setup), 1, None
     else:
-        record, first_epoch, progress = _restore(trainer, state)
-    _record_environment(trainer, data, record.results)
+        record, first_epoch, progress = _restore(setup, state)
+    _record_environment(setup, data, record.results)
     if config.verbose:
-        _log_start(trainer, data, output, first_epoch, progress, state is not None)
+        _log_start(setup, data, output, first_epoch, progress, state is not None)
     os.makedirs(output, exist_ok=True)
     # the epoch's files are written by the writer while the next epoch trains
-    with cudnn_autotuning(trainer.device), StopRequest(should_stop) as stop, \
-            RunWriter(output, trainer.device) as writer:
-        epochs = _Epochs(trainer, data, output, record, writer, stop, first_epoch)
+    with cudnn_autotuning(setup.device), StopRequest(should_stop) as stop, \
+            RunWriter(output, setup.device) as writer:
+        epochs = _Epochs(setup, data, output, record, writer, stop, first_epoch)
         for epoch in range(first_epoch, config.epochs + 1):
             losses = epochs.train(epoch, progress)
             progress = None
@@ -295,14 +295,14 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
             if stop() and epoch < config.epochs:
                 raise epochs.stopped(Interrupted, f"interrupted ({stop.signal_name}) after epoch {epoch}; state "
                                                   f"saved: resume with --resume {output}")
-    return _finish(trainer, data, output, record, writer)
+    return _finish(setup, data, output, record, writer)
 
 
-def _build_trainer(config: Config, data: DataFolder) -> Trainer:
+def _build_trainer(config: Config, data: DataFolder) -> TrainingSetup:
     device = resolve_device(config.device)
     seed_everything(config.seed)
     try:
-        return build_trainer(config, data, device)
+        return build_setup(config, data, device)
     except torch.cuda.OutOfMemoryError:
         raise TrainingError(f"GPU out of memory while placing the data and model on {device}: try "
                             "--data-on-device no (data streamed from host memory)") from None
@@ -322,12 +322,12 @@ def cudnn_autotuning(device: torch.device):
         torch.backends.cudnn.benchmark = before
 
 
-def _record_environment(trainer: Trainer, data: DataFolder, results: dict) -> None:
-    """The device, precision, compile and data placement in the results; the data's and trainer's warnings
+def _record_environment(setup: TrainingSetup, data: DataFolder, results: dict) -> None:
+    """The device, precision, compile and data placement in the results; the data's and setup's warnings
     in the results and on the console."""
-    results["environment"] = _describe_environment(trainer, data)
-    results["warnings"] = [*results["warnings"], *(w for w in trainer.warnings if w not in results["warnings"])]
-    for warning in data.warnings + trainer.warnings:
+    results["environment"] = _describe_environment(setup, data)
+    results["warnings"] = [*results["warnings"], *(w for w in setup.warnings if w not in results["warnings"])]
+    for warning in data.warnings + setup.warnings:
         logger.warning(warning)
 
 
@@ -335,11 +335,11 @@ class _Epochs:
     """The steps of one epoch of `fit`, over what they share: training, the non-finite checks, evaluation
     with model selection, the epoch's record and files, its line; and `stopped`, which ends the run."""
 
-    def __init__(self, trainer: Trainer, data: DataFolder, output: str, record: RunRecord, writer: RunWriter,
+    def __init__(self, setup: TrainingSetup, data: DataFolder, output: str, record: RunRecord, writer: RunWriter,
                  stop: StopRequest, first_epoch: int):
-        self.trainer, self.data, self.output, self.record, self.writer, self.stop = (
-            trainer, data, output, record, writer, stop)
-        self.config, self.first_epoch = trainer.config, first_epoch
+        self.setup, self.data, self.output, self.record, self.writer, self.stop = (
+            setup, data, output, record, writer, stop)
+        self.config, self.first_epoch = setup.config, first_epoch
         self.started = self.last_state = self.epoch_start = time.time()
 
     def stopped(self, error: type[Exception], message: str) -> Exception:
@@ -362,13 +362,13 @@ class _Epochs:
 
     def train(self, epoch: int, progress: EpochProgress | None) -> dict:
         """The epoch's mean losses; a stop request mid-epoch saves the state and ends the run."""
-        trainer, config = self.trainer, self.config
+        setup, config = self.setup, self.config
         self.epoch_start = time.time()
-        progress = progress or start_epoch(trainer)
+        progress = progress or start_epoch(setup)
         bar = console.progress(len(progress.bounds), f"epoch {epoch}/{config.epochs}", progress.step) \
             if config.verbose else None
         try:
-            losses = train_one_epoch(trainer, epoch, progress, self.stop,
+            losses = train_one_epoch(setup, epoch, progress, self.stop,
                                      None if bar is None else lambda step, steps: bar.update())
         except torch.cuda.OutOfMemoryError:
             raise self.stopped(TrainingError, (
@@ -384,23 +384,23 @@ class _Epochs:
         return losses
 
     def _interrupted_mid_epoch(self, epoch: int, progress: EpochProgress) -> None:
-        if not bool(self.trainer.finite_weights()):
+        if not bool(self.setup.finite_weights()):
             raise self.stopped(TrainingError, (
                 f"the model holds NaN or Inf at epoch {epoch}, step {progress.step}: training stopped; "
                 f"{self.kept()} (try a lower --learning-rate)"))
         record = self.record
-        self.writer.write(epoch, record.results, {}, state_payload(self.trainer, epoch, progress, record.results,
+        self.writer.write(epoch, record.results, {}, state_payload(self.setup, epoch, progress, record.results,
                                                                    record.best, record.test_predictions))
         raise self.stopped(Interrupted, (
             f"interrupted ({self.stop.signal_name}) at epoch {epoch}, step {progress.step}/{len(progress.bounds)}; "
             f"state saved: resume with --resume {self.output}"))
 
     def _check_finite(self, epoch: int, losses: dict) -> None:
-        trainer, results = self.trainer, self.record.results
-        if trainer.compile_error and "compile_error" not in results["environment"]:
-            results["warnings"] = [*results["warnings"], f"torch.compile failed ({trainer.compile_error}); "
+        setup, results = self.setup, self.record.results
+        if setup.compile_error and "compile_error" not in results["environment"]:
+            results["warnings"] = [*results["warnings"], f"torch.compile failed ({setup.compile_error}); "
                                                          "trained eager"]
-        results["environment"].update(compile_report(trainer))  # graphs compiled so far, or the fallback
+        results["environment"].update(compile_report(setup))  # graphs compiled so far, or the fallback
         bad = [k for k, v in losses.items() if not math.isfinite(v)]
         if bad or not losses.pop("finite_weights"):
             what = f"loss term {bad[0]} is {losses[bad[0]]}" if bad else "the model holds NaN or Inf"
@@ -411,12 +411,12 @@ class _Epochs:
         """Validation (and test, with --test-every-epoch) metrics, the classifiers that improved and the
         checkpoints to write."""
         splits = ("valid", "test") if self.config.test_every_epoch else ("valid",)
-        metrics = evaluate(self.trainer, self.data, splits)
+        metrics = evaluate(self.setup, self.data, splits)
         broken = [c for c, m in metrics.items() if not m.get("finite", True)]
         if broken:
             raise self.stopped(TrainingError, (
                 f"classifier {broken[0]} outputs NaN or Inf at epoch {epoch}: training stopped; {self.kept()}"))
-        improved, checkpoints = _record_best(self.trainer, self.data, self.output, epoch, metrics, self.record)
+        improved, checkpoints = _record_best(self.setup, self.data, self.output, epoch, metrics, self.record)
         return metrics, improved, checkpoints
 
     def write(self, epoch: int, losses: dict, metrics: dict, improved: list[str], checkpoints: dict) -> None:
@@ -432,7 +432,7 @@ class _Epochs:
         snapshot = epoch < config.epochs and (self.stop() or time.time() - self.last_state >= config.save_every_seconds
                                               or (config.save_every > 0 and epoch % config.save_every == 0))
         entry["state_written"] = snapshot
-        state_now = state_payload(self.trainer, epoch + 1, None, results, record.best,
+        state_now = state_payload(self.setup, epoch + 1, None, results, record.best,
                                   record.test_predictions) if snapshot else None
         # the files this epoch wrote hold the history up to here; the write time joins the next ones
         entry["write_seconds"] = self.writer.write(epoch, results, checkpoints, state_now)
@@ -442,4 +442,4 @@ class _Epochs:
             elapsed = time.time() - self.started
             eta = elapsed / (epoch - self.first_epoch + 1) * (config.epochs - epoch)
             logger.info(_epoch_line(config, epoch, losses, metrics, improved, self.train_seconds, eval_seconds, eta,
-                                    self.trainer.spec.terms))
+                                    self.setup.spec.terms))

@@ -80,9 +80,9 @@ def test_score_test_off_never_evaluates_the_test_split(tmp_path, monkeypatch):
     scored = []
     evaluate = training.evaluate
 
-    def recording(trainer, data, splits=("valid", "test"), classifiers=None):
+    def recording(setup, data, splits=("valid", "test"), classifiers=None):
         scored.extend(splits)
-        return evaluate(trainer, data, splits, classifiers)
+        return evaluate(setup, data, splits, classifiers)
 
     monkeypatch.setattr(training, "evaluate", recording)
     output = str(tmp_path / "run")

@@ -89,7 +89,7 @@ def test_method_terms_and_dkd_warmup():
     teacher = build_model("teacher", shape)
     for method, terms in (("mono", {"ce"}), ("kd", {"ce", "kd"}), ("dkd", {"ce", "tckd", "nckd"})):
         model = build_model(method, shape, 0, teacher)
-        reads = METHODS[method].reads(0)
+        reads = METHODS[method].step_modalities(0)
         computed = METHODS[method].losses(model, {m: inputs[m] for m in reads}, labels, None)
         assert set(computed) == terms == set(METHODS[method].terms)
         assert set(METHODS[method].weights(None, 1)) == terms

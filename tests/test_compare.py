@@ -20,7 +20,7 @@ import compare
 from discomkd import comparison, comparison_jobs, training
 from discomkd.config import Config
 from discomkd.data import load_data_folder
-from discomkd.engine import build_trainer, train_one_epoch
+from discomkd.engine import build_setup, train_one_epoch
 from discomkd.methods import FUSED
 from discomkd.run_files import checkpoint_path
 
@@ -111,14 +111,14 @@ def test_teacher_stays_frozen_while_students_distil(tmp_path):
     teacher = comparison_jobs.run_job(comparison_jobs.Job(0, str(tmp_path), config, "teacher", None, source))
     path = checkpoint_path(teacher["output"], FUSED)
     for method in ("kd", "dkd"):
-        trainer = build_trainer(dataclasses.replace(config, method=method, modality="VEC", teacher=path), data,
+        setup = build_setup(dataclasses.replace(config, method=method, modality="VEC", teacher=path), data,
                                 torch.device("cpu"))
-        before = {k: v.clone() for k, v in trainer.model.teacher.state_dict().items()}
-        losses = train_one_epoch(trainer, 1)
+        before = {k: v.clone() for k, v in setup.model.teacher.state_dict().items()}
+        losses = train_one_epoch(setup, 1)
         assert set(losses) == {"ce", *({"kd"} if method == "kd" else {"tckd", "nckd"}), "total", "finite_weights"}
-        assert not trainer.model.teacher.training
-        assert all(torch.equal(before[k], v) for k, v in trainer.model.teacher.state_dict().items())
-        assert all(p.grad is None for p in trainer.model.teacher.parameters())
+        assert not setup.model.teacher.training
+        assert all(torch.equal(before[k], v) for k, v in setup.model.teacher.state_dict().items())
+        assert all(p.grad is None for p in setup.model.teacher.parameters())
 
 
 def test_classical_baselines_reproduce_scikit_learn(tmp_path):

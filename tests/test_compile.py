@@ -13,7 +13,7 @@ from toy import PREFIXES, TOY_SETTINGS, write_toy_folder
 from discomkd import comparison, compiling, engine
 from discomkd.config import Config, seed_everything
 from discomkd.data import load_data_folder
-from discomkd.engine import build_trainer, compile_report, train_one_epoch
+from discomkd.engine import build_setup, compile_report, train_one_epoch
 from discomkd.methods import METHODS
 from functions import run
 
@@ -47,10 +47,10 @@ def test_a_run_compiles_one_static_graph_per_batch_shape_and_nothing_after_its_f
     config = Config(**TOY)
     data = load_data_folder(folder, *PREFIXES, (config.encoder_first, config.encoder_second))
     seed_everything(config.seed)
-    trainer = build_trainer(config, data, torch.device("cpu"))
+    setup = build_setup(config, data, torch.device("cpu"))
     graphs_after_epoch = []
     for epoch in range(1, config.epochs + 1):
-        train_one_epoch(trainer, epoch)
+        train_one_epoch(setup, epoch)
         graphs_after_epoch.append(len(backend.shapes))
     # the full batches' graph and the last batch's, both in epoch 1; epoch 2 reuses them
     assert graphs_after_epoch == [2, 2]
@@ -58,7 +58,7 @@ def test_a_run_compiles_one_static_graph_per_batch_shape_and_nothing_after_its_f
     assert batch_rows == [{16}, {15}]
     # static graphs: every input size is a plain number (a dynamic graph would hold symbolic sizes)
     assert all(isinstance(size, int) for shapes in backend.shapes for shape in shapes for size in shape)
-    report = compile_report(trainer)
+    report = compile_report(setup)
     assert report["compiled"] is True and "compile_error" not in report
     assert report["compile"] == {"graphs": 2, "graph_breaks": 0, "recompiles": 0, "cudagraph_skips": 0,
                                  "batch_rows": [16, 15]}
@@ -80,17 +80,17 @@ def test_no_method_breaks_its_step_into_several_graphs(folder, monkeypatch, meth
     config = dataclasses.replace(Config(**{**TOY, "epochs": 1, "batch_size": 64}, method=method,
                                         modality=PREFIXES[0] if spec.per_modality else None), **spec.overrides)
     data = load_data_folder(folder, *PREFIXES, (config.encoder_first, config.encoder_second))
-    trainer = build_trainer(config, data, torch.device("cpu"))
-    losses = train_one_epoch(trainer, 1)
-    report = compile_report(trainer)
+    setup = build_setup(config, data, torch.device("cpu"))
+    losses = train_one_epoch(setup, 1)
+    report = compile_report(setup)
     assert report["compiled"] is True and "compile_error" not in report, report
     assert report["compile"]["graphs"] == 1 and report["compile"]["graph_breaks"] == 0, report
     assert losses["finite_weights"] == 1.0
 
 
 def test_every_method_of_a_default_comparison_trains_compiled_in_one_process(folder, tmp_path, monkeypatch):
-    """Nine trainers compile the same code object (Trainer.step_losses), two graphs each: past dynamo's
-    recompile limit (8) without a reset per trainer, where training went on eager unreported. The limit
+    """Nine trainers compile the same code object (TrainingSetup.step_losses), two graphs each: past dynamo's
+    recompile limit (8) without a reset per setup, where training went on eager unreported. The limit
     and graph breaks are dynamo's: its `eager` backend (the capture alone) shows them in a third of the
     time of `aot_eager`."""
     monkeypatch.setattr(compiling, "BACKEND", "eager")
@@ -114,7 +114,7 @@ def test_the_recompile_limit_falls_back_to_eager_and_says_so(folder, tmp_path, m
     on eager, reports `compiled: false` with the reason, and its results are those of an eager run."""
     monkeypatch.setattr(compiling, "BACKEND", "aot_eager")
     monkeypatch.setattr(compiling, "GUARDED_CALLS", 0)
-    monkeypatch.setattr(engine, "_step_state", lambda trainer: pytest.fail("a guarded call of the compiled step"))
+    monkeypatch.setattr(engine, "_step_state", lambda setup: pytest.fail("a guarded call of the compiled step"))
     config = Config(**TOY, output=str(tmp_path / "limited"))
     with torch._dynamo.config.patch(recompile_limit=1):  # dynamo's own patching: restored exactly after
         limited = run(config, folder, *PREFIXES)

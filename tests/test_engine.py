@@ -9,7 +9,7 @@ from toy import PREFIXES, TOY_SETTINGS, read_results, write_toy_folder
 
 from discomkd.config import Config, seed_everything
 from discomkd.data import array_path, load_data_folder
-from discomkd.engine import build_trainer, train_one_epoch
+from discomkd.engine import build_setup, train_one_epoch
 from discomkd.errors import TrainingError
 from discomkd.inference import predict_array
 from discomkd.methods import FUSED, METHODS
@@ -106,8 +106,8 @@ def test_a_nan_grl_coefficient_is_refused_before_anything_is_written(tmp_path):
 
 def test_on_step_is_called_after_every_step(data):
     seed_everything(0)
-    trainer = build_trainer(Config(**SETTINGS), data, torch.device("cpu"))
+    setup = build_setup(Config(**SETTINGS), data, torch.device("cpu"))
     calls = []
-    train_one_epoch(trainer, 1, on_step=lambda step, steps: calls.append((step, steps)))
+    train_one_epoch(setup, 1, on_step=lambda step, steps: calls.append((step, steps)))
     steps = len(range(0, len(data.modalities[0].splits["train"]), SETTINGS["batch_size"]))
     assert calls == [(step, steps) for step in range(1, steps + 1)]

@@ -6,7 +6,7 @@ from toy import TOY_SETTINGS, write_toy_folder
 
 from discomkd.config import Config, seed_everything
 from discomkd.data import load_data_folder
-from discomkd.engine import build_trainer, train_one_epoch
+from discomkd.engine import build_setup, train_one_epoch
 from model_pytorch import LOSS_TERMS, BranchOutput, discomkd_losses
 
 # Two rows of the first modality, one of the second, three classes, 2-d feature parts (the losses
@@ -183,8 +183,8 @@ def test_a_few_epochs_lower_the_loss(tmp_path):
     # no augmentation: the toy classes are arbitrary patterns that flips would scramble
     config = Config(**TOY_SETTINGS, augment_first="none", compile="no", verbose=0)
     seed_everything(0)
-    trainer = build_trainer(config, data, torch.device("cpu"))
-    history = [train_one_epoch(trainer, epoch) for epoch in range(1, 6)]
+    setup = build_setup(config, data, torch.device("cpu"))
+    history = [train_one_epoch(setup, epoch) for epoch in range(1, 6)]
     assert set(history[0]) == set(LOSS_TERMS) | {"total", "finite_weights"}
     first, last = history[0], history[-1]
     assert last["total"] < first["total"] - 0.5, [h["total"] for h in history]

@@ -142,10 +142,10 @@ def test_a_trial_never_evaluates_the_test_split(tmp_path, monkeypatch):
     scored, reports = [], []
     evaluate = training.evaluate
 
-    def recording(trainer, data, splits=("valid", "test"), classifiers=None):
+    def recording(setup, data, splits=("valid", "test"), classifiers=None):
         assert "test" not in data.modalities[0].splits
         scored.extend(splits)
-        return evaluate(trainer, data, splits, classifiers)
+        return evaluate(setup, data, splits, classifiers)
 
     monkeypatch.setattr(training, "evaluate", recording)
     job = tuning.SearchJob(Config(output=str(tmp_path / "search"), **dict(TOY_SETTINGS, epochs=3)),

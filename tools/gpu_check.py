@@ -41,7 +41,7 @@ from discomkd import compiling
 from discomkd.benchmarking import PREFIXES, SHAPES, measure_end_to_end, write_synthetic_folder
 from discomkd.config import Config, plain_path, seed_everything
 from discomkd.data import default_encoder, load_data_folder
-from discomkd.engine import build_trainer, start_epoch, train_one_epoch
+from discomkd.engine import build_setup, start_epoch, train_one_epoch
 from discomkd.example import make_digits_example
 from discomkd.run_files import write_json, write_text
 from discomkd.training import state_payload
@@ -143,7 +143,7 @@ def example_folder(preset: dict, work: str) -> tuple[str, tuple[str, str]]:
 
 def trajectories(preset: dict, work: str, record: StepRecord) -> None:
     """(b): the example trained by each variant (compile, precision), same seed and epochs, in one process:
-    each trainer resets dynamo's caches when it is built."""
+    each setup resets dynamo's caches when it is built."""
     folder, prefixes = example_folder(preset, work)
     runs = {}
     for name, (compile_setting, precision) in VARIANTS.items():
@@ -228,24 +228,24 @@ def snapshot_check(preset: dict, folder: str, prefixes) -> dict:
                     verbose=0)
     data = load_data_folder(folder, *prefixes)
     seed_everything(config.seed)
-    trainer = build_trainer(config, data, torch.device(preset["device"]))
-    cuda = trainer.device.type == "cuda"
-    progress = start_epoch(trainer)
+    setup = build_setup(config, data, torch.device(preset["device"]))
+    cuda = setup.device.type == "cuda"
+    progress = start_epoch(setup)
     half = max(2, len(progress.bounds) // 2)
     # the first step alone: its one-time set-up (augmentation tables, cuDNN) waits for the device
-    train_one_epoch(trainer, 1, progress, should_stop=lambda: progress.step >= 1)
+    train_one_epoch(setup, 1, progress, should_stop=lambda: progress.step >= 1)
     if cuda:
         torch.cuda._sleep(HOLD_CYCLES)  # the next steps queue up behind this
-    train_one_epoch(trainer, 1, progress, should_stop=lambda: progress.step >= half)
-    payload = state_payload(trainer, 1, None, {}, {}, {})  # what an epoch-end snapshot holds (no host sync)
-    host, done = HostCopy(trainer.device).copy(payload)
-    queued = cuda and not torch.cuda.current_stream(trainer.device).query()
+    train_one_epoch(setup, 1, progress, should_stop=lambda: progress.step >= half)
+    payload = state_payload(setup, 1, None, {}, {}, {})  # what an epoch-end snapshot holds (no host sync)
+    host, done = HostCopy(setup.device).copy(payload)
+    queued = cuda and not torch.cuda.current_stream(setup.device).query()
     same_point = [t.clone() for _, t in tensors_of(payload)]  # on the training stream, after the snapshot's copy
-    train_one_epoch(trainer, 1, progress)  # the rest of the epoch, queued behind the snapshot
+    train_one_epoch(setup, 1, progress)  # the rest of the epoch, queued behind the snapshot
     if done is not None:
         done.synchronize()
     snapshot = [t for _, t in tensors_of(host)]
-    later = [t.detach().cpu() for _, t in tensors_of(state_payload(trainer, 1, None, {}, {}, {}))]
+    later = [t.detach().cpu() for _, t in tensors_of(state_payload(setup, 1, None, {}, {}, {}))]
     same_point = [t.cpu() for t in same_point]
     return {"tensors": len(snapshot), "bytes": sum(t.numel() * t.element_size() for t in snapshot),
             "steps_before": half, "steps_after": len(progress.bounds) - half, "steps_queued_at_snapshot": queued,
