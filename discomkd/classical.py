@@ -69,5 +69,5 @@ def fit_classical(data: DataFolder, modality: int, method: str) -> dict:
 def classical_result(data: DataFolder, method: str) -> dict:
     """`fit_classical` of `method` on each modality: the result of a classical job,
     {"seconds": summed over the columns, "columns": {prefix: fit_classical's result}}."""
-    columns = {m.prefix: fit_classical(data, position, method) for position, m in enumerate(data.modalities)}
+    columns = {m.prefix: fit_classical(data, index, method) for index, m in enumerate(data.modalities)}
     return {"seconds": sum(c["seconds"] for c in columns.values()), "columns": columns}

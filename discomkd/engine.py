@@ -329,13 +329,13 @@ def _resident_budget(device: torch.device) -> int:
     return 1 << 30
 
 
-def resolve_augmentation(config: Config, modality: Modality, position: int) -> str:
+def resolve_augmentation(config: Config, modality: Modality, index: int) -> str:
     """The augmentation mode of a modality: its option, or the default for its sample rank."""
     rank = modality.rank + 1
-    mode = getattr(config, ("augment_first", "augment_second")[position])
+    mode = getattr(config, ("augment_first", "augment_second")[index])
     mode = default_augmentation(modality.prefix, rank) if mode == "auto" else mode
     if mode not in AUGMENTATIONS[rank]:
-        raise OptionError(f"--augment-{('first', 'second')[position]} {mode}: not available for {modality.prefix}'s "
+        raise OptionError(f"--augment-{('first', 'second')[index]} {mode}: not available for {modality.prefix}'s "
                         f"samples of shape {modality.sample_shape}; expected one of {', '.join(AUGMENTATIONS[rank])}")
     return mode
 
@@ -366,7 +366,7 @@ def build_sources(config: Config, data: DataFolder, device: torch.device, modali
     return sources, labels, augmentations
 
 
-def method_target(config: Config, data: DataFolder) -> int | None:
+def method_modality(config: Config, data: DataFolder) -> int | None:
     """The modality a per-modality method trains (config.modality, a prefix), else None."""
     if not METHODS[config.method].per_modality:
         return None
@@ -384,14 +384,14 @@ def training_rows(spec: MethodSpec, data: DataFolder, step_modalities: tuple[int
 def build_setup(config: Config, data: DataFolder, device: torch.device) -> TrainingSetup:
     """Everything a run trains with, built right after seeding so the weights depend on the seed only."""
     spec = METHODS[config.method]
-    target = method_target(config, data)
-    step_modalities = spec.step_modalities(target)
+    modality_index = method_modality(config, data)
+    step_modalities = spec.step_modalities(modality_index)
     shape = ModelShape(tuple(m.sample_shape for m in data.modalities), tuple(m.encoder for m in data.modalities),
                        data.num_classes, config.discriminator)
     teacher = load_classifier(config.teacher)[0] if spec.needs_teacher else None
-    model = build_model(config.method, shape, target, teacher).to(device)
+    model = build_model(config.method, shape, modality_index, teacher).to(device)
     classifiers = [Classifier(FUSED if m is None else data.modalities[m].prefix, m, module)
-                   for m, module in spec.classifiers(model, target)]
+                   for m, module in spec.classifiers(model, modality_index)]
     used = sorted(set(step_modalities) | {m for c in classifiers for m in c.input_modalities})
     precision = resolve_precision(config.precision, device)
     warnings = [] if precision == config.precision or config.precision == "auto" else [

@@ -49,9 +49,9 @@ class DistilledStudent(nn.Module):
     module is put in; only the student is a classifier of the method.
     """
 
-    def __init__(self, student: SingleModalityClassifier, teacher: MultiModalTeacher, target: int):
+    def __init__(self, student: SingleModalityClassifier, teacher: MultiModalTeacher, modality: int):
         super().__init__()
-        self.student, self.target = student, target
+        self.student, self.modality = student, modality
         self.teacher = teacher.requires_grad_(False).eval()
 
     def train(self, mode: bool = True):
@@ -67,16 +67,16 @@ class MethodSpec:
     Attributes:
         description: one line for tables and --help.
         terms: names of the loss terms `losses` returns, in order.
-        build: (shape, target modality or None, teacher or None) -> the model to train.
+        build: (shape, the modality a per-modality model trains on, or None, teacher or None) -> the model to train.
         losses: (model, inputs {modality: (B, ...)}, labels {modality: (B,)}, config, progress) -> {term:
             scalar}, unweighted; run under autocast by the engine. `progress` is the training progress at
             this step, a 0-d float32 tensor on the device in [0, 1) (a tensor, so that a compiled step
             reads a new value without being traced again); None outside the engine.
         weights: (config, epoch 1-based) -> {term: weight}; the engine applies them, in one place.
-        classifiers: (model, target) -> ((modality it classifies or None for fused, module), ...); each
+        classifiers: (model, modality) -> ((modality it classifies or None for fused, module), ...); each
             module's forward reads the inputs of that modality (both for fused) and returns `.logits`.
-        per_modality: one model per modality (target 0, then 1) instead of one for both.
-        reads_both: a step reads both modalities (else only the target's).
+        per_modality: one model per modality (modality 0, then 1) instead of one for both.
+        reads_both: a step reads both modalities (else only its own modality).
         paired: the two modalities of a step are the same rows (needs rows in both training sets).
         needs_teacher: the model is built around a trained teacher (config.teacher, a checkpoint).
         overrides: config fields this method sets (e.g. the published modality targets).
@@ -101,13 +101,13 @@ class MethodSpec:
     invariant_parts: bool = False
     compared_by_default: bool = True
 
-    def step_modalities(self, target: int | None) -> tuple[int, ...]:
+    def step_modalities(self, modality: int | None) -> tuple[int, ...]:
         """The modalities a training step of this method reads."""
-        return (0, 1) if self.reads_both else (target,)
+        return (0, 1) if self.reads_both else (modality,)
 
 
 # ----------------------------------------------------------------------------- DisCoM-KD
-def _discomkd_build(shape: ModelShape, target, teacher) -> DisCoMKD:
+def _discomkd_build(shape: ModelShape, modality, teacher) -> DisCoMKD:
     return DisCoMKD(shape.input_shapes, shape.num_classes, shape.encoders, shape.discriminator)
 
 
@@ -121,7 +121,7 @@ def _discomkd_weights(config, epoch: int) -> dict[str, float]:
     return {term: float(getattr(config, f"weight_{term}")) for term in LOSS_TERMS}
 
 
-def _discomkd_classifiers(model: DisCoMKD, target) -> tuple:
+def _discomkd_classifiers(model: DisCoMKD, modality) -> tuple:
     return ((0, model.branches[0]), (1, model.branches[1]))
 
 
@@ -137,7 +137,7 @@ def _discomkd_parameter_groups(model: DisCoMKD, config) -> list[dict]:
              "lr": config.learning_rate * config.discriminator_lr_scale}]
 
 
-def _discomkd_invariant_build(shape: ModelShape, target, teacher) -> DisCoMKD:
+def _discomkd_invariant_build(shape: ModelShape, modality, teacher) -> DisCoMKD:
     return DisCoMKD(shape.input_shapes, shape.num_classes, shape.encoders, shape.discriminator, task_features="invariant")
 
 
@@ -153,8 +153,8 @@ FAST_DISCRIMINATOR_LR_SCALE = 10.0
 
 
 # ----------------------------------------------------------------------------- baselines
-def _mono_build(shape: ModelShape, target: int, teacher) -> SingleModalityClassifier:
-    return SingleModalityClassifier(shape.input_shapes[target], shape.num_classes, shape.encoders[target])
+def _mono_build(shape: ModelShape, modality: int, teacher) -> SingleModalityClassifier:
+    return SingleModalityClassifier(shape.input_shapes[modality], shape.num_classes, shape.encoders[modality])
 
 
 def _mono_losses(model: SingleModalityClassifier, inputs, labels, config, progress=None) -> dict[str, torch.Tensor]:
@@ -162,7 +162,7 @@ def _mono_losses(model: SingleModalityClassifier, inputs, labels, config, progre
     return {"ce": F.cross_entropy(model(x).logits.float(), labels[modality])}
 
 
-def _teacher_build(shape: ModelShape, target, teacher) -> MultiModalTeacher:
+def _teacher_build(shape: ModelShape, modality, teacher) -> MultiModalTeacher:
     return MultiModalTeacher(shape.input_shapes, shape.num_classes, shape.encoders)
 
 
@@ -170,18 +170,18 @@ def _teacher_losses(model: MultiModalTeacher, inputs, labels, config, progress=N
     return {"ce": F.cross_entropy(model(inputs[0], inputs[1]).logits.float(), labels[0])}
 
 
-def _student_build(shape: ModelShape, target: int, teacher: MultiModalTeacher) -> DistilledStudent:
+def _student_build(shape: ModelShape, modality: int, teacher: MultiModalTeacher) -> DistilledStudent:
     # the student first: its weights then come from the freshly seeded generator, as mono's do
-    return DistilledStudent(_mono_build(shape, target, None), teacher, target)
+    return DistilledStudent(_mono_build(shape, modality, None), teacher, modality)
 
 
 def _distillation_inputs(model: DistilledStudent, inputs, labels):
     """(student logits, teacher logits, labels): the student reads its modality of the same rows the
     teacher reads both modalities of (augmented alike)."""
-    target = model.target
+    modality = model.modality
     with torch.no_grad():
         teacher_logits = model.teacher(inputs[0], inputs[1]).logits
-    return model.student(inputs[target]).logits, teacher_logits, labels[target]
+    return model.student(inputs[modality]).logits, teacher_logits, labels[modality]
 
 
 def _kd_losses(model: DistilledStudent, inputs, labels, config, progress=None) -> dict[str, torch.Tensor]:
@@ -206,17 +206,17 @@ def _cross_entropy_only(config, epoch: int) -> dict[str, float]:
 
 METHODS: dict[str, MethodSpec] = {  # in the order the comparison lists them
     "mono": MethodSpec("each modality alone: its encoder + Linear(512, K)", ("ce",), _mono_build, _mono_losses,
-                       _cross_entropy_only, lambda model, target: ((target, model),),
+                       _cross_entropy_only, lambda model, modality: ((modality, model),),
                        per_modality=True, reads_both=False),
     "teacher": MethodSpec("one encoder per modality, features summed, Linear(512, K); reads both at test time",
                           ("ce",), _teacher_build, _teacher_losses, _cross_entropy_only,
-                          lambda model, target: ((None, model),), paired=True),
+                          lambda model, modality: ((None, model),), paired=True),
     "kd": MethodSpec("single-modality student distilled from the teacher (Hinton et al.)", ("ce", "kd"),
                      _student_build, _kd_losses, lambda config, epoch: {"ce": 1.0, "kd": 1.0},
-                     lambda model, target: ((target, model.student),), per_modality=True, paired=True,
+                     lambda model, modality: ((modality, model.student),), per_modality=True, paired=True,
                      needs_teacher=True),
     "dkd": MethodSpec("decoupled KD (Zhao et al., CVPR 2022)", ("ce", "tckd", "nckd"), _student_build, _dkd_losses,
-                      _dkd_weights, lambda model, target: ((target, model.student),), per_modality=True,
+                      _dkd_weights, lambda model, modality: ((modality, model.student),), per_modality=True,
                       paired=True, needs_teacher=True),
     "discomkd": _discomkd("DisCoM-KD: both single-modality classifiers trained at once"),
     "discomkd-legacy": _discomkd("DisCoM-KD with the published code's modality targets",
@@ -245,10 +245,11 @@ ABLATIONS: dict[str, MethodSpec] = {
 METHODS.update(ABLATIONS)
 
 
-def build_model(method: str, shape: ModelShape, target: int | None = None,
+def build_model(method: str, shape: ModelShape, modality: int | None = None,
                 teacher: MultiModalTeacher | None = None) -> nn.Module:
-    """The untrained model of `method` (for `target`'s modality when the method has one per modality)."""
-    return METHODS[method].build(shape, target, teacher)
+    """The untrained model of `method`; `modality`: the modality index of a method that trains one model per
+    modality."""
+    return METHODS[method].build(shape, modality, teacher)
 
 
 # ----------------------------------------------------------------------------- classifiers alone
