@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from discomkd.config import Config, resolve_device, seed_everything
-from discomkd.data import array_path, load_data_folder
+from discomkd.data import array_path, load_data_folder, write_split_files
 from discomkd.engine import build_setup, compile_report, evaluate, start_epoch, train_one_epoch
 from discomkd.splits import stratified_split
 from discomkd.training import cudnn_autotuning, fit
@@ -62,8 +62,7 @@ def write_synthetic_folder(folder: str, samples: int, first: tuple, second: tupl
                 rows += noise[:len(rows)]
                 handle.write(rows)
     np.save(os.path.join(folder, "labels.npy"), labels)
-    for split, rows in stratified_split(labels, seed).items():
-        np.save(os.path.join(folder, f"{split}_idx.npy"), rows)
+    write_split_files(folder, stratified_split(labels, seed))
 
 
 def _synchronize(device: torch.device) -> None:

@@ -36,12 +36,12 @@ from discomkd.classical import CLASSICAL
 from discomkd.comparison_jobs import TEACHER, DataSource, Job, method_entry, plan_run, read_data, run_job
 from discomkd.comparison_table import STD_DDOF, aggregate, format_table
 from discomkd.config import MAX_SEED, Config, check_config, resolve_device, resolve_precision
-from discomkd.data import DataFolder, read_labels
+from discomkd.data import DataFolder, read_labels, write_split_files
 from discomkd.engine import build_sources
 from discomkd.errors import DataError, Interrupted, OptionError, TrainingError
 from discomkd.executors import LocalExecutor
 from discomkd.methods import METHODS
-from discomkd.run_files import atomic_write, prepare_output, save_npy, write_json, write_text
+from discomkd.run_files import prepare_output, write_json, write_text
 from discomkd.splits import SPLITS, draw_split, split_file_name
 
 RESULTS_FILE, TABLE_FILE = "comparison.json", "comparison.md"
@@ -71,14 +71,6 @@ def parse_methods(text: str) -> tuple[str, ...]:
 def has_split_files(directory: str, prefixes) -> bool:
     names = [split_file_name(split) for split in SPLITS] + [split_file_name("train", p) for p in prefixes]
     return any(os.path.lexists(os.path.join(directory, name)) for name in names)
-
-
-def save_splits(folder: str, splits: dict[str, np.ndarray]) -> None:
-    """Writes a run's drawn split as split files, for the record and for resuming its runs."""
-    os.makedirs(folder, exist_ok=True)
-    for split, rows in splits.items():
-        atomic_write(os.path.join(folder, split_file_name(split)),
-                     lambda temporary, values=np.asarray(rows, dtype=np.int64): save_npy(temporary, values))
 
 
 def draw_splits(directory: str, seeds) -> list[dict[str, np.ndarray]]:
@@ -213,7 +205,7 @@ class Runs:
         data, split_folder = self.data, None
         if comparison.drawn is not None:
             split_folder = split_name(comparison.output, seed)
-            save_splits(split_folder, comparison.drawn[k])
+            write_split_files(split_folder, comparison.drawn[k])
             data = read_data(comparison.source(split_folder))
         for warning in data.warnings:
             logger.warning(warning)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
+from discomkd.data import write_split_files
 from discomkd.errors import DataError
 from discomkd.run_files import folder_problem
 from discomkd.splits import SPLITS, stratified_split
@@ -61,11 +62,12 @@ def make_digits_example(folder: str, seed: int = 0, overwrite: bool = False) -> 
     os.makedirs(folder, exist_ok=True)
     arrays = {"IMAGE_data_normalized": image.astype(np.float32), "PROJ_data_normalized": projection.astype(np.float32),
               "labels": labels}
-    arrays.update({f"{split}_idx": rows for split, rows in stratified_split(labels, seed).items()})
-    for name in arrays:
+    split = stratified_split(labels, seed)
+    for name in [*arrays, *(f"{s}_idx" for s in split)]:
         if os.path.isdir(os.path.join(folder, f"{name}.npy")):
             raise DataError(f"{os.path.join(folder, name)}.npy: is a folder; the example writes a file there")
     for name, values in arrays.items():
         np.save(os.path.join(folder, f"{name}.npy"), values)
+    write_split_files(folder, split)
     return (f"wrote {len(labels)} digits to {folder}: IMAGE {image.shape[1:]}, PROJ {projection.shape[1:]}, "
-            + ", ".join(f"{s} {len(arrays[s + '_idx'])}" for s in SPLITS))
+            + ", ".join(f"{s} {len(split[s])}" for s in SPLITS))

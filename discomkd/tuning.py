@@ -24,11 +24,11 @@ from ray.tune.search import BasicVariantGenerator
 
 from discomkd import console
 from discomkd.augment import AUGMENTATIONS
-from discomkd.comparison import compare, draw_splits, has_split_files, save_splits
+from discomkd.comparison import compare, draw_splits, has_split_files
 from discomkd.comparison_jobs import DataSource, read_data
 from discomkd.comparison_table import format_table
 from discomkd.config import Config, check_config
-from discomkd.data import DataFolder
+from discomkd.data import DataFolder, write_split_files
 from discomkd.engine import resolve_augmentation
 from discomkd.errors import DataError, OptionError
 from discomkd.run_files import prepare_output, write_json, write_text
@@ -183,7 +183,7 @@ def tune_and_compare(config: Config, directory: str, first: str, second: str, tr
     ray_executor.start(config.output)  # refuses (DataError) before anything is written
     os.makedirs(config.output, exist_ok=True)
     if split is not None:
-        save_splits(job.data.split_folder, split)
+        write_split_files(job.data.split_folder, split)
     started = time.time()
     grace_epochs = max(1, config.epochs // 10) if grace_epochs is None else grace_epochs
     logger.info(f"search: {trials} trial(s) of {METHOD} on seed {config.seed}, validation only "
