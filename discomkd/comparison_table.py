@@ -1,11 +1,12 @@
 """The comparison's numbers over runs and its table: per method and column, test weighted F1 and
-accuracy summarised over the runs (`aggregate`), then one row per method (`format_table`)."""
+accuracy summarised over the runs (`aggregate`), with the end-of-run invariance probe and cross-modal
+transfer of the methods that have invariant parts, then one row per method (`format_table`)."""
 from __future__ import annotations
 
 import numpy as np
 
 from discomkd.methods import FUSED, METHODS
-from discomkd.probes import INVARIANCE_MEANING
+from discomkd.probes import INVARIANCE_MEANING, TRANSFER_DIRECTIONS
 from discomkd.training import format_duration
 
 STD_DDOF = 1  # sample standard deviation over runs: with few runs the population formula understates the spread
@@ -18,7 +19,8 @@ def _summary(values: list[float]) -> dict:
 
 def aggregate(runs: list[dict], methods) -> dict[str, dict]:
     """Per method and column: test weighted F1 and accuracy over the runs (values, mean, std with
-    ddof=STD_DDOF) and the training seconds summed over runs."""
+    ddof=STD_DDOF) and the training seconds summed over runs; for methods with invariant parts, the
+    invariance probe's accuracy and the cross-modal transfer (`_transfer_summary`) over the runs."""
     table = {}
     for method in methods:
         entries = [r["methods"][method] for r in runs if method in r["methods"]]
@@ -34,7 +36,25 @@ def aggregate(runs: list[dict], methods) -> dict[str, dict]:
         probes = [e["invariance_probe"]["modality_accuracy"] for e in done if e.get("invariance_probe")]
         if probes and None not in probes:
             table[method]["invariance_probe"] = _summary(probes)
+        transfer = _transfer_summary([e.get("cross_modal_transfer") for e in done])
+        if transfer:
+            table[method]["cross_modal_transfer"] = transfer
     return table
+
+
+def _transfer_summary(transfers: list[dict | None]) -> dict:
+    """Per direction that every run measured: {"from", "to", "transfer" and "within": {"accuracy",
+    "weighted_f1"} summarised over the runs, "chance": the mean majority-class share of the rows scored}."""
+    summary = {}
+    for name, _, _ in TRANSFER_DIRECTIONS:
+        directions = [t[name] for t in transfers if t is not None]
+        if len(directions) < len(transfers) or not directions or any(d["transfer"] is None for d in directions):
+            continue
+        summary[name] = {"from": directions[0]["from"], "to": directions[0]["to"],
+                         **{where: {metric: _summary([d[where][metric] for d in directions])
+                                    for metric in ("accuracy", "weighted_f1")} for where in ("transfer", "within")},
+                         "chance": float(np.mean([t["chance"][directions[0]["to"]] for t in transfers]))}
+    return summary
 
 
 def _cell(summary: dict, plus_minus: str) -> str:
@@ -49,14 +69,17 @@ def format_table(aggregated: dict, prefixes, runs: int, seeds, split_note: str, 
     `extra_notes` are appended to the footnotes."""
     plus_minus = "±" if markdown else "+-"
     probed = any("invariance_probe" in a for a in aggregated.values())
+    transferred = [name for name, _, _ in TRANSFER_DIRECTIONS
+                   if any(name in a.get("cross_modal_transfer", {}) for a in aggregated.values())]
     header = (["method"] + [f"{p} test wF1 / acc" for p in prefixes] + ["invariant modality probe [i]"] * probed
-              + ["training time"])
+              + [f"transfer {_direction(name, prefixes)} / within [x]" for name in transferred] + ["training time"])
     best = _best_means(aggregated, prefixes)
-    rows = [_row(method, a, prefixes, best, probed, plus_minus, markdown) for method, a in aggregated.items()]
-    notes = _notes(aggregated, runs, seeds, split_note, probed, plus_minus, markdown) + list(extra_notes)
+    rows = [_row(method, a, prefixes, best, probed, transferred, plus_minus, markdown)
+            for method, a in aggregated.items()]
+    notes = _notes(aggregated, runs, seeds, split_note, probed, transferred, plus_minus, markdown) + list(extra_notes)
     notes += [f"{method}: {a['note']}" for method, a in aggregated.items() if a["status"] != "done"]
     if markdown:
-        alignment = ["---"] + [":---:"] * (len(prefixes) + probed) + ["---:"]
+        alignment = ["---"] + [":---:"] * (len(prefixes) + probed + len(transferred)) + ["---:"]
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(alignment) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines + [""] + [f"{note}  " for note in notes]) + "\n"
@@ -76,11 +99,19 @@ def _best_means(aggregated: dict, prefixes) -> dict:
     return best
 
 
-def _row(method: str, a: dict, prefixes, best: dict, probed: bool, plus_minus: str, markdown: bool) -> list[str]:
+def _direction(name: str, prefixes) -> str:
+    """A transfer direction of probes.TRANSFER_DIRECTIONS named by its modalities, e.g. IMG->VEC."""
+    source, target = {n: (s, t) for n, s, t in TRANSFER_DIRECTIONS}[name]
+    return f"{prefixes[source]}->{prefixes[target]}"
+
+
+def _row(method: str, a: dict, prefixes, best: dict, probed: bool, transferred: list[str], plus_minus: str,
+         markdown: bool) -> list[str]:
     """A method's row: its cells per modality (the fused result, marked [f], where it has none of its own),
-    the probe's cell when any row has one, the training time."""
+    the probe's cell when any row has one, a cell per transfer direction any row has (transfer accuracy /
+    within-modality accuracy), the training time."""
     if a["status"] != "done":
-        return [method] + ["skipped (needs paired rows)"] * len(prefixes) + ["-"] * probed + ["-"]
+        return [method] + ["skipped (needs paired rows)"] * len(prefixes) + ["-"] * (probed + len(transferred)) + ["-"]
     cells = []
     for prefix in prefixes:
         column = a["columns"].get(prefix) or a["columns"][FUSED]
@@ -92,11 +123,15 @@ def _row(method: str, a: dict, prefixes, best: dict, probed: bool, plus_minus: s
         cells.append(text)
     if probed:
         cells.append(_cell(a["invariance_probe"], plus_minus) if "invariance_probe" in a else "-")
+    for name in transferred:
+        direction = a.get("cross_modal_transfer", {}).get(name)
+        cells.append("-" if direction is None else f"{_cell(direction['transfer']['accuracy'], plus_minus)} / "
+                                                    f"{_cell(direction['within']['accuracy'], plus_minus)}")
     return [method] + cells + [format_duration(a["seconds"]) + (" [t]" if a["includes_teacher_seconds"] else "")]
 
 
-def _notes(aggregated: dict, runs: int, seeds, split_note: str, probed: bool, plus_minus: str, markdown: bool
-           ) -> list[str]:
+def _notes(aggregated: dict, runs: int, seeds, split_note: str, probed: bool, transferred: list[str],
+           plus_minus: str, markdown: bool) -> list[str]:
     """The table's footnotes: what the numbers are, the splits, and the marks the rows use."""
     spread = (f"mean {plus_minus} sample standard deviation (ddof=1) over {runs} runs" if runs > STD_DDOF
               else "a single run (no standard deviation)")
@@ -111,5 +146,16 @@ def _notes(aggregated: dict, runs: int, seeds, split_note: str, probed: bool, pl
         notes.append("[t] Includes the teacher's training time (one teacher per run serves both kd and dkd).")
     if probed:
         notes.append(f"[i] Validation rows, each modality's best epoch; {INVARIANCE_MEANING}.")
+    if transferred:
+        chance = {d["to"]: f"{d['chance']:.3f}" for a in aggregated.values()
+                  for d in a.get("cross_modal_transfer", {}).values()}
+        # one value where, as data.py has it, both modalities share their validation rows
+        chance = (next(iter(chance.values())) if len(set(chance.values())) == 1
+                  else ", ".join(f"{prefix} {value}" for prefix, value in sorted(chance.items())))
+        notes.append("[x] Cross-modal transfer: accuracy of a logistic regression fitted on the invariant part of the "
+                     "first-named modality's training rows, scored on the other modality's validation rows (transfer) "
+                     f"and on its own (within), each modality's best epoch, mean {plus_minus} std over runs; a "
+                     "modality-free invariant part transfers as well as it classifies within; chance (the majority "
+                     f"class's share of the validation rows) {chance}.")
     notes.append("Training time: wall time summed over runs, per-epoch evaluation included.")
     return notes

@@ -25,7 +25,7 @@ from discomkd.data import DataFolder, Modality
 from discomkd.errors import OptionError
 from discomkd.inference import autocast_context, class_probabilities, run_in_batches, source_batches
 from discomkd.methods import FUSED, METHODS, MethodSpec, ModelShape, build_model
-from discomkd.probes import modality_probe, probe_rows
+from discomkd.probes import cross_modal_transfer, modality_probe, probe_rows
 from discomkd.run_files import checkpoint_path, load_classifier
 
 logger = logging.getLogger(__name__)
@@ -300,22 +300,38 @@ def evaluate(setup: TrainingSetup, data: DataFolder, splits=("valid", "test"), c
 
 
 @torch.inference_mode()
-def invariance_probe(setup: TrainingSetup, data: DataFolder, output: str) -> dict | None:
-    """How well a logistic regression tells the modality from the invariant parts that each modality's
-    best checkpoint gives on the validation rows (both modalities pooled; probes.modality_probe), or None
-    when a checkpoint is missing. At most probes.PROBE_ROWS_PER_MODALITY rows, drawn with the run's seed."""
+def invariance_measures(setup: TrainingSetup, data: DataFolder, output: str) -> dict:
+    """The end-of-run measures of the invariant parts that each modality's best checkpoint gives:
+    {"invariance_probe": how well a logistic regression tells the modality from them on the validation
+    rows (both modalities pooled; probes.modality_probe), "cross_modal_transfer": how well a logistic
+    regression fitted on one modality's training rows classifies the other's validation rows, both ways
+    (probes.cross_modal_transfer)}; both None when a checkpoint is missing. At most
+    probes.PROBE_ROWS_PER_MODALITY rows of each split and modality, drawn with the run's seed; each
+    checkpoint is read once."""
     paths = [checkpoint_path(output, c.column) for c in setup.classifiers]
     if not all(os.path.isfile(path) for path in paths):
-        return None
-    rows = probe_rows(evaluation_rows(data, setup.classifiers[0], "valid"), setup.config.seed)
-    parts = []
+        return {"invariance_probe": None, "cross_modal_transfer": None}
+    seed = setup.config.seed
+    valid_rows = probe_rows(evaluation_rows(data, setup.classifiers[0], "valid"), seed)
+    valid, train = [], []  # per modality, (invariant part (n, 256), classes (n,)) of its rows
     for classifier, path in zip(setup.classifiers, paths):
         branch, _ = load_classifier(path, setup.device)
-        batches = source_batches(setup.sources, classifier.input_modalities, rows, setup.config.eval_batch_size)
-        parts.append(run_in_batches(branch, batches, lambda output: {"invariant": output.invariant.float()},
-                                    setup.precision)["invariant"])  # (n, 256)
-    return {"split": "valid", "part": "invariant", "checkpoints": "each modality's best epoch",
-            **modality_probe(parts, setup.config.seed)}
+        train_rows = probe_rows(data.modalities[classifier.modality].splits["train"], seed)
+        for parts, rows in ((valid, valid_rows), (train, train_rows)):
+            parts.append((_invariant_part(setup, classifier, branch, rows), data.labels[rows]))
+    prefixes = [data.modalities[c.modality].prefix for c in setup.classifiers]
+    where = {"part": "invariant", "checkpoints": "each modality's best epoch"}
+    return {"invariance_probe": {"split": "valid", **where, **modality_probe([p for p, _ in valid], seed)},
+            "cross_modal_transfer": {"split": {"fitted": "train", "scored": "valid"}, **where,
+                                     **cross_modal_transfer(train, valid, prefixes, seed)}}
+
+
+def _invariant_part(setup: TrainingSetup, classifier: Classifier, branch: torch.nn.Module,
+                    rows: np.ndarray) -> np.ndarray:
+    """The invariant part (n, 256) that `branch`, a checkpoint of `classifier`, gives of the user's rows `rows`."""
+    batches = source_batches(setup.sources, classifier.input_modalities, rows, setup.config.eval_batch_size)
+    return run_in_batches(branch, batches, lambda output: {"invariant": output.invariant.float()},
+                          setup.precision)["invariant"]
 
 
 def _resident_budget(device: torch.device) -> int:

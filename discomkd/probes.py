@@ -1,10 +1,10 @@
 """Linear probes of learned features: what a standardised logistic regression can read from them.
 
 `probe_accuracy` is the one probe (cross-validated accuracy); `modality_probe` asks it whether the
-invariant parts of two modalities still tell the modalities apart. The training loop
-(`training.fit`) runs `modality_probe` at the end of every DisCoM-KD run; inspect_run.py runs
-`disentanglement_probes` (modality and class, every part) on a finished run. Knows numpy and
-scikit-learn only.
+invariant parts of two modalities still tell the modalities apart, and `cross_modal_transfer` whether a
+classifier of one modality's invariant part classifies the other's. The training loop (`training.fit`)
+runs both at the end of every DisCoM-KD run; inspect_run.py runs `disentanglement_probes` (modality and
+class, every part) on a finished run. Knows numpy and scikit-learn only.
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import warnings
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 PARTS = ("invariant", "informative", "irrelevant")  # the feature parts of a modality branch (model_pytorch)
@@ -25,6 +26,17 @@ PROBE_FOLDS = 5
 PROBE_ROWS_PER_MODALITY = 2000
 INVARIANCE_MEANING = ("invariant modality probe: how often a logistic regression tells the modality from the "
                       "invariant part; 0.5 is modality-free (the method's aim), 1.0 fully separable")
+# the two directions of cross_modal_transfer: (name, modality fitted, modality scored)
+TRANSFER_DIRECTIONS = (("first->second", 0, 1), ("second->first", 1, 0))
+TRANSFER_MEANING = ("cross-modal transfer: a logistic regression fitted on one modality's invariant part (training "
+                    "rows) classifies the other's (validation rows); as good as within its own modality, the "
+                    "invariant part is shared (the method's aim); near chance, it is not")
+
+
+def linear_probe() -> Pipeline:
+    """The probes' classifier: a logistic regression on standardised features (scikit-learn pipeline).
+    lbfgs is deterministic, so a probe depends on its rows alone."""
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
 
 
 def probe_accuracy(features: np.ndarray, targets: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -37,7 +49,7 @@ def probe_accuracy(features: np.ndarray, targets: np.ndarray, seed: int = 0) -> 
     folds = min(PROBE_FOLDS, int(np.unique(targets, return_counts=True)[1].min()))
     if folds < 2:
         return math.nan, math.nan
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    model = linear_probe()
     with warnings.catch_warnings():
         # a fold that does not fully converge still gives an accuracy; a probe need not be optimal
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -68,6 +80,67 @@ def modality_probe(parts: list[np.ndarray], seed: int = 0) -> dict:
         mean, std = probe_accuracy(features, targets, seed)
     return {"modality_accuracy": None if math.isnan(mean) else mean, "std": None if math.isnan(std) else std,
             "chance": 1 / len(parts), "rows_per_modality": int(len(parts[0])), "folds": PROBE_FOLDS, "seed": seed}
+
+
+def cross_modal_transfer(fitted: list[tuple[np.ndarray, np.ndarray]], scored: list[tuple[np.ndarray, np.ndarray]],
+                         prefixes, seed: int = 0) -> dict:
+    """Class accuracy and weighted F1 of a classifier of one modality's features on the other's, both ways.
+
+    For each direction of TRANSFER_DIRECTIONS, one `linear_probe` is fitted on the features and classes of
+    the first-named modality's `fitted` rows, then scored on the other modality's `scored` rows
+    ("transfer") and, for reference, on its own modality's `scored` rows ("within").
+    Args: fitted and scored, one (features (n, d), classes (n,)) pair per modality (the modalities'
+    rows may differ); prefixes, the two modalities' names; seed, recorded (the rows were drawn with it).
+    Returns: {direction: {"from", "to" (prefixes), "fitted_rows", "scored_rows", "transfer", "within"
+    ({"accuracy", "weighted_f1"}, or None when no classifier can be fitted: non-finite features, a single
+    class)}, "chance" (the majority class's share of the scored rows of each modality, by prefix), "seed"}.
+    """
+    result = {}
+    for name, source, target in TRANSFER_DIRECTIONS:
+        model = _fitted_probe(*fitted[source])
+        scores = {where: None if model is None else _scores(model, *scored[m])
+                  for where, m in (("transfer", target), ("within", source))}
+        result[name] = {"from": prefixes[source], "to": prefixes[target], "fitted_rows": int(len(fitted[source][1])),
+                        "scored_rows": int(len(scored[target][1])), **scores}
+    result["chance"] = {prefix: float(np.bincount(classes).max() / len(classes))
+                        for prefix, (_, classes) in zip(prefixes, scored)}
+    result["seed"] = seed
+    return result
+
+
+def _fitted_probe(features: np.ndarray, classes: np.ndarray):
+    """`linear_probe` fitted on the rows, or None when it cannot be (non-finite features, one class)."""
+    if not np.isfinite(features).all() or len(np.unique(classes)) < 2:
+        return None
+    model = linear_probe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # as in probe_accuracy
+        return model.fit(features.astype(np.float64), classes)
+
+
+def _scores(model, features: np.ndarray, classes: np.ndarray) -> dict | None:
+    if not np.isfinite(features).all():
+        return None
+    predicted = model.predict(features.astype(np.float64))
+    return {"accuracy": float(accuracy_score(classes, predicted)),
+            "weighted_f1": float(f1_score(classes, predicted, average="weighted", zero_division=0))}
+
+
+def transfer_lines(transfer: dict) -> list[str]:
+    """The printed summary's lines of a `cross_modal_transfer` result: one per direction."""
+    lines = []
+    for name, _, _ in TRANSFER_DIRECTIONS:
+        direction = transfer[name]
+        if direction["transfer"] is None:
+            lines.append(f"cross-modal transfer {direction['from']}->{direction['to']}: n/a (no classifier could be "
+                         f"fitted on {direction['from']}'s invariant part)")
+            continue
+        across, within = direction["transfer"], direction["within"]
+        lines.append(f"cross-modal transfer {direction['from']}->{direction['to']} on the validation rows: accuracy "
+                     f"{across['accuracy']:.3f}, weighted F1 {across['weighted_f1']:.3f} (within {direction['from']} "
+                     f"{within['accuracy']:.3f} / {within['weighted_f1']:.3f}; chance "
+                     f"{transfer['chance'][direction['to']]:.3f}; fitted on {direction['fitted_rows']} training rows)")
+    return lines
 
 
 def disentanglement_probes(features: dict[str, dict[str, np.ndarray]], seed: int = 0) -> dict:

@@ -1,5 +1,5 @@
-"""The invariant part's modality probe in every DisCoM-KD run, and the remedies for a fooled discriminator
-(reversal schedules, an MLP discriminator, a faster discriminator), all off by default."""
+"""The invariant part's modality probe and cross-modal transfer in every DisCoM-KD run, and the remedies for a
+fooled discriminator (reversal schedules, an MLP discriminator, a faster discriminator), all off by default."""
 import dataclasses
 import json
 import math
@@ -18,7 +18,7 @@ from discomkd.config import Config, check_config
 from discomkd.errors import OptionError
 from discomkd.inference import feature_parts
 from discomkd.inspection import load_run
-from discomkd.probes import INVARIANCE_MEANING, modality_probe, probe_rows
+from discomkd.probes import INVARIANCE_MEANING, TRANSFER_MEANING, modality_probe, probe_rows, transfer_lines
 from model_pytorch import PART_DIM, DisCoMKD, gradient_reverse, grl_coefficient_at
 
 PREFIXES = ("IMG", "VEC")
@@ -183,11 +183,21 @@ def test_run_writes_and_prints_the_invariance_probe_of_its_best_checkpoints(fold
     printed = "\n".join(lines)
     assert f"invariant modality probe on the validation rows: {probe['modality_accuracy']:.3f}" in printed
     assert INVARIANCE_MEANING in printed
+    # the cross-modal transfer beside it: one line per direction, right under the probe's two lines
+    transfer = results["cross_modal_transfer"]
+    at = next(i for i, line in enumerate(lines) if line.startswith("invariant modality probe on the validation rows"))
+    assert lines[at + 2:at + 5] == [*transfer_lines(transfer), f"({TRANSFER_MEANING})"]
+    first = transfer["first->second"]
+    across, within = first["transfer"], first["within"]
+    assert lines[at + 2].startswith(f"cross-modal transfer IMG->VEC on the validation rows: accuracy "
+                                    f"{across['accuracy']:.3f}, weighted F1 {across['weighted_f1']:.3f} "
+                                    f"(within IMG {within['accuracy']:.3f}")
+    assert lines[at + 3].startswith("cross-modal transfer VEC->IMG on the validation rows: accuracy ")
 
 
 def test_methods_without_invariant_parts_have_no_probe(folder):
     results = toy_results(folder, "mono", method="mono", modality="VEC")
-    assert "invariance_probe" not in results
+    assert "invariance_probe" not in results and "cross_modal_transfer" not in results
 
 
 def test_comparison_shows_the_probe_for_discomkd_rows_only(folder, tmp_path):
@@ -203,6 +213,18 @@ def test_comparison_shows_the_probe_for_discomkd_rows_only(folder, tmp_path):
     assert "invariant modality probe [i]" in rows["method"][4]
     assert rows["discomkd-dann"][4].strip() == f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
     assert rows["mono"][4].strip() == "-" and "[i] Validation rows" in table
+    # the cross-modal transfer beside it, per direction: transfer / within accuracy over the runs
+    transfers = [run["methods"]["discomkd-dann"]["cross_modal_transfer"] for run in results["results"]]
+    assert all(run["methods"]["mono"]["cross_modal_transfer"] is None for run in results["results"])
+    assert "cross_modal_transfer" not in aggregated["mono"]
+    for column, (name, direction) in ((5, ("first->second", "IMG->VEC")), (6, ("second->first", "VEC->IMG"))):
+        assert rows["method"][column].strip() == f"transfer {direction} / within [x]"
+        across, within = ([t[name][where]["accuracy"] for t in transfers] for where in ("transfer", "within"))
+        assert aggregated["discomkd-dann"]["cross_modal_transfer"][name]["transfer"]["accuracy"]["values"] == across
+        assert rows["discomkd-dann"][column].strip() == (f"{np.mean(across):.3f} ± {np.std(across, ddof=1):.3f} / "
+                                                         f"{np.mean(within):.3f} ± {np.std(within, ddof=1):.3f}")
+        assert rows["mono"][column].strip() == "-"
+    assert "[x] Cross-modal transfer" in table
     saved = json.load(open(os.path.join(output, "run_0", "discomkd-dann", "results.json")))
     assert saved["config"]["grl_schedule"] == "dann"  # the method's overrides reach the run
     # inspect_run.py reads such a run with the split it was trained on (saved beside it), not the folder's
