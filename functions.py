@@ -8,15 +8,21 @@ the same loop inside the package, which never imports this file: imports run com
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 
 from discomkd.config import Config, check_config
 from discomkd.data import load_data_folder
 from discomkd.engine import resolve_augmentation
-from discomkd.run_files import clear_run_outputs, prepare_output
+from discomkd.errors import BadInput
+from discomkd.ownership import owning
+from discomkd.run_files import PREVIOUS_RUN_FOLDER, prepare_output, set_aside_run_outputs
 from discomkd.training import fit, resume
 
 __all__ = ["run", "resume", "default_output"]
+
+logger = logging.getLogger("discomkd.run")  # under the package's logger, which the commands show
 
 
 def run(config: Config, directory: str, first_prefix: str, second_prefix: str, should_stop=None) -> dict:
@@ -34,9 +40,19 @@ def run(config: Config, directory: str, first_prefix: str, second_prefix: str, s
         resolve_augmentation(config, modality, m)
     output = prepare_output(config.output or default_output(directory, first_prefix, second_prefix),
                             config.overwrite)
-    if config.overwrite:  # every check passed: an earlier run's files must not mix with this run's
-        clear_run_outputs(output)
-    return fit(config, data, output, should_stop=should_stop)
+    created = not os.path.exists(output)
+    os.makedirs(output, exist_ok=True)
+    try:
+        with owning(output):  # one writer per folder: a second run there is refused, naming this one
+            if config.overwrite and set_aside_run_outputs(output):  # every check passed: nothing mixes, nothing lost
+                logger.info(f"--overwrite: the earlier run's files are kept in {output}/{PREVIOUS_RUN_FOLDER} until "
+                            "this run finishes")
+            return fit(config, data, output, should_stop=should_stop)
+    except BadInput:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(output)  # refused before training wrote anything: no empty folder left behind
+        raise
 
 
 def default_output(directory: str, first_prefix: str, second_prefix: str) -> str:

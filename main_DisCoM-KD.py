@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("first_prefix", metavar="FIRST_PREFIX", nargs="?", help="first modality: reads DIR/FIRST_PREFIX_data_normalized.npy")
     parser.add_argument("second_prefix", metavar="SECOND_PREFIX", nargs="?", help="second modality")
     parser.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run from RUN_FOLDER/state.pt "
-                                                              "with its own data and settings (given alone)")
+                                                              "with its own data and settings (with --quiet or --verbose only)")
     add_config_arguments(parser)
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("--quiet", action="store_true", help="print only warnings and the final table")
@@ -55,18 +55,19 @@ def main(argv=None) -> int:
     run_folder = args.pop("resume")
     if run_folder is None and second is None:
         parser.error("DIR, FIRST_PREFIX and SECOND_PREFIX are required (or --resume RUN_FOLDER)")
-    others = [name for name in given_arguments(parser, argv) if name != "--resume"]
+    others = [name for name in given_arguments(parser, argv) if name not in ("--resume", "--quiet", "--verbose")]
     if run_folder is not None and others:
         print(f"error: --resume {run_folder}: continues the run with its own data and settings; remove "
-              f"{', '.join(others)} (no other argument may be given with --resume)", file=sys.stderr)
+              f"{', '.join(others)} (no other argument than --quiet or --verbose may be given with --resume)", file=sys.stderr)
         return EXIT_BAD_INPUT
     quiet, no_fast = args.pop("quiet"), args.pop("no_fast")
-    args.pop("verbose")
+    args_verbose = args.pop("verbose")
     config = Config(**args, verbose=0 if quiet else 1)
     if no_fast:
         config = plain_path(config)
     if run_folder is not None:
-        return command_status(lambda: resume(run_folder))
+        verbose = 0 if quiet else 1 if args_verbose else None  # else the run's own setting
+        return command_status(lambda: resume(run_folder, verbose=verbose))
     return command_status(lambda: run(config, directory, first, second))
 
 

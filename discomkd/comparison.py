@@ -41,6 +41,7 @@ from discomkd.engine import build_sources
 from discomkd.errors import DataError, Interrupted, OptionError, TrainingError
 from discomkd.executors import LocalExecutor
 from discomkd.methods import METHODS
+from discomkd.ownership import SetAside, check_no_set_aside, owning
 from discomkd.run_files import prepare_output, write_json, write_text
 from discomkd.splits import SPLITS, draw_split, split_file_name
 
@@ -98,7 +99,8 @@ class Comparison:
     seeds: list[int]  # one run per seed
     methods: tuple[str, ...]
     verbose: bool
-    drawn: list[dict] | None = None  # per run, the split drawn for it; None: the folder's split files, shared
+    drawn: list[dict] | None = None  # per run, the split drawn for it; None: shared split files
+    shared_split: str | None = None  # the folder of the shared split files; None: the data folder's own
 
     @property
     def output(self) -> str:
@@ -106,8 +108,10 @@ class Comparison:
 
     @property
     def split_note(self) -> str:
-        return ("a fresh stratified 70/10/20 split per run, saved in run_<seed>/split" if self.drawn is not None
-                else "the folder's own split files, shared by all runs")
+        if self.drawn is not None:
+            return "a fresh stratified 70/10/20 split per run, saved in run_<seed>/split"
+        return ("the folder's own split files" if self.shared_split is None
+                else f"the split files in {self.shared_split}") + ", shared by all runs"
 
     @property
     def extra_notes(self) -> list[str]:
@@ -120,26 +124,29 @@ class Comparison:
     def source(self, split_folder: str | None) -> DataSource:
         """The data as a run reads it: with the split saved in `split_folder`, or the folder's own."""
         return DataSource(self.directory, self.prefixes, (self.config.encoder_first, self.config.encoder_second),
-                          split_folder)
+                          split_folder or self.shared_split)
 
 
 def read_input(config: Config, directory: str, prefixes: tuple[str, str], runs: int, methods, resplit: bool,
-               verbose: bool) -> tuple[Comparison, DataFolder]:
+               verbose: bool, shared_split: str | None = None) -> tuple[Comparison, DataFolder]:
     """The comparison's input and the data as its first run sees it, every check that can fail on the
     user's input done before anything is written: the methods, runs and seeds, the settings, the
-    drawn splits, the data, the augmentation settings. Raises `DataError`."""
+    drawn splits, the data, the augmentation settings. `shared_split`: a folder whose split files every
+    run uses (tuning's search split). Raises `DataError`."""
     methods = parse_methods(methods if isinstance(methods, str) else ",".join(methods))
     if not 1 <= runs <= MAX_RUNS:  # before the seeds are listed
         raise OptionError(f"--runs {runs}: 1 to {MAX_RUNS} is expected")
     default = os.path.join(directory, f"comparison_{prefixes[0]}_{prefixes[1]}")
     output = default if config.output is None else config.output  # '' is refused by check_config
     comparison = Comparison(dataclasses.replace(config, output=output), directory, prefixes,
-                            [config.seed + k for k in range(runs)], methods, verbose)
+                            [config.seed + k for k in range(runs)], methods, verbose, shared_split=shared_split)
     check_config(comparison.config)
     if config.seed + runs - 1 > MAX_SEED:
         raise OptionError(f"--seed {config.seed} --runs {runs}: the last run's seed {config.seed + runs - 1} exceeds "
                         f"{MAX_SEED} (2**32-1)")
-    if resplit or not has_split_files(directory, prefixes):
+    if shared_split is not None:
+        data = read_data(comparison.source(None))
+    elif resplit or not has_split_files(directory, prefixes):
         comparison.drawn = draw_splits(directory, comparison.seeds)
         data = read_data(comparison.source(split_name(output, comparison.seeds[0])), comparison.drawn[0])
     else:
@@ -252,24 +259,46 @@ def announce(label: str, job: Job, result: dict) -> None:
 # ----------------------------------------------------------------------------- the comparison
 def compare(config: Config, directory: str, first_prefix: str, second_prefix: str, runs: int = 5,
             methods=DEFAULT_METHODS, resplit: bool = False, verbose: bool = False,
-            executor=None, on_epoch=None) -> dict:
+            executor=None, on_epoch=None, shared_split: str | None = None) -> dict:
     """Runs every method `runs` times (seeds config.seed + k) and writes comparison.json / .md.
 
     `config` holds the training settings of every neural method (its output: the comparison's folder,
     default DIR/comparison_<FIRST>_<SECOND>). `executor` runs the jobs (`executors.py`): a
     `LocalExecutor` (None) or a `ray_executor.RayExecutor`. `on_epoch` goes to every model's training
-    (`training.fit`). Raises `DataError` before writing anything on bad input; `Interrupted` or
+    (`training.fit`); `shared_split`: see `read_input`. One process at a time writes the folder
+    (`ownership.owning`); `--overwrite` keeps the earlier comparison until this one is complete
+    (`ownership.SetAside`). Raises `DataError` before writing anything on bad input; `Interrupted` or
     `TrainingError` after saving the runs finished so far (a comparison with none finished leaves
     nothing behind). Returns the contents of comparison.json.
     """
-    comparison, data = read_input(config, directory, (first_prefix, second_prefix), runs, methods, resplit, verbose)
+    comparison, data = read_input(config, directory, (first_prefix, second_prefix), runs, methods, resplit, verbose,
+                                  shared_split)
     executor = executor or LocalExecutor()
     prepare_output(comparison.output, config.overwrite)
+    check_no_set_aside(comparison.output)
     device = resolve_device(config.device)
+    aside = SetAside(comparison.output)
     executor.start(comparison.output)  # refuses (DataError) before anything is written
     # ---- nothing was written before this line
+    if config.overwrite:
+        aside.start()  # the earlier comparison stays whole until this one is complete
     created = not os.path.exists(comparison.output)
     os.makedirs(comparison.output, exist_ok=True)
+    try:
+        with owning(comparison.output):
+            results = _run(comparison, data, executor, device, directory, created, on_epoch, aside.active)
+    except (Interrupted, TrainingError) as error:
+        restored = aside.restore(keep_new=bool(getattr(error, "finished", 0)))
+        if restored:
+            raise type(error)(f"{error}; {restored}") from None
+        raise
+    aside.commit()
+    return results
+
+
+def _run(comparison: Comparison, data: DataFolder, executor, device: torch.device, directory: str, created: bool,
+         on_epoch, replacing: bool) -> dict:
+    """The comparison's jobs run by `executor`, their results recorded as they finish; see `compare`."""
     if comparison.drawn is not None and has_split_files(directory, comparison.prefixes):
         logger.info(f"--resplit: {directory}'s own split files are not used")
     started = time.time()
@@ -282,7 +311,7 @@ def compare(config: Config, directory: str, first_prefix: str, second_prefix: st
             state.finish(job, result)
     except (Interrupted, TrainingError, KeyboardInterrupt) as error:
         finishing.close()  # an executor's tasks still running are cancelled
-        _stop(error, comparison, results, state.folders, created)
+        _stop(error, comparison, results, state.folders, created, replacing)
     return _finish(comparison, results, time.time() - started)
 
 
@@ -308,7 +337,8 @@ def save(comparison: Comparison, results: dict) -> None:
     write_text(os.path.join(comparison.output, TABLE_FILE), table)
 
 
-def _stop(error: BaseException, comparison: Comparison, results: dict, folders: list[str], created: bool):
+def _stop(error: BaseException, comparison: Comparison, results: dict, folders: list[str], created: bool,
+          replacing: bool = False):
     """Ends a comparison stopped by `error`: the runs finished so far saved (status "interrupted" or
     "failed"), or with none finished, everything it wrote removed. Raises `Interrupted` or `TrainingError`."""
     output, finished = comparison.output, len(results["results"])
@@ -316,7 +346,8 @@ def _stop(error: BaseException, comparison: Comparison, results: dict, folders: 
     if finished:
         results["status"] = reason
         save(comparison, results)
-        kept = (f"the {finished} run(s) finished so far are in {os.path.join(output, RESULTS_FILE)} and "
+        kept = ("the run(s) finished so far are saved with them" if replacing else
+                f"the {finished} run(s) finished so far are in {os.path.join(output, RESULTS_FILE)} and "
                 f"{TABLE_FILE}; --overwrite starts again")
     else:
         for folder in folders:
@@ -326,7 +357,9 @@ def _stop(error: BaseException, comparison: Comparison, results: dict, folders: 
         kept = "no run had finished, so nothing was kept"
     detail = str(error) if isinstance(error, TrainingError) else "by a signal"
     message = f"comparison {reason} with {finished}/{len(comparison.seeds)} run(s) finished ({detail}); {kept}"
-    raise (TrainingError if reason == "failed" else Interrupted)(message) from None
+    stopped = (TrainingError if reason == "failed" else Interrupted)(message)
+    stopped.finished = finished  # the new runs worth keeping when an --overwrite is undone (SetAside.restore)
+    raise stopped from None
 
 
 def _finish(comparison: Comparison, results: dict, seconds: float) -> dict:

@@ -30,7 +30,9 @@ from discomkd.config import Config
 from discomkd.data import DataFolder, data_fingerprint, load_data_folder, load_with_split_files
 from discomkd.errors import DataError
 from discomkd.methods import FUSED, METHODS
-from discomkd.run_files import STATE_FILE, checkpoint_path, load_state, prepare_output
+from discomkd.ownership import owning
+from discomkd.run_files import STATE_FILE, checkpoint_path, clear_run_outputs, load_state, prepare_output
+from discomkd.run_identity import resume_problem
 
 TEACHER = "teacher"  # the model every distillation method reads, trained once per run
 
@@ -185,24 +187,30 @@ def model_config(job: Job, teacher: dict | None = None) -> Config:
 
 def neural_result(results: dict, seconds: float) -> dict:
     """What the comparison keeps of one trained model's results: {"seconds", "columns": {column:
-    {"best_epoch", "valid", "test", "train_rows"}}, "output", "compiled", "invariance_probe"}."""
+    {"best_epoch", "valid", "test", "train_rows"}}, "output", "compiled", "invariance_probe",
+    "cross_modal_transfer"} (the last two None for methods without invariant parts)."""
     rows = results["train_rows"]
     columns = {c: {"best_epoch": r["best_epoch"], "valid": r["valid"], "test": r["test"],
                    "train_rows": rows.get(c, max(rows.values()))} for c, r in results["final"].items()}
     return {"seconds": seconds, "columns": columns, "output": results["output"],
-            "compiled": results["environment"]["compiled"], "invariance_probe": results.get("invariance_probe")}
+            "compiled": results["environment"]["compiled"], "invariance_probe": results.get("invariance_probe"),
+            "cross_modal_transfer": results.get("cross_modal_transfer")}
 
 
-def resumable(config: Config) -> bool:
-    """`config.output` holds the state.pt of an unfinished training with exactly these settings (an
-    earlier attempt of the same job), which `training.resume` continues."""
+def resumable(config: Config, data: DataFolder) -> bool:
+    """`config.output` holds the state.pt of an unfinished training of this very run (an earlier attempt
+    of the same job: `run_identity.resume_problem` finds nothing that differs), which `training.resume`
+    continues. A state.pt of another run is logged and trained over from the start."""
     if not os.path.exists(os.path.join(config.output, STATE_FILE)):
         return False
     try:
-        saved = load_state(config.output)["results"]["config"]
-    except (DataError, KeyError, TypeError):
-        return False  # unreadable: trained again from the start
-    return saved == dataclasses.asdict(dataclasses.replace(config, **METHODS[config.method].overrides))
+        saved = load_state(config.output)["results"]
+        problem = resume_problem(saved, data, dataclasses.replace(config, **METHODS[config.method].overrides))
+    except (DataError, KeyError, TypeError, AttributeError):
+        problem = "its state.pt cannot be read"
+    if problem is not None:
+        logger.warning(f"{config.output}: not resumed ({problem}); trained from the start")
+    return problem is None
 
 
 def run_job(job: Job, *needed: dict, on_epoch=None, may_resume: bool = False) -> dict:
@@ -217,12 +225,16 @@ def run_job(job: Job, *needed: dict, on_epoch=None, may_resume: bool = False) ->
         return classical_result(data, job.method)
     config = model_config(job, *needed)
     started = time.time()
-    resumed = may_resume and resumable(config)
+    resumed = may_resume and resumable(config, data)
     with contextlib.nullcontext() if config.verbose else console.only_warnings(training.__name__):
         if resumed:
             results = training.resume(config.output, on_epoch=on_epoch)
         else:
-            results = training.fit(config, data, prepare_output(config.output, True), on_epoch=on_epoch)
+            output = prepare_output(config.output, True)
+            os.makedirs(output, exist_ok=True)
+            with owning(output):  # an earlier attempt's files, of another run: none may mix with this one's
+                clear_run_outputs(output)
+                results = training.fit(config, data, output, on_epoch=on_epoch)
     return {**neural_result(results, time.time() - started), "resumed": resumed}
 
 
@@ -237,4 +249,5 @@ def method_entry(method: str, results: list[dict], teacher: dict | None) -> dict
     return {"status": "done", "columns": {c: r for result in results for c, r in result["columns"].items()},
             "seconds": sum(r["seconds"] for r in results) + (teacher["seconds"] if spec.needs_teacher else 0.0),
             "part_seconds": [r["seconds"] for r in results], "compiled": all(r["compiled"] for r in results),
-            "outputs": [r["output"] for r in results], "invariance_probe": results[0]["invariance_probe"]}
+            "outputs": [r["output"] for r in results], "invariance_probe": results[0]["invariance_probe"],
+            "cross_modal_transfer": results[0].get("cross_modal_transfer")}

@@ -24,6 +24,10 @@ class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss or model, GPU memory exhausted); explained in one line."""
 
 
+class NoSpaceError(TrainingError):
+    """An output file could not be written for lack of disk space; the earlier version of it is intact."""
+
+
 class Interrupted(RuntimeError):
     """The run was stopped by a signal after saving a resumable state."""
 

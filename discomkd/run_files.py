@@ -7,16 +7,19 @@ What is saved is handed in as data; this module knows nothing of the training lo
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
+import shutil
 import tempfile
 
 import numpy as np
 import torch
 
-from discomkd.errors import DataError
+from discomkd.errors import DataError, NoSpaceError
 from discomkd.methods import CLASSIFIER_KINDS, build_classifier
+from discomkd.ownership import check_not_in_use, ignored_names
 
 CHECKPOINT_FORMAT = "discomkd-modality/1"
 RESULTS_FILE = "results.json"
@@ -41,9 +44,12 @@ def atomic_write(path: str, write) -> None:
         write(temporary)
         _fsync_path(temporary, os.O_RDONLY)  # fsync acts on the file, whatever descriptor wrote it
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
+        if out_of_space(error, folder):
+            raise NoSpaceError(f"{path}: no space left on device while writing it (its earlier version, if any, is "
+                               "intact); free some space and run again") from None
         raise
     with contextlib.suppress(OSError):  # some file systems (and Windows) cannot open or fsync a folder
         _fsync_path(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -55,6 +61,21 @@ def _fsync_path(path: str, flags: int) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+LOW_SPACE_BYTES = 1 << 20
+
+
+def out_of_space(error: BaseException, folder: str) -> bool:
+    """Whether `error`, raised while writing into `folder`, comes from a full disk (or quota): an OSError
+    saying so, or another error (torch.save says only "file write failed") with under 1 MiB left."""
+    if isinstance(error, OSError):
+        return error.errno in SPACE_ERRNOS
+    if isinstance(error, (RuntimeError, ValueError)):
+        with contextlib.suppress(OSError):
+            return shutil.disk_usage(folder).free < LOW_SPACE_BYTES
+    return False
 
 
 def write_text(path: str, text: str) -> None:
@@ -80,7 +101,8 @@ def prepare_output(output: str, overwrite: bool) -> str:
     problem = folder_problem(output)
     if problem is not None:
         raise DataError(f"{output}: {problem}")
-    if os.path.isdir(output) and os.listdir(output) and not overwrite:
+    check_not_in_use(output)
+    if os.path.isdir(output) and set(os.listdir(output)) - ignored_names() and not overwrite:
         raise DataError(f"{output}: output folder already holds files (an earlier run?); "
                         "pass --overwrite to replace them or --output to choose another folder")
     return output
@@ -126,16 +148,50 @@ def clear_run_outputs(output: str) -> list[str]:
     """Removes an earlier run's files from `output` (see RUN_OUTPUT_PATTERNS, and figures/ with
     inspect_run's figures), so that none is mistaken for the new run's; any other file is kept.
     Returns the removed paths."""
-    removed = []
-    for folder, patterns in ((output, RUN_OUTPUT_PATTERNS), (os.path.join(output, FIGURES_FOLDER), FIGURE_PATTERNS)):
-        for pattern in patterns:
-            for path in glob.glob(os.path.join(glob.escape(folder), pattern), include_hidden=True):
-                if os.path.isfile(path) or os.path.islink(path):
-                    os.remove(path)
-                    removed.append(path)
+    removed = _run_output_paths(output)
+    for path in removed:
+        os.remove(path)
     with contextlib.suppress(OSError):  # kept when the user put other files there
         os.rmdir(os.path.join(output, FIGURES_FOLDER))
     return removed
+
+
+PREVIOUS_RUN_FOLDER = ".previous-run"  # --overwrite keeps the last finished run's files here until a new one finishes
+
+
+def set_aside_run_outputs(output: str) -> str | None:
+    """`--overwrite` of a run folder: moves the earlier run's files (those `clear_run_outputs` would
+    remove) into `output`/.previous-run, where they stay until the new run finishes (`fit` removes the
+    folder then), so an interrupted or failed new run destroys nothing. When .previous-run already
+    holds a finished run and the earlier files are those of an unfinished one, the unfinished files are
+    removed instead. Returns the .previous-run path when it holds anything, else None."""
+    kept = os.path.join(output, PREVIOUS_RUN_FOLDER)
+    earlier = _run_output_paths(output)
+    status = None
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        with open(os.path.join(output, RESULTS_FILE)) as handle:
+            status = json.load(handle).get("status")
+    if os.path.isdir(kept) and status != "finished":
+        clear_run_outputs(output)  # an unfinished run's files; the finished one in .previous-run stays
+    elif earlier:
+        if os.path.isdir(kept):
+            shutil.rmtree(kept)  # an older finished run, replaced by the finished one set aside now
+        os.makedirs(os.path.join(kept, FIGURES_FOLDER), exist_ok=True)
+        for path in earlier:
+            os.replace(path, os.path.join(kept, os.path.relpath(path, output)))
+        for folder in (output, kept):
+            with contextlib.suppress(OSError):  # kept when it holds other files
+                os.rmdir(os.path.join(folder, FIGURES_FOLDER))
+    return kept if os.path.isdir(kept) else None
+
+
+def _run_output_paths(output: str) -> list[str]:
+    paths = []
+    for folder, patterns in ((output, RUN_OUTPUT_PATTERNS), (os.path.join(output, FIGURES_FOLDER), FIGURE_PATTERNS)):
+        for pattern in patterns:
+            paths += [path for path in glob.glob(os.path.join(glob.escape(folder), pattern), include_hidden=True)
+                      if os.path.isfile(path) or os.path.islink(path)]
+    return paths
 
 
 def checkpoint_path(output: str, prefix: str) -> str:

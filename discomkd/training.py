@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -23,21 +24,23 @@ import torch
 
 from discomkd import console
 from discomkd.config import Config, resolve_device, restore_rng, rng_state, seed_everything
-from discomkd.data import DataFolder, data_fingerprint, reload_data_folder
+from discomkd.data import DataFolder, reload_data_folder
 from discomkd.engine import (
     EpochProgress,
     TrainingSetup,
     build_setup,
     compile_report,
     evaluate,
-    invariance_probe,
+    invariance_measures,
     start_epoch,
     train_one_epoch,
 )
-from discomkd.errors import Interrupted, TrainingError
+from discomkd.errors import DataError, Interrupted, TrainingError
 from discomkd.methods import METHODS, classifier_description
-from discomkd.probes import INVARIANCE_MEANING
+from discomkd.ownership import owning
+from discomkd.probes import INVARIANCE_MEANING, TRANSFER_MEANING, transfer_lines
 from discomkd.run_files import (
+    PREVIOUS_RUN_FOLDER,
     RESULTS_FILE,
     STATE_FILE,
     atomic_write,
@@ -48,6 +51,7 @@ from discomkd.run_files import (
     save_npy,
     write_json,
 )
+from discomkd.run_identity import identity, resume_problem
 from discomkd.writer import RunWriter
 
 logger = logging.getLogger(__name__)
@@ -102,14 +106,22 @@ class StopRequest:
             signal.signal(number, handler)
 
 
-def resume(run_folder: str, should_stop=None, on_epoch=None) -> dict:
+def resume(run_folder: str, should_stop=None, on_epoch=None, verbose: int | None = None) -> dict:
     """Continues the run saved in `run_folder`/state.pt with its own config and data folder (read again
-    with the run's split; refused if it changed since the run started)."""
-    state = load_state(run_folder)
-    results = state["results"]
-    data = reload_data_folder(results["data"], results["data_fingerprint"])
-    remove_temporaries(run_folder)
-    return fit(Config(**results["config"]), data, run_folder, state, should_stop, on_epoch)
+    with the run's split; refused with `DataError` if it changed since the run started:
+    `run_identity.resume_problem`). `verbose` replaces the run's own setting when given."""
+    with owning(run_folder):
+        state = load_state(run_folder)
+        results = state["results"]
+        data = reload_data_folder(results["data"], results["data_fingerprint"])
+        problem = resume_problem(results, data)
+        if problem is not None:
+            raise DataError(f"{run_folder}: cannot be resumed: {problem}; start it again with --overwrite")
+        remove_temporaries(run_folder)
+        config = Config(**results["config"])
+        if verbose is not None:
+            config = dataclasses.replace(config, verbose=verbose)
+        return fit(config, data, run_folder, state, should_stop, on_epoch)
 
 
 def state_payload(setup: TrainingSetup, epoch: int, progress: EpochProgress | None, results: dict, best: dict,
@@ -137,8 +149,7 @@ class RunRecord:
 
 
 def _start_record(config: Config, data: DataFolder, output: str, setup: TrainingSetup) -> RunRecord:
-    results = {"config": dataclasses.asdict(config), "data": data.describe(), "data_fingerprint": data_fingerprint(data),
-               "output": output, "environment": {}, "warnings": data.warnings, "status": "running",
+    results = {**identity(config, data), "output": output, "environment": {}, "warnings": data.warnings, "status": "running",
                "train_rows": {data.modalities[m].prefix: len(p) for m, p in setup.train_positions.items()},
                "history": [], "final": {}}
     best = {c.column: {"best_epoch": 0, "valid": {"weighted_f1": -1.0}} for c in setup.classifiers}
@@ -234,13 +245,13 @@ def _epoch_line(config: Config, epoch: int, losses: dict, metrics: dict, improve
 
 
 def _finish(setup: TrainingSetup, data: DataFolder, output: str, record: RunRecord, writer: RunWriter) -> dict:
-    """Writes the best epochs' test predictions and the final results (with the invariance probe of
-    methods that have invariant parts); removes the resumable state once the write in flight (the
-    last epoch's) is done."""
+    """Writes the best epochs' test predictions and the final results (with the invariance probe and the
+    cross-modal transfer of methods that have invariant parts); removes the resumable state once the
+    write in flight (the last epoch's) is done."""
     writer.close()
     results = record.results
     if setup.spec.invariant_parts:  # read from the best checkpoints: written now
-        results["invariance_probe"] = invariance_probe(setup, data, output)
+        results.update(invariance_measures(setup, data, output))  # invariance_probe, cross_modal_transfer
     results["background_writes"] = writer.timings
     for column, predictions in record.test_predictions.items():
         user_labels = data.classes[predictions]
@@ -253,6 +264,7 @@ def _finish(setup: TrainingSetup, data: DataFolder, output: str, record: RunReco
     write_json(os.path.join(output, RESULTS_FILE), results)
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(output, STATE_FILE))  # a finished run needs no state; its checkpoints stay
+    shutil.rmtree(os.path.join(output, PREVIOUS_RUN_FOLDER), ignore_errors=True)  # replaced: --overwrite's set-aside
     logger.info("")
     logger.info(summary_table(results["final"]))
     logger.info(f"(test metrics at each classifier's best validation epoch; outputs in {output})")
@@ -261,6 +273,10 @@ def _finish(setup: TrainingSetup, data: DataFolder, output: str, record: RunReco
         logger.info(f"invariant modality probe on the validation rows: {probe['modality_accuracy']:.3f} ± {probe['std']:.3f} "
             f"(chance {probe['chance']:.1f}; {probe['rows_per_modality']} rows per modality)")
         logger.info(f"({INVARIANCE_MEANING})")
+    if results.get("cross_modal_transfer") is not None:
+        for line in transfer_lines(results["cross_modal_transfer"]):
+            logger.info(line)
+        logger.info(f"({TRANSFER_MEANING})")
     return results
 
 
@@ -281,7 +297,7 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
         _log_start(setup, data, output, first_epoch, progress, state is not None)
     os.makedirs(output, exist_ok=True)
     # the epoch's files are written by the writer while the next epoch trains
-    with cudnn_autotuning(setup.device), StopRequest(should_stop) as stop, \
+    with owning(output), cudnn_autotuning(setup.device), StopRequest(should_stop) as stop, \
             RunWriter(output, setup.device) as writer:
         epochs = _Epochs(setup, data, output, record, writer, stop, first_epoch)
         for epoch in range(first_epoch, config.epochs + 1):

@@ -12,7 +12,10 @@ The chosen settings are then trained `runs` times on fresh seeds by the comparis
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
+import json
 import logging
 import os
 import time
@@ -30,8 +33,9 @@ from discomkd.comparison_table import format_table
 from discomkd.config import Config, check_config
 from discomkd.data import DataFolder, write_split_files
 from discomkd.engine import resolve_augmentation
-from discomkd.errors import DataError, OptionError
-from discomkd.run_files import prepare_output, write_json, write_text
+from discomkd.errors import Interrupted, OptionError, TrainingError
+from discomkd.ownership import SetAside, check_no_set_aside, owning
+from discomkd.run_files import RESULTS_FILE, STATE_FILE, prepare_output, write_json, write_text
 from discomkd.training import fit
 
 METRIC = "valid_weighted_f1"  # what trials report and the search maximises
@@ -127,6 +131,11 @@ class _TrialLines(ray_tune.Callback):
     def __init__(self, total: int):
         self.total, self.done = total, 0
 
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.done += 1
+        error = str(getattr(trial, "error_file", "") or "")
+        logger.warning(f"trial {self.done}/{self.total} failed" + (f" (its traceback: {error})" if error else ""))
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
         result = trial.last_result or {}
@@ -134,6 +143,20 @@ class _TrialLines(ray_tune.Callback):
                           for k, v in sorted(trial.config.items()))
         logger.info(f"trial {self.done}/{self.total}  valid wF1 {result.get(METRIC, float('nan')):.4f}  "
                  f"epochs {result.get('epoch', 0)}/{trial.config['epochs']}  {shown}")
+
+
+@contextlib.contextmanager
+def _quiet_ray_tune():
+    """Ray Tune's own loggers shown from CRITICAL only: each trial's failure is logged by _TrialLines."""
+    loggers = [logging.getLogger(name) for name in ("ray.tune", "ray.train", "ray.air")]
+    levels = [each.level for each in loggers]
+    for each in loggers:
+        each.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for each, level in zip(loggers, levels):
+            each.setLevel(level)
 
 
 def search(job: SearchJob, data: DataFolder, trials: int, grace_epochs: int, cpus: float, gpus: float) -> dict:
@@ -151,7 +174,8 @@ def search(job: SearchJob, data: DataFolder, trials: int, grace_epochs: int, cpu
         run_config=ray_tune.RunConfig(name="search", storage_path=os.path.abspath(os.path.join(job.config.output,
                                                                                                "ray_tune")),
                                       verbose=0, callbacks=[_TrialLines(trials)]))
-    grid = tuner.fit()
+    with _quiet_ray_tune():  # a failed trial is one line (above), not Ray's traceback
+        grid = tuner.fit()
     records = []
     for result in grid:
         if result.error is not None or not result.metrics:
@@ -160,12 +184,29 @@ def search(job: SearchJob, data: DataFolder, trials: int, grace_epochs: int, cpu
         trained = int(result.metrics["epoch"])
         records.append({"settings": result.config, METRIC: result.metrics[METRIC], "epochs_trained": trained,
                         "stopped_early": trained < result.config["epochs"]})
+    _mark_stopped_trials(os.path.join(job.config.output, "trials"))
     scored = [r for r in records if r[METRIC] is not None]
     if not scored:
-        raise DataError(f"every trial failed; the first: {records[0].get('error')}")
+        raise TrainingError(f"every trial failed; the first: {records[0].get('error')} (each trial's log: "
+                            f"{os.path.join(job.config.output, 'ray_tune', 'search')})")
     chosen = max(scored, key=lambda r: r[METRIC])  # the first of equals
     return {"metric": METRIC, "chosen": chosen["settings"], "chosen_" + METRIC: chosen[METRIC],
             "trials": records}
+
+
+def _mark_stopped_trials(folder: str) -> None:
+    """Trials ASHA stopped end mid-run, their results.json still "running": marked "stopped" (by the
+    scheduler: their checkpoints are the best epochs they reached, and they keep no state.pt to resume)."""
+    for path in glob.glob(os.path.join(glob.escape(folder), "*", RESULTS_FILE)):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            with open(path) as handle:
+                results = json.load(handle)
+            if results.get("status") == "running":
+                results["status"] = "stopped"
+                results["stopped_by"] = "ASHA (tune.py's scheduler), after epoch " + str(len(results["history"]))
+                write_json(path, results)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(os.path.dirname(path), STATE_FILE))
 
 
 def tune_and_compare(config: Config, directory: str, first: str, second: str, trials: int, runs: int,
@@ -180,8 +221,30 @@ def tune_and_compare(config: Config, directory: str, first: str, second: str, tr
         raise OptionError(f"--trials {trials} --runs {runs}: at least 1 each is expected")
     job, data, split = _search_job(config, directory, (first, second))
     prepare_output(config.output, config.overwrite)
+    check_no_set_aside(config.output)
     ray_executor.start(config.output)  # refuses (DataError) before anything is written
+    aside = SetAside(config.output)
+    if config.overwrite:
+        aside.start()  # the earlier search stays whole until this one is complete
     os.makedirs(config.output, exist_ok=True)
+    try:
+        with owning(config.output):
+            found = _tune(config, job, data, split, (directory, first, second), trials, runs, grace_epochs,
+                          ray_executor, executor)
+    except BaseException as error:
+        restored = aside.restore(keep_new=True)
+        if restored and isinstance(error, (Interrupted, TrainingError)):
+            raise type(error)(f"{error}; {restored}") from None
+        if restored:
+            logger.warning(f"stopped: {restored}")
+        raise
+    aside.commit()
+    return found
+
+
+def _tune(config: Config, job: SearchJob, data: DataFolder, split: dict | None, folder: tuple[str, str, str],
+          trials: int, runs: int, grace_epochs: int | None, ray_executor, executor) -> dict:
+    """The search, then the final runs on the search's split; see `tune_and_compare`."""
     if split is not None:
         write_split_files(job.data.split_folder, split)
     started = time.time()
@@ -190,11 +253,13 @@ def tune_and_compare(config: Config, directory: str, first: str, second: str, tr
         f"({len(data.modalities[0].splits['valid'])} rows); ASHA grace {grace_epochs} epoch(s)")
     found = search(job, validation_only(data), trials, grace_epochs, ray_executor.cpus, ray_executor.gpus)
     found["search_seconds"] = time.time() - started
+    found["split"] = job.data.split_folder or "the data folder's own split files"
     write_json(os.path.join(config.output, "settings.json"), found["chosen"])
     logger.info(f"chosen (valid wF1 {found['chosen_' + METRIC]:.4f}): {found['chosen']}")
-    tables = {label: _final_runs(config, directory, first, second, runs, settings, label, executor)
+    # the final runs train and test on the search's split: their test rows are rows no trial read
+    tables = {label: _final_runs(config, *folder, runs, settings, label, executor, job.data.split_folder)
               for label, settings in (("starting", starting_point(config)), ("tuned", found["chosen"]))}
-    return _report(config, (first, second), trials, runs, found, tables, started)
+    return _report(config, folder[1:], trials, runs, found, tables, started)
 
 
 def _search_job(config: Config, directory: str, prefixes: tuple[str, str]
@@ -212,12 +277,14 @@ def _search_job(config: Config, directory: str, prefixes: tuple[str, str]
 
 
 def _final_runs(config: Config, directory: str, first: str, second: str, runs: int, settings: dict, label: str,
-                executor) -> dict:
-    """`settings` trained `runs` times on seeds config.seed+1.. by the comparison, into OUTPUT/<label>."""
+                executor, split_folder: str | None) -> dict:
+    """`settings` trained `runs` times on seeds config.seed+1.. by the comparison, into OUTPUT/<label>, on
+    the split files of `split_folder` (the split drawn for the search), or the data folder's own."""
     run_config = dataclasses.replace(config, **settings, seed=config.seed + 1,
                                      output=os.path.join(config.output, label), overwrite=True)
     logger.info(f"{label} settings: {runs} run(s) on seeds {config.seed + 1}..{config.seed + runs}")
-    return compare(run_config, directory, first, second, runs, METHOD, verbose=False, executor=executor)
+    return compare(run_config, directory, first, second, runs, METHOD, verbose=False, executor=executor,
+                   shared_split=split_folder)
 
 
 def _report(config: Config, prefixes: tuple[str, str], trials: int, runs: int, found: dict, tables: dict,

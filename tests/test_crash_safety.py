@@ -22,6 +22,7 @@ from discomkd.config import Config
 from discomkd.data import array_path
 from discomkd.errors import DataError, TrainingError
 from discomkd.methods import ModelShape, classifier_description
+from discomkd.ownership import LOCK_FILE, holder
 from discomkd.run_files import CHECKPOINT_FORMAT, STATE_FILE, load_classifier, load_state, save_checkpoint
 from discomkd.splits import stratified_split
 from functions import run
@@ -32,7 +33,8 @@ from model_pytorch import LOSS_TERMS, ModalityBranch
 def check_every_file_is_complete(output: str) -> list[str]:
     """Loads every file of a run folder the way its readers do; returns the final names found.
 
-    Temporary `.tmp-*` files of an interrupted atomic write may remain; no final name may be partial.
+    Temporary `.tmp-*` files of an interrupted atomic write may remain, and the lock file (no longer
+    held); no final name may be partial.
     """
     names = sorted(os.listdir(output)) if os.path.isdir(output) else []
     final = [name for name in names if not name.startswith(".tmp-")]
@@ -48,6 +50,8 @@ def check_every_file_is_complete(output: str) -> list[str]:
             assert checkpoint["prefix"] == name[len("best_"):-len(".pt")]
         elif name.startswith("test_predictions_") and name.endswith(".npy"):
             assert np.load(path, allow_pickle=False).ndim == 1
+        elif name == LOCK_FILE:  # left by the killed process, whose lock the kernel released
+            assert holder(output) is None
         else:
             raise AssertionError(f"{path}: unexpected file in a run folder")
     return final
