@@ -4,6 +4,7 @@ tuning run (30 s more) runs with DISCOMKD_RAY_SLOW=1."""
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 import toy
@@ -192,3 +193,73 @@ def test_tune_selects_on_validation_and_reports_both_settings(tmp_path, capsys, 
     tuned = json.load(open(output / "tuned" / comparison.RESULTS_FILE))
     assert tuned["seeds"] == [1] and all(tuned["config"][k] == v for k, v in chosen.items())
     assert tuned["results"][0]["data"]["modalities"][0]["rows"]["test"] == len(data.modalities[0].splits["test"])
+
+
+def test_overwrite_never_resumes_a_stale_state_of_another_data_folder(tmp_path):
+    """Issue 21, case 1: an interrupted Ray comparison left a state.pt; the same command on another data
+    folder with --overwrite trains afresh on that folder (pure noise here), never '(resumed)'."""
+    learnable = write_toy_folder(tmp_path / "a", separation=3.0)
+    noise = write_toy_folder(tmp_path / "b", separation=0.0)
+    output = str(tmp_path / "out")
+    settings = dict(TOY_SETTINGS, epochs=2, save_every=1)
+    stale = os.path.join(output, "run_0", "discomkd")
+    with pytest.raises(training.Interrupted):  # what an interrupted first comparison leaves in run_0
+        training.fit(Config(**settings, output=stale, verbose=0), load_data_folder(learnable, *PREFIXES,
+                                                                                  ("lenet", "auto")),
+                     stale, should_stop=lambda: True)
+    with logged_lines() as lines:
+        found = comparison.compare(Config(output=output, overwrite=True, **settings), noise, *PREFIXES, runs=1,
+                                   methods="discomkd", executor=ray_executor.RayExecutor(gpus_per_task=0))
+    assert not any("(resumed)" in line for line in lines)
+    results = json.load(open(os.path.join(stale, "results.json")))
+    assert results["data"]["directory"] == os.path.abspath(noise) and "resumed_at_epoch" not in results
+    assert found["status"] == "finished" and not os.path.exists(output + ".previous")
+
+
+def test_stopped_trials_are_marked_and_keep_no_state(tmp_path):
+    """A trial ASHA stopped ends with results.json "running": the search marks it "stopped"."""
+    trial = tmp_path / "trials" / "t1"
+    os.makedirs(trial)
+    json.dump({"status": "running", "history": [{"epoch": 1}]}, open(trial / "results.json", "w"))
+    open(trial / "state.pt", "w").close()
+    tuning._mark_stopped_trials(str(tmp_path / "trials"))
+    results = json.load(open(trial / "results.json"))
+    assert results["status"] == "stopped" and "after epoch 1" in results["stopped_by"]
+    assert not os.path.exists(trial / "state.pt")
+
+
+@slow
+def test_tune_final_runs_share_the_search_split(tmp_path):
+    """Issue 21, case 11: without split files the search draws one split, and the final runs train and
+    test on it (their test rows are rows no trial read)."""
+    import tune
+
+    folder = write_toy_folder(tmp_path / "data", separation=3.0)
+    for split in ("train", "valid", "test"):
+        os.remove(os.path.join(folder, f"{split}_idx.npy"))
+    output = tmp_path / "tuning"
+    argv = [folder, *PREFIXES, "--trials", "2", "--runs", "2", *toy_options(epochs=1), "--gpus-per-task", "0",
+            "--output", str(output), "--executor", "local"]
+    assert tune.main(argv) == 0
+    search_split = str(output / "search_split")
+    for label in ("starting", "tuned"):
+        final = json.load(open(output / label / comparison.RESULTS_FILE))
+        assert all(run["data"]["splits_from"] == search_split for run in final["results"])
+    test_rows = set(np.load(os.path.join(search_split, "test_idx.npy")).tolist())
+    searched = set(np.load(os.path.join(search_split, "train_idx.npy")).tolist()) | set(
+        np.load(os.path.join(search_split, "valid_idx.npy")).tolist())
+    assert test_rows and not test_rows & searched
+
+
+@slow
+def test_every_trial_failing_is_one_line_without_ray_tracebacks(tmp_path, capfd):
+    """T7: the trials cannot read their data (the folder is gone once the search starts): one
+    TrainingError naming the first trial's error and where the logs are; no Ray traceback printed."""
+    folder = write_toy_folder(tmp_path / "data", separation=3.0)
+    data = load_data_folder(folder, *PREFIXES, ("lenet", "auto"))
+    gone = comparison_jobs.DataSource(str(tmp_path / "gone"), PREFIXES, ("lenet", "auto"), None)
+    job = tuning.SearchJob(Config(output=str(tmp_path / "search"), **TOY_SETTINGS), gone)
+    capfd.readouterr()
+    with pytest.raises(training.TrainingError, match="every trial failed.*ray_tune"):
+        tuning.search(job, tuning.validation_only(data), 2, 1, 1.0, 0.0)
+    assert "Traceback" not in capfd.readouterr().err
