@@ -10,10 +10,12 @@ may be larger than memory. Everything inference needs (input shape, classes, enc
 comes from the checkpoint, so no training option is repeated here.
 
 Raw sample files (PNG/JPG, TIFF, per-sample .npy) or a folder of them (searched recursively, in sorted
-order) are read as prepare_data.py reads them, resized as its data was and normalised with the
-statistics the checkpoint recorded; this needs a run on a folder made by prepare_data.py. When the
-checkpoint knows the class names, or the input is raw files, <PREFIX>_predictions.csv lists each
-input with its class value, class name and probability.
+order, hidden files and folders skipped) are read as prepare_data.py reads them, resized as its data
+was and normalised with the statistics the checkpoint recorded; this needs a run on a folder made by
+prepare_data.py. With raw files, --rows and --labels (a prepared folder's test_idx.npy, labels.npy)
+reach the files through the rows.csv beside them, which matches each file to its row by content,
+never by its place in the sorted list. When the checkpoint knows the class names, or the input is raw
+files, <PREFIX>_predictions.csv lists each input with its class value, class name and probability.
 
 The work is the library's: `discomkd.prediction`.
 """
@@ -34,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a run's best_<PREFIX>.pt")
     parser.add_argument("input", metavar="INPUT.npy", help="(N, *shape) samples of that modality only")
-    parser.add_argument("--rows", metavar="ROWS.npy", help="predict only these row numbers of INPUT "
-                                                           "(e.g. a data folder's test_idx.npy), in this order")
+    parser.add_argument("--rows", metavar="ROWS.npy", help="predict only these row numbers of INPUT (e.g. a data "
+                                                           "folder's test_idx.npy), in this order; with raw files, "
+                                                           "rows of the prepared folder, through its rows.csv")
     parser.add_argument("--labels", metavar="LABELS.npy",
                         help="true label values to score the predictions: one per INPUT row (e.g. the data "
                              "folder's labels.npy), also with --rows, which selects the labels of its rows")

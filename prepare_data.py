@@ -5,8 +5,11 @@
 
 Each FOLDER is laid out FOLDER/<class>/<sample>.<ext> (PNG/JPG, TIFF with any number of bands, or
 per-sample .npy); the two modalities' samples are paired by class and file stem. The manifest is a
-CSV with columns id,label,<NAME1>,<NAME2>[,split]. docs/data.md says more;
-discomkd/image_folders.py does the work.
+CSV with columns id,label,<NAME1>,<NAME2>[,split]. Besides the arrays, labels and splits, OUTPUT gets
+rows.csv, each row's identity (id, class, split, source files and their SHA-256), through which
+predict.py matches raw files to rows. --overwrite replaces a folder this command wrote, and refuses
+one holding anything else (a trained run). docs/data.md says more; discomkd/image_folders.py does
+the work.
 """
 from __future__ import annotations
 
@@ -14,8 +17,10 @@ import argparse
 import re
 import sys
 
+from discomkd.config import seed_problem
 from discomkd.errors import BadInput, OptionError, command_status
 from discomkd.image_folders import check_name, list_class_folders, prepare, read_manifest
+from discomkd.sample_files import MAX_RESIZE_SIDE, check_resize
 from discomkd.splits import DEFAULT_FRACTIONS, check_fractions
 
 
@@ -27,8 +32,8 @@ def name_and_value(text: str, option: str) -> tuple[str, str]:
 
 
 def parse_size(text: str, option: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)x(\d+)", text)
-    if not match or min(int(match[1]), int(match[2])) < 1:
+    match = re.fullmatch(r"([0-9]+)x([0-9]+)", text)
+    if not match:
         raise OptionError(f"{option} {text}: a size HxW (e.g. 64x64) expected")
     return int(match[1]), int(match[2])
 
@@ -45,22 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--manifest", metavar="CSV", help="columns id,label,<NAME1>,<NAME2>[,split]; paths relative "
                                                           "to the CSV's folder, empty where a modality is absent")
     parser.add_argument("--resize", action="append", default=[], metavar="NAME=HxW",
-                        help="resize that modality's samples (bilinear, antialiased); without it every sample "
-                             "must have the same size")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
+                        help="resize that modality's samples (bilinear, antialiased; at most "
+                             f"{MAX_RESIZE_SIDE} pixels a side); without it every sample must have the same size")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the stratified split (0 to 2**32-1)")
     parser.add_argument("--fractions", type=float, nargs=3, default=DEFAULT_FRACTIONS,
                         metavar=("TRAIN", "VALID", "TEST"),
                         help="split of the paired samples (the manifest's split column replaces it)")
     parser.add_argument("--skip-bad", action="store_true", help="leave unreadable or wrong-size files out, listed in "
                                                                 "OUTPUT/skipped.txt, instead of stopping")
-    parser.add_argument("--overwrite", action="store_true", help="replace the contents of an existing OUTPUT")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT written by prepare_data.py "
+                                                                 "(refused while it holds anything else, such as runs)")
     return parser
 
 
 def run(args: argparse.Namespace) -> None:
     """Reads the inputs, writes the data folder and prints its summary; raises `DataError`."""
-    check_fractions(args.fractions)  # before any input is read
-    if args.manifest:
+    check_fractions(args.fractions)  # the options before any input is read
+    if seed_problem(args.seed):
+        raise OptionError(seed_problem(args.seed))
+    if args.manifest is not None:
+        if not args.manifest:
+            raise OptionError("--manifest '': an empty name; name the CSV manifest")
         table = read_manifest(args.manifest)
     else:
         folders = dict(name_and_value(text, "--modality") for text in args.modality)
@@ -73,7 +83,7 @@ def run(args: argparse.Namespace) -> None:
         name, value = name_and_value(text, "--resize")
         if name not in table.names:
             raise OptionError(f"--resize {text}: no modality {name}; the modalities are {', '.join(table.names)}")
-        sizes[name] = parse_size(value, "--resize")
+        sizes[name] = check_resize(name, parse_size(value, "--resize"))
     summary = prepare(table, args.output, sizes, args.seed, tuple(args.fractions), args.skip_bad, args.overwrite)
     for warning in summary["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)

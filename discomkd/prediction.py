@@ -6,6 +6,7 @@ and the printed summary and, with labels, the evaluation.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -14,12 +15,13 @@ import numpy as np
 from sklearn.metrics import confusion_matrix
 
 from discomkd.config import Config, checkpoint_precision, resolve_device
-from discomkd.data import as_int64, file_problem, is_integer_dtype, is_numeric_dtype, load_npy
+from discomkd.data import NORMALIZATION_FILE, as_int64, file_problem, is_integer_dtype, is_numeric_dtype, load_npy
 from discomkd.engine import classification_metrics
-from discomkd.errors import DataError, OptionError
-from discomkd.image_folders import SAMPLE_EXTENSIONS, raw_input_files, read_raw_samples
+from discomkd.errors import DataError, NoSpaceError, OptionError
 from discomkd.inference import predict_array
+from discomkd.row_record import ROWS_FILE, find_record, read_record
 from discomkd.run_files import atomic_write, folder_problem, load_classifier, save_npy
+from discomkd.sample_files import SAMPLE_EXTENSIONS, file_digest, raw_input_files, read_raw_samples
 
 LISTED_INPUTS = 20  # raw files whose predicted class is printed; all of them are in the CSV
 
@@ -77,47 +79,127 @@ def predict_files(checkpoint_file: str, input_path: str, rows_file: str | None =
     if "input_shape" not in checkpoint["classifier"]:
         raise DataError(f"{checkpoint_file}: a classifier of both modalities ({checkpoint['classifier']['kind']}); "
                         "predict.py classifies one modality with a best_<PREFIX>.pt")
-    array, files = read_input(input_path, checkpoint, checkpoint_file)
+    input_shape = tuple(checkpoint["input_shape"])
+    files = raw_input_files(input_path, input_shape)
+    if files is None:  # an array of rows: --rows and --labels index it
+        array = load_input(input_path, input_shape, checkpoint_file)
+        rows = None if rows_file is None else load_rows(rows_file, len(array))
+        labels = None if labels_file is None else load_labels(labels_file, rows, len(array))
+        sources = [str(i) for i in range(len(array))]
+        inputs = sources if rows is None else [sources[i] for i in rows]
+    else:  # raw files: --rows and --labels reach them through the prepared folder's rows.csv
+        files, labels = match_raw_files(files, input_path, checkpoint, rows_file, labels_file)
+        array, rows, inputs = read_raw_samples(files, checkpoint.get("preprocessing"), input_shape,
+                                               checkpoint_file), None, files
     if files is not None or checkpoint.get("class_names"):
         outputs.listing = f"{outputs.prefix}_predictions.csv"
         if os.path.exists(outputs.listing) and not overwrite:
             raise DataError(f"{outputs.listing}: exists; pass --overwrite to replace it or --output to choose "
                             "another prefix")
-    rows = None if rows_file is None else load_rows(rows_file, len(array))
-    labels = None if labels_file is None else load_labels(labels_file, rows, len(array))
     try:
         probabilities, predicted = predict_array(branch, array, batch_size, device, rows,
                                                  checkpoint_precision(checkpoint, device))
     except DataError as error:
         raise DataError(f"{input_path}: {error}") from None
-    inputs = None  # what the listing names each prediction by: its file, or its row of the input array
-    if outputs.listing:
-        sources = files or [str(i) for i in range(len(array))]
-        inputs = sources if rows is None else [sources[i] for i in rows]
-    write_predictions(outputs, checkpoint, inputs, probabilities, predicted)
+    write_predictions(outputs, checkpoint, inputs if outputs.listing else None, probabilities, predicted)
     report(outputs, checkpoint, device, inputs if files is not None else None, probabilities, predicted, labels)
 
 
-def read_input(input_path: str, checkpoint: dict, checkpoint_file: str) -> tuple[np.ndarray, list[str] | None]:
-    """The samples to classify, (N, *input_shape), and the raw files they were read from (None for an
-    array of rows, read memory-mapped)."""
-    input_shape = tuple(checkpoint["input_shape"])
-    files = raw_input_files(input_path, input_shape)
-    if files is None:
-        return load_input(input_path, input_shape, checkpoint_file), None
-    return read_raw_samples(files, checkpoint.get("preprocessing"), input_shape, checkpoint_file), files
+def match_raw_files(files: list[str], input_path: str, checkpoint: dict, rows_file: str | None,
+                    labels_file: str | None) -> tuple[list[str], np.ndarray | None]:
+    """The raw files to predict and their labels. Without --rows and --labels: every file, no labels. With
+    them, each file is matched to its row of the prepared folder by identity (its SHA-256 in the rows.csv
+    beside the --rows file, else beside the --labels file), never by its place in the sorted list: --rows
+    selects the files of those rows, in that order; --labels gives each file its row's label. --rows without
+    a rows.csv is refused; so are --labels from a prepared folder without one (labels from elsewhere are
+    one per input file, in sorted order)."""
+    if rows_file is None and labels_file is None:
+        return files, None
+    found = [find_record(os.path.dirname(os.path.abspath(path))) for path in (rows_file, labels_file) if path]
+    record_path = next((path for path in found if path), None)
+    if record_path is None:
+        if rows_file is not None:
+            raise DataError(f"{rows_file}: --rows with raw files needs the {ROWS_FILE} that prepare_data.py writes "
+                            "beside the split files, to match each file to its row; there is none (a folder written "
+                            "by hand or by an older prepare_data.py: prepare it again, or give the .npy array of rows)")
+        if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(labels_file)), NORMALIZATION_FILE)):
+            raise DataError(f"{labels_file}: labels of a prepared folder without {ROWS_FILE}, so the raw files "
+                            "cannot be matched to their rows; prepare it again, or give the .npy array of rows")
+        return files, load_labels(labels_file, None, len(files))
+    record = read_record(record_path)
+    prefix = checkpoint["prefix"]
+    if prefix not in record.names:
+        raise DataError(f"{record_path}: no {prefix} files recorded (its modalities are {', '.join(record.names)}); "
+                        "not the data of this checkpoint")
+    _check_same_statistics(record_path, prefix, checkpoint)
+    digests = {}
+    for path in files:
+        try:
+            digests[path] = file_digest(path)
+        except OSError as error:
+            raise DataError(f"{path}: not readable ({error.strerror or error})") from None
+    if rows_file is not None:
+        rows = load_rows(rows_file, len(record))
+        file_of = {}
+        for path in files:
+            file_of.setdefault(digests[path], path)
+        selected = []
+        for row in rows:
+            digest = record.digests[prefix][row]
+            if not digest:
+                raise DataError(f"{rows_file}: row {row} ({record.ids[row]}) has no {prefix} file ({record_path})")
+            if digest not in file_of:
+                raise DataError(f"{rows_file}: row {row} ({record.files[prefix][row]}) is not among the files of "
+                                f"{input_path} (matched by content, as recorded in {record_path})")
+            selected.append(file_of[digest])
+        files = selected
+    else:
+        row_of = record.rows_by_digest(prefix)
+        unknown = [path for path in files if digests[path] not in row_of]
+        if unknown:
+            raise DataError(f"{unknown[0]}: not a {prefix} file of {record_path} (matched by content)"
+                            + (f", nor {len(unknown) - 1} more" if len(unknown) > 1 else "")
+                            + f", so {labels_file} holds no label for it; predict without --labels, or with --rows")
+        rows = np.array([row_of[digests[path]] for path in files], dtype=np.int64)
+    return files, None if labels_file is None else load_labels(labels_file, rows, len(record))
+
+
+def _check_same_statistics(record_path: str, prefix: str, checkpoint: dict) -> None:
+    """Refuses a rows.csv whose folder's normalization.json differs from the checkpoint's: another
+    preparation than the one the checkpoint was trained on, whose rows would be other samples."""
+    path = os.path.join(os.path.dirname(record_path), NORMALIZATION_FILE)
+    try:
+        with open(path) as handle:
+            entry = json.load(handle)["modalities"][prefix]
+    except (OSError, ValueError, KeyError, TypeError):
+        entry = None
+    recorded = checkpoint.get("preprocessing") or {}
+    if not isinstance(entry, dict) or any(entry.get(key) != recorded.get(key)
+                                          for key in ("mean", "std", "shape", "resize")):
+        raise DataError(f"{record_path}: its folder's {NORMALIZATION_FILE} differs from the statistics the "
+                        "checkpoint was trained with; the rows of another preparation would be other samples")
 
 
 def write_predictions(outputs: Outputs, checkpoint: dict, inputs: list[str] | None, probabilities: np.ndarray,
                       predicted: np.ndarray) -> None:
     """Writes the probabilities, the classes (the checkpoint's label values) and the listing, if any."""
     values = np.asarray(checkpoint["classes"], dtype=np.int64)[predicted]
-    # the larger file first: if the disk fills up, neither output is left behind
-    atomic_write(outputs.probabilities, lambda temporary: save_npy(temporary, probabilities))
-    atomic_write(outputs.classes, lambda temporary: save_npy(temporary, values))
+    writes = [(outputs.probabilities, lambda temporary: save_npy(temporary, probabilities)),  # the largest first
+              (outputs.classes, lambda temporary: save_npy(temporary, values))]
     if outputs.listing:
-        atomic_write(outputs.listing, lambda temporary: write_listing(temporary, inputs, values, predicted,
-                                                                      probabilities, checkpoint.get("class_names")))
+        writes.append((outputs.listing, lambda temporary: write_listing(
+            temporary, inputs, values, predicted, probabilities, checkpoint.get("class_names"))))
+    written = []
+    for path, write in writes:
+        try:
+            atomic_write(path, write)
+        except (OSError, NoSpaceError) as error:  # a full disk, a quota: the file and the cause, no partial outputs
+            for done in written:
+                os.remove(done)
+            cause = "no space left on device" if isinstance(error, NoSpaceError) else error.strerror or error
+            raise DataError(f"{path}: cannot be written ({cause})"
+                            + (f"; removed {', '.join(written)}, written before it" if written else "")) from None
+        written.append(path)
 
 
 def report(outputs: Outputs, checkpoint: dict, device, files: list[str] | None, probabilities: np.ndarray,

@@ -1,4 +1,5 @@
 """predict.py: single-modality inference from a saved checkpoint, and its refusals."""
+import errno
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pytest
 import torch
 from toy import PREFIXES, ROOT, TOY_RUN_LABELS, folder_snapshot, refused
 
+from discomkd import prediction
 from discomkd.data import array_path
 from discomkd.inference import predict_array
 from discomkd.run_files import load_classifier
@@ -192,3 +194,19 @@ def test_bad_inputs_give_one_error_line_and_write_nothing(toy_run, tmp_path, cap
     assert folder_snapshot(tmp_path) == before
     if case == "nan":
         assert "row 37" in err
+
+
+def test_a_full_disk_names_the_file_and_leaves_no_partial_outputs(toy_run, tmp_path, capsys, monkeypatch):
+    folder, output = toy_run
+    real_save = prediction.save_npy
+
+    def classes_on_a_full_disk(path, values):  # the probabilities fit, the classes do not
+        if values.dtype == np.int64:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(path, values)
+
+    monkeypatch.setattr(prediction, "save_npy", classes_on_a_full_disk)
+    before = folder_snapshot(tmp_path)
+    refused(main([os.path.join(output, "best_VEC.pt"), array_path(folder, "VEC"), "--output", str(tmp_path / "p")]),
+            capsys, before, folder_snapshot(tmp_path), f"error: {tmp_path / 'p'}_classes.npy: cannot be written",
+            "o space left on device")

@@ -1,7 +1,9 @@
 """prepare_data.py on generated image folders, and predict.py on the raw files it read."""
 import csv
+import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 
@@ -9,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from toy import folder_snapshot
+from toy import folder_snapshot, refused, write_sample_folders
 
+import make_splits
 from discomkd.data import load_data_folder
-from discomkd.image_folders import channel_moments, combine_moments, read_sample
+from discomkd.sample_files import channel_moments, combine_moments, read_sample
 from predict import main as predict_main
 from prepare_data import main as prepare_main
 
@@ -48,10 +51,10 @@ def ms_pixels(rng, label, bands=5):
     return pixels if label % 2 == 0 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
-def make_folders(root, per_class=9, rgb_extension=".png"):
+def make_folders(root, per_class=9, rgb_extension=".png", classes=CLASSES):
     """RGB PNG and 5-band TIFF folders, fully paired: root/rgb/<class>/s<i>.png, root/ms/<class>/s<i>.tif."""
     rng = np.random.default_rng(0)
-    for label, name in enumerate(CLASSES):
+    for label, name in enumerate(classes):
         for i in range(per_class):
             write_image(os.path.join(root, "rgb", name, f"s{i}{rgb_extension}"), rgb_pixels(rng, label))
             write_image(os.path.join(root, "ms", name, f"s{i}.tif"), ms_pixels(rng, label))
@@ -227,7 +230,8 @@ def test_missing_reader_is_one_line_with_the_install_command(tmp_path, capsys, m
     assert error.count("\n") == 1 and error.endswith("needs tifffile: pip install tifffile\n")
 
 
-@pytest.mark.parametrize("fractions", [["0.9", "0.1", "0"], ["nan", "0.5", "0.5"], ["0.8", "0.3", "-0.1"]])
+@pytest.mark.parametrize("fractions", [["0.9", "0.1", "0"], ["nan", "0.5", "0.5"], ["0.8", "0.3", "-0.1"],
+                                       ["1", "0", "0"], ["nan", "nan", "nan"]])
 def test_fractions_are_refused_as_make_splits_refuses_them(tmp_path, capsys, fractions):
     """A zero or NaN fraction would leave a split empty: refused in one line before any file is read."""
     make_folders(tmp_path, per_class=3)
@@ -236,6 +240,11 @@ def test_fractions_are_refused_as_make_splits_refuses_them(tmp_path, capsys, fra
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("error: --fractions ") and "positive" in error
     assert folder_snapshot(tmp_path) == before
+    # one rule (splits.check_fractions): make_splits.py refuses them in the same words
+    (tmp_path / "split").mkdir()
+    np.save(tmp_path / "split" / "labels.npy", np.repeat(np.arange(3), 10))
+    assert make_splits.main([str(tmp_path / "split"), "--fractions", *fractions]) == 2
+    assert capsys.readouterr().err == error
 
 
 def test_training_and_prediction_on_the_raw_files(tmp_path, capsys, cli_main):
@@ -254,6 +263,8 @@ def test_training_and_prediction_on_the_raw_files(tmp_path, capsys, cli_main):
     raw.mkdir()
     for position, row in enumerate(np.load(out / "test_idx.npy")):
         shutil.copy(sample_paths(tmp_path, "ms")[ids[row]], raw / f"{position:03d}.tif")
+    (raw / ".ipynb_checkpoints").mkdir()  # a hidden folder: skipped, as prepare_data.py skips it
+    shutil.copy(raw / "000.tif", raw / ".ipynb_checkpoints" / "000-checkpoint.tif")
     assert predict_main([str(run / "best_MS.pt"), str(raw)]) == 0
     printed = capsys.readouterr().out
     assert np.array_equal(np.load(tmp_path / "raw_test_pred_classes.npy"), np.load(run / "test_predictions_MS.npy"))
@@ -274,3 +285,204 @@ def test_training_and_prediction_on_the_raw_files(tmp_path, capsys, cli_main):
     assert predict_main([str(tmp_path / "bare.pt"), str(raw), "--output", str(tmp_path / "bare")]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "no normalisation recorded" in error
+
+
+def read_rows_csv(folder) -> list[dict]:
+    with open(os.path.join(folder, "rows.csv"), newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_rows_csv_records_each_rows_identity(tmp_path):
+    make_folders(tmp_path, per_class=4)
+    os.remove(tmp_path / "ms" / "dog" / "s1.tif")  # dog/s1: an RGB training row of its own
+    assert prepare(tmp_path) == 0
+    out = tmp_path / "out"
+    lines = read_rows_csv(out)
+    ids = sorted(sample_paths(tmp_path, "rgb"))
+    assert [line["id"] for line in lines] == ids and [line["row"] for line in lines] == [str(i) for i in range(12)]
+    labels = np.load(out / "labels.npy")
+    assert [int(line["label"]) for line in lines] == labels.tolist()
+    assert [line["class"] for line in lines] == [CLASSES[v] for v in labels]
+    split = {int(row): name for name in ("train", "valid", "test") for row in np.load(out / f"{name}_idx.npy")}
+    split[ids.index("dog/s1")] = "train"
+    assert [line["split"] for line in lines] == [split[row] for row in range(12)]
+    for line in lines:
+        for name, folder in (("RGB", "rgb"), ("MS", "ms")):
+            path = sample_paths(tmp_path, folder).get(line["id"])
+            assert line[name] == (os.path.abspath(path) if path else "")
+            assert line[f"{name}_sha256"] == (hashlib.sha256(open(path, "rb").read()).hexdigest() if path else "")
+
+
+def test_raw_files_are_matched_to_their_rows_by_identity(tmp_path, capsys, cli_main):
+    """With classes `a`, `a b` and `b`, the sorted paths put "a b/..." before "a/..." while the rows go by (class,
+    stem), and unpaired files shift positions too: --rows and --labels on the raw folder must score the rows they
+    score on the prepared array (the same probabilities), through rows.csv."""
+    make_folders(tmp_path, classes=("a", "a b", "b"))
+    os.remove(tmp_path / "rgb" / "a" / "s0.png")  # a/s0: an MS-only row
+    os.remove(tmp_path / "ms" / "a b" / "s1.tif")  # a b/s1: a row without an MS file
+    assert prepare(tmp_path) == 0
+    out, run = tmp_path / "out", tmp_path / "run"
+    assert cli_main([str(out), "RGB", "MS", "--epochs", "2", "--batch-size", "8", "--output", str(run),
+                     "--encoder-first", "lenet", "--encoder-second", "lenet", "--augment-first", "none",
+                     "--augment-second", "none", "--quiet"]) == 0
+    checkpoint, test_rows = str(run / "best_MS.pt"), np.load(out / "test_idx.npy")
+    scoring = ["--rows", str(out / "test_idx.npy"), "--labels", str(out / "labels.npy")]
+    capsys.readouterr()
+    assert predict_main([checkpoint, str(out / "MS_data_normalized.npy"), *scoring, "--output", str(tmp_path / "npy")]) == 0
+    from_array = capsys.readouterr().out
+    assert predict_main([checkpoint, str(tmp_path / "ms"), *scoring, "--output", str(tmp_path / "raw")]) == 0
+    from_raw = capsys.readouterr().out
+    assert re.search(r"weighted F1 .*", from_raw).group(0) == re.search(r"weighted F1 .*", from_array).group(0)
+    np.testing.assert_allclose(np.load(tmp_path / "raw_probabilities.npy"), np.load(tmp_path / "npy_probabilities.npy"),
+                               atol=1e-6)
+    lines = read_rows_csv(out)
+    listed = [line["input"] for line in csv.DictReader(open(tmp_path / "raw_predictions.csv"))]
+    assert listed == [lines[row]["MS"] for row in test_rows]  # each test row's own file
+
+    # --labels alone: every file gets its own row's label
+    assert predict_main([checkpoint, str(tmp_path / "ms"), "--labels", str(out / "labels.npy"),
+                         "--output", str(tmp_path / "all")]) == 0
+    row_of = {line["MS"]: int(line["row"]) for line in lines if line["MS"]}
+    files = [line["input"] for line in csv.DictReader(open(tmp_path / "all_predictions.csv"))]
+    truth = np.load(out / "labels.npy")[[row_of[f] for f in files]]
+    assert len(files) == 26 and f"accuracy {np.mean(np.load(tmp_path / 'all_classes.npy') == truth):.4f}" \
+        in capsys.readouterr().out
+
+    # a row without an MS file, a folder without rows.csv, another preparation's rows: refused in one line
+    np.save(tmp_path / "no_ms.npy", np.array([[line["id"] for line in lines].index("a b/s1")]))
+    shutil.copy(out / "rows.csv", tmp_path / "rows.csv")  # the record found beside no_ms.npy
+    shutil.copy(out / "normalization.json", tmp_path / "normalization.json")
+    bare = shutil.copytree(out, tmp_path / "bare", ignore=shutil.ignore_patterns("rows.csv", "run"))
+    assert prepare_main([str(tmp_path / "other"), "--modality", f"RGB={tmp_path / 'rgb'}", "--modality",
+                         f"MS={tmp_path / 'ms'}", "--seed", "1"]) == 0
+    capsys.readouterr()
+    for rows, expected in ((tmp_path / "no_ms.npy", (str(tmp_path / "no_ms.npy"), "has no MS file")),
+                           (f"{bare}/test_idx.npy", (f"{bare}/test_idx.npy", "needs the rows.csv")),
+                           (tmp_path / "other" / "test_idx.npy", (str(tmp_path / "other" / "rows.csv"),
+                                                                  "differs from the statistics"))):
+        before = folder_snapshot(tmp_path)
+        refused(predict_main([checkpoint, str(tmp_path / "ms"), "--rows", str(rows), "--output", str(tmp_path / "x")]),
+                capsys, before, folder_snapshot(tmp_path), *expected)
+
+
+@pytest.mark.parametrize("value", [1e300, -1.797e308])  # an overflow; GDAL's float64 nodata
+def test_a_float64_overflow_is_refused_naming_the_file_and_channel(tmp_path, capsys, value):
+    folders = write_sample_folders(tmp_path / "in")
+    path = os.path.join(folders["A"], "c1", "s2.npy")
+    sample = np.load(path).astype(np.float64)
+    sample[1, 3, 4] = value
+    np.save(path, sample)
+    argv = [str(tmp_path / "out"), "--modality", f"A={folders['A']}", "--modality", f"B={folders['B']}"]
+    before = folder_snapshot(tmp_path)
+    refused(prepare_main(argv), capsys, before, folder_snapshot(tmp_path), f"error: {path}: channel 1: ",
+            "overflow the statistics")
+    # left out, the statistics are finite and normalization.json is strict JSON (no Infinity, no NaN)
+    assert prepare_main([*argv, "--skip-bad"]) == 0
+
+    def not_json(constant):
+        raise ValueError(f"{constant} in normalization.json")
+
+    entries = json.loads((tmp_path / "out" / "normalization.json").read_text(), parse_constant=not_json)
+    assert all(np.isfinite(entries["modalities"]["A"][key]).all() for key in ("mean", "std"))
+    assert np.isfinite(np.load(tmp_path / "out" / "A_data_normalized.npy")).all()
+
+
+def test_statistics_that_overflow_only_when_combined_are_refused(tmp_path, capsys):
+    """Each file constant (its own spread 0), the files 1e160 apart: their combined variance overflows."""
+    folders = write_sample_folders(tmp_path / "in")
+    for label, name in enumerate(("c0", "c1", "c2")):
+        for i in range(6):
+            path = os.path.join(folders["A"], name, f"s{i}.npy")
+            sample = np.load(path).astype(np.float64)
+            sample[0] = (label - 1) * 1e160 + i
+            np.save(path, sample)
+    before = folder_snapshot(tmp_path)
+    refused(prepare_main([str(tmp_path / "out"), "--modality", f"A={folders['A']}", "--modality", f"B={folders['B']}"]),
+            capsys, before, folder_snapshot(tmp_path), "channel 0: values too large for the statistics")
+
+
+def test_the_same_sample_twice_is_refused_or_kept_once(tmp_path, capsys):
+    folders = write_sample_folders(tmp_path / "in")
+    first = os.path.join(folders["A"], "c0", "s0.npy")
+    link = os.path.join(folders["A"], "c1", "link.npy")  # folder mode: a symbolic link to another sample
+    os.symlink(first, link)
+    copy = os.path.join(folders["A"], "c2", "s9.npy")  # and a copy of one
+    shutil.copy(os.path.join(folders["A"], "c2", "s1.npy"), copy)
+    argv = [str(tmp_path / "out"), "--modality", f"A={folders['A']}", "--modality", f"B={folders['B']}"]
+    before = folder_snapshot(tmp_path)
+    refused(prepare_main(argv), capsys, before, folder_snapshot(tmp_path),
+            f"error: {link}: the same file as {first}", "and 1 more bad files")
+    assert prepare_main([*argv, "--skip-bad"]) == 0  # the first of each kept, the other listed
+    assert (tmp_path / "out" / "skipped.txt").read_text().splitlines() == [
+        f"{link}: the same file as {first} (one sample twice)",
+        f"{copy}: the same content as {os.path.join(folders['A'], 'c2', 's1.npy')} (one sample twice)"]
+    assert len(np.load(tmp_path / "out" / "labels.npy")) == 18
+    capsys.readouterr()
+
+    # a manifest: two rows of the same files, one in training and one in test
+    manifest = tmp_path / "samples.csv"
+    rows = [[f"id{i}", f"c{i % 3}", f"in/a/c{i % 3}/s{i // 3}.npy", f"in/b/c{i % 3}/s{i // 3}.npy",
+             "test" if i < 3 else "valid" if i < 6 else "train"] for i in range(18)]
+    rows.append(["again", "c0", rows[0][2], rows[0][3], "train"])
+    with open(manifest, "w", newline="") as handle:
+        csv.writer(handle).writerows([["id", "label", "A", "B", "split"], *rows])
+    before = folder_snapshot(tmp_path)
+    refused(prepare_main([str(tmp_path / "m"), "--manifest", str(manifest)]), capsys, before,
+            folder_snapshot(tmp_path), f"{tmp_path / rows[0][2]}: the same file as", "and 1 more")
+
+
+def test_no_pairs_is_one_line_naming_the_cause(tmp_path, capsys):
+    folders = write_sample_folders(tmp_path / "in")
+    for root, _, names in os.walk(folders["B"]):  # depth files named x_d.npy: nothing pairs
+        for name in names:
+            os.rename(os.path.join(root, name), os.path.join(root, name.replace(".npy", "_d.npy")))
+    before = folder_snapshot(tmp_path)
+    refused(prepare_main([str(tmp_path / "out"), "--modality", f"A={folders['A']}", "--modality", f"B={folders['B']}"]),
+            capsys, before, folder_snapshot(tmp_path), "0 samples are paired", "file stem")
+
+
+@pytest.mark.parametrize("option, named", [(["--seed", "-1"], "--seed -1"), (["--seed", "4294967296"], "--seed"),
+                                           (["--resize", "A=100000x100000"], "--resize A=100000x100000"),
+                                           (["--resize", "A=0x8"], "--resize A=0x8")])
+def test_options_numpy_or_the_allocator_cannot_take_are_refused(tmp_path, capsys, option, named):
+    folders = write_sample_folders(tmp_path / "in")
+    before = folder_snapshot(tmp_path)
+    refused(prepare_main([str(tmp_path / "out"), "--modality", f"A={folders['A']}", "--modality", f"B={folders['B']}",
+                          *option]), capsys, before, folder_snapshot(tmp_path), named)
+
+
+@pytest.mark.parametrize("classes, order", [(("--5", "5", "-3"), ["--5", "-3", "5"]),
+                                            (("10", "9", "-2"), ["-2", "9", "10"]),
+                                            (("1", "²", "3"), ["1", "3", "²"])])
+def test_class_names_that_look_like_integers(tmp_path, classes, order):
+    """Numeric order only for ASCII integers: '--5' and '²' are names ('²'.isdigit() is True, int('²') fails)."""
+    folders = write_sample_folders(tmp_path / "in", classes=classes)
+    assert prepare_main([str(tmp_path / "out"), "--modality", f"A={folders['A']}", "--modality",
+                         f"B={folders['B']}"]) == 0
+    assert json.loads((tmp_path / "out" / "classes.json").read_text()) == order
+
+
+def test_a_manifest_with_a_byte_order_mark_is_read(tmp_path):
+    """Excel's "CSV UTF-8" starts with a BOM, which would otherwise stick to the first column's name."""
+    write_sample_folders(tmp_path / "in")
+    with open(tmp_path / "samples.csv", "w", newline="", encoding="utf-8-sig") as handle:
+        csv.writer(handle).writerows([["id", "label", "A", "B"]] + [
+            [f"id{i}", f"c{i % 3}", f"in/a/c{i % 3}/s{i // 3}.npy", f"in/b/c{i % 3}/s{i // 3}.npy"] for i in range(18)])
+    assert prepare_main([str(tmp_path / "out"), "--manifest", str(tmp_path / "samples.csv")]) == 0
+    assert len(read_rows_csv(tmp_path / "out")) == 18
+
+
+def test_mixed_bit_depths_in_one_modality_are_refused(tmp_path, capsys):
+    """8-bit and 16-bit PNGs of one modality hold values on scales 257 times apart: refused, or left out."""
+    make_folders(tmp_path, per_class=3)
+    rng = np.random.default_rng(6)
+    for label, name in enumerate(CLASSES):
+        for i in range(3):
+            write_image(str(tmp_path / "depth" / name / f"s{i}.png"),
+                        rng.integers(0, 60000, (SIZE, SIZE)).astype(np.uint16))
+    eight_bit = tmp_path / "depth" / "dog" / "s1.png"
+    write_image(str(eight_bit), rng.integers(0, 255, (SIZE, SIZE)).astype(np.uint8))
+    argv = [str(tmp_path / "out"), "--modality", f"RGB={tmp_path / 'rgb'}", "--modality", f"DEPTH={tmp_path / 'depth'}"]
+    before = folder_snapshot(tmp_path)
+    refused(prepare_main(argv), capsys, before, folder_snapshot(tmp_path),
+            f"error: {eight_bit}: 8-bit integers (uint8), but 8 other DEPTH files hold 16-bit integers")

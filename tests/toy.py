@@ -135,3 +135,20 @@ def logged_lines(callback=None):
     finally:
         logger.removeHandler(hook)
         logger.setLevel(level)
+
+
+def write_sample_folders(root, names=("A", "B"), classes=("c0", "c1", "c2"), per_class: int = 6,
+                         shapes=((2, 8, 8), (1, 8, 8)), seed: int = 0) -> dict[str, str]:
+    """Two modalities' image folders as prepare_data.py reads them, ROOT/<name>/<class>/s<i>.npy, one float32
+    (C, H, W) sample per file (no image library needed), fully paired, every file distinct; the class sets
+    the mean, so the classes are learnable. Returns {name: folder}."""
+    rng = np.random.default_rng(seed)
+    folders = {}
+    for name, shape in zip(names, shapes):
+        folders[name] = os.path.join(str(root), name.lower())
+        for label, class_name in enumerate(classes):
+            os.makedirs(os.path.join(folders[name], class_name), exist_ok=True)
+            for i in range(per_class):
+                sample = (label + rng.standard_normal(shape)).astype(np.float32)
+                np.save(os.path.join(folders[name], class_name, f"s{i}.npy"), sample)
+    return folders
