@@ -8,16 +8,18 @@ command line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 
-from discomkd.comparison import ALL_METHODS, DEFAULT_METHODS, compare
+from discomkd.comparison import ALL_METHODS, DEFAULT_METHODS, compare, parse_methods
 from discomkd.config import Config, add_config_arguments
 from discomkd.console import configure_output
-from discomkd.errors import EXIT_BAD_INPUT, command_status
+from discomkd.errors import EXIT_BAD_INPUT, OptionError, command_status
 from discomkd.executors import make_executor
-from discomkd.methods import ABLATIONS
-from discomkd.settings_file import add_settings_argument, parse_or_report
+from discomkd.methods import ABLATIONS, METHODS
+from discomkd.settings_file import add_settings_argument, parse_or_report, read_settings
+from discomkd.tuning_space import settings_source
 
 
 # ----------------------------------------------------------------------------- command line
@@ -42,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(parser, skip=("seed", "output", "legacy_modality_targets"))
     parser.add_argument("--verbose", action="store_true", help="one line per epoch of every neural model")
     add_settings_argument(parser)
+    parser.add_argument("--settings-for", metavar="METHOD=FILE", action="append", default=[],
+                        help="settings for one method alone (repeatable), e.g. kd=tuning_kd/settings.json from "
+                             "tune.py --method kd; they replace those of the command line and --settings for that "
+                             "method's models (a kd or dkd teacher takes the teacher's)")
     ray = parser.add_argument_group("Ray (--executor ray; pip install -r requirements-ray.txt)")
     ray.add_argument("--executor", choices=("local", "ray"), default="local",
                      help="local: one model after the other in this process; ray: every model a Ray task")
@@ -54,6 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--max-retries", type=int, default=3,
                      help="retries of a task whose worker or node was lost; a retry resumes from its state.pt")
     return parser
+
+
+def read_method_settings(entries: list[str], options: set[str]) -> tuple[dict[str, dict], dict[str, str]]:
+    """--settings-for METHOD=FILE entries: ({method: settings}, {method: FILE}); every setting must be one
+    of this command's `options` (the same rule as --settings); `OptionError` or `DataError` otherwise."""
+    settings, paths = {}, {}
+    for entry in entries:
+        method, equals, path = entry.partition("=")
+        if not equals or not method or not path:
+            raise OptionError(f"--settings-for {entry}: METHOD=FILE is expected, e.g. kd=tuning_kd/settings.json")
+        if method not in METHODS:
+            raise OptionError(f"--settings-for {entry}: {method!r} is not a neural method; expected one of "
+                              f"{', '.join(METHODS)}")
+        if method in settings:
+            raise OptionError(f"--settings-for {method}: given twice")
+        values = read_settings(path)
+        for name in values:
+            if name not in options:
+                raise OptionError(f"--settings-for {entry}: {name!r} is not an option of compare.py")
+        settings[method], paths[method] = values, path
+    return settings, paths
 
 
 def _raise_keyboard_interrupt(number, frame):
@@ -71,11 +98,19 @@ def main(argv=None) -> int:
     if args.pop("ablation"):
         methods = ",".join([methods, *ABLATIONS])
     executor = [args.pop(k) for k in ("executor", "ray_address", "gpus_per_task", "cpus_per_task", "max_retries")]
+    entries, settings_path = args.pop("settings_for"), parser.parse_known_args(argv)[0].settings
     config = Config(**args, verbose=int(verbose))
+
+    def action():
+        settings, paths = read_method_settings(entries, set(args))
+        sources = {m: settings_source(m, paths.get(m, settings_path), dataclasses.replace(config, **settings.get(m, {})))
+                   for m in parse_methods(methods) if m in METHODS}
+        compare(config, directory, first, second, runs, methods, resplit, verbose, executor=make_executor(*executor),
+                method_settings=settings, settings_from=sources)
+
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        return command_status(lambda: compare(config, directory, first, second, runs, methods, resplit, verbose,
-                                              executor=make_executor(*executor)))
+        return command_status(action)
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -7,7 +7,7 @@ docs/data.md describes the data folder, docs/training.md every option; the run i
 import argparse
 import sys
 
-from discomkd.config import Config, add_config_arguments, plain_path
+from discomkd.config import BASELINE_SETTINGS, Config, add_config_arguments, plain_path
 from discomkd.console import configure_output
 from discomkd.errors import EXIT_BAD_INPUT, command_status
 from discomkd.settings_file import add_settings_argument, parse_or_report
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("second_prefix", metavar="SECOND_PREFIX", nargs="?", help="second modality")
     parser.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run from RUN_FOLDER/state.pt "
                                                               "with its own data and settings (with --quiet or --verbose only)")
-    add_config_arguments(parser)
+    add_config_arguments(parser, skip=BASELINE_SETTINGS)  # kd's and dkd's: compare.py's
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("--quiet", action="store_true", help="print only warnings and the final table")
     verbosity.add_argument("--verbose", action="store_true", help="one line per epoch (the default)")

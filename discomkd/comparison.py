@@ -44,6 +44,7 @@ from discomkd.methods import METHODS
 from discomkd.ownership import SetAside, check_no_set_aside, owning
 from discomkd.run_files import prepare_output, write_json, write_text
 from discomkd.splits import SPLITS, draw_split, split_file_name
+from discomkd.tuning_space import settings_source
 
 RESULTS_FILE, TABLE_FILE = "comparison.json", "comparison.md"
 SPLIT_FOLDER = "split"
@@ -101,6 +102,8 @@ class Comparison:
     verbose: bool
     drawn: list[dict] | None = None  # per run, the split drawn for it; None: shared split files
     shared_split: str | None = None  # the folder of the shared split files; None: the data folder's own
+    method_settings: dict[str, dict] = field(default_factory=dict)  # per method, settings replacing config's
+    settings_from: dict[str, str] = field(default_factory=dict)  # per method, where its settings came from
 
     @property
     def output(self) -> str:
@@ -128,11 +131,14 @@ class Comparison:
 
 
 def read_input(config: Config, directory: str, prefixes: tuple[str, str], runs: int, methods, resplit: bool,
-               verbose: bool, shared_split: str | None = None) -> tuple[Comparison, DataFolder]:
+               verbose: bool, shared_split: str | None = None, method_settings: dict[str, dict] | None = None,
+               settings_from: dict[str, str] | None = None) -> tuple[Comparison, DataFolder]:
     """The comparison's input and the data as its first run sees it, every check that can fail on the
     user's input done before anything is written: the methods, runs and seeds, the settings, the
     drawn splits, the data, the augmentation settings. `shared_split`: a folder whose split files every
-    run uses (tuning's search split). Raises `DataError`."""
+    run uses (tuning's search split); `method_settings`: per method, settings replacing `config`'s;
+    `settings_from`: per method, where its settings came from (by default `tuning_space.settings_source`
+    without a file: "paper" or "command line"). Raises `DataError`."""
     methods = parse_methods(methods if isinstance(methods, str) else ",".join(methods))
     if not 1 <= runs <= MAX_RUNS:  # before the seeds are listed
         raise OptionError(f"--runs {runs}: 1 to {MAX_RUNS} is expected")
@@ -141,6 +147,18 @@ def read_input(config: Config, directory: str, prefixes: tuple[str, str], runs: 
     comparison = Comparison(dataclasses.replace(config, output=output), directory, prefixes,
                             [config.seed + k for k in range(runs)], methods, verbose, shared_split=shared_split)
     check_config(comparison.config)
+    method_settings = dict(method_settings or {})
+    for method, settings in method_settings.items():
+        if method not in METHODS:
+            raise OptionError(f"settings for {method}: not a neural method of this comparison; expected one of "
+                              f"{', '.join(m for m in methods if m in METHODS)}")
+        check_config(dataclasses.replace(comparison.config, **settings))
+    comparison.method_settings = method_settings
+    comparison.settings_from = {
+        method: (settings_from or {}).get(method) or settings_source(
+            method, None, dataclasses.replace(comparison.config, **method_settings.get(method, {})))
+        for method in methods if method in METHODS}
+    comparison.settings_from.update({method: "C chosen on validation" for method in methods if method in CLASSICAL})
     if config.seed + runs - 1 > MAX_SEED:
         raise OptionError(f"--seed {config.seed} --runs {runs}: the last run's seed {config.seed + runs - 1} exceeds "
                         f"{MAX_SEED} (2**32-1)")
@@ -226,7 +244,8 @@ class Runs:
         if not self.local:  # the jobs may run in another working folder
             run_folder, source = os.path.abspath(folder), source.absolute()
         run_config = dataclasses.replace(comparison.config, seed=seed, verbose=int(comparison.verbose))
-        jobs, skipped = plan_run(seed, run_folder, run_config, data, source, comparison.methods)
+        jobs, skipped = plan_run(seed, run_folder, run_config, data, source, comparison.methods,
+                                 comparison.method_settings)
         return Run(seed, folder, described, jobs, skipped)
 
     def finish(self, job: Job, result: dict) -> None:
@@ -259,20 +278,22 @@ def announce(label: str, job: Job, result: dict) -> None:
 # ----------------------------------------------------------------------------- the comparison
 def compare(config: Config, directory: str, first_prefix: str, second_prefix: str, runs: int = 5,
             methods=DEFAULT_METHODS, resplit: bool = False, verbose: bool = False,
-            executor=None, on_epoch=None, shared_split: str | None = None) -> dict:
+            executor=None, on_epoch=None, shared_split: str | None = None, method_settings: dict | None = None,
+            settings_from: dict | None = None) -> dict:
     """Runs every method `runs` times (seeds config.seed + k) and writes comparison.json / .md.
 
     `config` holds the training settings of every neural method (its output: the comparison's folder,
     default DIR/comparison_<FIRST>_<SECOND>). `executor` runs the jobs (`executors.py`): a
     `LocalExecutor` (None) or a `ray_executor.RayExecutor`. `on_epoch` goes to every model's training
-    (`training.fit`); `shared_split`: see `read_input`. One process at a time writes the folder
+    (`training.fit`); `shared_split`, `method_settings`, `settings_from`: see `read_input`. One process at
+    a time writes the folder
     (`ownership.owning`); `--overwrite` keeps the earlier comparison until this one is complete
     (`ownership.SetAside`). Raises `DataError` before writing anything on bad input; `Interrupted` or
     `TrainingError` after saving the runs finished so far (a comparison with none finished leaves
     nothing behind). Returns the contents of comparison.json.
     """
     comparison, data = read_input(config, directory, (first_prefix, second_prefix), runs, methods, resplit, verbose,
-                                  shared_split)
+                                  shared_split, method_settings, settings_from)
     executor = executor or LocalExecutor()
     prepare_output(comparison.output, config.overwrite)
     check_no_set_aside(comparison.output)
@@ -321,7 +342,8 @@ def _header(comparison: Comparison, executor: str, device: torch.device) -> dict
     return {"status": "running", "directory": os.path.abspath(comparison.directory),
             "prefixes": list(comparison.prefixes), "methods": list(comparison.methods), "runs": len(comparison.seeds),
             "seeds": comparison.seeds, "splits": comparison.split_note, "std_ddof": STD_DDOF,
-            "config": dataclasses.asdict(config), "executor": executor,
+            "config": dataclasses.asdict(config), "method_settings": comparison.method_settings,
+            "settings_from": comparison.settings_from, "executor": executor,
             "environment": {"torch": str(torch.__version__), "device": str(device),
                             "precision": resolve_precision(config.precision, device)},
             "results": [], "aggregated": {}}
@@ -332,7 +354,7 @@ def save(comparison: Comparison, results: dict) -> None:
     finished = [run["seed"] for run in results["results"]]  # in seed order, not always the first seeds
     results["aggregated"] = aggregate(results["results"], comparison.methods)
     table = format_table(results["aggregated"], comparison.prefixes, len(finished), finished, comparison.split_note,
-                         True, comparison.extra_notes)
+                         True, comparison.extra_notes, comparison.settings_from)
     write_json(os.path.join(comparison.output, RESULTS_FILE), results)
     write_text(os.path.join(comparison.output, TABLE_FILE), table)
 
@@ -367,7 +389,8 @@ def _finish(comparison: Comparison, results: dict, seconds: float) -> dict:
     results["status"] = "finished"
     results["total_seconds"] = seconds
     results["table"] = format_table(results["aggregated"], comparison.prefixes, len(comparison.seeds),
-                                    comparison.seeds, comparison.split_note, False, comparison.extra_notes)
+                                    comparison.seeds, comparison.split_note, False, comparison.extra_notes,
+                                    comparison.settings_from)
     write_json(os.path.join(comparison.output, RESULTS_FILE), results)
     logger.info("")
     logger.info(results["table"])

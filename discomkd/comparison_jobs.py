@@ -149,11 +149,17 @@ def paired_rows(data: DataFolder) -> np.ndarray:
     return np.intersect1d(data.modalities[0].splits["train"], data.modalities[1].splits["train"])
 
 
-def plan_run(seed: int, folder: str, config: Config, data: DataFolder, source: DataSource, methods: tuple[str, ...]
-             ) -> tuple[list[Job], dict[str, dict]]:
+def plan_run(seed: int, folder: str, config: Config, data: DataFolder, source: DataSource, methods: tuple[str, ...],
+             method_settings: dict[str, dict] | None = None) -> tuple[list[Job], dict[str, dict]]:
     """The jobs of one run, each after those it needs, and the entries of the methods skipped (with a
     note) because the training sets share fewer than 2 rows. The teacher is planned once, when any
-    method reads it; the classical baselines come last."""
+    method reads it; the classical baselines come last. `method_settings`: per method, settings that
+    replace `config`'s for its jobs (a kd or dkd teacher takes the teacher's: `config` unless given)."""
+    method_settings = method_settings or {}
+
+    def settings_of(method: str) -> Config:
+        return dataclasses.replace(config, **method_settings.get(method, {}))
+
     jobs, skipped = [], {}
     paired = len(paired_rows(data))
     teacher = None  # the teacher's job, once planned
@@ -166,12 +172,12 @@ def plan_run(seed: int, folder: str, config: Config, data: DataFolder, source: D
             skipped[method] = {"status": "skipped", "note": note}
             continue
         if (spec.needs_teacher or method == TEACHER) and teacher is None:
-            teacher = Job(seed, folder, config, TEACHER, None, source)
+            teacher = Job(seed, folder, settings_of(TEACHER), TEACHER, None, source)
             jobs.append(teacher)
         if method != TEACHER:
             needs = (teacher.name,) if spec.needs_teacher else ()
             modalities = [m.prefix for m in data.modalities] if spec.per_modality else [None]
-            jobs += [Job(seed, folder, config, method, modality, source, needs) for modality in modalities]
+            jobs += [Job(seed, folder, settings_of(method), method, modality, source, needs) for modality in modalities]
     jobs += [Job(seed, folder, config, method, None, source) for method in CLASSICAL if method in methods]
     return jobs, skipped
 

@@ -63,23 +63,28 @@ def _cell(summary: dict, plus_minus: str) -> str:
 
 
 def format_table(aggregated: dict, prefixes, runs: int, seeds, split_note: str, markdown: bool,
-                 extra_notes=()) -> str:
+                 extra_notes=(), settings_from: dict | None = None) -> str:
     """The comparison table: one row per method, one column per modality (test wF1 / accuracy, mean and
     std over runs), the training time; the best mean test wF1 of each column marked (bold, or `*`).
-    `extra_notes` are appended to the footnotes."""
+    `extra_notes` are appended to the footnotes; `settings_from` (per row: where its settings came from,
+    `tuning_space.settings_source`) adds a column "settings" before the time."""
     plus_minus = "±" if markdown else "+-"
     probed = any("invariance_probe" in a for a in aggregated.values())
     transferred = [name for name, _, _ in TRANSFER_DIRECTIONS
                    if any(name in a.get("cross_modal_transfer", {}) for a in aggregated.values())]
     header = (["method"] + [f"{p} test wF1 / acc" for p in prefixes] + ["invariant modality probe [i]"] * probed
-              + [f"transfer {_direction(name, prefixes)} / within [x]" for name in transferred] + ["training time"])
+              + [f"transfer {_direction(name, prefixes)} / within [x]" for name in transferred]
+              + ["settings"] * bool(settings_from) + ["training time"])
     best = _best_means(aggregated, prefixes)
     rows = [_row(method, a, prefixes, best, probed, transferred, plus_minus, markdown)
             for method, a in aggregated.items()]
+    if settings_from:
+        rows = [row[:-1] + [settings_from.get(method, "-"), row[-1]] for row, method in zip(rows, aggregated)]
     notes = _notes(aggregated, runs, seeds, split_note, probed, transferred, plus_minus, markdown) + list(extra_notes)
     notes += [f"{method}: {a['note']}" for method, a in aggregated.items() if a["status"] != "done"]
     if markdown:
-        alignment = ["---"] + [":---:"] * (len(prefixes) + probed + len(transferred)) + ["---:"]
+        alignment = ["---"] + [":---:"] * (len(prefixes) + probed + len(transferred)) + ["---"] * bool(settings_from) \
+            + ["---:"]
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(alignment) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines + [""] + [f"{note}  " for note in notes]) + "\n"

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from discomkd.alignment import ALIGNMENT_CHOICES, NO_ALIGNMENT
+from discomkd.baselines import DKD_ALPHA, DKD_BETA, TEMPERATURE
 from discomkd.errors import OptionError
 from discomkd.methods import METHODS
 from model_pytorch import DISCRIMINATORS, GRL_SCHEDULES, LOSS_TERMS
@@ -52,6 +54,21 @@ class Config:
                                            "Linear(256, 2)) or mlp (Linear(256, 256), ReLU, Linear(256, 2))")
     discriminator_lr_scale: float = _option(1.0, "the discriminator's learning rate is --learning-rate times this "
                                                  "(its own Adam parameter group; 1: one group, as the paper)")
+    # Alignment of the invariant parts without an adversary (docs/training.md, "Aligning the invariant parts"), off:
+    align: str = _option(NO_ALIGNMENT, "align the two modalities' invariant parts besides the adversary: none (the "
+                                       "paper), mmd (multi-kernel MMD, as in DAN) or coral (means and covariances, as "
+                                       "in Deep CORAL); the loss term 'align'")
+    align_weight: float = _option(1.0, "weight of the alignment term 'align' (with --align mmd or coral)")
+    align_per_class: bool = _option(False, "with --align mmd or coral: align each class's invariant parts across the "
+                                           "modalities, averaged over the classes of the batch present in both "
+                                           "(default: the whole batch at once)")
+    # The distillation baselines' own settings (compare.py, tune.py --method kd|dkd, settings files; not options
+    # of main_DisCoM-KD.py, which trains DisCoM-KD), the published values by default:
+    kd_temperature: float = _option(TEMPERATURE, "kd: distillation temperature T (Hinton et al.; 4, as Zhao et al. use)")
+    kd_weight: float = _option(1.0, "kd: weight of the distillation term (the cross-entropy's is 1)")
+    dkd_alpha: float = _option(DKD_ALPHA, "dkd: weight of TCKD, the target-class term (Zhao et al.: 1)")
+    dkd_beta: float = _option(DKD_BETA, "dkd: weight of NCKD, the non-target term (Zhao et al.: 1-8 by data set)")
+    dkd_temperature: float = _option(TEMPERATURE, "dkd: distillation temperature T (Zhao et al.: 4)")
     encoder_first: str = _option("auto", "first modality's encoder: auto (by rank; MNIST prefix -> lenet), "
                                          "resnet18, resnet1d, lenet or mlp")
     encoder_second: str = _option("auto", "second modality's encoder, as --encoder-first")
@@ -81,6 +98,9 @@ class Config:
 
     def loss_weights(self) -> dict[str, float]:
         return {term: getattr(self, f"weight_{term}") for term in LOSS_TERMS}
+
+
+BASELINE_SETTINGS = ("kd_temperature", "kd_weight", "dkd_alpha", "dkd_beta", "dkd_temperature")
 
 
 def add_config_arguments(parser, skip=()) -> None:
@@ -165,6 +185,17 @@ def check_config(config: Config) -> None:
             problems.append(f"--{name.replace('_', '-')} {getattr(config, name)}: expected one of {', '.join(allowed)}")
     if config.test_every_epoch and not config.score_test:
         problems.append("--test-every-epoch scores the test split, which this run must not score")
+    if config.align not in ALIGNMENT_CHOICES:
+        problems.append(f"--align {config.align}: expected one of {', '.join(ALIGNMENT_CHOICES)}")
+    if config.align_weight < 0 or not math.isfinite(config.align_weight):
+        problems.append(f"--align-weight {config.align_weight}: a finite number >= 0 is expected")
+    for name in ("kd_temperature", "dkd_temperature"):
+        if not 0 < getattr(config, name) < math.inf:
+            problems.append(f"--{name.replace('_', '-')} {getattr(config, name)}: a finite positive temperature is "
+                            "expected")
+    for name in ("kd_weight", "dkd_alpha", "dkd_beta"):
+        if not 0 <= getattr(config, name) < math.inf:
+            problems.append(f"--{name.replace('_', '-')} {getattr(config, name)}: a finite number >= 0 is expected")
     if config.method not in METHODS:
         problems.append(f"method {config.method!r}: expected one of {', '.join(METHODS)}")
     if problems:

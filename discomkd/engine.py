@@ -24,7 +24,7 @@ from discomkd.config import Config, resolve_precision
 from discomkd.data import DataFolder, Modality
 from discomkd.errors import OptionError
 from discomkd.inference import autocast_context, class_probabilities, run_in_batches, source_batches
-from discomkd.methods import FUSED, METHODS, MethodSpec, ModelShape, build_model
+from discomkd.methods import FUSED, METHODS, MethodSpec, ModelShape, build_model, method_spec
 from discomkd.probes import cross_modal_transfer, modality_probe, probe_rows
 from discomkd.run_files import checkpoint_path, load_classifier
 
@@ -399,7 +399,7 @@ def training_rows(spec: MethodSpec, data: DataFolder, step_modalities: tuple[int
 
 def build_setup(config: Config, data: DataFolder, device: torch.device) -> TrainingSetup:
     """Everything a run trains with, built right after seeding so the weights depend on the seed only."""
-    spec = METHODS[config.method]
+    spec = method_spec(config)  # the method's terms, "align" among them with --align
     modality_index = method_modality(config, data)
     step_modalities = spec.step_modalities(modality_index)
     shape = ModelShape(tuple(m.sample_shape for m in data.modalities), tuple(m.encoder for m in data.modalities),

@@ -10,6 +10,7 @@ This module knows only torch and the models: no files, command lines or metrics.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -17,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from discomkd.alignment import NO_ALIGNMENT, alignment_term
 from discomkd.baselines import (
-    DKD_ALPHA,
-    DKD_BETA,
     DKD_WARMUP_EPOCHS,
     MultiModalTeacher,
     SingleModalityClassifier,
@@ -29,6 +29,7 @@ from discomkd.baselines import (
 from model_pytorch import LOSS_TERMS, TASK_FEATURES, DisCoMKD, ModalityBranch, discomkd_losses, grl_coefficient_at
 
 FUSED = "fused"  # the column of a classifier that reads both modalities (the teacher)
+ALIGN_TERM = "align"  # the loss term of --align, after DisCoM-KD's five
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class MethodSpec:
 
     Attributes:
         description: one line for tables and --help.
-        terms: names of the loss terms `losses` returns, in order.
+        terms: names of the loss terms `losses` returns, in order (`method_spec` adds ALIGN_TERM under --align).
         build: (shape, the modality a per-modality model trains on, or None, teacher or None) -> the model to train.
         losses: (model, inputs {modality: (B, ...)}, labels {modality: (B,)}, config, progress) -> {term:
             scalar}, unweighted; run under autocast by the engine. `progress` is the training progress at
@@ -112,13 +113,27 @@ def _discomkd_build(shape: ModelShape, modality, teacher) -> DisCoMKD:
 
 
 def _discomkd_losses(model: DisCoMKD, inputs, labels, config, progress=None) -> dict[str, torch.Tensor]:
+    """The five DisCoM-KD terms, and with --align the alignment of the two invariant parts (alignment.py)."""
     coefficient = grl_coefficient_at(config.grl_schedule, config.grl_coefficient, progress, config.grl_warmup)
     first, second = model(inputs[0], inputs[1], coefficient)
-    return discomkd_losses(first, second, labels[0], labels[1], config.legacy_modality_targets)
+    terms = discomkd_losses(first, second, labels[0], labels[1], config.legacy_modality_targets)
+    if config.align != NO_ALIGNMENT:  # a setting, not data: a compiled step holds one branch or the other
+        terms[ALIGN_TERM] = alignment_term(config.align, config.align_per_class, first.invariant, second.invariant,
+                                           labels[0], labels[1], num_classes=first.logits.shape[1])
+    return terms
 
 
 def _discomkd_weights(config, epoch: int) -> dict[str, float]:
-    return {term: float(getattr(config, f"weight_{term}")) for term in LOSS_TERMS}
+    """The five terms' weights, and --align-weight when --align adds the alignment term."""
+    weights = {term: float(getattr(config, f"weight_{term}")) for term in LOSS_TERMS}
+    if config.align != NO_ALIGNMENT:
+        weights[ALIGN_TERM] = float(config.align_weight)
+    return weights
+
+
+def _aligned_weights(config, epoch: int) -> dict[str, float]:
+    """A method aligning by its overrides has the alignment term whatever config it is shown."""
+    return {**_discomkd_weights(config, epoch), ALIGN_TERM: float(config.align_weight)}
 
 
 def _discomkd_classifiers(model: DisCoMKD, modality) -> tuple:
@@ -142,9 +157,12 @@ def _discomkd_invariant_build(shape: ModelShape, modality, teacher) -> DisCoMKD:
 
 
 def _discomkd(description: str, compared_by_default: bool = True, build=_discomkd_build, **overrides) -> MethodSpec:
-    return MethodSpec(description, LOSS_TERMS, build, _discomkd_losses, _discomkd_weights,
-                      _discomkd_classifiers, overrides=overrides, parameter_groups=_discomkd_parameter_groups,
-                      invariant_parts=True, compared_by_default=compared_by_default)
+    # a method that aligns by its overrides lists the alignment term itself, so its spec says so without a config
+    aligned = overrides.get("align", NO_ALIGNMENT) != NO_ALIGNMENT
+    terms, weights = (LOSS_TERMS + (ALIGN_TERM,), _aligned_weights) if aligned else (LOSS_TERMS, _discomkd_weights)
+    return MethodSpec(description, terms, build, _discomkd_losses, weights, _discomkd_classifiers,
+                      overrides=overrides, parameter_groups=_discomkd_parameter_groups, invariant_parts=True,
+                      compared_by_default=compared_by_default)
 
 
 # The discriminator's learning rate in the fast-discriminator variants: 10x, the usual order of
@@ -186,18 +204,18 @@ def _distillation_inputs(model: DistilledStudent, inputs, labels):
 
 def _kd_losses(model: DistilledStudent, inputs, labels, config, progress=None) -> dict[str, torch.Tensor]:
     student, teacher, y = _distillation_inputs(model, inputs, labels)
-    return {"ce": F.cross_entropy(student.float(), y), "kd": kd_loss(student, teacher)}
+    return {"ce": F.cross_entropy(student.float(), y), "kd": kd_loss(student, teacher, config.kd_temperature)}
 
 
 def _dkd_losses(model: DistilledStudent, inputs, labels, config, progress=None) -> dict[str, torch.Tensor]:
     student, teacher, y = _distillation_inputs(model, inputs, labels)
-    return {"ce": F.cross_entropy(student.float(), y), **dkd_losses(student, teacher, y)}
+    return {"ce": F.cross_entropy(student.float(), y), **dkd_losses(student, teacher, y, config.dkd_temperature)}
 
 
 def _dkd_weights(config, epoch: int) -> dict[str, float]:
     """DKD's part warmed up linearly over its first epochs (Zhao et al.)."""
     warmup = min(epoch / DKD_WARMUP_EPOCHS, 1.0)
-    return {"ce": 1.0, "tckd": DKD_ALPHA * warmup, "nckd": DKD_BETA * warmup}
+    return {"ce": 1.0, "tckd": config.dkd_alpha * warmup, "nckd": config.dkd_beta * warmup}
 
 
 def _cross_entropy_only(config, epoch: int) -> dict[str, float]:
@@ -212,7 +230,7 @@ METHODS: dict[str, MethodSpec] = {  # in the order the comparison lists them
                           ("ce",), _teacher_build, _teacher_losses, _cross_entropy_only,
                           lambda model, modality: ((None, model),), paired=True),
     "kd": MethodSpec("single-modality student distilled from the teacher (Hinton et al.)", ("ce", "kd"),
-                     _student_build, _kd_losses, lambda config, epoch: {"ce": 1.0, "kd": 1.0},
+                     _student_build, _kd_losses, lambda config, epoch: {"ce": 1.0, "kd": config.kd_weight},
                      lambda model, modality: ((modality, model.student),), per_modality=True, paired=True,
                      needs_teacher=True),
     "dkd": MethodSpec("decoupled KD (Zhao et al., CVPR 2022)", ("ce", "tckd", "nckd"), _student_build, _dkd_losses,
@@ -230,6 +248,16 @@ METHODS: dict[str, MethodSpec] = {  # in the order the comparison lists them
     "discomkd-remedies": _discomkd("DisCoM-KD, DANN schedule + one-hidden-layer discriminator + its learning rate x10",
                                    False, grl_schedule="dann", discriminator="mlp",
                                    discriminator_lr_scale=FAST_DISCRIMINATOR_LR_SCALE),
+    # the adversary kept, and the invariant parts also aligned without one (--align; docs/training.md: "Aligning
+    # the invariant parts"), over each batch or class by class
+    "discomkd-mmd": _discomkd("DisCoM-KD + multi-kernel MMD between the modalities' invariant parts (DAN)", False,
+                              align="mmd"),
+    "discomkd-coral": _discomkd("DisCoM-KD + CORAL (means and covariances) between the invariant parts", False,
+                                align="coral"),
+    "discomkd-mmd-per-class": _discomkd("DisCoM-KD + multi-kernel MMD between the invariant parts, class by class",
+                                        False, align="mmd", align_per_class=True),
+    "discomkd-coral-per-class": _discomkd("DisCoM-KD + CORAL between the invariant parts, class by class", False,
+                                          align="coral", align_per_class=True),
 }
 
 
@@ -243,6 +271,17 @@ ABLATIONS: dict[str, MethodSpec] = {
                                          build=_discomkd_invariant_build),
 }
 METHODS.update(ABLATIONS)
+
+
+def method_spec(config) -> MethodSpec:
+    """The spec a run of `config.method` trains with (`config` with the method's overrides applied): its
+    METHODS entry, whose terms gain ALIGN_TERM when `config.align` asks a method with invariant parts to
+    align them (the methods that align by their overrides, `discomkd-mmd`..., list it already). Methods
+    without invariant parts ignore --align, as they ignore the reversal's options."""
+    spec = METHODS[config.method]
+    if config.align == NO_ALIGNMENT or not spec.invariant_parts or ALIGN_TERM in spec.terms:
+        return spec
+    return dataclasses.replace(spec, terms=spec.terms + (ALIGN_TERM,))
 
 
 def build_model(method: str, shape: ModelShape, modality: int | None = None,

@@ -28,25 +28,30 @@ from ray.tune.search import BasicVariantGenerator
 from discomkd import console
 from discomkd.augment import AUGMENTATIONS
 from discomkd.comparison import compare, draw_splits, has_split_files
-from discomkd.comparison_jobs import DataSource, read_data
+from discomkd.comparison_jobs import TEACHER, DataSource, read_data
 from discomkd.comparison_table import format_table
 from discomkd.config import Config, check_config
 from discomkd.data import DataFolder, write_split_files
 from discomkd.engine import resolve_augmentation
 from discomkd.errors import Interrupted, OptionError, TrainingError
+from discomkd.methods import FUSED, METHODS
 from discomkd.ownership import SetAside, check_no_set_aside, owning
-from discomkd.run_files import RESULTS_FILE, STATE_FILE, prepare_output, write_json, write_text
+from discomkd.run_files import RESULTS_FILE, STATE_FILE, checkpoint_path, prepare_output, write_json, write_text
 from discomkd.training import fit
+from discomkd.tuning_space import (
+    DKD_ALPHAS,
+    DKD_BETAS,
+    GRL_COEFFICIENTS,
+    KD_WEIGHTS,
+    LEARNING_RATES,
+    LOSS_WEIGHTS,
+    TEMPERATURES,
+    TUNABLE,
+    WEIGHT_DECAYS,
+    searched,
+)
 
 METRIC = "valid_weighted_f1"  # what trials report and the search maximises
-METHOD = "discomkd"
-LOSS_WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0)  # 0 drops a term; a factor ~3 apart around the paper's 1
-GRL_COEFFICIENTS = (0.1, 0.3, 1.0, 3.0)
-WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3)
-LEARNING_RATES = (1e-5, 1e-2)  # log-uniform; the paper's 1e-4 in the middle
-SEARCHED = ("learning_rate", "weight_decay", "epochs", "weight_aux", "weight_mod", "weight_adv", "weight_perp",
-            "grl_coefficient", "augment_first", "augment_second")
-
 logger = logging.getLogger(__name__)
 
 
@@ -57,21 +62,27 @@ def epoch_choices(max_epochs: int) -> list[int]:
 
 
 def search_space(config: Config, data: DataFolder) -> dict:
-    """Ray Tune's space over the `SEARCHED` settings; augmentations among those each modality's rank allows."""
-    return {
+    """Ray Tune's space over the settings `searched(config.method)` names; augmentations among those each
+    modality's rank allows."""
+    space = {
         "learning_rate": ray_tune.loguniform(*LEARNING_RATES),
         "weight_decay": ray_tune.choice(WEIGHT_DECAYS),
         "epochs": ray_tune.choice(epoch_choices(config.epochs)),
-        **{f"weight_{term}": ray_tune.choice(LOSS_WEIGHTS) for term in ("aux", "mod", "adv", "perp")},
-        "grl_coefficient": ray_tune.choice(GRL_COEFFICIENTS),
         **{f"augment_{which}": ray_tune.choice(list(AUGMENTATIONS[m.rank + 1]))
            for which, m in zip(("first", "second"), data.modalities)},
+        **{f"weight_{term}": ray_tune.choice(LOSS_WEIGHTS) for term in ("aux", "mod", "adv", "perp")},
+        "grl_coefficient": ray_tune.choice(GRL_COEFFICIENTS),
+        "align_weight": ray_tune.choice(LOSS_WEIGHTS[1:]),
+        "kd_temperature": ray_tune.choice(TEMPERATURES), "kd_weight": ray_tune.choice(KD_WEIGHTS),
+        "dkd_alpha": ray_tune.choice(DKD_ALPHAS), "dkd_beta": ray_tune.choice(DKD_BETAS),
+        "dkd_temperature": ray_tune.choice(TEMPERATURES),
     }
+    return {name: space[name] for name in searched(config.method)}
 
 
 def starting_point(config: Config) -> dict:
     """The searched settings as `config` holds them (the paper's unless set): the first trial."""
-    return {name: getattr(config, name) for name in SEARCHED}
+    return {name: getattr(config, name) for name in searched(config.method)}
 
 
 def first_trial(config: Config, data: DataFolder) -> dict:
@@ -91,10 +102,12 @@ def validation_only(data: DataFolder) -> DataFolder:
 
 @dataclasses.dataclass(frozen=True)
 class SearchJob:
-    """What every trial reads: the settings it starts from, and the data folder with the search split."""
+    """What every trial reads: the settings it starts from (`config.method`: the method searched), the
+    data folder with the search split and, for kd and dkd, the teacher trained once for the search."""
 
     config: Config  # seed: the search's; output: the search folder
     data: DataSource  # absolute paths: trials run in Ray Tune's own working folders, on any node
+    teacher: str | None = None  # the search teacher's checkpoint (kd, dkd)
 
 
 def search_data(job: SearchJob) -> DataFolder:
@@ -102,11 +115,22 @@ def search_data(job: SearchJob) -> DataFolder:
     return validation_only(read_data(job.data))
 
 
+def trial_models(method: str, data: DataFolder) -> list[str | None]:
+    """The models a trial of `method` trains, in order: one per modality for mono, kd and dkd (their
+    prefixes), else one model reading both (None)."""
+    return [m.prefix for m in data.modalities] if METHODS[method].per_modality else [None]
+
+
 def run_trial(settings: dict, job: SearchJob, output: str, report) -> dict:
-    """One trial: DisCoM-KD with `settings` trained into `output` on the search split's training rows,
-    scored on its validation rows only; `report({METRIC, "epoch"})` after every epoch. Returns fit's results."""
-    config = dataclasses.replace(job.config, **settings, method=METHOD, output=output, overwrite=True, verbose=0,
-                                 score_test=False, test_every_epoch=False)
+    """One trial: `job.config.method` with `settings` trained into `output` on the search split's
+    training rows, scored on its validation rows only; `report({METRIC, "epoch"})` after every epoch of
+    its last model (a per-modality method trains one model per modality, in turn: the metric is the mean
+    over the method's classifiers of each one's best validation weighted F1 so far, a finished model's
+    best included). Returns the last model's fit results."""
+    config = dataclasses.replace(job.config, **settings, output=output, overwrite=True, verbose=0,
+                                 score_test=False, test_every_epoch=False, teacher=job.teacher)
+    data = search_data(job)
+    models = trial_models(config.method, data)
     best: dict[str, float] = {}
 
     def on_epoch(entry: dict) -> None:
@@ -115,9 +139,31 @@ def run_trial(settings: dict, job: SearchJob, output: str, report) -> dict:
                 best[column] = max(best.get(column, -1.0), scores["valid"]["weighted_f1"])
         report({METRIC: float(np.mean(list(best.values()))), "epoch": entry["epoch"]})
 
-    os.makedirs(output, exist_ok=True)
-    with console.only_warnings("discomkd.training"):  # one line per finished trial instead
-        return fit(config, search_data(job), output, on_epoch=on_epoch)
+    for k, modality in enumerate(models):
+        folder = output if modality is None else os.path.join(output, f"{config.method}_{modality}")
+        os.makedirs(folder, exist_ok=True)
+        last = k == len(models) - 1
+        with console.only_warnings("discomkd.training"):  # one line per finished trial instead
+            results = fit(dataclasses.replace(config, modality=modality, output=folder), data, folder,
+                          on_epoch=on_epoch if last else None)
+        if not last:
+            best.update({c: r["valid"]["weighted_f1"] for c, r in results["final"].items()})
+    return results
+
+
+def train_search_teacher(job: SearchJob, data: DataFolder) -> SearchJob:
+    """kd and dkd: the teacher their trials distil from, trained once here with the starting settings on
+    the search split (validation only) into OUTPUT/search_teacher; other methods: `job` unchanged."""
+    if not METHODS[job.config.method].needs_teacher:
+        return job
+    folder = os.path.join(job.config.output, "search_teacher")
+    os.makedirs(folder, exist_ok=True)
+    config = dataclasses.replace(job.config, method=TEACHER, output=folder, overwrite=True, verbose=0,
+                                 score_test=False, test_every_epoch=False)
+    logger.info(f"search teacher: trained once with the starting settings into {folder}")
+    with console.only_warnings("discomkd.training"):
+        fit(config, data, folder)
+    return dataclasses.replace(job, teacher=checkpoint_path(folder, FUSED))
 
 
 def _trainable(settings: dict, job: SearchJob):
@@ -209,14 +255,23 @@ def _mark_stopped_trials(folder: str) -> None:
                 os.remove(os.path.join(os.path.dirname(path), STATE_FILE))
 
 
+def default_grace(epochs: int) -> int:
+    """The epochs ASHA lets every trial train before comparing: a quarter of the longest trial, so that a
+    slow learning rate (the paper's 1e-4) is compared once it has had time to learn."""
+    return max(1, epochs // 4)
+
+
 def tune_and_compare(config: Config, directory: str, first: str, second: str, trials: int, runs: int,
                      grace_epochs: int | None, ray_executor, executor=None) -> dict:
     """The search on seed config.seed, as Ray Tune trials on the cluster `ray_executor` reaches (its CPUs
     and GPUs per task), then the chosen and the starting settings each `runs` times on seeds
     config.seed+1.. (`comparison.compare` with `executor` into OUTPUT/starting and OUTPUT/tuned); writes
     OUTPUT/settings.json (the chosen settings: --settings), tuning.json and tuning.md. `grace_epochs`:
-    the epochs ASHA lets every trial train, by default a tenth of config.epochs."""
+    the epochs ASHA lets every trial train, by default `default_grace`. `config.method`: any of TUNABLE."""
     check_config(config)
+    if config.method not in TUNABLE:
+        raise OptionError(f"--method {config.method}: one of {', '.join(TUNABLE)} is expected (neural methods; svm "
+                          "and logreg choose C on validation by themselves)")
     if trials < 1 or runs < 1:
         raise OptionError(f"--trials {trials} --runs {runs}: at least 1 each is expected")
     job, data, split = _search_job(config, directory, (first, second))
@@ -248,17 +303,21 @@ def _tune(config: Config, job: SearchJob, data: DataFolder, split: dict | None, 
     if split is not None:
         write_split_files(job.data.split_folder, split)
     started = time.time()
-    grace_epochs = max(1, config.epochs // 10) if grace_epochs is None else grace_epochs
-    logger.info(f"search: {trials} trial(s) of {METHOD} on seed {config.seed}, validation only "
+    grace_epochs = default_grace(config.epochs) if grace_epochs is None else grace_epochs
+    logger.info(f"search: {trials} trial(s) of {config.method} on seed {config.seed}, validation only "
         f"({len(data.modalities[0].splits['valid'])} rows); ASHA grace {grace_epochs} epoch(s)")
+    job = train_search_teacher(job, validation_only(data))
     found = search(job, validation_only(data), trials, grace_epochs, ray_executor.cpus, ray_executor.gpus)
+    found.update(method=config.method, grace_epochs=grace_epochs, searched=list(searched(config.method)))
     found["search_seconds"] = time.time() - started
     found["split"] = job.data.split_folder or "the data folder's own split files"
     write_json(os.path.join(config.output, "settings.json"), found["chosen"])
     logger.info(f"chosen (valid wF1 {found['chosen_' + METRIC]:.4f}): {found['chosen']}")
     # the final runs train and test on the search's split: their test rows are rows no trial read
-    tables = {label: _final_runs(config, *folder, runs, settings, label, executor, job.data.split_folder)
-              for label, settings in (("starting", starting_point(config)), ("tuned", found["chosen"]))}
+    tuned = f"tuned ({trials} trials)"
+    tables = {label: _final_runs(config, *folder, runs, settings, label, executor, job.data.split_folder, source)
+              for label, settings, source in (("starting", starting_point(config), None),
+                                              ("tuned", found["chosen"], tuned))}
     return _report(config, folder[1:], trials, runs, found, tables, started)
 
 
@@ -277,29 +336,32 @@ def _search_job(config: Config, directory: str, prefixes: tuple[str, str]
 
 
 def _final_runs(config: Config, directory: str, first: str, second: str, runs: int, settings: dict, label: str,
-                executor, split_folder: str | None) -> dict:
+                executor, split_folder: str | None, source: str | None) -> dict:
     """`settings` trained `runs` times on seeds config.seed+1.. by the comparison, into OUTPUT/<label>, on
     the split files of `split_folder` (the split drawn for the search), or the data folder's own."""
-    run_config = dataclasses.replace(config, **settings, seed=config.seed + 1,
-                                     output=os.path.join(config.output, label), overwrite=True)
+    run_config = dataclasses.replace(config, seed=config.seed + 1, output=os.path.join(config.output, label),
+                                     overwrite=True)
     logger.info(f"{label} settings: {runs} run(s) on seeds {config.seed + 1}..{config.seed + runs}")
-    return compare(run_config, directory, first, second, runs, METHOD, verbose=False, executor=executor,
-                   shared_split=split_folder)
+    # the method's own settings; a kd or dkd teacher keeps the starting ones, as in the search
+    return compare(run_config, directory, first, second, runs, config.method, verbose=False, executor=executor,
+                   shared_split=split_folder, method_settings={config.method: settings},
+                   settings_from=None if source is None else {config.method: source})
 
 
 def _report(config: Config, prefixes: tuple[str, str], trials: int, runs: int, found: dict, tables: dict,
             started: float) -> dict:
     """tuning.md and tuning.json: the starting and the tuned settings side by side; returns tuning.json's contents."""
-    paper = starting_point(config) == starting_point(Config(epochs=config.epochs))
+    method = config.method
+    paper = starting_point(config) == starting_point(Config(epochs=config.epochs, method=method))
     names = {"starting": "paper's settings" if paper else "starting settings", "tuned": "tuned on validation"}
-    rows = {f"{METHOD} ({names[label]})": tables[label]["aggregated"][METHOD] for label in tables}
+    rows = {f"{method} ({names[label]})": tables[label]["aggregated"][method] for label in tables}
     seeds = tables["tuned"]["seeds"]
     notes = [f"Tuned: {trials} Ray Tune trial(s) (random search, ASHA) selected on the mean over both modalities of "
              f"each classifier's best validation weighted F1 (seed {config.seed}); test rows never read in the "
              "search. Chosen settings: settings.json (--settings)."]
     table = format_table(rows, prefixes, runs, seeds, tables["tuned"]["splits"], True, notes)
     write_text(os.path.join(config.output, "tuning.md"), table)
-    found.update(runs={label: t["aggregated"][METHOD] for label, t in tables.items()}, seeds=seeds,
+    found.update(runs={label: t["aggregated"][method] for label, t in tables.items()}, seeds=seeds,
                  table=table, total_seconds=time.time() - started)
     write_json(os.path.join(config.output, "tuning.json"), found)
     logger.info("")

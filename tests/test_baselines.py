@@ -12,6 +12,7 @@ from discomkd.baselines import (
     dkd_losses,
     kd_loss,
 )
+from discomkd.config import Config
 from discomkd.methods import METHODS, ModelShape, build_model
 
 STUDENT = np.array([[2.0, 1.0, 0.5], [0.2, -1.0, 1.5]])
@@ -90,15 +91,23 @@ def test_method_terms_and_dkd_warmup():
     for method, terms in (("mono", {"ce"}), ("kd", {"ce", "kd"}), ("dkd", {"ce", "tckd", "nckd"})):
         model = build_model(method, shape, 0, teacher)
         reads = METHODS[method].step_modalities(0)
-        computed = METHODS[method].losses(model, {m: inputs[m] for m in reads}, labels, None)
+        computed = METHODS[method].losses(model, {m: inputs[m] for m in reads}, labels, Config())
         assert set(computed) == terms == set(METHODS[method].terms)
-        assert set(METHODS[method].weights(None, 1)) == terms
+        assert set(METHODS[method].weights(Config(), 1)) == terms
     dkd_weights = METHODS["dkd"].weights
     half = DKD_WARMUP_EPOCHS // 2
-    assert dkd_weights(None, half) == pytest.approx(
+    assert dkd_weights(Config(), half) == pytest.approx(
         {"ce": 1.0, "tckd": DKD_ALPHA * half / DKD_WARMUP_EPOCHS, "nckd": DKD_BETA * half / DKD_WARMUP_EPOCHS})
-    assert dkd_weights(None, 5 * DKD_WARMUP_EPOCHS) == {"ce": 1.0, "tckd": DKD_ALPHA, "nckd": DKD_BETA}
-    assert METHODS["kd"].weights(None, 1) == {"ce": 1.0, "kd": 1.0}
+    assert dkd_weights(Config(), 5 * DKD_WARMUP_EPOCHS) == {"ce": 1.0, "tckd": DKD_ALPHA, "nckd": DKD_BETA}
+    assert METHODS["kd"].weights(Config(), 1) == {"ce": 1.0, "kd": 1.0}
+    # their own settings (compare.py --settings-for, tune.py --method kd|dkd) reach the terms and weights
+    tuned = Config(kd_weight=0.3, dkd_alpha=2.0, dkd_beta=1.0)
+    assert METHODS["kd"].weights(tuned, 1) == {"ce": 1.0, "kd": 0.3}
+    assert dkd_weights(tuned, 5 * DKD_WARMUP_EPOCHS) == {"ce": 1.0, "tckd": 2.0, "nckd": 1.0}
+    model = build_model("kd", shape, 0, teacher)
+    reads = {m: inputs[m] for m in METHODS["kd"].step_modalities(0)}
+    hot, cold = (METHODS["kd"].losses(model, reads, labels, Config(kd_temperature=t))["kd"] for t in (8.0, 1.0))
+    assert not torch.equal(hot, cold)
 
 
 def test_distilled_student_keeps_its_teacher_frozen_and_in_eval_mode():

@@ -305,3 +305,44 @@ def test_sigterm_during_the_classical_baselines_stops_cleanly(tmp_path):
     lines = process.stderr.strip().splitlines()
     assert len(lines) == 1 and "interrupted" in lines[0] and "nothing was kept" in lines[0], process.stderr
     assert not os.path.exists(output)
+
+
+def test_settings_per_method_and_where_each_row_s_settings_came_from(tmp_path, capsys):
+    """compare.py --settings-for: one method's models train with its own file; the table's "settings"
+    column says tuned (a settings.json beside tune.py's tuning.json), borrowed (tuned for another
+    method), a settings file, or the paper's."""
+    folder = write_toy_folder(tmp_path / "data", separation=3.0)
+    tuned = tmp_path / "tuning_mono"
+    os.makedirs(tuned)
+    json.dump({"learning_rate": 0.005, "weight_decay": 0.0001}, open(tuned / "settings.json", "w"))
+    json.dump({"method": "mono", "trials": [{}, {}, {}]}, open(tuned / "tuning.json", "w"))
+    plain = tmp_path / "dkd.json"
+    json.dump({"dkd_beta": 2.0, "dkd_temperature": 2.0}, open(plain, "w"))
+    output = tmp_path / "cmp"
+    argv = [folder, "IMG", "VEC", "--methods", "mono,kd,dkd,discomkd,logreg", "--output", str(output),
+            *toy_options(epochs=1), "--settings", str(tuned / "settings.json"),
+            "--settings-for", f"mono={tuned / 'settings.json'}", "--settings-for", f"dkd={plain}"]
+    assert compare.main(argv) == 0
+    saved = json.load(open(output / comparison.RESULTS_FILE))
+    assert saved["settings_from"] == {"mono": "tuned (3 trials)", "kd": "borrowed: tuned for mono (3 trials)",
+                                      "dkd": f"settings file {plain}", "discomkd": "borrowed: tuned for mono (3 trials)",
+                                      "logreg": "C chosen on validation"}
+    config = {name: json.load(open(output / "run_0" / name / "results.json"))["config"]
+              for name in ("mono_IMG", "dkd_VEC", "teacher")}
+    assert config["mono_IMG"]["learning_rate"] == 0.005 and config["mono_IMG"]["weight_decay"] == 0.0001
+    # dkd: its file's settings; the learning rate typed on the command line wins over --settings
+    assert config["dkd_VEC"]["dkd_beta"] == 2.0 and config["dkd_VEC"]["learning_rate"] == 1e-3
+    assert config["dkd_VEC"]["weight_decay"] == 0.0001  # from --settings
+    assert config["teacher"]["dkd_beta"] == 8.0  # the teacher's own: the command line's and --settings
+    table = open(output / comparison.TABLE_FILE).read()
+    assert "| settings |" in table and "tuned (3 trials)" in table
+    for bad, expected in ((f"svm={plain}", "not a neural method"), ("mono", "METHOD=FILE"),
+                          (f"mono={tmp_path / 'none.json'}", "none.json")):
+        capsys.readouterr()
+        assert compare.main([*argv[:-4], "--settings-for", bad, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and expected in err, err
+    json.dump({"legacy_modality_targets": True}, open(tmp_path / "legacy.json", "w"))  # not an option of compare.py
+    assert compare.main([folder, "IMG", "VEC", "--methods", "discomkd", "--output", str(tmp_path / "c2"),
+                         *toy_options(epochs=1), "--settings-for", f"discomkd={tmp_path / 'legacy.json'}"]) == 2
+    assert "not an option of compare.py" in capsys.readouterr().err and not os.path.exists(tmp_path / "c2")

@@ -263,3 +263,43 @@ def test_every_trial_failing_is_one_line_without_ray_tracebacks(tmp_path, capfd)
     with pytest.raises(training.TrainingError, match="every trial failed.*ray_tune"):
         tuning.search(job, tuning.validation_only(data), 2, 1, 1.0, 0.0)
     assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["mono", "kd"])
+def test_a_trial_of_a_per_modality_method_trains_both_and_reports_their_mean(tmp_path, method):
+    """tune.py --method mono|kd: a trial trains one model per modality (kd: from the search's teacher,
+    trained once), reports after each epoch of the last one the mean of both classifiers' best validation
+    wF1 so far (the first's final best included), and reads no test row."""
+    folder = write_toy_folder(tmp_path / "data", separation=3.0)
+    source = comparison_jobs.DataSource(folder, PREFIXES, ("lenet", "auto"), None)
+    config = Config(output=str(tmp_path / "search"), **dict(TOY_SETTINGS, epochs=2), method=method)
+    job = tuning.SearchJob(config, source)
+    data = tuning.search_data(job)
+    job = tuning.train_search_teacher(job, data)
+    assert (job.teacher is not None) == (method == "kd")
+    settings = {"learning_rate": 2e-3, **({"kd_temperature": 2.0} if method == "kd" else {})}
+    reports = []
+    tuning.run_trial(settings, job, str(tmp_path / "trial"), reports.append)
+    first, last = (json.load(open(tmp_path / "trial" / f"{method}_{p}" / "results.json")) for p in PREFIXES)
+    assert [r["epoch"] for r in reports] == [1, 2]
+    best_first = first["final"]["IMG"]["valid"]["weighted_f1"]
+    best_last = max(h["VEC"]["valid"]["weighted_f1"] for h in last["history"])
+    assert reports[-1][tuning.METRIC] == pytest.approx((best_first + best_last) / 2)
+    for results in (first, last):
+        assert results["config"]["learning_rate"] == 2e-3 and results["data"]["modalities"][0]["rows"].keys() == {
+            "train", "valid"}
+        assert results["config"]["teacher"] == job.teacher
+    if method == "kd":
+        assert last["config"]["kd_temperature"] == 2.0
+
+
+def test_each_method_searches_the_common_settings_and_its_own():
+    from discomkd.tuning_space import COMMON, searched
+
+    assert searched("mono") == COMMON and searched("teacher") == COMMON
+    assert set(searched("kd")) - set(COMMON) == {"kd_temperature", "kd_weight"}
+    assert set(searched("dkd")) - set(COMMON) == {"dkd_alpha", "dkd_beta", "dkd_temperature"}
+    assert {"weight_adv", "grl_coefficient"} <= set(searched("discomkd")) and "align_weight" not in searched("discomkd")
+    assert "align_weight" in searched("discomkd-mmd")
+    for method in tuning.TUNABLE:  # the paper's settings, the first trial, lie in every method's space
+        assert set(tuning.starting_point(Config(method=method))) == set(searched(method))
