@@ -127,9 +127,13 @@ class ResNet18Encoder(nn.Module):
                        BasicBlock(out_channels, out_channels, 1, spatial_dims)]
             channels = out_channels
         self.stages = nn.Sequential(*stages)
-        # torchvision's initialisation, so that a run starts where the published code starts
+        # Where the published code starts: torchvision's initialisation (Kaiming normal, fan-out) for every
+        # convolution but the stem's. That code replaces resnet18's conv1 by a new C-channel convolution after
+        # torchvision has initialised the network, so its stem keeps PyTorch's default Conv init
+        # (kaiming_uniform_ with a=sqrt(5): std 1/sqrt(3 * fan_in), fan_in = C * 49 for the 7x7 kernel: 0.083 for
+        # 1 channel, 0.023 for 13). The 1-D stem, which that code lacks, follows the same rule.
         for module in self.modules():
-            if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module is not self.stem[0]:
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 nn.init.ones_(module.weight)

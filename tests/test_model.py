@@ -1,4 +1,6 @@
-"""Encoders, branches and the full model: output shapes, parameter counts, the reversal layer."""
+"""Encoders, branches and the full model: output shapes, parameter counts, initialisation, the reversal layer."""
+import math
+
 import pytest
 import torch
 
@@ -62,6 +64,32 @@ def test_resnet18_parameter_count_matches_torchvision_without_fc(channels):
     assert count_parameters(encoder) == expected
     if channels == 3:
         assert count_parameters(encoder) == 11_176_512
+
+
+def default_conv_std(weight: torch.Tensor) -> float:
+    """The std PyTorch's default Conv init gives `weight`: kaiming_uniform_ with a = sqrt(5), i.e. a gain of
+    sqrt(2 / (1 + a**2)) = sqrt(1/3) over sqrt(fan_in), fan_in = in_channels * kernel size."""
+    fan_in = weight[0].numel()
+    return math.sqrt(2 / (1 + 5)) / math.sqrt(fan_in)
+
+
+@pytest.mark.parametrize("kind, spatial", [("resnet18", (32, 32)), ("resnet1d", (64,))])
+@pytest.mark.parametrize("channels", [1, 2, 13])
+def test_the_resnet_stem_starts_from_the_default_conv_init_as_the_published_code(kind, spatial, channels):
+    """The published code puts a new C-channel conv1 into torchvision's resnet18 after its initialisation:
+    the stem keeps PyTorch's default init (std 0.083 / 0.058 / 0.023 for 1 / 2 / 13 channels, 7x7), every
+    other convolution torchvision's Kaiming normal fan-out (std sqrt(2 / fan_out))."""
+    torch.manual_seed(0)
+    encoder = build_encoder(kind, (channels, *spatial))
+    stem = encoder.stem[0].weight
+    expected = default_conv_std(stem)
+    assert stem.std().item() == pytest.approx(expected, rel=0.06)
+    assert stem.abs().max().item() <= math.sqrt(3) * expected  # uniform within +-1/sqrt(fan_in)
+    others = [m.weight for m in encoder.stages.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d))]
+    assert len(others) == 19  # 8 blocks of two convolutions, 3 downsampling ones
+    for weight in others:
+        fan_out = weight.shape[0] * weight[0, 0].numel()
+        assert weight.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.06)
 
 
 def test_resnet1d_has_the_resnet18_layout_with_1d_kernels():
