@@ -113,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--end-to-end", action="store_true",
                         help="time functions.run itself (every file written, a state.pt every epoch) for DisCoM-KD "
                              "and the baselines' step (mono, teacher)")
-    parser.add_argument("--methods", default=",".join(END_TO_END_METHODS),
-                        help="with --end-to-end: the methods timed, comma-separated")
+    parser.add_argument("--methods", default=None,
+                        help=f"with --end-to-end only: the methods timed, comma-separated, among "
+                             f"{','.join(END_TO_END_METHODS)} (default: all)")
     parser.add_argument("--output", default="benchmark_results", help="folder for the JSON result")
     return parser
 
@@ -131,12 +132,16 @@ def main(argv=None) -> int:
             preset[key] = tuple(value) if isinstance(value, list) else value
     config = Config(batch_size=args.batch_size, device=args.device, precision=args.precision,
                     compile=args.compile, data_on_device=args.data_on_device, verbose=0)
-    methods = [m for m in args.methods.split(",") if m]
+    methods = list(END_TO_END_METHODS) if args.methods is None else list(dict.fromkeys(
+        m.strip() for m in args.methods.split(",") if m.strip()))
     try:
         check_options(preset, args.epochs, config, args.output)
-        unknown = [m for m in methods if m not in END_TO_END_METHODS]
-        if args.end_to_end and (unknown or not methods):
+        # refused whether or not --end-to-end is given: a method that would never be timed is no less a mistake
+        if not methods or any(m not in END_TO_END_METHODS for m in methods):
             raise OptionError(f"--methods {args.methods}: expected some of {', '.join(END_TO_END_METHODS)}, comma-separated")
+        if args.methods is not None and not args.end_to_end:
+            raise OptionError(f"--methods {args.methods}: applies with --end-to-end only (without it the benchmark "
+                              "times DisCoM-KD's training step)")
     except BadInput as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -18,7 +18,13 @@ from discomkd.console import configure_output
 from discomkd.errors import EXIT_BAD_INPUT, OptionError, command_status
 from discomkd.executors import make_executor
 from discomkd.methods import ABLATIONS, METHODS
-from discomkd.settings_file import add_settings_argument, parse_or_report, read_settings
+from discomkd.settings_file import (
+    add_settings_argument,
+    parse_or_report,
+    parse_with_settings,
+    read_settings,
+    settings_options,
+)
 from discomkd.tuning_space import settings_source
 
 
@@ -62,24 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_method_settings(entries: list[str], options: set[str]) -> tuple[dict[str, dict], dict[str, str]]:
-    """--settings-for METHOD=FILE entries: ({method: settings}, {method: FILE}); every setting must be one
-    of this command's `options` (the same rule as --settings); `OptionError` or `DataError` otherwise."""
+def read_method_settings(parser: argparse.ArgumentParser, argv, entries: list[str], methods: tuple[str, ...]
+                         ) -> tuple[dict[str, dict], dict[str, str]]:
+    """--settings-for METHOD=FILE entries: ({method: settings}, {method: FILE}). A file's settings are
+    parsed by this command's parser after the command line (so they win for that method), through the
+    same checks as --settings; `OptionError` or `DataError` otherwise."""
     settings, paths = {}, {}
+    given, _ = parser.parse_known_args(argv)
     for entry in entries:
         method, equals, path = entry.partition("=")
+        label = f"--settings-for {entry}"
         if not equals or not method or not path:
-            raise OptionError(f"--settings-for {entry}: METHOD=FILE is expected, e.g. kd=tuning_kd/settings.json")
+            raise OptionError(f"{label}: METHOD=FILE is expected, e.g. kd=tuning_kd/settings.json")
         if method not in METHODS:
-            raise OptionError(f"--settings-for {entry}: {method!r} is not a neural method; expected one of "
-                              f"{', '.join(METHODS)}")
+            raise OptionError(f"{label}: {method!r} is not a neural method; expected one of {', '.join(METHODS)}")
+        if method not in methods:
+            raise OptionError(f"{label}: {method} is not among the methods compared ({', '.join(methods)})")
         if method in settings:
             raise OptionError(f"--settings-for {method}: given twice")
-        values = read_settings(path)
-        for name in values:
-            if name not in options:
-                raise OptionError(f"--settings-for {entry}: {name!r} is not an option of compare.py")
-        settings[method], paths[method] = values, path
+        values = read_settings(path, option="--settings-for")
+        parsed = vars(parse_with_settings(parser, [*argv, *settings_options(values, given, label)]))
+        settings[method], paths[method] = {name: parsed[name] for name in values}, path
     return settings, paths
 
 
@@ -89,6 +98,7 @@ def _raise_keyboard_interrupt(number, frame):
 
 def main(argv=None) -> int:
     configure_output()
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parse_or_report(parser, argv)
     if args is None:
@@ -102,9 +112,10 @@ def main(argv=None) -> int:
     config = Config(**args, verbose=int(verbose))
 
     def action():
-        settings, paths = read_method_settings(entries, set(args))
+        compared = parse_methods(methods)
+        settings, paths = read_method_settings(parser, argv, entries, compared)
         sources = {m: settings_source(m, paths.get(m, settings_path), dataclasses.replace(config, **settings.get(m, {})))
-                   for m in parse_methods(methods) if m in METHODS}
+                   for m in compared if m in METHODS}
         compare(config, directory, first, second, runs, methods, resplit, verbose, executor=make_executor(*executor),
                 method_settings=settings, settings_from=sources)
 

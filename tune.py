@@ -1,10 +1,11 @@
-"""Tune DisCoM-KD's training settings on validation with Ray Tune, then test them beside the paper's.
+"""Tune a method's training settings on validation with Ray Tune, then test them beside the paper's.
 
-    python tune.py DIR FIRST SECOND --trials N --runs K [--grace-epochs G] [options as compare.py]
+    python tune.py DIR FIRST SECOND [--method discomkd] --trials N --runs K [--grace-epochs G] [options as compare.py]
 
-Searches learning rate, weight decay, epochs (up to --epochs), the loss weights of L_aux, L_mod,
-L_adv and L_perp, the GRL coefficient and each modality's augmentation (random search, the starting
-settings first, ASHA stopping lagging trials), selecting on validation only: the mean over both
+Searches the settings every neural method has (learning rate, weight decay, epochs up to --epochs,
+each modality's augmentation) and the method's own (DisCoM-KD: the loss weights of L_aux, L_mod,
+L_adv and L_perp and the GRL coefficient; discomkd.tuning_space) by random search, the starting
+settings first, ASHA stopping lagging trials, selecting on validation only: the mean over both
 modalities of each classifier's best validation weighted F1. Trials read no test row. Then trains
 the chosen settings and the starting ones (the paper's unless options change them) --runs times on
 seeds SEED+1.. through compare.py's machinery. Outputs in OUTPUT (default DIR/tuning_<FIRST>_<SECOND>):
@@ -16,11 +17,13 @@ import argparse
 import os
 import sys
 
-from discomkd.config import Config, add_config_arguments
+from discomkd.comparison import MAX_RUNS
+from discomkd.config import MAX_SEED, Config, add_config_arguments, check_config
 from discomkd.console import configure_output
-from discomkd.errors import command_status
+from discomkd.errors import OptionError, command_status
 from discomkd.executors import make_executor
 from discomkd.settings_file import command_line
+from discomkd.tuning_space import TUNABLE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,11 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "search draws its own 70/10/20 split)")
     parser.add_argument("first_prefix", metavar="FIRST_PREFIX", help="first modality")
     parser.add_argument("second_prefix", metavar="SECOND_PREFIX", help="second modality")
+    parser.add_argument("--method", default="discomkd",
+                        help=f"the neural method tuned, among {', '.join(TUNABLE)} (docs/comparison.md: what each "
+                             "one's search covers)")
     parser.add_argument("--trials", type=int, default=20, help="settings tried (the first: the starting settings)")
     parser.add_argument("--runs", type=int, default=5, help="runs of the chosen and of the starting settings, on "
                                                             "seeds SEED+1..SEED+RUNS")
     parser.add_argument("--grace-epochs", type=int, default=None,
-                        help="epochs every trial trains before ASHA may stop it (default: a tenth of --epochs)")
+                        help="epochs every trial trains before ASHA may stop it (default: a quarter of --epochs)")
     parser.add_argument("--seed", type=int, default=0, help="the search's seed (trials and sampling)")
     parser.add_argument("--output", default=None, help="output folder (default DIR/tuning_<FIRST>_<SECOND>)")
     add_config_arguments(parser, skip=("seed", "output", "legacy_modality_targets", "test_every_epoch"))
@@ -49,16 +55,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_options(config: Config, trials: int, runs: int, grace_epochs: int | None) -> None:
+    """Raises `OptionError` for options no tuning can use, before Ray is imported or started: a mistake
+    costs no cluster, and is named even where Ray is not installed."""
+    check_config(config)
+    for option, value in (("--trials", trials), ("--runs", runs), ("--grace-epochs", grace_epochs)):
+        if value is not None and value < 1:  # ASHA's grace period must be positive
+            raise OptionError(f"{option} {value}: at least 1 is expected")
+    if runs > MAX_RUNS:  # the final runs' comparison would refuse it only after the whole search
+        raise OptionError(f"--runs {runs}: 1 to {MAX_RUNS} is expected")
+    if config.seed + runs > MAX_SEED:  # the final runs train on seeds SEED+1..SEED+RUNS
+        raise OptionError(f"--seed {config.seed} --runs {runs}: the last final run's seed {config.seed + runs} "
+                          f"exceeds {MAX_SEED} (2**32-1)")
+
+
 def main(argv=None) -> int:
     configure_output()
     args = vars(build_parser().parse_args(argv))
     directory, first, second = args.pop("directory"), args.pop("first_prefix"), args.pop("second_prefix")
     trials, runs, grace = args.pop("trials"), args.pop("runs"), args.pop("grace_epochs")
     executor, address, gpus, cpus = (args.pop(k) for k in ("executor", "ray_address", "gpus_per_task", "cpus_per_task"))
-    output = args.pop("output") or os.path.join(directory, f"tuning_{first}_{second}")
+    output = args.pop("output")  # '' is refused by check_config, not taken for the default
+    output = os.path.join(directory, f"tuning_{first}_{second}") if output is None else output
     config = Config(**args, output=output, verbose=0)
 
     def action():
+        check_options(config, trials, runs, grace)
         ray_executor = make_executor("ray", address, gpus, cpus)  # DataError when Ray is missing
         from discomkd import tuning  # imports Ray: only once it is known to be installed
         found = tuning.tune_and_compare(config, directory, first, second, trials, runs, grace, ray_executor,

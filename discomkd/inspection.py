@@ -13,6 +13,7 @@ from discomkd.data import DataFolder, reload_data_folder
 from discomkd.errors import DataError, OptionError
 from discomkd.figures import MISSING_MATPLOTLIB, draw_figures, matplotlib_figure
 from discomkd.inference import feature_parts
+from discomkd.methods import METHODS
 from discomkd.probes import disentanglement_probes, probe_table
 from discomkd.run_files import PROBES_FILE, RESULTS_FILE, checkpoint_path, folder_problem, write_json
 
@@ -37,16 +38,28 @@ def load_run(run_folder: str, data_directory: str | None = None) -> tuple[dict, 
             results = json.load(handle)
         described, fingerprint = results["data"], results["data_fingerprint"]
         directory = data_directory or described["directory"]
-        prefixes = [m["prefix"] for m in described["modalities"]]
+        # the run's own columns: a classifier's best epoch in "final" (a mono run has one), else one per modality
+        columns = list(results.get("final") or {}) or [m["prefix"] for m in described["modalities"]]
     except (ValueError, KeyError, TypeError) as error:
         raise DataError(f"{results_path}: not a DisCoM-KD results file ({type(error).__name__}: {error})") from None
     if not os.path.isdir(directory):
         raise DataError(f"{directory}: data folder of this run not found (moved? pass --data DIR)")
     data = reload_data_folder(described, fingerprint, data_directory)
-    for prefix in prefixes:
-        if not os.path.isfile(checkpoint_path(run_folder, prefix)):
-            raise DataError(f"{checkpoint_path(run_folder, prefix)}: file not found (the run saved no checkpoint)")
+    for column in columns:
+        if not os.path.isfile(checkpoint_path(run_folder, column)):
+            raise DataError(f"{checkpoint_path(run_folder, column)}: file not found (the run saved no checkpoint)")
     return results, data
+
+
+def check_inspectable(run_folder: str, results: dict) -> None:
+    """Raises `DataError` unless the run's classifiers have the feature parts inspect_run.py looks at (a
+    DisCoM-KD method's; a mono, teacher, kd or dkd run has none)."""
+    method = (results.get("config") or {}).get("method", "discomkd")  # runs before the comparison: discomkd
+    if method not in METHODS or not METHODS[method].invariant_parts:
+        columns = ", ".join(results.get("final") or {}) or "none"
+        raise DataError(f"{run_folder}: a {method} run (classifiers: {columns}), whose classifiers have no "
+                        f"invariant, informative and irrelevant parts; inspect_run.py inspects those of DisCoM-KD "
+                        f"runs (its test scores are in {RESULTS_FILE})")
 
 
 def inspect_run_folder(run_folder: str, figures: bool = True, probes: bool = True, data_directory: str | None = None,
@@ -55,6 +68,7 @@ def inspect_run_folder(run_folder: str, figures: bool = True, probes: bool = Tru
     if not figures and not probes:
         raise OptionError("--no-figures --no-probes: nothing to do; drop one of them")
     results, data = load_run(run_folder, data_directory)
+    check_inspectable(run_folder, results)
     if results.get("status") != "finished":
         # its checkpoints are the best epochs so far, not the final ones
         logger.warning(f"{os.path.join(run_folder, RESULTS_FILE)}: the run's status is {results.get('status')}, "

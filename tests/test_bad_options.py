@@ -78,8 +78,9 @@ def test_predict_and_inspect_refuse_devices_this_code_does_not_run_on(toy_run, c
 
 
 # ----------------------------------------------------------------------------- --resume
-@pytest.mark.parametrize("others", [["--epochs", "3"], ["--device", "cpu"], ["--epochs", "-5"], ["--quiet"],
-                                    ["--overwrite"], ["{data}", "IMG", "VEC"], ["--seed", "0"]])
+@pytest.mark.parametrize("others", [["--epochs", "3"], ["--device", "cpu"], ["--epochs", "-5"], ["--no-fast"],
+                                    ["--overwrite"], ["{data}", "IMG", "VEC"], ["--seed", "0"],
+                                    ["--quiet", "--epochs", "3"]])  # --quiet and --verbose alone may come with it
 def test_resume_refuses_any_other_argument(cli_main, folder, capsys, others):
     others = [o.replace("{data}", folder) for o in others]
     before = folder_snapshot(folder)
@@ -107,6 +108,9 @@ def test_resume_says_why_a_folder_cannot_be_resumed(cli_main, toy_run, tmp_path,
     (["--first-shape", "0", "4", "4"], "--first-shape"), (["--second-shape", "1", "2", "3", "4"], "--second-shape"),
     (["--first-shape", "1", "3", "3"], "too small"), (["--device", "meta"], "--device"),
     (["--samples", "10000000000000"], "GiB"),
+    # --methods is checked with or without --end-to-end (an unknown one used to be ignored without it)
+    (["--methods", "bogus"], "--methods bogus"), (["--methods", "mono,bogus", "--end-to-end"], "--methods mono,bogus"),
+    (["--methods", ","], "--methods ,"), (["--methods", "mono"], "with --end-to-end only"),
 ])
 def test_benchmark_refuses_bad_options(tmp_path, capsys, options, named):
     before = folder_snapshot(tmp_path)

@@ -345,4 +345,4 @@ def test_settings_per_method_and_where_each_row_s_settings_came_from(tmp_path, c
     json.dump({"legacy_modality_targets": True}, open(tmp_path / "legacy.json", "w"))  # not an option of compare.py
     assert compare.main([folder, "IMG", "VEC", "--methods", "discomkd", "--output", str(tmp_path / "c2"),
                          *toy_options(epochs=1), "--settings-for", f"discomkd={tmp_path / 'legacy.json'}"]) == 2
-    assert "not an option of compare.py" in capsys.readouterr().err and not os.path.exists(tmp_path / "c2")
+    assert "not an option of this command" in capsys.readouterr().err and not os.path.exists(tmp_path / "c2")

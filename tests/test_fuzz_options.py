@@ -13,17 +13,27 @@ A value is a string, a tuple of strings (nargs, or an option that makes it apply
 `--executor ray`), None (a flag) or `known_bug(reason, value)`: its test is an expected failure (strict,
 so that a fix is noticed). A derandomized hypothesis property then draws random combinations of
 options and values from all three pools: whatever is drawn, no traceback and exit 0, 2 or 3.
+
+tune.py needs Ray for its search, and a search costs half a minute: it runs here with Ray hidden (as
+where Ray is not installed), so that a valid value must reach the one line saying Ray is missing (every
+check before Ray passed) and an invalid one be refused before it. The few values only Ray's side can
+check are `with_ray(value)`: run with Ray, skipped where it is not installed (they never start it).
+
+Settings files (`--settings FILE`) get every settable field's pool values as JSON, values of the wrong
+JSON type, unknown keys and files that are no settings object: a setting is checked as its option is.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import fnmatch
+import importlib.util
 import io
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 
 import numpy as np
@@ -32,14 +42,17 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis (a test-only dependency) is not installed")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from toy import PREFIXES, TOY_SETTINGS, folder_snapshot, toy_options, write_toy_folder  # noqa: E402
+from toy import PREFIXES, ROOT, TOY_SETTINGS, folder_snapshot, toy_options, write_toy_folder  # noqa: E402
 
 import benchmark  # noqa: E402
 import compare  # noqa: E402
+import discomkd  # noqa: E402
 import inspect_run  # noqa: E402
 import make_example  # noqa: E402
 import make_splits  # noqa: E402
 import predict  # noqa: E402
+import tune  # noqa: E402
+from discomkd import settings_file  # noqa: E402
 from discomkd.config import Config  # noqa: E402
 from discomkd.errors import Interrupted  # noqa: E402
 from functions import run  # noqa: E402
@@ -59,7 +72,22 @@ class KnownBug:
 
 def known_bug(reason: str, item) -> KnownBug:
     """A pool value whose test fails today for `reason` (a bug to fix): marked xfail(strict=True)."""
-    return KnownBug(as_value(item), reason)
+    return KnownBug(item if isinstance(item, WithRay) else as_value(item), reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class WithRay:
+    """A pool value (the arguments after its option) checked only once Ray is imported: run with Ray,
+    skipped where Ray is not installed. It is refused before a Ray cluster starts."""
+    value: tuple
+
+
+def with_ray(item) -> WithRay:
+    return WithRay(as_value(item))
+
+
+RAY_INSTALLED = importlib.util.find_spec("ray") is not None
+RAY_MISSING = "Ray is not installed"  # the line of make_executor where `import ray` fails
 
 
 def as_value(item) -> tuple:
@@ -79,7 +107,7 @@ def pool(valid=(), invalid=(), diverges=()) -> Pool:
     """One option's values (see the module's docstring); a single string stands for a one-value tuple."""
     def values(items):
         items = (items,) if isinstance(items, str) else items
-        return tuple(item if isinstance(item, KnownBug) else as_value(item) for item in items)
+        return tuple(item if isinstance(item, (KnownBug, WithRay)) else as_value(item) for item in items)
     return Pool(values(valid), values(invalid), values(diverges))
 
 
@@ -123,9 +151,18 @@ CONFIG_OPTIONS = {
     "--grl-warmup": pool(valid=["1e-3", "1", "0.5"], invalid=["0", "-1", "1.5", "1e300", *NOT_FLOAT]),
     "--discriminator": pool(valid=["mlp", "linear"], invalid=["", "x"]),
     "--discriminator-lr-scale": dataclasses.replace(POSITIVE, invalid=(*POSITIVE.invalid, ("1e300",)), diverges=()),
+    "--align": pool(valid=["mmd", "coral", "none"], invalid=["", "x", "MMD"]),
+    "--align-weight": NON_NEGATIVE,
+    "--align-per-class": pool(valid=[("--align", "coral")]),
     "--settings": pool(valid="{settings}", invalid=["{file}", "{tmp}/nowhere.json", "", "{data}",
                                                     "{unknown_setting}", "{mistyped_setting}"]),
 }
+
+
+# the distillation baselines' settings: options of compare.py and tune.py, not of main_DisCoM-KD.py
+TEMPERATURE = pool(valid=["4", "0.5", "1e-3"], invalid=["0", "-1", *NOT_FLOAT])
+BASELINE_OPTIONS = {"--kd-temperature": TEMPERATURE, "--kd-weight": NON_NEGATIVE, "--dkd-alpha": NON_NEGATIVE,
+                    "--dkd-beta": NON_NEGATIVE, "--dkd-temperature": TEMPERATURE}
 
 
 @dataclasses.dataclass
@@ -137,6 +174,7 @@ class Command:
     writes: tuple  # file-name patterns a successful run writes (or rewrites)
     examples: int  # random combinations drawn by the property
     not_alone: frozenset = frozenset()  # options whose values are drawn in combinations only
+    hide_ray: bool = False  # run with Ray hidden (tune.py): a valid value reaches the line saying Ray is missing
 
 
 class Example:
@@ -189,6 +227,12 @@ class Example:
 
     def make_mistyped_setting(self):
         return self.write_text("mistyped.json", json.dumps({"epochs": "two"}))
+
+    def make_legacy_setting(self):  # a setting compare.py has no option for (its discomkd-legacy row)
+        return self.write_text("legacy.json", json.dumps({"legacy_modality_targets": True}))
+
+    def make_huge_setting(self):  # an integer beyond float's range, for a float setting: read as inf when typed
+        return self.write_text("huge.json", '{"weight_decay": 1' + "0" * 400 + "}")
 
     def make_rundata(self):  # a copy of conftest's toy run's data folder, its run folder inside
         folder, _ = self.request.getfixturevalue("toy_run")
@@ -263,6 +307,7 @@ def compare_argv(example, positional, arguments):
 RAY = ("--executor", "ray")
 COMPARE_OPTIONS = {
     **CONFIG_OPTIONS,
+    **BASELINE_OPTIONS,
     "--epochs": pool(valid="1", invalid=["0", "-1", "x"]),  # compare trains every method: one epoch at most here
     "--runs": pool(valid=["2", "1"], invalid=["0", "-1", "1001", "1000000000", "", "x"]),
     "--methods": pool(valid=["svm,logreg", "mono", "discomkd", "logreg,logreg", "logreg"],
@@ -276,6 +321,14 @@ COMPARE_OPTIONS = {
                                      ("1e309", *RAY)]),
     "--cpus-per-task": pool(valid=["0.5", "1"], invalid=[("0", *RAY), ("-1", *RAY), ("nan", *RAY), "", "x"]),
     "--max-retries": pool(valid=["0", "3"], invalid=[("-1", *RAY), "", "x", "1.5"]),
+    "--settings": dataclasses.replace(CONFIG_OPTIONS["--settings"], invalid=(
+        *CONFIG_OPTIONS["--settings"].invalid, ("{legacy_setting}",))),
+    "--settings-for": pool(valid=[("discomkd={settings}", "--methods", "discomkd")],
+                           invalid=["x", "discomkd=", "={settings}", "bogus={settings}", "logreg={settings}",
+                                    "discomkd={tmp}/nowhere.json", "discomkd={unknown_setting}",
+                                    "discomkd={mistyped_setting}", "discomkd={legacy_setting}",
+                                    "discomkd={settings}",  # the base compares logreg alone: no discomkd to set
+                                    "discomkd={huge_setting}"]),
     "--output": OUTPUT_FOLDERS,
     POSITIONAL: pool(valid=[("{data}", "IMG", "VEC")],
                      invalid=[("{data}", "VEC", "VEC"), ("{tmp}/nowhere", "IMG", "VEC"), ("{file}", "IMG", "VEC"),
@@ -380,6 +433,41 @@ def benchmark_argv(example, positional, arguments):
             "--output", example.here("bench"), *arguments]
 
 
+# ----------------------------------------------------------------------------- tune.py
+TUNE_BASE = [*toy_options(epochs=1), "--trials", "1", "--runs", "1", "--output", "{tmp}/tune"]
+
+
+def tune_argv(example, positional, arguments):
+    base = [example.fill(a) for a in TUNE_BASE]
+    return [*(positional if positional is not None else (example.path("data"), *PREFIXES)), *base, *arguments]
+
+
+# checked against the data, which tuning reads once Ray is imported (discomkd.tuning), before anything is written
+CHECKED_WITH_THE_DATA = ("--encoder-first", "--encoder-second", "--augment-first", "--augment-second")
+TUNE_OPTIONS = {
+    **{option: option_pool for option, option_pool in CONFIG_OPTIONS.items()
+       if option not in ("--settings", "--test-every-epoch")},  # the search never scores the test split
+    **BASELINE_OPTIONS,
+    **{option: dataclasses.replace(CONFIG_OPTIONS[option], invalid=tuple(map(WithRay, CONFIG_OPTIONS[option].invalid)))
+       for option in CHECKED_WITH_THE_DATA},
+    "--seed": pool(valid=["4294967294", "0"],  # the final runs train on seeds SEED+1..SEED+RUNS
+                   invalid=["4294967295", ("0", "--runs", "4294967296"), "-1", "", "x", "1.5"]),
+    "--method": pool(valid=["discomkd", "mono", "kd", "discomkd-mmd"], invalid=["", "x", "logreg", "DisCoM-KD"]),
+    "--trials": pool(valid=["1", "3"], invalid=["0", "-1", "", "x", "1.5"]),
+    "--runs": pool(valid=["1", "2"], invalid=["0", "-1", "1001", "", "x"]),
+    "--grace-epochs": pool(valid=["1", "5"], invalid=["0", "-1", "", "x"]),  # 5 > --epochs: never stopped early
+    "--executor": pool(valid=["ray", "local"], invalid=["", "x", "RAY"]),
+    "--ray-address": pool(valid=["auto", "", "127.0.0.1:1"]),  # any text; reaching it: tests/test_ray.py
+    "--gpus-per-task": pool(valid=["0", "0.5", "1"],
+                            invalid=[with_ray("-1"), with_ray("nan"), with_ray("1.5"), with_ray("inf"), "", "x"]),
+    "--cpus-per-task": pool(valid=["1", "0.5"], invalid=[with_ray("0"), with_ray("-1"), with_ray("nan"), "", "x"]),
+    "--output": dataclasses.replace(OUTPUT_FOLDERS, invalid=tuple(
+        value if value == ("",) else WithRay(value) for value in OUTPUT_FOLDERS.invalid)),  # '' refused before Ray
+    POSITIONAL: pool(valid=[("{data}", "IMG", "VEC")],
+                     invalid=[with_ray(("{data}", "VEC", "VEC")), with_ray(("{tmp}/nowhere", "IMG", "VEC")),
+                              with_ray(("{file}", "IMG", "VEC")), with_ray(("{data}", "IMG", "X")), ("{data}", "IMG")]),
+}
+
 COMMANDS = {command.name: command for command in [
     Command(MAIN, None, MAIN_OPTIONS, main_argv, ("results.json",), 10),
     # the training options are main_DisCoM-KD.py's (one parser function, one Config check; with --methods
@@ -393,6 +481,8 @@ COMMANDS = {command.name: command for command in [
     Command("make_example.py", make_example.main, EXAMPLE_OPTIONS, example_argv,
             ("labels.npy", "*_data_normalized.npy"), 4),
     Command("benchmark.py", benchmark.main, BENCHMARK_OPTIONS, benchmark_argv, ("benchmark_*.json",), 3),
+    # its training options are checked by the same function as main_DisCoM-KD.py's, but before Ray: all run alone
+    Command("tune.py", tune.main, TUNE_OPTIONS, tune_argv, (), 6, hide_ray=True),
 ]}
 
 
@@ -428,22 +518,35 @@ class Outcome:
         return f"exit {self.status} for {self.argv}\nstdout: {self.out[-800:]}\nstderr: {self.err[-1500:]}"
 
 
-def run_example(request, cli_main, command: Command, option: str | None, value: tuple, example=None) -> Outcome:
-    """Runs `command` on its cheap base with `option value` (or the positional arguments `value`), in a
-    fresh example folder that `request`'s finalizer removes."""
+def run_example(request, cli_main, command: Command, option: str | None, value, example=None) -> Outcome:
+    """Runs `command` on its cheap base with `option value` (or the positional arguments `value`; a
+    `WithRay` value with Ray), in a fresh example folder that `request`'s finalizer removes."""
     example = example or Example(request)
     request.addfinalizer(lambda: shutil.rmtree(example.tmp, ignore_errors=True))
-    filled = [example.fill(text) for text in value]
+    ray_visible = isinstance(value, WithRay)
+    filled = [example.fill(text) for text in (value.value if ray_visible else value)]
     if option == POSITIONAL:
         argv = command.argv(example, filled, [])
     else:
         argv = command.argv(example, None, [] if option is None else [option, *filled])
-    return execute(cli_main, command, example, argv)
+    return execute(cli_main, command, example, argv, ray_visible)
 
 
-def execute(cli_main, command: Command, example: Example, argv: list) -> Outcome:
+@contextlib.contextmanager
+def ray_hidden():
+    """`import ray` fails inside, as where Ray is not installed (the modules that import it are imported again)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "ray", None)
+        for name in ("ray_executor", "tuning"):
+            patch.delitem(sys.modules, f"discomkd.{name}", raising=False)
+            patch.delattr(discomkd, name, raising=False)
+        yield
+
+
+def execute(cli_main, command: Command, example: Example, argv: list, ray_visible: bool = False) -> Outcome:
     before = folder_snapshot(example.tmp)
-    status, out, err = run_command(command.main or cli_main, argv, example.tmp)
+    with ray_hidden() if command.hide_ray and not ray_visible else contextlib.nullcontext():
+        status, out, err = run_command(command.main or cli_main, argv, example.tmp)
     after = folder_snapshot(example.tmp)
     return Outcome(argv, status, out, err, sorted(path for path in after if after[path] != before.get(path)))
 
@@ -463,6 +566,14 @@ def assert_refused(outcome: Outcome, named=()) -> None:
         assert any(text in lines[-1] for text in named), f"{lines[-1]!r} names none of {named}"
     assert outcome.out == "", outcome.describe()
     assert outcome.written == [], f"files written for {outcome.argv}: {outcome.written}"
+
+
+def assert_reaches_ray(outcome: Outcome) -> None:
+    """Every check before Ray passed: the one line saying Ray is missing, exit 2, nothing written."""
+    assert "Traceback" not in outcome.err and outcome.status == 2, outcome.describe()
+    lines = outcome.error_lines()
+    assert len(lines) == 1 and lines[0].startswith("error: " + RAY_MISSING), outcome.describe()
+    assert outcome.out == "" and outcome.written == [], outcome.describe()
 
 
 def assert_ran(outcome: Outcome, command: Command) -> None:
@@ -491,8 +602,11 @@ def cases(kind: str, alone: int | None = None) -> list:
             bugs_further = () if alone is None else tuple(item for item in items[alone:] if isinstance(item, KnownBug))
             for item in items[:alone] + bugs_further:
                 value = item.value if isinstance(item, KnownBug) else item
-                shown = " ".join(repr(text) if text == "" else text[:40] for text in value)
+                arguments = value.value if isinstance(value, WithRay) else value
+                shown = " ".join(repr(text) if text == "" else text[:40] for text in arguments)
                 marks = [pytest.mark.xfail(strict=True, reason=item.reason)] if isinstance(item, KnownBug) else []
+                if isinstance(value, WithRay):
+                    marks.append(pytest.mark.skipif(not RAY_INSTALLED, reason="needs Ray (requirements-ray.txt)"))
                 params.append(pytest.param(name, option, value, marks=marks, id=f"{name} {option} {shown}".rstrip()))
     return params
 
@@ -500,16 +614,18 @@ def cases(kind: str, alone: int | None = None) -> list:
 @pytest.mark.parametrize("name, option, value", cases("valid", VALID_ALONE))
 def test_a_valid_value_runs(request, cli_main, name, option, value):
     command = COMMANDS[name]
-    assert_ran(run_example(request, cli_main, command, option, value), command)
+    outcome = run_example(request, cli_main, command, option, value)
+    assert_reaches_ray(outcome) if command.hide_ray else assert_ran(outcome, command)
 
 
 @pytest.mark.parametrize("name, option, value", cases("invalid"))
 def test_an_invalid_value_is_refused_in_one_line(request, cli_main, name, option, value):
     example = Example(request)
-    named = [example.fill(text) if text else "''" for text in value] + [option]
-    if "" in value:
+    arguments = value.value if isinstance(value, WithRay) else value
+    named = [example.fill(text) if text else "''" for text in arguments] + [option]
+    if "" in arguments:
         named.append("error: : ")  # an empty path, named as nothing
-    if name == "benchmark.py" and option == "--classes" and value == ("100000",):
+    if name == "benchmark.py" and option == "--classes" and arguments == ("100000",):
         named.append("per class")  # more classes than --samples allows: the line names --samples
     if option == POSITIONAL:
         named = []  # the positional arguments each have their own checks, in their own words
@@ -520,7 +636,9 @@ def test_an_invalid_value_is_refused_in_one_line(request, cli_main, name, option
 def test_a_diverging_value_trains_or_stops_on_its_loss(request, cli_main, name, option, value):
     command = COMMANDS[name]
     outcome = run_example(request, cli_main, command, option, value)
-    if outcome.status == 3:  # training failed; the run's outputs so far are kept by design
+    if command.hide_ray:  # no training without Ray: the value passed every check before it
+        assert_reaches_ray(outcome)
+    elif outcome.status == 3:  # training failed; the run's outputs so far are kept by design
         lines = outcome.error_lines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and "loss" in lines[0], outcome.describe()
     else:
@@ -529,7 +647,8 @@ def test_a_diverging_value_trains_or_stops_on_its_loss(request, cli_main, name, 
 
 def every_value(option_pool: Pool) -> list:
     """The values the property draws from: all three pools, known bugs aside."""
-    return [value for value in option_pool.valid + option_pool.invalid + option_pool.diverges
+    return [value.value if isinstance(value, WithRay) else value
+            for value in option_pool.valid + option_pool.invalid + option_pool.diverges
             if not isinstance(value, KnownBug)]
 
 
@@ -577,7 +696,7 @@ def test_every_option_of_every_command_is_fuzzed(cli_main):
     parsers = {MAIN: cli_main.__globals__["build_parser"](), "compare.py": compare.build_parser(),
                "predict.py": predict.build_parser(), "inspect_run.py": inspect_run.build_parser(),
                "make_splits.py": make_splits.build_parser(), "make_example.py": make_example.build_parser(),
-               "benchmark.py": benchmark.build_parser()}
+               "benchmark.py": benchmark.build_parser(), "tune.py": tune.build_parser()}
     assert set(parsers) == set(COMMANDS)
     missing = {name: sorted(long_options(parser) - set(COMMANDS[name].options)) for name, parser in parsers.items()}
     assert not any(missing.values()), missing
@@ -586,6 +705,186 @@ def test_every_option_of_every_command_is_fuzzed(cli_main):
     assert not without_valid, without_valid
     takes_a_value = {(name, flag) for name, parser in parsers.items() for action in parser._actions
                      if action.nargs != 0 for flag in action.option_strings if flag.startswith("--")}
-    without_invalid = sorted((name, option) for name, option in takes_a_value - {("compare.py", "--ray-address")}
+    any_text = {("compare.py", "--ray-address"), ("tune.py", "--ray-address")}
+    without_invalid = sorted((name, option) for name, option in takes_a_value - any_text
                              if not COMMANDS[name].options[option].invalid)
     assert not without_invalid, without_invalid
+
+
+# ----------------------------------------------------------------------------- settings files
+# A settings file's values are parsed as the options they stand for, before the command line's
+# (settings_file.parse_with_settings): each settable field takes its option's pool values as JSON.
+SETTABLE = settings_file.settable_fields()
+SETTINGS_OPTIONS = {name: "--" + name.replace("_", "-") for name in SETTABLE}
+
+
+def main_parser():
+    """main_DisCoM-KD.py's parser, its file loaded by path (a hyphen rules out an import)."""
+    spec = importlib.util.spec_from_file_location("main_discomkd_parser", os.path.join(ROOT, MAIN))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_parser()
+
+
+SETTINGS_PARSERS = {MAIN: main_parser(), "compare.py": compare.build_parser()}  # the commands taking --settings
+# values of another JSON type than each kind of field takes; null and nested objects included
+WRONG_TYPES = {"int": ["1", 1.0, True, None, [1], {"value": 1}],
+               "float": ["0.5", True, None, [0.5], {"value": 0.5}],
+               "bool": ["true", 1, 0, None, [True], {"value": True}],
+               "str": [1, 0.5, True, False, None, ["cpu"], {"value": "cpu"}]}
+
+
+def field_kind(field: str) -> str:
+    return str(SETTABLE[field].type).split(" ")[0]  # "str | None": a string
+
+
+def json_value(field: str, value: tuple, example: Example):
+    """An option's pool value as a settings file holds it: true for a flag; for a numeric field the number its
+    text reads as (nan and inf too: Python's json reads NaN and Infinity), else the text, a wrong type there."""
+    if value == ():
+        return True
+    (text,) = value
+    for read in {"int": (int,), "float": (float,)}.get(field_kind(field), ()):
+        try:
+            return read(text)
+        except ValueError:
+            pass
+    return example.fill(text)
+
+
+def settings_cases(kind: str, alone: int | None = None) -> list:
+    """pytest parameters (field, value) from main_DisCoM-KD.py's pools for the fields it has an option for,
+    one-value items only: a settings file holds one value per field."""
+    params = []
+    for field, option in SETTINGS_OPTIONS.items():
+        if option not in MAIN_OPTIONS:
+            continue
+        items = [item for item in getattr(MAIN_OPTIONS[option], kind) if not isinstance(item, KnownBug)]
+        for value in [item for item in items if len(item) <= 1][:alone]:
+            shown = "true" if value == () else repr(value[0][:40])
+            params.append(pytest.param(field, value, id=f"{field} {shown}"))
+    return params
+
+
+def run_with_settings(request, cli_main, command_name: str, settings, example=None) -> tuple[Outcome, str]:
+    """The command on its cheap base (less the options of the fields `settings` sets: the command line
+    would win) with `--settings FILE`. `settings`: a dict written as JSON, the file's text, or None (the
+    caller made FILE in `example`)."""
+    example = example or Example(request)
+    request.addfinalizer(lambda: shutil.rmtree(example.tmp, ignore_errors=True))
+    path = example.here("settings.json")
+    if settings is not None:
+        example.write_text("settings.json", settings if isinstance(settings, str) else json.dumps(settings))
+    dropped = {SETTINGS_OPTIONS[field] for field in settings if field in SETTABLE} if isinstance(settings, dict) else ()
+    base = [example.fill(text) for text in {MAIN: MAIN_BASE, "compare.py": COMPARE_BASE}[command_name]]
+    kept = [text for pair in zip(base[::2], base[1::2]) if pair[0] not in dropped for text in pair]
+    argv = [example.path("data"), *PREFIXES, *kept, "--settings", path]
+    return execute(cli_main, COMMANDS[command_name], example, argv), path
+
+
+def test_every_settable_field_is_fuzzed_with_a_type_the_file_can_hold():
+    assert set(SETTINGS_OPTIONS.values()) <= set(MAIN_OPTIONS) | set(COMPARE_OPTIONS)
+    assert {field_kind(field) for field in SETTABLE} <= set(WRONG_TYPES)
+
+
+def parsed(parse, argv) -> str | None:
+    """repr of the namespace `parse(argv)` gives without its "settings" entry (NaN equals NaN there), or
+    None when argparse refuses argv or the settings file is refused."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            namespace = vars(parse(argv))
+    except (SystemExit, settings_file.BadInput):
+        return None
+    namespace.pop("settings")
+    return repr(sorted(namespace.items()))
+
+
+@pytest.mark.parametrize("field, value", [*settings_cases("valid"), *settings_cases("diverges"),
+                                          *settings_cases("invalid")])
+def test_a_setting_parses_as_its_option_typed(request, cli_main, field, value):
+    """One set of checks: a settings file's value gives the namespace its option typed gives, or is
+    refused where the typed option is (argparse's types); the Config checks then see the same values."""
+    parser = cli_main.__globals__["build_parser"]()
+    example = Example(request)
+    request.addfinalizer(lambda: shutil.rmtree(example.tmp, ignore_errors=True))
+    path = example.write_text("settings.json", json.dumps({field: json_value(field, value, example)}))
+    option = SETTINGS_OPTIONS[field]  # typed as --option=VALUE, so that "-inf" stays a value as in a file
+    typed = parsed(parser.parse_args, ["D", "A", "B", *([f"{option}={example.fill(value[0])}"] if value else [option])])
+    from_file = parsed(lambda argv: settings_file.parse_with_settings(parser, argv), ["D", "A", "B", "--settings", path])
+    assert from_file == typed
+
+
+@pytest.mark.parametrize("field, value", settings_cases("invalid"))
+def test_an_invalid_setting_is_refused_as_its_option(request, cli_main, field, value):
+    example = Example(request)
+    setting = json_value(field, value, example)
+    outcome, path = run_with_settings(request, cli_main, MAIN, {field: setting}, example=example)
+    named = [SETTINGS_OPTIONS[field], path]
+    if isinstance(setting, str):
+        named.append(setting if setting else "''")  # a value is named itself; an empty one as ''
+        named.append("error: : ")  # an empty path, named as nothing
+    assert_refused(outcome, named)
+
+
+@pytest.mark.parametrize("field", sorted(field for field, option in SETTINGS_OPTIONS.items() if option in MAIN_OPTIONS))
+def test_a_setting_of_the_wrong_type_is_refused(request, cli_main, field):
+    for setting in WRONG_TYPES[field_kind(field)]:
+        outcome, path = run_with_settings(request, cli_main, MAIN, {field: setting})
+        assert_refused(outcome, [f"{path}: {field} {json.dumps(setting)}"])
+
+
+# files that hold no settings object, or keys no command line has
+NOT_SETTINGS = {
+    "unknown key": ('{"lr": 0.001}', "'lr' is not a setting"),
+    "a field set by the comparison": ('{"method": "mono"}', "'method' is not a setting"),
+    "a field with no option": ('{"score_test": false}', "'score_test' is not a setting"),
+    "verbose": ('{"verbose": 0}', "'verbose' is not a setting"),
+    "nested settings": ('{"settings": {"epochs": 1}}', "'settings' is not a setting"),
+    "a key in capitals": ('{"Epochs": 1}', "'Epochs' is not a setting"),
+    "a key with a space": ('{"epochs ": 1}', "'epochs ' is not a setting"),
+    "a key with dashes": ('{"learning-rate": 0.001}', "'learning-rate' is not a setting"),
+    "an empty key": ('{"": 1}', "'' is not a setting"),
+    "a key twice": ('{"epochs": 1, "epochs": 0}', "'epochs' given more than once"),
+    "a list": ('[{"epochs": 1}]', "a JSON object of settings is expected"),
+    "null": ("null", "a JSON object of settings is expected"),
+    "a number": ("1", "a JSON object of settings is expected"),
+    "a string": ('"epochs"', "a JSON object of settings is expected"),
+    "NaN": ("NaN", "a JSON object of settings is expected"),
+    "empty": ("", "not JSON"),
+    "two objects": ('{} {}', "not JSON"),
+    "a trailing comma": ('{"epochs": 1,}', "not JSON"),
+    "deeply nested": ('{"epochs": ' + "[" * 100_000 + "]" * 100_000 + "}", "not a settings file (JSON nested too deeply)"),
+    "a UTF-8 byte-order mark": ('\ufeff{"epochs": 1}', "not JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_SETTINGS))
+def test_a_file_that_is_no_settings_object_is_refused(request, cli_main, case):
+    content, expected = NOT_SETTINGS[case]
+    outcome, path = run_with_settings(request, cli_main, MAIN, content)
+    assert_refused(outcome, [f"{path}: {expected}"])
+
+
+def test_a_settings_file_that_is_not_text_is_refused(request, cli_main):
+    example = Example(request)
+    with open(example.here("settings.json"), "wb") as handle:
+        handle.write(b'{"epochs": "\xff\xfe"}')
+    outcome, path = run_with_settings(request, cli_main, MAIN, None, example=example)
+    assert_refused(outcome, [f"{path}: not JSON"])
+
+
+def test_an_empty_settings_object_changes_nothing(request, cli_main):
+    outcome, _ = run_with_settings(request, cli_main, MAIN, "{}")
+    assert_ran(outcome, COMMANDS[MAIN])
+
+
+@pytest.mark.parametrize("name, field", [(name, field) for name, parser in SETTINGS_PARSERS.items()
+                                         for field, option in SETTINGS_OPTIONS.items()
+                                         if option not in long_options(parser)])
+def test_a_setting_the_command_line_refuses_is_refused_from_a_file(request, cli_main, name, field):
+    """Settings a command has no option for (compare.py: legacy_modality_targets, its discomkd-legacy row
+    trains them; main_DisCoM-KD.py: the distillation baselines'): neither may a settings file set them
+    (it could, as a default the parser never checked)."""
+    setting = {"int": 1, "float": 1.0, "bool": True, "str": "x"}[field_kind(field)]
+    outcome, path = run_with_settings(request, cli_main, name, {field: setting})
+    assert_refused(outcome, [f"{path}: {field!r} is not an option of this command"])

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from toy import PREFIXES, folder_snapshot, read_results, refused
+from toy import PREFIXES, folder_snapshot, read_results, refused, toy_options, write_toy_folder
 
+import compare
 from discomkd.errors import DataError
 from discomkd.figures import MISSING_MATPLOTLIB
 from discomkd.inference import feature_parts
@@ -146,3 +147,18 @@ def test_nothing_to_do_is_refused_in_one_line(toy_run, capsys):
     before = folder_snapshot(output)
     refused(main([output, "--no-figures", "--no-probes"]), capsys, before, folder_snapshot(output),
             "nothing to do")
+
+
+def test_a_mono_run_is_read_by_its_own_column_and_refused_for_its_missing_parts(tmp_path, capsys):
+    """A mono run has one classifier (best_IMG.pt) and no feature parts: the line says so, instead of
+    asking for a best_VEC.pt that such a run never writes."""
+    folder = write_toy_folder(tmp_path / "data")
+    output = str(tmp_path / "cmp")
+    assert compare.main([folder, *PREFIXES, "--methods", "mono", *toy_options(epochs=1), "--output", output]) == 0
+    capsys.readouterr()
+    run = os.path.join(output, "run_0", "mono_IMG")
+    assert sorted(name for name in os.listdir(run) if name.endswith(".pt")) == ["best_IMG.pt"]
+    before = folder_snapshot(tmp_path)
+    line = refused(main([run, "--device", "cpu"]), capsys, before, folder_snapshot(tmp_path), "a mono run",
+                   "classifiers: IMG", "no invariant, informative and irrelevant parts")
+    assert "best_VEC.pt" not in line
