@@ -110,6 +110,8 @@ def resume(run_folder: str, should_stop=None, on_epoch=None, verbose: int | None
     """Continues the run saved in `run_folder`/state.pt with its own config and data folder (read again
     with the run's split; refused with `DataError` if it changed since the run started:
     `run_identity.resume_problem`). `verbose` replaces the run's own setting when given."""
+    if not os.path.isfile(os.path.join(run_folder, STATE_FILE)):
+        load_state(run_folder)  # says what the folder is instead: missing, finished, never interrupted
     with owning(run_folder):
         state = load_state(run_folder)
         results = state["results"]

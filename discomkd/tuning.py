@@ -275,6 +275,8 @@ def tune_and_compare(config: Config, directory: str, first: str, second: str, tr
     if trials < 1 or runs < 1:
         raise OptionError(f"--trials {trials} --runs {runs}: at least 1 each is expected")
     job, data, split = _search_job(config, directory, (first, second))
+    for m, modality in enumerate(data.modalities):  # the augmentation settings, before anything is written
+        resolve_augmentation(config, modality, m)
     prepare_output(config.output, config.overwrite)
     check_no_set_aside(config.output)
     ray_executor.start(config.output)  # refuses (DataError) before anything is written
