@@ -346,3 +346,23 @@ def test_settings_per_method_and_where_each_row_s_settings_came_from(tmp_path, c
     assert compare.main([folder, "IMG", "VEC", "--methods", "discomkd", "--output", str(tmp_path / "c2"),
                          *toy_options(epochs=1), "--settings-for", f"discomkd={tmp_path / 'legacy.json'}"]) == 2
     assert "not an option of this command" in capsys.readouterr().err and not os.path.exists(tmp_path / "c2")
+
+
+def test_a_shared_split_folder_gives_every_run_its_rows(tmp_path):
+    """Tuning's final runs (issue 21, case 11) train and test on the search's split: compare(shared_split=...)
+    reads that folder's split files for every run, never a fresh split."""
+    folder = write_toy_folder(tmp_path / "data")
+    for split in ("train", "valid", "test"):
+        os.remove(os.path.join(folder, f"{split}_idx.npy"))
+    split_folder = tmp_path / "search_split"
+    os.makedirs(split_folder)
+    labels = np.load(os.path.join(folder, "labels.npy"))
+    from discomkd.splits import stratified_split
+
+    for split, rows in stratified_split(labels, 7).items():
+        np.save(split_folder / f"{split}_idx.npy", rows)
+    found = comparison.compare(Config(**SETTINGS, output=str(tmp_path / "cmp")), folder, "IMG", "VEC", runs=2,
+                               methods="logreg", shared_split=str(split_folder))
+    assert [run["data"]["splits_from"] for run in found["results"]] == [os.path.abspath(split_folder)] * 2
+    assert not os.path.exists(tmp_path / "cmp" / "run_0" / comparison.SPLIT_FOLDER)
+    assert "split files in" in found["splits"]
