@@ -9,7 +9,8 @@ settings first, ASHA stopping lagging trials, selecting on validation only: the 
 modalities of each classifier's best validation weighted F1. Trials read no test row. Then trains
 the chosen settings and the starting ones (the paper's unless options change them) --runs times on
 seeds SEED+1.. through compare.py's machinery. Outputs in OUTPUT (default DIR/tuning_<FIRST>_<SECOND>):
-settings.json (the chosen settings: `main_DisCoM-KD.py DIR FIRST SECOND --settings settings.json`),
+settings.json (the chosen settings: `main_DisCoM-KD.py DIR FIRST SECOND --settings settings.json` for
+DisCoM-KD, `compare.py ... --settings-for METHOD=settings.json` for any method),
 tuning.json (every trial), tuning.md (the table), starting/ and tuned/ (their comparisons), trials/.
 Needs Ray: pip install -r requirements-ray.txt.
 """
@@ -86,8 +87,9 @@ def main(argv=None) -> int:
         found = tuning.tune_and_compare(config, directory, first, second, trials, runs, grace, ray_executor,
                                         ray_executor if executor == "ray" else make_executor("local"))
         settings = os.path.join(output, "settings.json")
-        print(f"(outputs in {output}; the chosen settings: --settings {settings}, or "
-              f"{' '.join(command_line(found['chosen']))})")
+        reuse = (f"--settings {settings} (main_DisCoM-KD.py, compare.py)" if config.method == "discomkd" else
+                 f"compare.py ... --settings-for {config.method}={settings}")
+        print(f"(outputs in {output}; the chosen settings: {reuse}, or {' '.join(command_line(found['chosen']))})")
 
     return command_status(action)
 

@@ -156,6 +156,14 @@ def clear_run_outputs(output: str) -> list[str]:
     return removed
 
 
+def run_status(output: str) -> str | None:
+    """The status its results.json gives the run in `output` (running, finished, ...), or None without one."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        with open(os.path.join(output, RESULTS_FILE)) as handle:
+            return json.load(handle).get("status")
+    return None
+
+
 PREVIOUS_RUN_FOLDER = ".previous-run"  # --overwrite keeps the last finished run's files here until a new one finishes
 
 
@@ -167,11 +175,7 @@ def set_aside_run_outputs(output: str) -> str | None:
     removed instead. Returns the .previous-run path when it holds anything, else None."""
     kept = os.path.join(output, PREVIOUS_RUN_FOLDER)
     earlier = _run_output_paths(output)
-    status = None
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        with open(os.path.join(output, RESULTS_FILE)) as handle:
-            status = json.load(handle).get("status")
-    if os.path.isdir(kept) and status != "finished":
+    if os.path.isdir(kept) and run_status(output) != "finished":
         clear_run_outputs(output)  # an unfinished run's files; the finished one in .previous-run stays
     elif earlier:
         if os.path.isdir(kept):
@@ -277,10 +281,7 @@ def load_state(run_folder: str) -> dict:
         raise DataError(f"{run_folder}: " + ("not a folder" if os.path.exists(run_folder) else "run folder not found")
                         + f"; --resume expects the output folder of an interrupted run (holding {STATE_FILE})")
     if not os.path.isfile(path):
-        status = None
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            with open(os.path.join(run_folder, RESULTS_FILE)) as handle:
-                status = json.load(handle).get("status")
+        status = run_status(run_folder)
         if status == "finished":
             raise DataError(f"{run_folder}: holds a finished run (results.json status finished, no {STATE_FILE}); "
                             "nothing to resume")

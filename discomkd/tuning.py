@@ -1,11 +1,12 @@
-"""Training settings of DisCoM-KD searched on validation with Ray Tune (the library behind tune.py).
+"""Training settings of any neural method searched on validation with Ray Tune (the library behind tune.py).
 
-The search: random sampling of `search_space` (the paper's settings evaluated first), each trial one
-DisCoM-KD training by the engine (`functions.fit`) on the search split, reporting after every epoch
-the mean over both modalities of each classifier's best validation weighted F1 so far (what the
-engine's per-classifier model selection keeps); ASHA stops trials that lag at its rungs. The trials
-read no test row: their data holds the training and validation rows only (`validation_only`) and
-`Config.score_test` is off, so the engine never scores a test split.
+The search: random sampling of `search_space` (what `tuning_space.searched` names for the method; the
+starting settings evaluated first), each trial the method trained by the engine (`training.fit`) on the
+search split, reporting after every epoch the mean over both modalities of each classifier's best
+validation weighted F1 so far (what the engine's per-classifier model selection keeps; a per-modality
+method trains its two models in turn and reports during the second); ASHA stops trials that lag at its
+rungs. The trials read no test row: their data holds the training and validation rows only
+(`validation_only`) and `Config.score_test` is off, so the engine never scores a test split.
 
 The chosen settings are then trained `runs` times on fresh seeds by the comparison
 (`comparison.compare`), beside the settings the search started from, and reported in one table.
@@ -243,7 +244,7 @@ def search(job: SearchJob, data: DataFolder, trials: int, grace_epochs: int, cpu
 def _mark_stopped_trials(folder: str) -> None:
     """Trials ASHA stopped end mid-run, their results.json still "running": marked "stopped" (by the
     scheduler: their checkpoints are the best epochs they reached, and they keep no state.pt to resume)."""
-    for path in glob.glob(os.path.join(glob.escape(folder), "*", RESULTS_FILE)):
+    for path in glob.glob(os.path.join(glob.escape(folder), "**", RESULTS_FILE), recursive=True):
         with contextlib.suppress(OSError, ValueError, AttributeError):
             with open(path) as handle:
                 results = json.load(handle)

@@ -222,10 +222,14 @@ def test_stopped_trials_are_marked_and_keep_no_state(tmp_path):
     os.makedirs(trial)
     json.dump({"status": "running", "history": [{"epoch": 1}]}, open(trial / "results.json", "w"))
     open(trial / "state.pt", "w").close()
+    nested = tmp_path / "trials" / "t2" / "mono_VEC"  # a per-modality trial's second model
+    os.makedirs(nested)
+    json.dump({"status": "running", "history": [{"epoch": 1}, {"epoch": 2}]}, open(nested / "results.json", "w"))
     tuning._mark_stopped_trials(str(tmp_path / "trials"))
     results = json.load(open(trial / "results.json"))
     assert results["status"] == "stopped" and "after epoch 1" in results["stopped_by"]
     assert not os.path.exists(trial / "state.pt")
+    assert json.load(open(nested / "results.json"))["status"] == "stopped"
 
 
 @slow
