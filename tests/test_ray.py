@@ -191,7 +191,10 @@ def test_tune_selects_on_validation_and_reports_both_settings(tmp_path, capsys, 
     table = open(output / "tuning.md").read()
     assert "discomkd (starting settings)" in table and "discomkd (tuned on validation)" in table  # lr 1e-3
     tuned = json.load(open(output / "tuned" / comparison.RESULTS_FILE))
-    assert tuned["seeds"] == [1] and all(tuned["config"][k] == v for k, v in chosen.items())
+    assert tuned["seeds"] == [1] and tuned["method_settings"] == {"discomkd": chosen}
+    assert tuned["settings_from"] == {"discomkd": "tuned (3 trials)"}
+    trained = json.load(open(output / "tuned" / "run_1" / "discomkd" / "results.json"))["config"]
+    assert all(trained[k] == v for k, v in chosen.items())
     assert tuned["results"][0]["data"]["modalities"][0]["rows"]["test"] == len(data.modalities[0].splits["test"])
 
 
@@ -307,3 +310,24 @@ def test_each_method_searches_the_common_settings_and_its_own():
     assert "align_weight" in searched("discomkd-mmd")
     for method in tuning.TUNABLE:  # the paper's settings, the first trial, lie in every method's space
         assert set(tuning.starting_point(Config(method=method))) == set(searched(method))
+
+
+@slow
+def test_tune_a_baseline_end_to_end(tmp_path, capsys):
+    """tune.py --method kd: the search teacher, trials of both students, the final runs with kd's chosen
+    settings (the teacher with the starting ones), and the reuse line for compare.py --settings-for."""
+    import tune
+
+    folder = write_toy_folder(tmp_path / "data", separation=3.0)
+    output = tmp_path / "tuning_kd"
+    assert tune.main([folder, *PREFIXES, "--method", "kd", "--trials", "2", "--runs", "1", *toy_options(epochs=2),
+                      "--grace-epochs", "1", "--gpus-per-task", "0", "--output", str(output),
+                      "--executor", "local"]) == 0
+    assert f"--settings-for kd={output / 'settings.json'}" in capsys.readouterr().out
+    found = json.load(open(output / "tuning.json"))
+    assert found["method"] == "kd" and "kd_temperature" in found["chosen"] and len(found["trials"]) == 2
+    assert os.path.exists(output / "search_teacher" / "best_fused.pt")
+    tuned = json.load(open(output / "tuned" / comparison.RESULTS_FILE))
+    assert tuned["methods"] == ["kd"] and tuned["settings_from"] == {"kd": "tuned (2 trials)"}
+    teacher = json.load(open(output / "tuned" / "run_1" / "teacher" / "results.json"))["config"]
+    assert teacher["learning_rate"] == TOY_SETTINGS["learning_rate"]  # the starting settings
