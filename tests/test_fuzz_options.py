@@ -31,10 +31,8 @@ import importlib.util
 import io
 import json
 import os
-import re
 import shutil
 import sys
-import tempfile
 
 import numpy as np
 import pytest
@@ -42,7 +40,7 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis (a test-only dependency) is not installed")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from toy import PREFIXES, ROOT, TOY_SETTINGS, folder_snapshot, toy_options, write_toy_folder  # noqa: E402
+from toy import PREFIXES, ROOT, TOY_SETTINGS, PlaceholderFolder, folder_snapshot, toy_options, write_toy_folder  # noqa: E402
 
 import benchmark  # noqa: E402
 import compare  # noqa: E402
@@ -177,25 +175,13 @@ class Command:
     hide_ray: bool = False  # run with Ray hidden (tune.py): a valid value reaches the line saying Ray is missing
 
 
-class Example:
+class Example(PlaceholderFolder):
     """One example's temporary folder. A placeholder in a value ({data}, {run}, ...) names a file or
     folder made in it on first use; `request` gives the shared runs copied from."""
 
     def __init__(self, request):
+        super().__init__("fuzz-options-")
         self.request = request
-        self.tmp = tempfile.mkdtemp(prefix="fuzz-options-")
-        self.made = {"tmp": self.tmp}
-
-    def fill(self, text: str) -> str:
-        return re.sub(r"\{(\w+)\}", lambda match: self.path(match.group(1)), text)
-
-    def path(self, name: str) -> str:
-        if name not in self.made:
-            self.made[name] = getattr(self, "make_" + name)()
-        return self.made[name]
-
-    def here(self, name: str) -> str:
-        return os.path.join(self.tmp, name)
 
     def write_text(self, name: str, text: str) -> str:
         with open(self.here(name), "w") as handle:

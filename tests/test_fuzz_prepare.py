@@ -7,9 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import re
 import shutil
-import tempfile
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis (a test-only dependency) is not installed")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from toy import folder_snapshot, write_sample_folders  # noqa: E402
+from toy import PlaceholderFolder, folder_snapshot, write_sample_folders  # noqa: E402
 
 import prepare_data  # noqa: E402
 from discomkd.data import load_data_folder  # noqa: E402
@@ -28,24 +26,12 @@ COMBINATIONS = 12  # random combinations of options drawn by the property (~0.2 
 CORRUPTED_FOLDERS = 24  # random corruptions of the input folders
 
 
-class Example:
+class Example(PlaceholderFolder):
     """One example's temporary folder; a placeholder in a value ({inputs}, {prepared}, ...) names a file or
     folder made there on first use."""
 
     def __init__(self):
-        self.tmp = tempfile.mkdtemp(prefix="fuzz-prepare-")
-        self.made = {"tmp": self.tmp}
-
-    def fill(self, text: str) -> str:
-        return re.sub(r"\{(\w+)\}", lambda match: self.path(match.group(1)), text)
-
-    def path(self, name: str) -> str:
-        if name not in self.made:
-            self.made[name] = getattr(self, "make_" + name)()
-        return self.made[name]
-
-    def here(self, name: str) -> str:
-        return os.path.join(self.tmp, name)
+        super().__init__("fuzz-prepare-")
 
     def make_inputs(self):  # two modalities' sample folders, A (2, 8, 8) and B (1, 8, 8)
         write_sample_folders(self.here("inputs"))

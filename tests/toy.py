@@ -5,7 +5,9 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
+import tempfile
 
 import numpy as np
 
@@ -152,3 +154,23 @@ def write_sample_folders(root, names=("A", "B"), classes=("c0", "c1", "c2"), per
                 sample = (label + rng.standard_normal(shape)).astype(np.float32)
                 np.save(os.path.join(folders[name], class_name, f"s{i}.npy"), sample)
     return folders
+
+
+class PlaceholderFolder:
+    """A temporary folder for one fuzzed example: a placeholder in a value ({name}) names a file or folder
+    made in it on first use by the subclass's `make_<name>()`."""
+
+    def __init__(self, prefix: str):
+        self.tmp = tempfile.mkdtemp(prefix=prefix)
+        self.made = {"tmp": self.tmp}
+
+    def fill(self, text: str) -> str:
+        return re.sub(r"\{(\w+)\}", lambda match: self.path(match.group(1)), text)
+
+    def path(self, name: str) -> str:
+        if name not in self.made:
+            self.made[name] = getattr(self, "make_" + name)()
+        return self.made[name]
+
+    def here(self, name: str) -> str:
+        return os.path.join(self.tmp, name)
