@@ -18,13 +18,12 @@ import argparse
 import os
 import sys
 
-from discomkd.comparison import MAX_RUNS
-from discomkd.config import MAX_SEED, Config, add_config_arguments, check_config
+from discomkd.config import Config, add_config_arguments
 from discomkd.console import configure_output
-from discomkd.errors import OptionError, command_status
+from discomkd.errors import command_status
 from discomkd.executors import make_executor
 from discomkd.settings_file import command_line
-from discomkd.tuning_space import TUNABLE
+from discomkd.tuning_space import TUNABLE, check_tuning
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,20 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_options(config: Config, trials: int, runs: int, grace_epochs: int | None) -> None:
-    """Raises `OptionError` for options no tuning can use, before Ray is imported or started: a mistake
-    costs no cluster, and is named even where Ray is not installed."""
-    check_config(config)
-    for option, value in (("--trials", trials), ("--runs", runs), ("--grace-epochs", grace_epochs)):
-        if value is not None and value < 1:  # ASHA's grace period must be positive
-            raise OptionError(f"{option} {value}: at least 1 is expected")
-    if runs > MAX_RUNS:  # the final runs' comparison would refuse it only after the whole search
-        raise OptionError(f"--runs {runs}: 1 to {MAX_RUNS} is expected")
-    if config.seed + runs > MAX_SEED:  # the final runs train on seeds SEED+1..SEED+RUNS
-        raise OptionError(f"--seed {config.seed} --runs {runs}: the last final run's seed {config.seed + runs} "
-                          f"exceeds {MAX_SEED} (2**32-1)")
-
-
 def main(argv=None) -> int:
     configure_output()
     args = vars(build_parser().parse_args(argv))
@@ -81,7 +66,7 @@ def main(argv=None) -> int:
     config = Config(**args, output=output, verbose=0)
 
     def action():
-        check_options(config, trials, runs, grace)
+        check_tuning(config, trials, runs, grace)
         ray_executor = make_executor("ray", address, gpus, cpus)  # DataError when Ray is missing
         from discomkd import tuning  # imports Ray: only once it is known to be installed
         found = tuning.tune_and_compare(config, directory, first, second, trials, runs, grace, ray_executor,

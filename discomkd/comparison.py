@@ -35,7 +35,7 @@ import torch
 from discomkd.classical import CLASSICAL
 from discomkd.comparison_jobs import TEACHER, DataSource, Job, method_entry, plan_run, read_data, run_job
 from discomkd.comparison_table import STD_DDOF, aggregate, format_table
-from discomkd.config import MAX_SEED, Config, check_config, resolve_device, resolve_precision
+from discomkd.config import MAX_RUNS, MAX_SEED, Config, check_config, resolve_device, resolve_precision
 from discomkd.data import DataFolder, read_labels, write_split_files
 from discomkd.engine import build_sources
 from discomkd.errors import DataError, Interrupted, OptionError, TrainingError
@@ -48,9 +48,6 @@ from discomkd.tuning_space import settings_source
 
 RESULTS_FILE, TABLE_FILE = "comparison.json", "comparison.md"
 SPLIT_FOLDER = "split"
-# Far beyond any comparison (the paper: 5 runs), and it bounds the per-run splits drawn and checked
-# before anything is written.
-MAX_RUNS = 1000
 ALL_METHODS = tuple(METHODS) + tuple(CLASSICAL)
 DEFAULT_METHODS = tuple(m for m in METHODS if METHODS[m].compared_by_default) + tuple(CLASSICAL)
 

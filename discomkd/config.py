@@ -122,6 +122,9 @@ def add_config_arguments(parser, skip=()) -> None:
 
 # The seeds numpy accepts (np.random.seed: 0..2**32-1); torch and Python accept these too.
 MAX_SEED = 2**32 - 1
+# Runs of one comparison: far beyond any (the paper: 5), and it bounds the per-run splits drawn and checked
+# before anything is written.
+MAX_RUNS = 1000
 
 
 def seed_problem(seed: int, option: str = "--seed") -> str | None:

@@ -31,10 +31,10 @@ from discomkd.augment import AUGMENTATIONS
 from discomkd.comparison import compare, draw_splits, has_split_files
 from discomkd.comparison_jobs import TEACHER, DataSource, read_data
 from discomkd.comparison_table import format_table
-from discomkd.config import Config, check_config
+from discomkd.config import Config
 from discomkd.data import DataFolder, write_split_files
 from discomkd.engine import resolve_augmentation
-from discomkd.errors import Interrupted, OptionError, TrainingError
+from discomkd.errors import Interrupted, TrainingError
 from discomkd.methods import FUSED, METHODS
 from discomkd.ownership import SetAside, check_no_set_aside, owning
 from discomkd.run_files import RESULTS_FILE, STATE_FILE, checkpoint_path, prepare_output, write_json, write_text
@@ -47,8 +47,8 @@ from discomkd.tuning_space import (
     LEARNING_RATES,
     LOSS_WEIGHTS,
     TEMPERATURES,
-    TUNABLE,
     WEIGHT_DECAYS,
+    check_tuning,
     searched,
 )
 
@@ -269,12 +269,7 @@ def tune_and_compare(config: Config, directory: str, first: str, second: str, tr
     config.seed+1.. (`comparison.compare` with `executor` into OUTPUT/starting and OUTPUT/tuned); writes
     OUTPUT/settings.json (the chosen settings: --settings), tuning.json and tuning.md. `grace_epochs`:
     the epochs ASHA lets every trial train, by default `default_grace`. `config.method`: any of TUNABLE."""
-    check_config(config)
-    if config.method not in TUNABLE:
-        raise OptionError(f"--method {config.method}: one of {', '.join(TUNABLE)} is expected (neural methods; svm "
-                          "and logreg choose C on validation by themselves)")
-    if trials < 1 or runs < 1:
-        raise OptionError(f"--trials {trials} --runs {runs}: at least 1 each is expected")
+    check_tuning(config, trials, runs, grace_epochs)
     job, data, split = _search_job(config, directory, (first, second))
     for m, modality in enumerate(data.modalities):  # the augmentation settings, before anything is written
         resolve_augmentation(config, modality, m)

@@ -12,7 +12,8 @@ import json
 import os
 
 from discomkd.alignment import NO_ALIGNMENT
-from discomkd.config import Config
+from discomkd.config import MAX_RUNS, MAX_SEED, Config, check_config
+from discomkd.errors import OptionError
 from discomkd.methods import METHODS
 
 LOSS_WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0)  # 0 drops a term; a factor ~3 apart around the paper's 1
@@ -41,6 +42,23 @@ def searched(method: str) -> tuple[str, ...]:
         return COMMON + OWN[method]
     aligns = METHODS[method].overrides.get("align", NO_ALIGNMENT) != NO_ALIGNMENT
     return COMMON + DISCOMKD_OWN + (("align_weight",) if aligns else ())
+
+
+def check_tuning(config: Config, trials: int, runs: int, grace_epochs: int | None) -> None:
+    """Raises `OptionError` for options no search can use; tune.py asks before Ray is imported or started
+    (a mistake costs no cluster, and is named even where Ray is not installed), the search again."""
+    check_config(config)
+    if config.method not in TUNABLE:
+        raise OptionError(f"--method {config.method}: one of {', '.join(TUNABLE)} is expected (neural methods; svm "
+                          "and logreg choose C on validation by themselves)")
+    for option, value in (("--trials", trials), ("--runs", runs), ("--grace-epochs", grace_epochs)):
+        if value is not None and value < 1:  # ASHA's grace period must be positive
+            raise OptionError(f"{option} {value}: at least 1 is expected")
+    if runs > MAX_RUNS:  # the final runs' comparison would refuse it only after the whole search
+        raise OptionError(f"--runs {runs}: 1 to {MAX_RUNS} is expected")
+    if config.seed + runs > MAX_SEED:  # the final runs train on seeds SEED+1..SEED+RUNS
+        raise OptionError(f"--seed {config.seed} --runs {runs}: the last final run's seed {config.seed + runs} "
+                          f"exceeds {MAX_SEED} (2**32-1)")
 
 
 PAPER = "paper"
