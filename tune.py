@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "one's search covers)")
     parser.add_argument("--trials", type=int, default=20, help="settings tried (the first: the starting settings)")
     parser.add_argument("--runs", type=int, default=5, help="runs of the chosen and of the starting settings, on "
-                                                            "seeds SEED+1..SEED+RUNS")
+                        "seeds SEED+1..SEED+RUNS (0: the search alone, no final runs and no tuning.md)")
     parser.add_argument("--grace-epochs", type=int, default=None,
                         help="epochs every trial trains before ASHA may stop it (default: a quarter of --epochs)")
     parser.add_argument("--seed", type=int, default=0, help="the search's seed (trials and sampling)")

@@ -311,6 +311,10 @@ def _tune(config: Config, job: SearchJob, data: DataFolder, split: dict | None, 
     found["split"] = job.data.split_folder or "the data folder's own split files"
     write_json(os.path.join(config.output, "settings.json"), found["chosen"])
     logger.info(f"chosen (valid wF1 {found['chosen_' + METRIC]:.4f}): {found['chosen']}")
+    if runs == 0:  # the search alone: the comparison (compare.py --settings-for) is the user's
+        found["total_seconds"] = time.time() - started
+        write_json(os.path.join(config.output, "tuning.json"), found)
+        return found
     # the final runs train and test on the search's split: their test rows are rows no trial read
     tuned = f"tuned ({trials} trials)"
     tables = {label: _final_runs(config, *folder, runs, settings, label, executor, job.data.split_folder, source)

@@ -51,11 +51,11 @@ def check_tuning(config: Config, trials: int, runs: int, grace_epochs: int | Non
     if config.method not in TUNABLE:
         raise OptionError(f"--method {config.method}: one of {', '.join(TUNABLE)} is expected (neural methods; svm "
                           "and logreg choose C on validation by themselves)")
-    for option, value in (("--trials", trials), ("--runs", runs), ("--grace-epochs", grace_epochs)):
+    for option, value in (("--trials", trials), ("--grace-epochs", grace_epochs)):
         if value is not None and value < 1:  # ASHA's grace period must be positive
             raise OptionError(f"{option} {value}: at least 1 is expected")
-    if runs > MAX_RUNS:  # the final runs' comparison would refuse it only after the whole search
-        raise OptionError(f"--runs {runs}: 1 to {MAX_RUNS} is expected")
+    if not 0 <= runs <= MAX_RUNS:  # the final runs' comparison would refuse it only after the whole search
+        raise OptionError(f"--runs {runs}: 0 (the search alone) to {MAX_RUNS} is expected")
     if config.seed + runs > MAX_SEED:  # the final runs train on seeds SEED+1..SEED+RUNS
         raise OptionError(f"--seed {config.seed} --runs {runs}: the last final run's seed {config.seed + runs} "
                           f"exceeds {MAX_SEED} (2**32-1)")

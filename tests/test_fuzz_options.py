@@ -440,7 +440,7 @@ TUNE_OPTIONS = {
                    invalid=["4294967295", ("0", "--runs", "4294967296"), "-1", "", "x", "1.5"]),
     "--method": pool(valid=["discomkd", "mono", "kd", "discomkd-mmd"], invalid=["", "x", "logreg", "DisCoM-KD"]),
     "--trials": pool(valid=["1", "3"], invalid=["0", "-1", "", "x", "1.5"]),
-    "--runs": pool(valid=["1", "2"], invalid=["0", "-1", "1001", "", "x"]),
+    "--runs": pool(valid=["0", "1", "2"], invalid=["-1", "1001", "", "x"]),  # 0: the search alone
     "--grace-epochs": pool(valid=["1", "5"], invalid=["0", "-1", "", "x"]),  # 5 > --epochs: never stopped early
     "--executor": pool(valid=["ray", "local"], invalid=["", "x", "RAY"]),
     "--ray-address": pool(valid=["auto", "", "127.0.0.1:1"]),  # any text; reaching it: tests/test_ray.py

@@ -331,3 +331,19 @@ def test_tune_a_baseline_end_to_end(tmp_path, capsys):
     assert tuned["methods"] == ["kd"] and tuned["settings_from"] == {"kd": "tuned (2 trials)"}
     teacher = json.load(open(output / "tuned" / "run_1" / "teacher" / "results.json"))["config"]
     assert teacher["learning_rate"] == TOY_SETTINGS["learning_rate"]  # the starting settings
+
+
+@slow
+def test_runs_0_is_the_search_alone(tmp_path, capsys):
+    """--runs 0: settings.json and tuning.json, no final runs; the reuse line names --settings-for."""
+    import tune
+
+    folder = write_toy_folder(tmp_path / "data", separation=3.0)
+    output = tmp_path / "tuning_mono"
+    assert tune.main([folder, *PREFIXES, "--method", "mono", "--trials", "2", "--runs", "0",
+                      *toy_options(epochs=1), "--gpus-per-task", "0", "--output", str(output)]) == 0
+    assert f"--settings-for mono={output / 'settings.json'}" in capsys.readouterr().out
+    found = json.load(open(output / "tuning.json"))
+    assert found["method"] == "mono" and len(found["trials"]) == 2 and "runs" not in found
+    assert json.load(open(output / "settings.json")) == found["chosen"]
+    assert not any(os.path.exists(output / name) for name in ("starting", "tuned", "tuning.md"))
