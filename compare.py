@@ -18,13 +18,7 @@ from discomkd.console import configure_output
 from discomkd.errors import EXIT_BAD_INPUT, OptionError, command_status
 from discomkd.executors import make_executor
 from discomkd.methods import ABLATIONS, METHODS
-from discomkd.settings_file import (
-    add_settings_argument,
-    parse_or_report,
-    parse_with_settings,
-    read_settings,
-    settings_options,
-)
+from discomkd.settings_file import add_settings_argument, parse_or_report, parse_settings_file
 from discomkd.tuning_space import settings_source
 
 
@@ -74,7 +68,6 @@ def read_method_settings(parser: argparse.ArgumentParser, argv, entries: list[st
     parsed by this command's parser after the command line (so they win for that method), through the
     same checks as --settings; `OptionError` or `DataError` otherwise."""
     settings, paths = {}, {}
-    given, _ = parser.parse_known_args(argv)
     for entry in entries:
         method, equals, path = entry.partition("=")
         label = f"--settings-for {entry}"
@@ -86,9 +79,8 @@ def read_method_settings(parser: argparse.ArgumentParser, argv, entries: list[st
             raise OptionError(f"{label}: {method} is not among the methods compared ({', '.join(methods)})")
         if method in settings:
             raise OptionError(f"--settings-for {method}: given twice")
-        values = read_settings(path, option="--settings-for")
-        parsed = vars(parse_with_settings(parser, [*argv, *settings_options(values, given, label)]))
-        settings[method], paths[method] = {name: parsed[name] for name in values}, path
+        settings[method] = parse_settings_file(parser, argv, path, "--settings-for", label)
+        paths[method] = path
     return settings, paths
 
 

@@ -20,9 +20,10 @@ import sys
 
 from discomkd.config import Config, add_config_arguments
 from discomkd.console import configure_output
-from discomkd.errors import command_status
+from discomkd.errors import OptionError, command_status
 from discomkd.executors import make_executor
-from discomkd.settings_file import command_line
+from discomkd.methods import METHODS
+from discomkd.settings_file import command_line, parse_settings_file
 from discomkd.tuning_space import TUNABLE, check_tuning
 
 
@@ -44,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="epochs every trial trains before ASHA may stop it (default: a quarter of --epochs)")
     parser.add_argument("--seed", type=int, default=0, help="the search's seed (trials and sampling)")
     parser.add_argument("--output", default=None, help="output folder (default DIR/tuning_<FIRST>_<SECOND>)")
+    parser.add_argument("--teacher-settings", metavar="FILE", default=None,
+                        help="kd and dkd: the teacher's settings (e.g. the settings.json of tune.py --method "
+                             "teacher), for the teacher the trials distil from and that of the final runs; default: "
+                             "the starting settings")
     add_config_arguments(parser, skip=("seed", "output", "legacy_modality_targets", "test_every_epoch"))
     ray = parser.add_argument_group("Ray")
     ray.add_argument("--executor", choices=("local", "ray"), default="ray",
@@ -55,22 +60,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def teacher_settings(parser: argparse.ArgumentParser, argv, path: str | None, method: str) -> dict | None:
+    """--teacher-settings FILE parsed by tune.py's parser (its checks, the file winning); `OptionError`
+    for a method that reads no teacher."""
+    if path is None:
+        return None
+    if not METHODS[method].needs_teacher:
+        raise OptionError(f"--teacher-settings {path}: {method} reads no teacher (kd and dkd do)")
+    return parse_settings_file(parser, argv, path, "--teacher-settings", f"--teacher-settings {path}")
+
+
 def main(argv=None) -> int:
     configure_output()
-    args = vars(build_parser().parse_args(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
     directory, first, second = args.pop("directory"), args.pop("first_prefix"), args.pop("second_prefix")
     trials, runs, grace = args.pop("trials"), args.pop("runs"), args.pop("grace_epochs")
     executor, address, gpus, cpus = (args.pop(k) for k in ("executor", "ray_address", "gpus_per_task", "cpus_per_task"))
+    teacher_path = args.pop("teacher_settings")
     output = args.pop("output")  # '' is refused by check_config, not taken for the default
     output = os.path.join(directory, f"tuning_{first}_{second}") if output is None else output
     config = Config(**args, output=output, verbose=0)
 
     def action():
         check_tuning(config, trials, runs, grace)
+        teacher = teacher_settings(parser, argv, teacher_path, config.method)
         ray_executor = make_executor("ray", address, gpus, cpus)  # DataError when Ray is missing
         from discomkd import tuning  # imports Ray: only once it is known to be installed
         found = tuning.tune_and_compare(config, directory, first, second, trials, runs, grace, ray_executor,
-                                        ray_executor if executor == "ray" else make_executor("local"))
+                                        ray_executor if executor == "ray" else make_executor("local"), teacher)
         settings = os.path.join(output, "settings.json")
         reuse = (f"--settings {settings} (main_DisCoM-KD.py, compare.py)" if config.method == "discomkd" else
                  f"compare.py ... --settings-for {config.method}={settings}")

@@ -108,6 +108,16 @@ def parse_with_settings(parser: argparse.ArgumentParser, argv) -> argparse.Names
     return parser.parse_args([*settings_options(read_settings(path), given, f"{OPTION} {path}"), *argv])
 
 
+def parse_settings_file(parser: argparse.ArgumentParser, argv, path: str, option: str, label: str) -> dict:
+    """The settings of the file at `path` ({name: value}, the names it holds), parsed by `parser` after
+    `argv` (so they win over the command line) through the command's own checks; errors name `label`
+    (e.g. "--settings-for kd=FILE"), unreadable files `option PATH`."""
+    given, _ = parser.parse_known_args(argv)
+    values = read_settings(path, option=option)
+    parsed = vars(parse_with_settings(parser, [*argv, *settings_options(values, given, label)]))
+    return {name: parsed[name] for name in values}
+
+
 def parse_or_report(parser: argparse.ArgumentParser, argv) -> dict | None:
     """`parse_with_settings` as a dict without its "settings" entry; or None, after printing the bad
     settings file's one `error:` line (the command then exits with EXIT_BAD_INPUT)."""

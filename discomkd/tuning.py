@@ -152,16 +152,17 @@ def run_trial(settings: dict, job: SearchJob, output: str, report) -> dict:
     return results
 
 
-def train_search_teacher(job: SearchJob, data: DataFolder) -> SearchJob:
-    """kd and dkd: the teacher their trials distil from, trained once here with the starting settings on
-    the search split (validation only) into OUTPUT/search_teacher; other methods: `job` unchanged."""
+def train_search_teacher(job: SearchJob, data: DataFolder, settings: dict | None = None) -> SearchJob:
+    """kd and dkd: the teacher their trials distil from, trained once here with the starting settings
+    (`settings` replacing them: --teacher-settings) on the search split (validation only) into
+    OUTPUT/search_teacher; other methods: `job` unchanged."""
     if not METHODS[job.config.method].needs_teacher:
         return job
     folder = os.path.join(job.config.output, "search_teacher")
     os.makedirs(folder, exist_ok=True)
-    config = dataclasses.replace(job.config, method=TEACHER, output=folder, overwrite=True, verbose=0,
-                                 score_test=False, test_every_epoch=False)
-    logger.info(f"search teacher: trained once with the starting settings into {folder}")
+    config = dataclasses.replace(job.config, **(settings or {}), method=TEACHER, output=folder, overwrite=True,
+                                 verbose=0, score_test=False, test_every_epoch=False)
+    logger.info(f"search teacher: trained once with the {'given' if settings else 'starting'} settings into {folder}")
     with console.only_warnings("discomkd.training"):
         fit(config, data, folder)
     return dataclasses.replace(job, teacher=checkpoint_path(folder, FUSED))
@@ -263,12 +264,15 @@ def default_grace(epochs: int) -> int:
 
 
 def tune_and_compare(config: Config, directory: str, first: str, second: str, trials: int, runs: int,
-                     grace_epochs: int | None, ray_executor, executor=None) -> dict:
+                     grace_epochs: int | None, ray_executor, executor=None, teacher_settings: dict | None = None
+                     ) -> dict:
     """The search on seed config.seed, as Ray Tune trials on the cluster `ray_executor` reaches (its CPUs
     and GPUs per task), then the chosen and the starting settings each `runs` times on seeds
     config.seed+1.. (`comparison.compare` with `executor` into OUTPUT/starting and OUTPUT/tuned); writes
     OUTPUT/settings.json (the chosen settings: --settings), tuning.json and tuning.md. `grace_epochs`:
-    the epochs ASHA lets every trial train, by default `default_grace`. `config.method`: any of TUNABLE."""
+    the epochs ASHA lets every trial train, by default `default_grace`. `config.method`: any of TUNABLE.
+    `teacher_settings` (kd, dkd): the teacher's, for the search's teacher and the final runs'. `runs` 0:
+    the search alone (settings.json and tuning.json)."""
     check_tuning(config, trials, runs, grace_epochs)
     job, data, split = _search_job(config, directory, (first, second))
     for m, modality in enumerate(data.modalities):  # the augmentation settings, before anything is written
@@ -283,7 +287,7 @@ def tune_and_compare(config: Config, directory: str, first: str, second: str, tr
     try:
         with owning(config.output):
             found = _tune(config, job, data, split, (directory, first, second), trials, runs, grace_epochs,
-                          ray_executor, executor)
+                          ray_executor, executor, teacher_settings)
     except BaseException as error:
         restored = aside.restore(keep_new=True)
         if restored and isinstance(error, (Interrupted, TrainingError)):
@@ -296,7 +300,8 @@ def tune_and_compare(config: Config, directory: str, first: str, second: str, tr
 
 
 def _tune(config: Config, job: SearchJob, data: DataFolder, split: dict | None, folder: tuple[str, str, str],
-          trials: int, runs: int, grace_epochs: int | None, ray_executor, executor) -> dict:
+          trials: int, runs: int, grace_epochs: int | None, ray_executor, executor, teacher_settings: dict | None
+          ) -> dict:
     """The search, then the final runs on the search's split; see `tune_and_compare`."""
     if split is not None:
         write_split_files(job.data.split_folder, split)
@@ -304,9 +309,11 @@ def _tune(config: Config, job: SearchJob, data: DataFolder, split: dict | None, 
     grace_epochs = default_grace(config.epochs) if grace_epochs is None else grace_epochs
     logger.info(f"search: {trials} trial(s) of {config.method} on seed {config.seed}, validation only "
         f"({len(data.modalities[0].splits['valid'])} rows); ASHA grace {grace_epochs} epoch(s)")
-    job = train_search_teacher(job, validation_only(data))
+    job = train_search_teacher(job, validation_only(data), teacher_settings)
     found = search(job, validation_only(data), trials, grace_epochs, ray_executor.cpus, ray_executor.gpus)
     found.update(method=config.method, grace_epochs=grace_epochs, searched=list(searched(config.method)))
+    if teacher_settings:
+        found["teacher_settings"] = teacher_settings
     found["search_seconds"] = time.time() - started
     found["split"] = job.data.split_folder or "the data folder's own split files"
     write_json(os.path.join(config.output, "settings.json"), found["chosen"])
@@ -317,7 +324,8 @@ def _tune(config: Config, job: SearchJob, data: DataFolder, split: dict | None, 
         return found
     # the final runs train and test on the search's split: their test rows are rows no trial read
     tuned = f"tuned ({trials} trials)"
-    tables = {label: _final_runs(config, *folder, runs, settings, label, executor, job.data.split_folder, source)
+    tables = {label: _final_runs(config, *folder, runs, settings, label, executor, job.data.split_folder, source,
+                                 teacher_settings)
               for label, settings, source in (("starting", starting_point(config), None),
                                               ("tuned", found["chosen"], tuned))}
     return _report(config, folder[1:], trials, runs, found, tables, started)
@@ -338,15 +346,16 @@ def _search_job(config: Config, directory: str, prefixes: tuple[str, str]
 
 
 def _final_runs(config: Config, directory: str, first: str, second: str, runs: int, settings: dict, label: str,
-                executor, split_folder: str | None, source: str | None) -> dict:
+                executor, split_folder: str | None, source: str | None, teacher_settings: dict | None) -> dict:
     """`settings` trained `runs` times on seeds config.seed+1.. by the comparison, into OUTPUT/<label>, on
     the split files of `split_folder` (the split drawn for the search), or the data folder's own."""
     run_config = dataclasses.replace(config, seed=config.seed + 1, output=os.path.join(config.output, label),
                                      overwrite=True)
     logger.info(f"{label} settings: {runs} run(s) on seeds {config.seed + 1}..{config.seed + runs}")
-    # the method's own settings; a kd or dkd teacher keeps the starting ones, as in the search
+    # the method's own settings; a kd or dkd teacher those it had in the search
     return compare(run_config, directory, first, second, runs, config.method, verbose=False, executor=executor,
-                   shared_split=split_folder, method_settings={config.method: settings},
+                   shared_split=split_folder,
+                   method_settings={config.method: settings, **({TEACHER: teacher_settings} if teacher_settings else {})},
                    settings_from=None if source is None else {config.method: source})
 
 

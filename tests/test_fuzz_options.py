@@ -442,6 +442,11 @@ TUNE_OPTIONS = {
     "--trials": pool(valid=["1", "3"], invalid=["0", "-1", "", "x", "1.5"]),
     "--runs": pool(valid=["0", "1", "2"], invalid=["-1", "1001", "", "x"]),  # 0: the search alone
     "--grace-epochs": pool(valid=["1", "5"], invalid=["0", "-1", "", "x"]),  # 5 > --epochs: never stopped early
+    "--teacher-settings": pool(valid=[("{settings}", "--method", "kd")],
+                               invalid=["{settings}",  # the base tunes discomkd: no teacher to set
+                                        ("{tmp}/nowhere.json", "--method", "dkd"), ("{file}", "--method", "kd"),
+                                        ("{unknown_setting}", "--method", "kd"),
+                                        ("{mistyped_setting}", "--method", "kd")]),
     "--executor": pool(valid=["ray", "local"], invalid=["", "x", "RAY"]),
     "--ray-address": pool(valid=["auto", "", "127.0.0.1:1"]),  # any text; reaching it: tests/test_ray.py
     "--gpus-per-task": pool(valid=["0", "0.5", "1"],

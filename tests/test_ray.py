@@ -315,22 +315,30 @@ def test_each_method_searches_the_common_settings_and_its_own():
 @slow
 def test_tune_a_baseline_end_to_end(tmp_path, capsys):
     """tune.py --method kd: the search teacher, trials of both students, the final runs with kd's chosen
-    settings (the teacher with the starting ones), and the reuse line for compare.py --settings-for."""
+    settings (the teacher with --teacher-settings, as the search's), and the reuse line for compare.py
+    --settings-for."""
     import tune
 
     folder = write_toy_folder(tmp_path / "data", separation=3.0)
     output = tmp_path / "tuning_kd"
+    teacher_file = tmp_path / "teacher.json"  # as tune.py --method teacher writes it
+    teacher_file.write_text(json.dumps({"learning_rate": 0.003, "weight_decay": 1e-4}))
     assert tune.main([folder, *PREFIXES, "--method", "kd", "--trials", "2", "--runs", "1", *toy_options(epochs=2),
                       "--grace-epochs", "1", "--gpus-per-task", "0", "--output", str(output),
-                      "--executor", "local"]) == 0
+                      "--executor", "local", "--teacher-settings", str(teacher_file)]) == 0
     assert f"--settings-for kd={output / 'settings.json'}" in capsys.readouterr().out
     found = json.load(open(output / "tuning.json"))
     assert found["method"] == "kd" and "kd_temperature" in found["chosen"] and len(found["trials"]) == 2
     assert os.path.exists(output / "search_teacher" / "best_fused.pt")
     tuned = json.load(open(output / "tuned" / comparison.RESULTS_FILE))
     assert tuned["methods"] == ["kd"] and tuned["settings_from"] == {"kd": "tuned (2 trials)"}
-    teacher = json.load(open(output / "tuned" / "run_1" / "teacher" / "results.json"))["config"]
-    assert teacher["learning_rate"] == TOY_SETTINGS["learning_rate"]  # the starting settings
+    assert found["teacher_settings"] == {"learning_rate": 0.003, "weight_decay": 1e-4}
+    for teacher in (output / "search_teacher", output / "tuned" / "run_1" / "teacher",
+                    output / "starting" / "run_1" / "teacher"):  # the search's teacher is the final runs'
+        trained = json.load(open(teacher / "results.json"))["config"]
+        assert (trained["learning_rate"], trained["weight_decay"]) == (0.003, 1e-4)
+    student = json.load(open(output / "tuned" / "run_1" / "kd_IMG" / "results.json"))["config"]
+    assert student["learning_rate"] == found["chosen"]["learning_rate"]
 
 
 @slow
