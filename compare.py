@@ -106,7 +106,8 @@ def main(argv=None) -> int:
     def action():
         compared = parse_methods(methods)
         settings, paths = read_method_settings(parser, argv, entries, compared)
-        sources = {m: settings_source(m, paths.get(m, settings_path), dataclasses.replace(config, **settings.get(m, {})))
+        sources = {m: settings_source(m, paths.get(m, settings_path),
+                                      dataclasses.replace(config, **settings.get(m, {})))
                    for m in compared if m in METHODS}
         compare(config, directory, first, second, runs, methods, resplit, verbose, executor=make_executor(*executor),
                 method_settings=settings, settings_from=sources)

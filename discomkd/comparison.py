@@ -34,7 +34,7 @@ import torch
 
 from discomkd.classical import CLASSICAL
 from discomkd.comparison_jobs import TEACHER, DataSource, Job, method_entry, plan_run, read_data, run_job
-from discomkd.comparison_table import STD_DDOF, aggregate, format_table
+from discomkd.comparison_table import STD_DDOF, aggregate, format_paired, format_table, paired_differences
 from discomkd.config import MAX_RUNS, MAX_SEED, Config, check_config, resolve_device, resolve_precision
 from discomkd.data import DataFolder, read_labels, write_split_files
 from discomkd.engine import build_sources
@@ -343,15 +343,18 @@ def _header(comparison: Comparison, executor: str, device: torch.device) -> dict
             "settings_from": comparison.settings_from, "executor": executor,
             "environment": {"torch": str(torch.__version__), "device": str(device),
                             "precision": resolve_precision(config.precision, device)},
-            "results": [], "aggregated": {}}
+            "results": [], "aggregated": {}, "paired": {}}
 
 
 def save(comparison: Comparison, results: dict) -> None:
     """comparison.json and comparison.md with the runs finished so far."""
     finished = [run["seed"] for run in results["results"]]  # in seed order, not always the first seeds
     results["aggregated"] = aggregate(results["results"], comparison.methods)
+    results["paired"] = paired_differences(results["results"], comparison.methods, comparison.prefixes)
     table = format_table(results["aggregated"], comparison.prefixes, len(finished), finished, comparison.split_note,
                          True, comparison.extra_notes, comparison.settings_from)
+    paired = format_paired(results["paired"], comparison.prefixes, True)
+    table += "\n" + paired if paired else ""
     write_json(os.path.join(comparison.output, RESULTS_FILE), results)
     write_text(os.path.join(comparison.output, TABLE_FILE), table)
 
@@ -388,6 +391,8 @@ def _finish(comparison: Comparison, results: dict, seconds: float) -> dict:
     results["table"] = format_table(results["aggregated"], comparison.prefixes, len(comparison.seeds),
                                     comparison.seeds, comparison.split_note, False, comparison.extra_notes,
                                     comparison.settings_from)
+    paired = format_paired(results.get("paired", {}), comparison.prefixes, False)
+    results["table"] += "\n\n" + paired if paired else ""
     write_json(os.path.join(comparison.output, RESULTS_FILE), results)
     logger.info("")
     logger.info(results["table"])

@@ -1,6 +1,7 @@
 """The comparison's numbers over runs and its table: per method and column, test weighted F1 and
 accuracy summarised over the runs (`aggregate`), with the end-of-run invariance probe and cross-modal
-transfer of the methods that have invariant parts, then one row per method (`format_table`)."""
+transfer of the methods that have invariant parts, then one row per method (`format_table`); and
+DisCoM-KD against each other method run by run (`paired_differences`, `format_paired`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,6 +11,7 @@ from discomkd.probes import INVARIANCE_MEANING, TRANSFER_DIRECTIONS
 from discomkd.training import format_duration
 
 STD_DDOF = 1  # sample standard deviation over runs: with few runs the population formula understates the spread
+REFERENCE = "discomkd"  # the method the others are paired against, run by run
 
 
 def _summary(values: list[float]) -> dict:
@@ -92,6 +94,54 @@ def format_table(aggregated: dict, prefixes, runs: int, seeds, split_note: str, 
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header] + rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines + [""] + notes)
+
+
+def paired_differences(runs: list[dict], methods, prefixes, reference: str = REFERENCE) -> dict:
+    """`reference`'s test weighted F1 minus each other method's, run by run (the same split and seed),
+    per modality column both have of their own, over the runs where both finished: {method: {prefix:
+    {"values", "mean", "std", "ahead": the runs where `reference` is ahead}}}; {} without `reference`."""
+    paired = {}
+    for method in [m for m in methods if m != reference and reference in methods]:
+        columns = {}
+        for prefix in prefixes:
+            both = [(ours["columns"][prefix], theirs["columns"][prefix])
+                    for ours, theirs in ((run["methods"].get(reference), run["methods"].get(method)) for run in runs)
+                    if ours and theirs and ours["status"] == theirs["status"] == "done"
+                    and prefix in ours["columns"] and prefix in theirs["columns"]]
+            differences = [ours["test"]["weighted_f1"] - theirs["test"]["weighted_f1"] for ours, theirs in both]
+            if differences:
+                columns[prefix] = {**_summary(differences), "ahead": sum(d > 0 for d in differences)}
+        if columns:
+            paired[method] = columns
+    return paired
+
+
+def format_paired(paired: dict, prefixes, markdown: bool, reference: str = REFERENCE) -> str:
+    """`paired_differences` as a table (one row per method, one column per modality: mean difference,
+    its standard deviation, runs ahead); '' when there is nothing to pair."""
+    if not paired:
+        return ""
+    plus_minus = "±" if markdown else "+-"
+
+    def cell(d: dict | None) -> str:
+        if d is None:
+            return "-"
+        std = "" if d["std"] is None else f" {plus_minus} {d['std']:.3f}"
+        return f"{d['mean']:+.3f}{std} ({d['ahead']} of {len(d['values'])})"
+
+    header = [f"{reference} minus"] + list(prefixes)
+    rows = [[method] + [cell(columns.get(prefix)) for prefix in prefixes] for method, columns in paired.items()]
+    note = (f"Paired by run (the same split and seed): {reference}'s test weighted F1 minus the row's, mean "
+            f"{plus_minus} sample standard deviation over the runs both finished; in brackets the runs where "
+            f"{reference} is ahead.")
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|---|" + "|".join([":---:"] * len(prefixes)) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines + ["", note]) + "\n"
+    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header] + rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines + ["", note])
 
 
 def _best_means(aggregated: dict, prefixes) -> dict:

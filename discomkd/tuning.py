@@ -353,9 +353,9 @@ def _final_runs(config: Config, directory: str, first: str, second: str, runs: i
                                      overwrite=True)
     logger.info(f"{label} settings: {runs} run(s) on seeds {config.seed + 1}..{config.seed + runs}")
     # the method's own settings; a kd or dkd teacher those it had in the search
+    method_settings = {config.method: settings, **({TEACHER: teacher_settings} if teacher_settings else {})}
     return compare(run_config, directory, first, second, runs, config.method, verbose=False, executor=executor,
-                   shared_split=split_folder,
-                   method_settings={config.method: settings, **({TEACHER: teacher_settings} if teacher_settings else {})},
+                   shared_split=split_folder, method_settings=method_settings,
                    settings_from=None if source is None else {config.method: source})
 
 

@@ -72,7 +72,7 @@ def test_table_mean_and_std_match_the_runs(neural):
     _, output, results = neural
     saved = json.load(open(os.path.join(output, comparison.RESULTS_FILE)))
     table = open(os.path.join(output, comparison.TABLE_FILE)).read()
-    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    rows = {line.split("|")[1].strip(): line for line in table.split("\n\n")[0].splitlines() if line.startswith("| ")}
     best = {p: max(saved["aggregated"][m]["columns"][p]["weighted_f1"]["mean"]
                    for m in ("mono", "kd", "dkd", "discomkd")) for p in ("IMG", "VEC")}
     for method in ("mono", "kd", "dkd", "discomkd"):
@@ -89,6 +89,29 @@ def test_table_mean_and_std_match_the_runs(neural):
             assert cell.strip().startswith("**") == bold
     assert "[f]" in rows["teacher"] and "[t]" in rows["kd"] and "ddof=1" in table
     assert "mono" in results["table"] and "+-" in results["table"]
+
+
+def test_discomkd_is_paired_with_every_other_method_run_by_run(neural):
+    """comparison.json's "paired" and the table under the main one: discomkd's test wF1 minus the other
+    method's, per run; the teacher (fused, no column of its own) is not paired."""
+    _, output, results = neural
+    saved = json.load(open(os.path.join(output, comparison.RESULTS_FILE)))
+    assert set(saved["paired"]) == {"mono", "kd", "dkd"}
+    for method in ("mono", "kd", "dkd"):
+        for prefix in ("IMG", "VEC"):
+            ours, theirs = ([run["methods"][m]["columns"][prefix]["test"]["weighted_f1"] for run in saved["results"]]
+                            for m in ("discomkd", method))
+            differences = [a - b for a, b in zip(ours, theirs)]
+            paired = saved["paired"][method][prefix]
+            assert paired["values"] == pytest.approx(differences)
+            assert paired["mean"] == pytest.approx(np.mean(differences))
+            assert paired["std"] == pytest.approx(np.std(differences, ddof=1))
+            assert paired["ahead"] == sum(a > b for a, b in zip(ours, theirs))
+    paired_table = open(os.path.join(output, comparison.TABLE_FILE)).read().split("| discomkd minus | IMG | VEC |")[1]
+    row = next(line for line in paired_table.splitlines() if line.startswith("| mono |"))
+    first = saved["paired"]["mono"]["IMG"]
+    assert f"{first['mean']:+.3f} ± {first['std']:.3f} ({first['ahead']} of 2)" in row
+    assert "discomkd minus" in results["table"]
 
 
 def test_same_seed_repeats_exactly_whatever_the_other_methods(neural, tmp_path):
