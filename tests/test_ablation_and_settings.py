@@ -59,7 +59,8 @@ def test_ablation_rows_in_the_comparison_and_their_checkpoints_reload(tmp_path, 
     saved = json.load(open(os.path.join(output, comparison.RESULTS_FILE)))
     assert saved["methods"] == ["discomkd", *ABLATIONS]
     table = open(os.path.join(output, comparison.TABLE_FILE)).read()
-    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][1:]
+    main = table.split("\n\n")[0]  # the paired table (discomkd minus each ablation row) follows
+    rows = [line.split("|")[1].strip() for line in main.splitlines() if line.startswith("| ")][1:]
     assert rows == ["discomkd", *ABLATIONS]
     run = os.path.join(output, "run_0")
     full = json.load(open(os.path.join(run, "discomkd", "results.json")))["config"]

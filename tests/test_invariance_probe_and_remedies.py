@@ -209,7 +209,8 @@ def test_comparison_shows_the_probe_for_discomkd_rows_only(folder, tmp_path):
     assert aggregated["discomkd-dann"]["invariance_probe"]["values"] == values
     assert "invariance_probe" not in aggregated["mono"]
     table = open(os.path.join(output, comparison.TABLE_FILE)).read()
-    rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if line.startswith("| ")}
+    rows = {line.split("|")[1].strip(): line.split("|") for line in table.split("\n\n")[0].splitlines()
+            if line.startswith("| ")}
     assert "invariant modality probe [i]" in rows["method"][4]
     assert rows["discomkd-dann"][4].strip() == f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
     assert rows["mono"][4].strip() == "-" and "[i] Validation rows" in table

@@ -61,7 +61,7 @@ def compare_both(tmp_path, folder, settings, methods, runs, executor, lines, on_
 
 def table_cells(output):
     """comparison.md's rows without the training-time column."""
-    lines = open(os.path.join(output, comparison.TABLE_FILE)).read().splitlines()
+    lines = open(os.path.join(output, comparison.TABLE_FILE)).read().split("\n\n")[0].splitlines()  # the main table
     return [line.split("|")[1:-2] for line in lines if line.startswith("| ")]
 
 
