@@ -84,9 +84,15 @@ def format_table(aggregated: dict, prefixes, runs: int, seeds, split_note: str, 
         rows = [row[:-1] + [settings_from.get(method, "-"), row[-1]] for row, method in zip(rows, aggregated)]
     notes = _notes(aggregated, runs, seeds, split_note, probed, transferred, plus_minus, markdown) + list(extra_notes)
     notes += [f"{method}: {a['note']}" for method, a in aggregated.items() if a["status"] != "done"]
+    alignment = ["---"] + [":---:"] * (len(prefixes) + probed + len(transferred)) + ["---"] * bool(settings_from) \
+        + ["---:"]
+    return _render(header, rows, alignment, notes, markdown)
+
+
+def _render(header: list[str], rows: list[list[str]], alignment: list[str], notes: list[str], markdown: bool) -> str:
+    """A table and its notes: markdown (`alignment`, one marker per column, e.g. ":---:"; each note ends
+    its line), or text columns padded to their widest cell under a rule."""
     if markdown:
-        alignment = ["---"] + [":---:"] * (len(prefixes) + probed + len(transferred)) + ["---"] * bool(settings_from) \
-            + ["---:"]
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(alignment) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines + [""] + [f"{note}  " for note in notes]) + "\n"
@@ -134,14 +140,7 @@ def format_paired(paired: dict, prefixes, markdown: bool, reference: str = REFER
     note = (f"Paired by run (the same split and seed): {reference}'s test weighted F1 minus the row's, mean "
             f"{plus_minus} sample standard deviation over the runs both finished; in brackets the runs where "
             f"{reference} is ahead.")
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|---|" + "|".join([":---:"] * len(prefixes)) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        return "\n".join(lines + ["", note]) + "\n"
-    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header] + rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines + ["", note])
+    return _render(header, rows, ["---"] + [":---:"] * len(prefixes), [note], markdown)
 
 
 def _best_means(aggregated: dict, prefixes) -> dict:
