@@ -12,7 +12,8 @@ seeds SEED+1.. through compare.py's machinery (--runs 0: the search alone). kd a
 a teacher trained with the starting settings or --teacher-settings FILE, in the search and after.
 Outputs in OUTPUT (default DIR/tuning_<FIRST>_<SECOND>): settings.json (the chosen settings:
 `main_DisCoM-KD.py DIR FIRST SECOND --settings settings.json` for DisCoM-KD,
-`compare.py ... --settings-for METHOD=settings.json` for any method), tuning.json (every trial), tuning.md (the table), starting/ and tuned/ (their comparisons), trials/.
+`compare.py ... --settings-for METHOD=settings.json` for any method), tuning.json (every trial),
+tuning.md (the table), starting/ and tuned/ (their comparisons), trials/.
 Needs Ray: pip install -r requirements-ray.txt.
 """
 import argparse
