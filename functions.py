@@ -1,59 +1,9 @@
-"""The run behind `main_DisCoM-KD.py`: one data folder in, one trained method out.
+"""The run behind `main_DisCoM-KD.py`, under the name the original layout gives it: `run(config, directory,
+first_prefix, second_prefix)` trains one method on one data folder, `resume(run_folder)` continues an interrupted run.
 
-`run(config, directory, first_prefix, second_prefix)` checks the data folder and the output folder,
-then trains with the package's one training loop (`discomkd.training.fit`); `resume(run_folder)`
-continues a run from its saved state. The comparison, the Ray executor and tuning train runs through
-the same loop inside the package, which never imports this file: imports run commands -> functions.py
--> discomkd -> model_pytorch.py.
+The code lives in `discomkd/training/run.py` (read it there); this file hands its names on for scripts written
+against the original layout. Nothing in the package imports it, and it is not installed.
 """
-from __future__ import annotations
-
-import contextlib
-import logging
-import os
-
-from discomkd.config import Config, check_config
-from discomkd.data import load_data_folder
-from discomkd.engine import resolve_augmentation
-from discomkd.errors import BadInput
-from discomkd.ownership import owning
-from discomkd.run_files import PREVIOUS_RUN_FOLDER, prepare_output, set_aside_run_outputs
-from discomkd.training import fit, resume
+from discomkd.training.run import default_output, resume, run
 
 __all__ = ["run", "resume", "default_output"]
-
-logger = logging.getLogger("discomkd.run")  # under the package's logger, which the commands show
-
-
-def run(config: Config, directory: str, first_prefix: str, second_prefix: str, should_stop=None) -> dict:
-    """Checks the data, trains `config.method` (DisCoM-KD by default), keeps each classifier's
-    best-on-validation checkpoint and writes results.json, best_<COLUMN>.pt and
-    test_predictions_<COLUMN>.npy to the output folder.
-
-    Raises `DataError` (before anything is written) for bad input, `TrainingError` when training
-    cannot go on, `Interrupted` after a signal (or `should_stop()`) once state.pt is saved.
-    Returns the results dict.
-    """
-    check_config(config)
-    data = load_data_folder(directory, first_prefix, second_prefix, (config.encoder_first, config.encoder_second))
-    for m, modality in enumerate(data.modalities):  # before the output folder is touched
-        resolve_augmentation(config, modality, m)
-    output = prepare_output(config.output or default_output(directory, first_prefix, second_prefix),
-                            config.overwrite)
-    created = not os.path.exists(output)
-    os.makedirs(output, exist_ok=True)
-    try:
-        with owning(output):  # one writer per folder: a second run there is refused, naming this one
-            if config.overwrite and set_aside_run_outputs(output):  # every check passed: nothing mixes, nothing lost
-                logger.info(f"--overwrite: the earlier run's files are kept in {output}/{PREVIOUS_RUN_FOLDER} until "
-                            "this run finishes")
-            return fit(config, data, output, should_stop=should_stop)
-    except BadInput:
-        if created:
-            with contextlib.suppress(OSError):
-                os.rmdir(output)  # refused before training wrote anything: no empty folder left behind
-        raise
-
-
-def default_output(directory: str, first_prefix: str, second_prefix: str) -> str:
-    return os.path.join(directory, f"DisCoM-KD_{first_prefix}_{second_prefix}")

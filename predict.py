@@ -1,61 +1,10 @@
 """Classify one modality alone with a trained DisCoM-KD checkpoint.
 
-    python predict.py CHECKPOINT INPUT.npy [--rows ROWS.npy] [--labels LABELS.npy] [--output PREFIX]
-    python predict.py CHECKPOINT FILE_OR_FOLDER ...   (raw PNG/JPG/TIFF/.npy samples, see below)
+    python predict.py CHECKPOINT INPUT.npy|FILES [--rows ROWS.npy] [--labels LABELS.npy] [--output PREFIX]
 
-CHECKPOINT is a run's best_<PREFIX>.pt; INPUT.npy holds that modality's samples only, (N, *shape),
-no labels needed. Writes <PREFIX>_classes.npy (N,) in the user's label values and
-<PREFIX>_probabilities.npy (N, K) float32. INPUT is read memory-mapped, one batch at a time, so it
-may be larger than memory. Everything inference needs (input shape, classes, encoder, precision)
-comes from the checkpoint, so no training option is repeated here.
-
-Raw sample files (PNG/JPG, TIFF, per-sample .npy) or a folder of them (searched recursively, in sorted
-order, hidden files and folders skipped) are read as prepare_data.py reads them, resized as its data
-was and normalised with the statistics the checkpoint recorded; this needs a run on a folder made by
-prepare_data.py. With raw files, --rows and --labels (a prepared folder's test_idx.npy, labels.npy)
-reach the files through the rows.csv beside them, which matches each file to its row by content,
-never by its place in the sorted list. When the checkpoint knows the class names, or the input is raw
-files, <PREFIX>_predictions.csv lists each input with its class value, class name and probability.
-
-The work is the library's: `discomkd.prediction`.
+The command is `discomkd.commands.predict` (installed as `discomkd-predict`); this file runs it from a checkout.
 """
-from __future__ import annotations
-
-import argparse
-import sys
-
-from discomkd.config import DEVICE_HELP, Config
-from discomkd.console import configure_output
-from discomkd.errors import BadInput, command_status
-from discomkd.prediction import predict_files
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Classify one modality's samples with a DisCoM-KD checkpoint (best_<PREFIX>.pt).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a run's best_<PREFIX>.pt")
-    parser.add_argument("input", metavar="INPUT.npy", help="(N, *shape) samples of that modality only")
-    parser.add_argument("--rows", metavar="ROWS.npy", help="predict only these row numbers of INPUT (e.g. a data "
-                                                           "folder's test_idx.npy), in this order; with raw files, "
-                                                           "rows of the prepared folder, through its rows.csv")
-    parser.add_argument("--labels", metavar="LABELS.npy",
-                        help="true label values to score the predictions: one per INPUT row (e.g. the data "
-                             "folder's labels.npy), also with --rows, which selects the labels of its rows")
-    parser.add_argument("--output", metavar="PREFIX", help="writes PREFIX_classes.npy and PREFIX_probabilities.npy "
-                                                           "(default: INPUT without .npy, plus _pred)")
-    parser.add_argument("--batch-size", type=int, default=Config.eval_batch_size, help="rows per forward pass")
-    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    return parser
-
-
-def main(argv=None) -> int:
-    configure_output()
-    args = build_parser().parse_args(argv)
-    return command_status(lambda: predict_files(args.checkpoint, args.input, args.rows, args.labels, args.output,
-                                                args.batch_size, args.device, args.overwrite), (BadInput, OSError))
-
+from discomkd.commands.predict import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

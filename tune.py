@@ -1,104 +1,10 @@
 """Tune a method's training settings on validation with Ray Tune, then test them beside the paper's.
 
-    python tune.py DIR FIRST SECOND [--method discomkd] --trials N --runs K [--grace-epochs G] [options as compare.py]
+    python tune.py DIR FIRST SECOND [--method discomkd] --trials N --runs K [options as compare.py]
 
-Searches the settings every neural method has (learning rate, weight decay, epochs up to --epochs,
-each modality's augmentation) and the method's own (DisCoM-KD: the loss weights of L_aux, L_mod,
-L_adv and L_perp and the GRL coefficient; discomkd.tuning_space) by random search, the starting
-settings first, ASHA stopping lagging trials, selecting on validation only: the mean over both
-modalities of each classifier's best validation weighted F1. Trials read no test row. Then trains
-the chosen settings and the starting ones (the paper's unless options change them) --runs times on
-seeds SEED+1.. through compare.py's machinery (--runs 0: the search alone). kd and dkd distil from
-a teacher trained with the starting settings or --teacher-settings FILE, in the search and after.
-Outputs in OUTPUT (default DIR/tuning_<FIRST>_<SECOND>): settings.json (the chosen settings:
-`main_DisCoM-KD.py DIR FIRST SECOND --settings settings.json` for DisCoM-KD,
-`compare.py ... --settings-for METHOD=settings.json` for any method), tuning.json (every trial),
-tuning.md (the table), starting/ and tuned/ (their comparisons), trials/.
-Needs Ray: pip install -r requirements-ray.txt.
+The command is `discomkd.commands.tune` (installed as `discomkd-tune`); this file runs it from a checkout.
 """
-import argparse
-import os
-import sys
-
-from discomkd.config import Config, add_config_arguments
-from discomkd.console import configure_output
-from discomkd.errors import OptionError, command_status
-from discomkd.executors import make_executor
-from discomkd.methods import METHODS
-from discomkd.settings_file import command_line, parse_settings_file
-from discomkd.tuning_space import TUNABLE, check_tuning
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Tune DisCoM-KD's settings on validation with Ray Tune; test the chosen ones beside the paper's.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("directory", metavar="DIR", help="data folder; split files optional (without them the "
-                                                         "search draws its own 70/10/20 split)")
-    parser.add_argument("first_prefix", metavar="FIRST_PREFIX", help="first modality")
-    parser.add_argument("second_prefix", metavar="SECOND_PREFIX", help="second modality")
-    parser.add_argument("--method", default="discomkd",
-                        help=f"the neural method tuned, among {', '.join(TUNABLE)} (docs/comparison.md: what each "
-                             "one's search covers)")
-    parser.add_argument("--trials", type=int, default=20, help="settings tried (the first: the starting settings)")
-    parser.add_argument("--runs", type=int, default=5, help="runs of the chosen and of the starting settings, on "
-                        "seeds SEED+1..SEED+RUNS (0: the search alone, no final runs and no tuning.md)")
-    parser.add_argument("--grace-epochs", type=int, default=None,
-                        help="epochs every trial trains before ASHA may stop it (default: a quarter of --epochs)")
-    parser.add_argument("--seed", type=int, default=0, help="the search's seed (trials and sampling)")
-    parser.add_argument("--output", default=None, help="output folder (default DIR/tuning_<FIRST>_<SECOND>)")
-    parser.add_argument("--teacher-settings", metavar="FILE", default=None,
-                        help="kd and dkd: the teacher's settings (e.g. the settings.json of tune.py --method "
-                             "teacher), for the teacher the trials distil from and that of the final runs; default: "
-                             "the starting settings")
-    add_config_arguments(parser, skip=("seed", "output", "legacy_modality_targets", "test_every_epoch"))
-    ray = parser.add_argument_group("Ray")
-    ray.add_argument("--executor", choices=("local", "ray"), default="ray",
-                     help="how the final runs train (the search always runs on Ray)")
-    ray.add_argument("--ray-address", default=None, help="the Ray cluster (e.g. auto); default: a local Ray")
-    ray.add_argument("--gpus-per-task", type=float, default=None,
-                     help="GPUs per trial and per final model; default 1 when CUDA is available, else 0")
-    ray.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs per trial and per final model")
-    return parser
-
-
-def teacher_settings(parser: argparse.ArgumentParser, argv, path: str | None, method: str) -> dict | None:
-    """--teacher-settings FILE parsed by tune.py's parser (its checks, the file winning); `OptionError`
-    for a method that reads no teacher."""
-    if path is None:
-        return None
-    if not METHODS[method].needs_teacher:
-        raise OptionError(f"--teacher-settings {path}: {method} reads no teacher (kd and dkd do)")
-    return parse_settings_file(parser, argv, path, "--teacher-settings", f"--teacher-settings {path}")
-
-
-def main(argv=None) -> int:
-    configure_output()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    args = vars(parser.parse_args(argv))
-    directory, first, second = args.pop("directory"), args.pop("first_prefix"), args.pop("second_prefix")
-    trials, runs, grace = args.pop("trials"), args.pop("runs"), args.pop("grace_epochs")
-    executor, address, gpus, cpus = (args.pop(k) for k in ("executor", "ray_address", "gpus_per_task", "cpus_per_task"))
-    teacher_path = args.pop("teacher_settings")
-    output = args.pop("output")  # '' is refused by check_config, not taken for the default
-    output = os.path.join(directory, f"tuning_{first}_{second}") if output is None else output
-    config = Config(**args, output=output, verbose=0)
-
-    def action():
-        check_tuning(config, trials, runs, grace)
-        teacher = teacher_settings(parser, argv, teacher_path, config.method)
-        ray_executor = make_executor("ray", address, gpus, cpus)  # DataError when Ray is missing
-        from discomkd import tuning  # imports Ray: only once it is known to be installed
-        found = tuning.tune_and_compare(config, directory, first, second, trials, runs, grace, ray_executor,
-                                        ray_executor if executor == "ray" else make_executor("local"), teacher)
-        settings = os.path.join(output, "settings.json")
-        reuse = (f"--settings {settings} (main_DisCoM-KD.py, compare.py)" if config.method == "discomkd" else
-                 f"compare.py ... --settings-for {config.method}={settings}")
-        print(f"(outputs in {output}; the chosen settings: {reuse}, or {' '.join(command_line(found['chosen']))})")
-
-    return command_status(action)
-
+from discomkd.commands.tune import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

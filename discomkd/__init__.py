@@ -1,6 +1,6 @@
-"""DisCoM-KD's library: data folders, the training engine, methods and baselines, run files, the
-comparison and its executors, tuning, image folders and inference.
+"""DisCoM-KD (Ienco & Dantas, BMVC 2024): both single-modality classifiers trained at once, cross-modal
+knowledge distilled through invariant, informative and irrelevant feature parts.
 
-The model and its losses are `model_pytorch` (torch only); the single run behind `main_DisCoM-KD.py`
-is `functions`. Imports run one way: commands -> functions -> discomkd -> model_pytorch.
+The package's rooms, from the ground up (each imports only those below it; docs/layout.md draws them):
+utils, models, data, evaluation, runs, training, preparing, analysis, comparison, commands.
 """

@@ -5,8 +5,6 @@ import os
 # changes nothing else (same thread count, same results).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import importlib.util  # noqa: E402  (this file is extended by appending)
-
 import pytest  # noqa: E402
 
 
@@ -14,19 +12,17 @@ import pytest  # noqa: E402
 def console_output():
     """The library's messages go where a command sends them (info to stdout, warnings to stderr), so
     tests read them with capsys as a user reads them."""
-    from discomkd.console import configure_output
+    from discomkd.utils.console import configure_output
 
     configure_output()
 
 
 @pytest.fixture(scope="session")
 def cli_main():
-    """`main(argv) -> exit status` of main_DisCoM-KD.py, loaded by path (its hyphen rules out an import)."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main_DisCoM-KD.py")
-    spec = importlib.util.spec_from_file_location("main_discomkd", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    """`main(argv) -> exit status` of discomkd-train, which main_DisCoM-KD.py runs."""
+    from discomkd.commands.train import main
+
+    return main
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +44,8 @@ def toy_run(tmp_path_factory):
     labels need not be 0..K-1; the paper's learning rate. Tests that write into the run folder work on a copy."""
     from toy import PREFIXES, TOY_RUN_LABELS, TOY_SETTINGS, write_toy_folder
 
-    from discomkd.config import Config
-    from functions import run
+    from discomkd.training.config import Config
+    from discomkd.training.run import run
 
     folder = write_toy_folder(tmp_path_factory.mktemp("toy-run") / "data", PREFIXES, label_values=TOY_RUN_LABELS)
     output = os.path.join(folder, "run")

@@ -9,17 +9,18 @@ import pytest
 import torch
 from toy import PREFIXES, QUICK_OPTIONS, TOY_SETTINGS, folder_snapshot, one_error_line, toy_options, write_toy_folder
 
-import compare
-import discomkd
-from discomkd import comparison, training
-from discomkd import config as config_module
-from discomkd import settings_file as settings
-from discomkd.config import Config
-from discomkd.data import load_data_folder
-from discomkd.executors import LocalExecutor
-from discomkd.methods import ABLATIONS, METHODS, ModelShape, build_model
-from discomkd.run_files import checkpoint_path, load_classifier
-from model_pytorch import PART_DIM
+import discomkd.comparison
+from discomkd.commands import compare
+from discomkd.comparison import runner as comparison
+from discomkd.comparison.executors import LocalExecutor
+from discomkd.data.folder import load_data_folder
+from discomkd.models.discomkd import PART_DIM
+from discomkd.models.methods import ABLATIONS, METHODS, ModelShape, build_model
+from discomkd.runs.outputs import checkpoint_path, load_classifier
+from discomkd.training import config as config_module
+from discomkd.training import loop as training
+from discomkd.training import settings_file as settings
+from discomkd.training.config import Config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -168,8 +169,8 @@ def test_a_settings_value_is_refused_as_its_option_would_be(tmp_path, cli_main, 
 
 def test_executor_ray_without_ray_installed_is_one_error_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if Ray were not installed
-    monkeypatch.delitem(sys.modules, "discomkd.ray_executor", raising=False)  # imported again, if it was
-    monkeypatch.delattr(discomkd, "ray_executor", raising=False)
+    monkeypatch.delitem(sys.modules, "discomkd.comparison.ray_executor", raising=False)  # imported again, if it was
+    monkeypatch.delattr(discomkd.comparison, "ray_executor", raising=False)
     folder = write_toy_folder(tmp_path / "data")
     before = folder_snapshot(tmp_path)
     assert compare.main([folder, *PREFIXES, "--methods", "logreg", "--executor", "ray"]) == 2

@@ -9,22 +9,18 @@ import pytest
 import torch
 from toy import PREFIXES, TOY_SETTINGS, read_results, write_toy_folder
 
-import compare
-import functions
-from discomkd import compiling, methods
-from discomkd.alignment import (
-    BANDWIDTH_SCALES,
-    alignment_term,
-    coral,
-    coral_per_class,
-    mmd,
-    mmd_per_class,
-)
-from discomkd.config import Config, check_config, seed_everything
-from discomkd.data import load_data_folder
-from discomkd.engine import build_setup, compile_report, train_one_epoch
-from discomkd.errors import OptionError
-from model_pytorch import LOSS_TERMS
+from discomkd.commands import compare
+from discomkd.data.folder import load_data_folder
+from discomkd.models import methods
+from discomkd.models.alignment import BANDWIDTH_SCALES, alignment_term, coral, coral_per_class, mmd, mmd_per_class
+from discomkd.models.discomkd import LOSS_TERMS
+from discomkd.training import compiling
+from discomkd.training import run as training_run
+from discomkd.training.config import Config, check_config
+from discomkd.training.epoch import compile_report, train_one_epoch
+from discomkd.training.setup import build_setup
+from discomkd.utils.errors import OptionError
+from discomkd.utils.seeds import seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -194,7 +190,7 @@ def test_the_alignment_term_joins_the_methods_with_invariant_parts_only():
 # ----------------------------------------------------------------------------- training through the engine
 def toy_results(folder, name, **overrides):
     output = os.path.join(folder, name)
-    functions.run(Config(output=output, **{**TOY, **overrides}), folder, *PREFIXES)
+    training_run.run(Config(output=output, **{**TOY, **overrides}), folder, *PREFIXES)
     return read_results(output)
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from toy import write_toy_folder
 
-from discomkd.augment import AUGMENTATIONS, MAX_SHIFT_FRACTION, SCALE_RANGE, augment
-from discomkd.config import Config
-from discomkd.data import load_data_folder
-from discomkd.engine import build_sources
+from discomkd.data.augment import AUGMENTATIONS, MAX_SHIFT_FRACTION, SCALE_RANGE, augment
+from discomkd.data.folder import load_data_folder
+from discomkd.training.config import Config
+from discomkd.training.setup import build_sources
 
 SAMPLES = 400  # each of the 8 dihedral variants has probability >= 1/32: all appear with near certainty
 

@@ -6,13 +6,11 @@ import os
 import pytest
 from toy import PREFIXES, QUICK_OPTIONS, folder_snapshot, refused, write_toy_folder
 
-import benchmark
-import compare
-import inspect_run
-import predict
-from discomkd.config import MAX_SEED, Config, check_config
-from discomkd.data import array_path
-from discomkd.errors import OptionError
+from discomkd.commands import benchmark, compare, inspect_run, predict
+from discomkd.data.folder import array_path
+from discomkd.training.config import Config, check_config
+from discomkd.utils.errors import OptionError
+from discomkd.utils.seeds import MAX_SEED
 
 ROWS = 30
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from discomkd.baselines import (
+from discomkd.models.baselines import (
     DKD_ALPHA,
     DKD_BETA,
     DKD_WARMUP_EPOCHS,
@@ -12,8 +12,8 @@ from discomkd.baselines import (
     dkd_losses,
     kd_loss,
 )
-from discomkd.config import Config
-from discomkd.methods import METHODS, ModelShape, build_model
+from discomkd.models.methods import METHODS, ModelShape, build_model
+from discomkd.training.config import Config
 
 STUDENT = np.array([[2.0, 1.0, 0.5], [0.2, -1.0, 1.5]])
 TEACHER = np.array([[1.0, 3.0, 0.0], [0.5, 0.1, 2.5]])

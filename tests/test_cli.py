@@ -1,5 +1,6 @@
 """End-to-end runs of main_DisCoM-KD.py on learnable toy data: accuracy, outputs, checkpoints, seeding,
 --overwrite, and every command's stdout written line by line."""
+import importlib
 import io
 import os
 import subprocess
@@ -9,18 +10,14 @@ import time
 import numpy as np
 import pytest
 import torch
+from command_table import COMMAND_MODULES
 from toy import PREFIXES, QUICK_OPTIONS, ROOT, folder_snapshot, read_results, refused, toy_options, write_toy_folder
 
-import benchmark
-import compare
-import inspect_run
-import make_example
-import make_splits
-import predict
-from discomkd import console
-from discomkd import run_files as outputs
-from discomkd.run_files import load_classifier
-from model_pytorch import LOSS_TERMS
+from discomkd.commands import entry as command_entry
+from discomkd.models.discomkd import LOSS_TERMS
+from discomkd.runs import outputs
+from discomkd.runs.outputs import load_classifier
+from discomkd.utils import console
 
 LABEL_VALUES = [10, 20, 30]  # labels need not be 0..K-1
 EPOCHS = 4
@@ -173,12 +170,13 @@ def test_stdout_redirected_to_a_file_gets_each_epoch_line_at_once(tmp_path):
         process.wait()
 
 
-@pytest.mark.parametrize("script", [compare, predict, inspect_run, make_splits, make_example, benchmark])
-def test_every_command_makes_stdout_line_buffered(script, monkeypatch):
+@pytest.mark.parametrize("module", COMMAND_MODULES)
+def test_every_command_makes_stdout_line_buffered(module, monkeypatch):
+    """Every command goes through the one entry (`run_command`), which sets up the console before parsing."""
     calls = []
-    monkeypatch.setattr(script, "configure_output", lambda: calls.append(1))
+    monkeypatch.setattr(command_entry, "configure_output", lambda: calls.append(1))
     with pytest.raises(SystemExit):
-        script.main(["--help"])
+        importlib.import_module(module).main(["--help"])
     assert calls == [1]
 
 

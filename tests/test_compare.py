@@ -1,6 +1,5 @@
 """The comparison runner (compare.py) on toy folders."""
 import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,13 +15,16 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from toy import ROOT, TOY_SETTINGS, folder_snapshot, toy_options, write_toy_folder
 
-import compare
-from discomkd import comparison, comparison_jobs, training
-from discomkd.config import Config
-from discomkd.data import load_data_folder
-from discomkd.engine import build_setup, train_one_epoch
-from discomkd.methods import FUSED
-from discomkd.run_files import checkpoint_path
+from discomkd.commands import compare, train
+from discomkd.comparison import jobs as comparison_jobs
+from discomkd.comparison import runner as comparison
+from discomkd.data.folder import load_data_folder
+from discomkd.models.methods import FUSED
+from discomkd.runs.outputs import checkpoint_path
+from discomkd.training import loop as training
+from discomkd.training.config import Config
+from discomkd.training.epoch import train_one_epoch
+from discomkd.training.setup import build_setup
 
 # small, fast settings: a LeNet on (1, 12, 12) images and the MLP on 6-d vectors; lr 1e-3 so that
 # three epochs of 84 rows suffice
@@ -246,10 +248,7 @@ def test_command_line_bad_folder_exits_2_without_traceback(tmp_path):
 
 
 def test_config_options_shared_with_main():
-    spec = importlib.util.spec_from_file_location("main_discomkd", os.path.join(ROOT, "main_DisCoM-KD.py"))
-    main_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(main_module)
-    main_args = vars(main_module.build_parser().parse_args(["D", "A", "B"]))
+    main_args = vars(train.build_parser().parse_args(["D", "A", "B"]))
     assert {k: main_args[k] for k in ("epochs", "weight_adv", "legacy_modality_targets", "encoder_first")} == \
         {"epochs": 300, "weight_adv": 1.0, "legacy_modality_targets": False, "encoder_first": "auto"}
     argv = ["D", "A", "B", "--epochs", "7", "--weight-adv", "0.5", "--runs", "3"]
@@ -315,8 +314,8 @@ def test_sigterm_during_the_classical_baselines_stops_cleanly(tmp_path):
     output = str(tmp_path / "out")
     script = (
         "import os, signal, sys\n"
-        "import compare\n"
-        "from discomkd import classical\n"
+        "from discomkd.commands import compare\n"
+        "from discomkd.comparison import classical\n"
         "real = classical.fit_classical\n"
         "def terminated(*args):\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
@@ -380,7 +379,7 @@ def test_a_shared_split_folder_gives_every_run_its_rows(tmp_path):
     split_folder = tmp_path / "search_split"
     os.makedirs(split_folder)
     labels = np.load(os.path.join(folder, "labels.npy"))
-    from discomkd.splits import stratified_split
+    from discomkd.data.splits import stratified_split
 
     for split, rows in stratified_split(labels, 7).items():
         np.save(split_folder / f"{split}_idx.npy", rows)

@@ -10,12 +10,16 @@ import pytest
 import torch
 from toy import PREFIXES, TOY_SETTINGS, write_toy_folder
 
-from discomkd import comparison, compiling, engine
-from discomkd.config import Config, seed_everything
-from discomkd.data import load_data_folder
-from discomkd.engine import build_setup, compile_report, train_one_epoch
-from discomkd.methods import METHODS
-from functions import run
+from discomkd.comparison import runner as comparison
+from discomkd.data.folder import load_data_folder
+from discomkd.models.methods import METHODS
+from discomkd.training import compiling
+from discomkd.training import epoch as training_epoch
+from discomkd.training.config import Config
+from discomkd.training.epoch import compile_report, train_one_epoch
+from discomkd.training.run import run
+from discomkd.training.setup import build_setup
+from discomkd.utils.seeds import seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -114,7 +118,7 @@ def test_the_recompile_limit_falls_back_to_eager_and_says_so(folder, tmp_path, m
     on eager, reports `compiled: false` with the reason, and its results are those of an eager run."""
     monkeypatch.setattr(compiling, "BACKEND", "aot_eager")
     monkeypatch.setattr(compiling, "GUARDED_CALLS", 0)
-    monkeypatch.setattr(engine, "_step_state", lambda setup: pytest.fail("a guarded call of the compiled step"))
+    monkeypatch.setattr(training_epoch, "_step_state", lambda setup: pytest.fail("a guarded call of the compiled step"))
     config = Config(**TOY, output=str(tmp_path / "limited"))
     with torch._dynamo.config.patch(recompile_limit=1):  # dynamo's own patching: restored exactly after
         limited = run(config, folder, *PREFIXES)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from discomkd import console
+from discomkd.utils import console
 
 
 def test_information_goes_to_stdout_and_warnings_to_stderr_in_one_line(capsys):

@@ -16,17 +16,18 @@ import torch
 from numpy.lib.format import open_memmap
 from toy import PREFIXES, ROOT, TOY_SETTINGS, one_error_line, read_results, toy_arrays, toy_options, write_toy_folder
 
-from discomkd import engine
-from discomkd import run_files as outputs
-from discomkd.config import Config
-from discomkd.data import array_path
-from discomkd.errors import DataError, TrainingError
-from discomkd.methods import ModelShape, classifier_description
-from discomkd.ownership import LOCK_FILE, holder
-from discomkd.run_files import CHECKPOINT_FORMAT, STATE_FILE, load_classifier, load_state, save_checkpoint
-from discomkd.splits import stratified_split
-from functions import run
-from model_pytorch import LOSS_TERMS, ModalityBranch
+from discomkd.data.folder import array_path
+from discomkd.data.splits import stratified_split
+from discomkd.models.discomkd import LOSS_TERMS, ModalityBranch
+from discomkd.models.methods import ModelShape, classifier_description
+from discomkd.runs import outputs
+from discomkd.runs.outputs import CHECKPOINT_FORMAT, STATE_FILE, checkpoint_payload, load_classifier, load_state
+from discomkd.runs.ownership import LOCK_FILE, holder
+from discomkd.training import epoch
+from discomkd.training.config import Config
+from discomkd.training.run import run
+from discomkd.utils.errors import DataError, TrainingError
+from discomkd.utils.files import write_payload
 
 
 # ----------------------------------------------------------------------------- SIGKILL at random moments
@@ -63,10 +64,8 @@ def check_every_file_is_complete(output: str) -> list[str]:
 # cut to half its size (a kill in the middle of writing it). No handler runs, as with a real kill -9.
 # Prints one JSON line per run: {"kill_at", "mode", "exit", "replacements"}.
 KILLER = r"""
-import importlib.util, json, os, signal, sys
-spec = importlib.util.spec_from_file_location("cli", "main_DisCoM-KD.py")
-cli = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cli)
+import json, os, signal, sys
+from discomkd.commands import train as cli
 arguments, runs = json.loads(sys.argv[1])
 real_replace = os.replace
 
@@ -157,7 +156,7 @@ STEPS_PER_EPOCH = 4
 def nan_in_epoch_2(monkeypatch):
     """Puts one NaN into the first modality's batch at the second step of epoch 2."""
     calls = [0]
-    augment = engine.augment
+    augment = epoch.augment
     poisoned = 2 * (STEPS_PER_EPOCH + 1)  # augment runs twice per step, first modality first
 
     def poisoning(x, mode, generator=None):
@@ -168,7 +167,7 @@ def nan_in_epoch_2(monkeypatch):
             x[0].view(-1)[5] = float("nan")
         return x
 
-    monkeypatch.setattr(engine, "augment", poisoning)
+    monkeypatch.setattr(epoch, "augment", poisoning)
     return calls
 
 
@@ -245,8 +244,9 @@ def checkpoint_file(tmp_path):
     branch = ModalityBranch((1, 12, 12), 3, "lenet")
     path = str(tmp_path / "best_IMG.pt")
     description = classifier_description(branch, ModelShape(((1, 12, 12), (6,)), ("lenet", "mlp"), 3), 0)
-    save_checkpoint(path, branch, description, {"prefix": "IMG", "position": 0, "classes": [0, 1, 2],
-                                                "config": dataclasses.asdict(Config()), "epoch": 1, "metrics": {}})
+    write_payload(path, checkpoint_payload(branch, description, {"prefix": "IMG", "position": 0, "classes": [0, 1, 2],
+                                                                 "config": dataclasses.asdict(Config()), "epoch": 1,
+                                                                 "metrics": {}}))
     return path
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from toy import PREFIXES, QUICK_OPTIONS, folder_snapshot, read_results, refused, write_toy_folder
 
-from discomkd.batches import RowSource, epoch_positions
-from discomkd.data import (
+from discomkd.data.batches import RowSource, epoch_positions
+from discomkd.data.folder import (
     array_path,
     data_fingerprint,
     load_data_folder,
@@ -19,8 +19,8 @@ from discomkd.data import (
     reload_data_folder,
     write_split_files,
 )
-from discomkd.errors import DataError
-from discomkd.splits import draw_split
+from discomkd.data.splits import draw_split
+from discomkd.utils.errors import DataError
 
 ROWS = 30  # enough for a stratified split of 3 classes with rows in every split
 

@@ -13,22 +13,21 @@ from __future__ import annotations
 
 import functools
 import glob
-import importlib.util
+import importlib
 import os
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 import pytest
+from command_table import COMMAND_MODULES, DOORS, ROOT, SCRIPTS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README_MAX_BYTES = 15_000  # the front door's bound: everything else lives in docs/
-COMMANDS = ("main_DisCoM-KD.py", "compare.py", "tune.py", "predict.py", "inspect_run.py", "prepare_data.py",
-            "make_splits.py", "make_example.py", "benchmark.py", "gpu_check.py")
-COMMAND_FOLDERS = ("", "tools")  # where a command's file may live (the benchmark may join the GPU check in tools/)
-# other names the docs run a command by: the GPU check as a module, or through its shell wrapper (which passes
-# its options on)
-SPELLINGS = {"tools.gpu_check": "gpu_check.py", "gpu_check.sh": "gpu_check.py"}
+# Every name the docs run a command by, and the command's module: its installed script (discomkd-train), its door
+# in a checkout (main_DisCoM-KD.py), the module itself (python -m discomkd.commands.train), and the GPU check's
+# shell wrapper, which passes its options on.
+SPELLINGS = {**SCRIPTS, **DOORS, **{module: module for module in COMMAND_MODULES},
+             "gpu_check.sh": "discomkd.commands.gpu_check"}
 ANY = "any command"
 
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
@@ -38,8 +37,9 @@ CODE_SPAN = re.compile(r"(`+)(.+?)(?<!`)\1(?!`)", re.DOTALL)
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 SCHEME = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*:|//)")
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
-COMMAND = re.compile(r"(?<![\w./-])(?:tools/)?(" + "|".join(re.escape(c) for c in (*COMMANDS, *SPELLINGS))
-                     + r")(?![\w-])")
+COMMAND = re.compile(r"(?<![\w./-])(?:tools/)?(" + "|".join(re.escape(c) for c in sorted(SPELLINGS, key=len,
+                                                                                       reverse=True))
+                     + r")(?![\w.-])")
 SHELL_SEPARATOR = re.compile(r"&&|\|\||;|\s\|\s")
 
 
@@ -147,8 +147,8 @@ def link_problems(path: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- options
 def command_named(match: re.Match) -> str:
-    """The command file a COMMAND match names."""
-    return SPELLINGS.get(match.group(1), match.group(1))
+    """The module of the command a COMMAND match names."""
+    return SPELLINGS[match.group(1)]
 
 
 def shell_options(segment: str) -> list[tuple[str | None, str]]:
@@ -199,26 +199,15 @@ def option_uses(markdown: str) -> list[tuple[str, str, int]]:
     return uses
 
 
-def command_path(command: str) -> str:
-    for folder in COMMAND_FOLDERS:
-        path = os.path.join(ROOT, folder, command)
-        if os.path.exists(path):
-            return path
-    raise FileNotFoundError(f"{command}: not in {', '.join(f or '.' for f in COMMAND_FOLDERS)}")
-
-
 @functools.cache
 def parser_options(command: str) -> frozenset[str]:
-    """Every option string of `command`'s parser, from its `build_parser()` (the file loaded by path: one command
-    has a hyphen in its name)."""
-    spec = importlib.util.spec_from_file_location("docs_" + command[:-3].replace("-", "_"), command_path(command))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return frozenset(s for action in module.build_parser()._actions for s in action.option_strings)
+    """Every option string of the parser of `command` (a module), from its `build_parser()`."""
+    parser = importlib.import_module(command).build_parser()
+    return frozenset(s for action in parser._actions for s in action.option_strings)
 
 
 def known_options(command: str) -> frozenset[str]:
-    return frozenset().union(*map(parser_options, COMMANDS)) if command == ANY else parser_options(command)
+    return frozenset().union(*map(parser_options, COMMAND_MODULES)) if command == ANY else parser_options(command)
 
 
 def option_problems(path: str) -> list[str]:
@@ -246,7 +235,7 @@ def test_options_exist_in_their_command(page):
 def test_every_command_has_its_options_checked():
     """The check above sees options of every command, so an attribution rule that found nothing cannot pass."""
     checked = {command for page in PAGES for command, _, _ in option_uses(read(os.path.join(ROOT, page)))}
-    assert set(COMMANDS) <= checked
+    assert set(COMMAND_MODULES) <= checked
 
 
 def test_every_docs_page_is_reachable_from_the_readme():
@@ -295,14 +284,15 @@ def test_an_unknown_option_is_found():
                 "```bash\npython compare.py DIR A B --runs 5 \\\n    --no-such-compare-option  # comment\n"
                 "pip install --index-url URL torch && python tune.py DIR A B --trials 3\n```\n\n"
                 "| `--output` | `compare.py`'s `--methods` |\n\n## Elsewhere\n\n`--no-such-anywhere`\n\n"
-                "```\npython -m tools.gpu_check OUT --cpu-small --no-such-check-option\n```\n")
+                "```\ndiscomkd-gpu-check OUT --cpu-small --no-such-check-option\n```\n")
     uses = option_uses(markdown)
-    assert ("predict.py", "--rows", 3) in uses and ("predict.py", "--no-such-row-option", 3) in uses
-    assert ("compare.py", "--runs", 6) in uses and ("compare.py", "--no-such-compare-option", 6) in uses
-    assert ("tune.py", "--trials", 8) in uses and not any(option == "--index-url" for _, option, _ in uses)
-    assert ("predict.py", "--output", 11) in uses and ("compare.py", "--methods", 11) in uses
+    predict, compare, tune, check = (f"discomkd.commands.{name}" for name in ("predict", "compare", "tune", "gpu_check"))
+    assert (predict, "--rows", 3) in uses and (predict, "--no-such-row-option", 3) in uses
+    assert (compare, "--runs", 6) in uses and (compare, "--no-such-compare-option", 6) in uses
+    assert (tune, "--trials", 8) in uses and not any(option == "--index-url" for _, option, _ in uses)
+    assert (predict, "--output", 11) in uses and (compare, "--methods", 11) in uses
     assert (ANY, "--no-such-anywhere", 15) in uses
-    assert ("gpu_check.py", "--cpu-small", 18) in uses and ("gpu_check.py", "--no-such-check-option", 18) in uses
+    assert (check, "--cpu-small", 18) in uses and (check, "--no-such-check-option", 18) in uses
     unknown = {(command, option) for command, option, _ in uses if option not in known_options(command)}
-    assert unknown == {("predict.py", "--no-such-row-option"), ("compare.py", "--no-such-compare-option"),
-                       (ANY, "--no-such-anywhere"), ("gpu_check.py", "--no-such-check-option")}
+    assert unknown == {(predict, "--no-such-row-option"), (compare, "--no-such-compare-option"),
+                       (ANY, "--no-such-anywhere"), (check, "--no-such-check-option")}

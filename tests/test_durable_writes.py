@@ -13,13 +13,14 @@ from test_resume import ROWS as RESUME_ROWS
 from test_resume import STEPS_PER_EPOCH, assert_same_run
 from toy import TOY_SETTINGS, read_results, write_toy_folder
 
-import benchmark
-from discomkd import methods
-from discomkd import run_files as outputs
-from discomkd import writer as snapshots
-from discomkd.config import Config
-from discomkd.run_files import TEMPORARY_PREFIX
-from functions import resume, run
+from discomkd.commands import benchmark
+from discomkd.models import methods
+from discomkd.runs import outputs
+from discomkd.runs import writer as snapshots
+from discomkd.training.config import Config
+from discomkd.training.run import resume, run
+from discomkd.utils import files
+from discomkd.utils.files import TEMPORARY_PREFIX
 
 PREFIXES = ("IMG", "VEC")
 CONFIG = Config(**{**TOY_SETTINGS, "epochs": 3, "learning_rate": 2e-3}, verbose=0)
@@ -51,7 +52,7 @@ def disk_events(monkeypatch):
 
 def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path, disk_events):
     path = str(tmp_path / "results.json")
-    outputs.write_json(path, {"a": 1})
+    files.write_json(path, {"a": 1})
     (fsync_file, rename, fsync_folder) = disk_events
     assert rename[0] == "replace" and rename[2] == path
     assert fsync_file == ("fsync", rename[1]), "the temporary file's data reach the disk before it is renamed"
@@ -206,7 +207,7 @@ def test_a_failing_compiled_step_falls_back_to_eager_with_the_same_results(data_
 
 
 def test_bf16_asked_on_a_gpu_without_it_resolves_to_fp32(monkeypatch):
-    from discomkd.config import resolve_precision
+    from discomkd.training.config import resolve_precision
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
     assert resolve_precision("bf16", torch.device("cuda")) == "fp32"
     assert resolve_precision("auto", torch.device("cuda")) == "fp32"

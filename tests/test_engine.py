@@ -7,15 +7,17 @@ import pytest
 import torch
 from toy import PREFIXES, TOY_SETTINGS, read_results, write_toy_folder
 
-from discomkd.config import Config, seed_everything
-from discomkd.data import array_path, load_data_folder
-from discomkd.engine import build_setup, train_one_epoch
-from discomkd.errors import TrainingError
-from discomkd.inference import predict_array
-from discomkd.methods import FUSED, METHODS
-from discomkd.run_files import STATE_FILE, checkpoint_path, load_classifier, load_state
-from discomkd.training import fit
-from functions import run
+from discomkd.data.folder import array_path, load_data_folder
+from discomkd.models.methods import FUSED, METHODS
+from discomkd.runs.outputs import STATE_FILE, checkpoint_path, load_classifier, load_state
+from discomkd.training.config import Config
+from discomkd.training.epoch import train_one_epoch
+from discomkd.training.inference import predict_array
+from discomkd.training.loop import fit
+from discomkd.training.run import run
+from discomkd.training.setup import build_setup
+from discomkd.utils.errors import TrainingError
+from discomkd.utils.seeds import seed_everything
 
 # a LeNet on (1, 12, 12) images and the MLP on 6-d vectors, lr 1e-3: two short epochs learn the toy classes
 SETTINGS = {**TOY_SETTINGS, "augment_first": "none", "verbose": 0}

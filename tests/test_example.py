@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from toy import folder_snapshot, refused
 
-import make_example
-from discomkd.data import load_data_folder
-from discomkd.errors import DataError
-from make_example import make_digits_example
+from discomkd.commands import make_example
+from discomkd.commands.make_example import make_digits_example
+from discomkd.data.folder import load_data_folder
+from discomkd.utils.errors import DataError
 
 
 def test_example_is_a_valid_two_modality_folder(tmp_path):

@@ -7,12 +7,12 @@ import pytest
 import torch
 from toy import TOY_SETTINGS, write_toy_folder
 
-import benchmark
-import functions
-from discomkd import compiling
-from discomkd import config as configuration
-from discomkd.benchmarking import SHAPES, write_synthetic_folder
-from discomkd.data import load_data_folder
+from discomkd.analysis.benchmarking import SHAPES, write_synthetic_folder
+from discomkd.commands import benchmark
+from discomkd.data.folder import load_data_folder
+from discomkd.training import compiling
+from discomkd.training import config as configuration
+from discomkd.training import run as training_run
 
 QUIET = {**TOY_SETTINGS, "epochs": 3, "learning_rate": configuration.Config.learning_rate,
          "augment_first": "flip+rot90", "verbose": 0, "overwrite": True}
@@ -20,7 +20,7 @@ QUIET = {**TOY_SETTINGS, "epochs": 3, "learning_rate": configuration.Config.lear
 
 def _history(folder, output, **overrides):
     config = configuration.Config(output=str(output), **{**QUIET, **overrides})
-    results = functions.run(config, str(folder), "IMG", "VEC")
+    results = training_run.run(config, str(folder), "IMG", "VEC")
     return [h["loss"] for h in results["history"]], results["final"]
 
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from toy import PREFIXES, QUICK_OPTIONS, folder_snapshot, write_toy_folder  # noqa: E402
 
-from discomkd.data import array_path  # noqa: E402
+from discomkd.data.folder import array_path  # noqa: E402
 
 ROWS = 30
 SPLIT_FILES = ("train_idx.npy", "valid_idx.npy", "test_idx.npy")

@@ -40,20 +40,23 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis (a test-only dependency) is not installed")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from toy import PREFIXES, ROOT, TOY_SETTINGS, PlaceholderFolder, folder_snapshot, toy_options, write_toy_folder  # noqa: E402
+from toy import PREFIXES, TOY_SETTINGS, PlaceholderFolder, folder_snapshot, toy_options, write_toy_folder  # noqa: E402
 
-import benchmark  # noqa: E402
-import compare  # noqa: E402
-import discomkd  # noqa: E402
-import inspect_run  # noqa: E402
-import make_example  # noqa: E402
-import make_splits  # noqa: E402
-import predict  # noqa: E402
-import tune  # noqa: E402
-from discomkd import settings_file  # noqa: E402
-from discomkd.config import Config  # noqa: E402
-from discomkd.errors import Interrupted  # noqa: E402
-from functions import run  # noqa: E402
+import discomkd.comparison  # noqa: E402
+from discomkd.commands import (  # noqa: E402
+    benchmark,
+    compare,
+    inspect_run,
+    make_example,
+    make_splits,
+    predict,
+    train,
+    tune,
+)
+from discomkd.training import settings_file  # noqa: E402
+from discomkd.training.config import Config  # noqa: E402
+from discomkd.training.run import run  # noqa: E402
+from discomkd.utils.errors import BadInput, Interrupted  # noqa: E402
 
 ROWS = 30
 VALID_ALONE = 1  # valid values run alone per option, the first of its pool: a training costs 0.1-1 s
@@ -529,8 +532,8 @@ def ray_hidden():
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(sys.modules, "ray", None)
         for name in ("ray_executor", "tuning"):
-            patch.delitem(sys.modules, f"discomkd.{name}", raising=False)
-            patch.delattr(discomkd, name, raising=False)
+            patch.delitem(sys.modules, f"discomkd.comparison.{name}", raising=False)
+            patch.delattr(discomkd.comparison, name, raising=False)
         yield
 
 
@@ -684,7 +687,7 @@ def long_options(parser) -> set[str]:
 def test_every_option_of_every_command_is_fuzzed(cli_main):
     """The pools are written by hand: an option added to a command must be added to its pools too, with a
     valid value, and an invalid one unless it takes none (a flag) or any text (--ray-address)."""
-    parsers = {MAIN: cli_main.__globals__["build_parser"](), "compare.py": compare.build_parser(),
+    parsers = {MAIN: train.build_parser(), "compare.py": compare.build_parser(),
                "predict.py": predict.build_parser(), "inspect_run.py": inspect_run.build_parser(),
                "make_splits.py": make_splits.build_parser(), "make_example.py": make_example.build_parser(),
                "benchmark.py": benchmark.build_parser(), "tune.py": tune.build_parser()}
@@ -709,15 +712,7 @@ SETTABLE = settings_file.settable_fields()
 SETTINGS_OPTIONS = {name: "--" + name.replace("_", "-") for name in SETTABLE}
 
 
-def main_parser():
-    """main_DisCoM-KD.py's parser, its file loaded by path (a hyphen rules out an import)."""
-    spec = importlib.util.spec_from_file_location("main_discomkd_parser", os.path.join(ROOT, MAIN))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_parser()
-
-
-SETTINGS_PARSERS = {MAIN: main_parser(), "compare.py": compare.build_parser()}  # the commands taking --settings
+SETTINGS_PARSERS = {MAIN: train.build_parser(), "compare.py": compare.build_parser()}  # the commands taking --settings
 # values of another JSON type than each kind of field takes; null and nested objects included
 WRONG_TYPES = {"int": ["1", 1.0, True, None, [1], {"value": 1}],
                "float": ["0.5", True, None, [0.5], {"value": 0.5}],
@@ -784,7 +779,7 @@ def parsed(parse, argv) -> str | None:
     try:
         with contextlib.redirect_stderr(io.StringIO()):
             namespace = vars(parse(argv))
-    except (SystemExit, settings_file.BadInput):
+    except (SystemExit, BadInput):
         return None
     namespace.pop("settings")
     return repr(sorted(namespace.items()))
@@ -795,7 +790,7 @@ def parsed(parse, argv) -> str | None:
 def test_a_setting_parses_as_its_option_typed(request, cli_main, field, value):
     """One set of checks: a settings file's value gives the namespace its option typed gives, or is
     refused where the typed option is (argparse's types); the Config checks then see the same values."""
-    parser = cli_main.__globals__["build_parser"]()
+    parser = train.build_parser()
     example = Example(request)
     request.addfinalizer(lambda: shutil.rmtree(example.tmp, ignore_errors=True))
     path = example.write_text("settings.json", json.dumps({field: json_value(field, value, example)}))

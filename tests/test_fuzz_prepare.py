@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from toy import PlaceholderFolder, folder_snapshot, write_sample_folders  # noqa: E402
 
-import prepare_data  # noqa: E402
-from discomkd.data import load_data_folder  # noqa: E402
+from discomkd.commands import prepare as prepare_data  # noqa: E402
+from discomkd.data.folder import load_data_folder  # noqa: E402
 
 POSITIONAL = "(positional)"
 BASE_FRACTIONS = ("--fractions", "0.5", "0.25", "0.25")  # 6 paired samples a class: 2 each in valid and test

@@ -1,4 +1,4 @@
-"""The GPU check (tools/gpu_check.py, tools/gpu_check.sh) at toy size on the CPU: each step in its own
+"""The GPU check (discomkd-gpu-check, tools/gpu_check.sh) at toy size on the CPU: each step in its own
 process, its results on disk as soon as it ends, a killed check keeping the steps it finished, and a
 verdict that says whether the fast path trained compiled."""
 import json
@@ -11,7 +11,7 @@ import time
 import pytest
 from toy import ROOT
 
-from tools import gpu_check
+from discomkd.commands import gpu_check
 
 
 def read_report(output) -> dict:

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from toy import PREFIXES, folder_snapshot, read_results, refused, toy_options, write_toy_folder
 
-import compare
-from discomkd.errors import DataError
-from discomkd.figures import MISSING_MATPLOTLIB
-from discomkd.inference import feature_parts
-from discomkd.inspection import load_run
-from discomkd.probes import PARTS, probe_accuracy
-from discomkd.run_files import PROBES_FILE
-from inspect_run import main
+from discomkd.analysis.figures import MISSING_MATPLOTLIB
+from discomkd.analysis.inspection import load_run
+from discomkd.commands import compare
+from discomkd.commands.inspect_run import main
+from discomkd.evaluation.probes import PARTS, probe_accuracy
+from discomkd.runs.outputs import PROBES_FILE
+from discomkd.training.inference import feature_parts
+from discomkd.utils.errors import DataError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("training_curves.png", "confusion_IMG.png", "confusion_VEC.png", "tsne.png")

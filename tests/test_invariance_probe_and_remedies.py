@@ -11,15 +11,16 @@ import torch
 import torch.nn.functional as F
 from toy import TOY_SETTINGS, logged_lines, read_results, write_toy_folder
 
-import compare
-import functions
-from discomkd import comparison, methods
-from discomkd.config import Config, check_config
-from discomkd.errors import OptionError
-from discomkd.inference import feature_parts
-from discomkd.inspection import load_run
-from discomkd.probes import INVARIANCE_MEANING, TRANSFER_MEANING, modality_probe, probe_rows, transfer_lines
-from model_pytorch import PART_DIM, DisCoMKD, gradient_reverse, grl_coefficient_at
+from discomkd.analysis.inspection import load_run
+from discomkd.commands import compare
+from discomkd.comparison import runner as comparison
+from discomkd.evaluation.probes import INVARIANCE_MEANING, TRANSFER_MEANING, modality_probe, probe_rows, transfer_lines
+from discomkd.models import methods
+from discomkd.models.discomkd import PART_DIM, DisCoMKD, gradient_reverse, grl_coefficient_at
+from discomkd.training import run as training_run
+from discomkd.training.config import Config, check_config
+from discomkd.training.inference import feature_parts
+from discomkd.utils.errors import OptionError
 
 PREFIXES = ("IMG", "VEC")
 # the paper's learning rate, as in the recorded history below
@@ -37,7 +38,7 @@ BEFORE_THE_REMEDIES = [
 def toy_results(folder, name="run", **overrides):
     """results.json of a 2-epoch toy run in folder/name."""
     output = os.path.join(folder, name)
-    functions.run(Config(output=output, **{**TOY, **overrides}), folder, *PREFIXES)
+    training_run.run(Config(output=output, **{**TOY, **overrides}), folder, *PREFIXES)
     return read_results(output)
 
 

@@ -1,14 +1,23 @@
-"""The project's shape, read from the source: imports run commands -> functions.py -> discomkd ->
-model_pytorch.py, with no cycle, no library module importing a command, and no sys.path edit."""
+"""The project's shape, read from the source: every library module in one of the package's rooms
+(subpackages), each room importing only rooms below it in LAYERS, no cycle, the models knowing torch
+alone, every command installed, the top-level files thin doors, and nothing editing the import path."""
 import ast
 import os
 import re
 
 import pytest
+from command_table import DOORS, SCRIPTS
 from toy import ROOT
 
-LIBRARY_FILES = ("model_pytorch.py", "functions.py")  # the two top-level modules the original layout names
 PACKAGE = "discomkd"
+# The rooms from the ground up: a module may import its own room and the rooms before it, never one after.
+LAYERS = ("utils", "models", "data", "evaluation", "runs", "training", "preparing", "analysis", "comparison",
+          "commands")
+# The two top-level modules the original layout names: they hand on the package's names and hold no code.
+NAMED_FILES = {"model_pytorch.py": "discomkd.models.discomkd", "functions.py": "discomkd.training.run"}
+# What the models may import besides their own room: torch and the standard library (no files, metrics or
+# command lines; numpy and scikit-learn are the data's and the scores')
+MODEL_IMPORTS = ("torch", "__future__", "math", "typing", "dataclasses")
 
 
 def python_files() -> list[str]:
@@ -25,8 +34,9 @@ def module_name(path: str) -> str:
     return path[:-3].replace(os.sep, ".").removesuffix(".__init__")
 
 
-def imported_modules(path: str, known: set[str]) -> set[str]:
-    """The project modules `path` imports, anywhere in the file (lazy imports inside functions count)."""
+def imported_names(path: str) -> set[str]:
+    """Every module name `path` imports, anywhere in the file (lazy imports inside functions count), and for
+    `from X import y` also X.y (y may be a module)."""
     tree = ast.parse(open(os.path.join(ROOT, path)).read(), path)
     names = set()
     for node in ast.walk(tree):
@@ -34,14 +44,21 @@ def imported_modules(path: str, known: set[str]) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)  # from discomkd import data
-    return {name for name in names if name in known}
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)  # from discomkd.training import loop
+    return names
 
 
 def import_graph() -> dict[str, set[str]]:
+    """{module: the project modules it imports}, tests left out."""
     files = [f for f in python_files() if not f.startswith("tests" + os.sep)]
     known = {module_name(f) for f in files}
-    return {module_name(f): imported_modules(f, known) - {module_name(f)} for f in files}
+    return {module_name(f): (imported_names(f) & known) - {module_name(f)} for f in files}
+
+
+def room(module: str) -> str | None:
+    """The subpackage a package module lives in (discomkd.training.loop -> training); None outside the package."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == PACKAGE and len(parts) > 1 else None
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -70,43 +87,83 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def is_library(module: str) -> bool:
-    return module == PACKAGE or module.startswith(PACKAGE + ".") or module + ".py" in LIBRARY_FILES
+def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(importer, imported) for each import of a package module from a room above its own (or from outside the
+    package: a top-level file or tools/)."""
+    wrong = []
+    for module, targets in graph.items():
+        if not module.startswith(PACKAGE):
+            continue
+        for target in targets:
+            if target == PACKAGE or room(target) is None and target.startswith(PACKAGE):
+                continue  # the package itself (a room's __init__ imports nothing)
+            if room(target) is None or (room(module) is not None
+                                        and LAYERS.index(room(target)) > LAYERS.index(room(module))):
+                wrong.append((module, target))
+    return sorted(wrong)
+
+
+def test_every_library_module_lives_in_a_room():
+    loose = [path for path in python_files() if os.path.dirname(path) == PACKAGE and path != "discomkd/__init__.py"]
+    assert not loose, f"modules outside the package's rooms: {loose}"
+    rooms = sorted(name for name in os.listdir(os.path.join(ROOT, PACKAGE))
+                   if os.path.isfile(os.path.join(ROOT, PACKAGE, name, "__init__.py")))
+    assert rooms == sorted(LAYERS), "LAYERS lists every room, and only rooms"
 
 
 def test_the_import_graph_has_no_cycle():
     assert find_cycle(import_graph()) is None, f"import cycle: {' -> '.join(find_cycle(import_graph()))}"
 
 
-def test_the_cycle_finder_finds_a_cycle():
+def test_no_room_imports_one_above_it():
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_checks_can_fail():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+    graph = {"discomkd.data.folder": {"discomkd.training.config", "discomkd.utils.errors"},
+             "discomkd.utils.errors": {"model_pytorch"}, "discomkd.commands.train": {"discomkd.training.run"}}
+    assert upward_imports(graph) == [("discomkd.data.folder", "discomkd.training.config"),
+                                     ("discomkd.utils.errors", "model_pytorch")]
 
 
-def test_no_library_module_imports_a_command():
-    graph = import_graph()
-    wrong = [(module, target) for module, targets in graph.items() if is_library(module)
-             for target in targets if not is_library(target)]
-    assert not wrong, f"library modules importing commands or tools: {wrong}"
-
-
-def test_imports_run_one_way():
-    """The package never imports functions.py (the run behind main_DisCoM-KD.py); the model imports nothing
-    of the project."""
-    graph = import_graph()
-    assert not graph["model_pytorch"], graph["model_pytorch"]
-    for module, targets in graph.items():
-        if module.startswith(PACKAGE):
-            assert "functions" not in targets, f"{module} imports functions.py"
-
-
-def test_only_commands_and_the_named_files_sit_at_the_top_level():
-    """A top-level file is a command (it has a main() it calls under __main__) or one of the named library files."""
+def test_the_models_know_torch_alone():
+    """The networks and losses know no files, metrics or command lines: torch, and their own room."""
     for path in python_files():
-        if os.sep in path or path in LIBRARY_FILES:
+        if path.startswith(os.path.join(PACKAGE, "models") + os.sep):
+            outside = {name for name in imported_names(path) if not name.startswith(f"{PACKAGE}.models")
+                       and name.split(".")[0] not in MODEL_IMPORTS}
+            assert not outside, f"{path} imports {sorted(outside)}"
+
+
+def test_top_level_files_are_thin_doors():
+    """A top-level .py file is a command's door (it imports that command's main and calls it) or one of the two
+    named files, which only hand on names of the package; none holds a definition of its own."""
+    for path in python_files():
+        if os.sep in path:
             continue
-        source = open(os.path.join(ROOT, path)).read()
-        assert re.search(r"^def main\(", source, re.M) and "__main__" in source, f"{path} is not a command"
+        tree = ast.parse(open(os.path.join(ROOT, path)).read(), path)
+        definitions = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
+        assert not definitions, f"{path} defines {[d.name for d in definitions]}"
+        imports = {node.module for node in tree.body if isinstance(node, ast.ImportFrom)}
+        if path in NAMED_FILES:
+            assert imports == {NAMED_FILES[path]}, f"{path} imports {imports}"
+        else:
+            assert path in DOORS and imports == {DOORS[path]}, f"{path} is neither a door nor a named file"
+
+
+def test_every_command_is_installed_and_every_door_opens_one():
+    commands = sorted(module_name(os.path.join(PACKAGE, "commands", f)) for f in
+                      os.listdir(os.path.join(ROOT, PACKAGE, "commands"))
+                      if f.endswith(".py") and f not in ("__init__.py", "entry.py"))
+    assert sorted(SCRIPTS.values()) == commands, "one [project.scripts] entry per command module"
+    assert set(DOORS.values()) <= set(commands)
+    for module in commands:
+        source = open(os.path.join(ROOT, *module.split(".")) + ".py").read()
+        assert re.search(r"^def main\(argv: list\[str\] \| None = None\) -> int:\n    return run_command\(", source,
+                         re.M), f"{module}: main(argv) goes through run_command"
+        assert source.rstrip().endswith('if __name__ == "__main__":\n    raise SystemExit(main())'), module
 
 
 # the second pattern matches the environment variable's name without spelling it in this file

@@ -4,10 +4,12 @@ import pytest
 import torch
 from toy import TOY_SETTINGS, write_toy_folder
 
-from discomkd.config import Config, seed_everything
-from discomkd.data import load_data_folder
-from discomkd.engine import build_setup, train_one_epoch
-from model_pytorch import LOSS_TERMS, BranchOutput, discomkd_losses
+from discomkd.data.folder import load_data_folder
+from discomkd.models.discomkd import LOSS_TERMS, BranchOutput, discomkd_losses
+from discomkd.training.config import Config
+from discomkd.training.epoch import train_one_epoch
+from discomkd.training.setup import build_setup
+from discomkd.utils.seeds import seed_everything
 
 # Two rows of the first modality, one of the second, three classes, 2-d feature parts (the losses
 # do not depend on the 256-d size). Values chosen by hand so that no term is trivially 0 or log(K).

@@ -4,7 +4,15 @@ import math
 import pytest
 import torch
 
-from model_pytorch import ENCODERS, FEATURE_DIM, PART_DIM, DisCoMKD, ModalityBranch, build_encoder, gradient_reverse
+from discomkd.models.discomkd import (
+    ENCODERS,
+    FEATURE_DIM,
+    PART_DIM,
+    DisCoMKD,
+    ModalityBranch,
+    build_encoder,
+    gradient_reverse,
+)
 
 # torchvision's resnet18 has 11,689,512 parameters; without its fc layer (512 * 1000 + 1000) it has
 # 11,176,512, of which the stem convolution holds 64 * 3 * 7 * 7 for 3 input channels.

@@ -10,11 +10,11 @@ import pytest
 import torch
 from toy import PREFIXES, ROOT, TOY_RUN_LABELS, folder_snapshot, refused
 
-from discomkd import prediction
-from discomkd.data import array_path
-from discomkd.inference import predict_array
-from discomkd.run_files import load_classifier
-from predict import main
+from discomkd.analysis import prediction
+from discomkd.commands.predict import main
+from discomkd.data.folder import array_path
+from discomkd.runs.outputs import load_classifier
+from discomkd.training.inference import predict_array
 
 # class values that are not 0..K-1, so that a prediction returned as an index would be caught
 LABEL_VALUES = TOY_RUN_LABELS

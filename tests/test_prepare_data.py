@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from toy import folder_snapshot, refused, write_sample_folders
 
-import make_splits
-from discomkd.data import load_data_folder
-from discomkd.sample_files import channel_moments, combine_moments, read_sample
-from predict import main as predict_main
-from prepare_data import main as prepare_main
+from discomkd.commands import make_splits
+from discomkd.commands.predict import main as predict_main
+from discomkd.commands.prepare import main as prepare_main
+from discomkd.data.folder import load_data_folder
+from discomkd.preparing.samples import channel_moments, combine_moments, read_sample
 
 Image = pytest.importorskip("PIL.Image")
 tifffile = pytest.importorskip("tifffile")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from toy import folder_snapshot, refused, write_sample_folders
 
-from discomkd import prepared_output
-from discomkd.data import load_data_folder
-from prepare_data import main as prepare_main
+from discomkd.commands.prepare import main as prepare_main
+from discomkd.data.folder import load_data_folder
+from discomkd.preparing import output as prepared_output
 
 
 def prepare(tmp_path, output, *options):

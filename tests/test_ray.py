@@ -12,9 +12,12 @@ from toy import PREFIXES, TOY_SETTINGS, KillOnce, logged_lines, toy_options, wri
 
 ray = pytest.importorskip("ray")
 
-from discomkd import comparison, comparison_jobs, ray_executor, training, tuning  # noqa: E402
-from discomkd.config import Config  # noqa: E402
-from discomkd.data import load_data_folder  # noqa: E402
+from discomkd.comparison import jobs as comparison_jobs
+from discomkd.comparison import ray_executor, tuning
+from discomkd.comparison import runner as comparison  # noqa: E402
+from discomkd.data.folder import load_data_folder  # noqa: E402
+from discomkd.training import loop as training
+from discomkd.training.config import Config  # noqa: E402
 
 slow = pytest.mark.skipif(os.environ.get("DISCOMKD_RAY_SLOW") != "1", reason="DISCOMKD_RAY_SLOW=1 runs it (30 s)")
 
@@ -165,7 +168,7 @@ def test_a_trial_never_evaluates_the_test_split(tmp_path, monkeypatch):
 @slow
 def test_tune_selects_on_validation_and_reports_both_settings(tmp_path, capsys, monkeypatch):
     """With relative paths, as users type them: trials run in Ray Tune's own working folders."""
-    import tune
+    from discomkd.commands import tune
 
     folder = write_toy_folder(tmp_path / "data", separation=3.0)
     output = tmp_path / "tuning"
@@ -239,7 +242,7 @@ def test_stopped_trials_are_marked_and_keep_no_state(tmp_path):
 def test_tune_final_runs_share_the_search_split(tmp_path):
     """Issue 21, case 11: without split files the search draws one split, and the final runs train and
     test on it (their test rows are rows no trial read)."""
-    import tune
+    from discomkd.commands import tune
 
     folder = write_toy_folder(tmp_path / "data", separation=3.0)
     for split in ("train", "valid", "test"):
@@ -301,7 +304,7 @@ def test_a_trial_of_a_per_modality_method_trains_both_and_reports_their_mean(tmp
 
 
 def test_each_method_searches_the_common_settings_and_its_own():
-    from discomkd.tuning_space import COMMON, TUNABLE, searched
+    from discomkd.comparison.tuning_space import COMMON, TUNABLE, searched
 
     assert searched("mono") == COMMON and searched("teacher") == COMMON
     assert set(searched("kd")) - set(COMMON) == {"kd_temperature", "kd_weight"}
@@ -317,7 +320,7 @@ def test_tune_a_baseline_end_to_end(tmp_path, capsys):
     """tune.py --method kd: the search teacher, trials of both students, the final runs with kd's chosen
     settings (the teacher with --teacher-settings, as the search's), and the reuse line for compare.py
     --settings-for."""
-    import tune
+    from discomkd.commands import tune
 
     folder = write_toy_folder(tmp_path / "data", separation=3.0)
     output = tmp_path / "tuning_kd"
@@ -344,7 +347,7 @@ def test_tune_a_baseline_end_to_end(tmp_path, capsys):
 @slow
 def test_runs_0_is_the_search_alone(tmp_path, capsys):
     """--runs 0: settings.json and tuning.json, no final runs; the reuse line names --settings-for."""
-    import tune
+    from discomkd.commands import tune
 
     folder = write_toy_folder(tmp_path / "data", separation=3.0)
     output = tmp_path / "tuning_mono"

@@ -12,12 +12,12 @@ import pytest
 import torch
 from toy import PREFIXES, ROOT, TOY_SETTINGS, folder_snapshot, read_results, toy_options, write_toy_folder
 
-from discomkd import methods
-from discomkd import run_files as outputs
-from discomkd.config import Config
-from discomkd.errors import Interrupted
-from discomkd.run_files import STATE_FILE
-from functions import resume, run
+from discomkd.models import methods
+from discomkd.runs import outputs
+from discomkd.runs.outputs import STATE_FILE
+from discomkd.training.config import Config
+from discomkd.training.run import resume, run
+from discomkd.utils.errors import Interrupted
 
 ROWS = 72  # 51 training rows: batches of 16, 16, 16, 3 -> 4 steps per epoch
 STEPS_PER_EPOCH = 4

@@ -13,14 +13,16 @@ import numpy as np
 import pytest
 from toy import PREFIXES, ROOT, TOY_SETTINGS, folder_snapshot, read_results, refused, toy_options, write_toy_folder
 
-from discomkd import comparison, comparison_jobs, run_files
-from discomkd.comparison_jobs import DataSource, Job, run_job
-from discomkd.config import Config
-from discomkd.data import array_path, load_data_folder
-from discomkd.errors import Interrupted
-from discomkd.ownership import LOCK_FILE, SetAside, holder, owning
-from discomkd.run_identity import resume_problem
-from functions import run
+from discomkd.comparison import jobs as comparison_jobs
+from discomkd.comparison import runner as comparison
+from discomkd.comparison.jobs import DataSource, Job, run_job
+from discomkd.data.folder import array_path, load_data_folder
+from discomkd.runs import outputs as run_files
+from discomkd.runs.ownership import LOCK_FILE, SetAside, holder, owning
+from discomkd.training.config import Config
+from discomkd.training.identity import resume_problem
+from discomkd.training.run import run
+from discomkd.utils.errors import Interrupted
 
 Usage = namedtuple("Usage", "total used free")
 ENCODERS = ("lenet", "auto")  # TOY_SETTINGS' encoders
@@ -99,7 +101,7 @@ def test_the_lock_is_held_named_and_released(tmp_path):
     with owning(folder):
         with owning(folder):  # nested, in one process: counted
             assert os.path.exists(os.path.join(folder, LOCK_FILE))
-        code = ("import sys; from discomkd.ownership import holder; print(holder(sys.argv[1]))")
+        code = ("import sys; from discomkd.runs.ownership import holder; print(holder(sys.argv[1]))")
         seen = subprocess.run([sys.executable, "-c", code, folder], capture_output=True, text=True, cwd=ROOT).stdout
         assert f"process {os.getpid()}" in seen
     assert holder(folder) is None and not os.path.exists(os.path.join(folder, LOCK_FILE))
@@ -156,7 +158,7 @@ def test_an_interrupted_run_overwrite_keeps_the_earlier_run(tmp_path):
             should_stop=lambda: True)
     assert {name: open(os.path.join(kept, name), "rb").read() for name in os.listdir(kept)} == earlier
     assert run_files.load_state(output)["results"]["config"]["seed"] == 6
-    from functions import resume
+    from discomkd.training.run import resume
 
     resume(output)  # the new run finishes: the earlier one is gone
     assert not os.path.exists(kept) and read_results(output)["status"] == "finished"
@@ -197,7 +199,7 @@ class StopAfterFirstRun(comparison.LocalExecutor):
 
 
 def test_a_killed_overwrite_leaves_the_earlier_folder_and_blocks_the_next(tmp_path, capsys):
-    import compare
+    from discomkd.commands import compare
 
     folder = write_toy_folder(tmp_path / "data")
     output = str(tmp_path / "cmp")

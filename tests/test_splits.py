@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from toy import PREFIXES, folder_snapshot, refused, write_toy_folder
 
-import make_splits
-from discomkd.errors import NoSpaceError
+from discomkd.commands import make_splits
+from discomkd.utils.errors import NoSpaceError
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from toy import PREFIXES, TOY_SETTINGS, read_results, write_toy_folder
 
-import functions
-from discomkd.comparison_table import aggregate, format_table
-from discomkd.config import Config
-from discomkd.inference import feature_parts
-from discomkd.inspection import load_run
-from discomkd.probes import TRANSFER_DIRECTIONS, cross_modal_transfer, transfer_lines
+from discomkd.analysis.inspection import load_run
+from discomkd.comparison.table import aggregate, format_table
+from discomkd.evaluation.probes import TRANSFER_DIRECTIONS, cross_modal_transfer, transfer_lines
+from discomkd.training import run as training_run
+from discomkd.training.config import Config
+from discomkd.training.inference import feature_parts
 
 CLASSES, DIMENSIONS = 4, 16
 
@@ -124,7 +124,7 @@ def test_unpaired_modalities_fit_on_their_own_training_rows(tmp_path):
     for prefix, rows in own.items():
         np.save(os.path.join(folder, f"train_idx_{prefix}.npy"), rows)
     output = str(tmp_path / "run")
-    functions.run(Config(output=output, **{**TOY_SETTINGS, "epochs": 1, "verbose": 0}), folder, *PREFIXES)
+    training_run.run(Config(output=output, **{**TOY_SETTINGS, "epochs": 1, "verbose": 0}), folder, *PREFIXES)
     transfer = read_results(output)["cross_modal_transfer"]
     for name, source, _ in TRANSFER_DIRECTIONS:
         assert transfer[name]["fitted_rows"] == len(own[PREFIXES[source]])

@@ -11,9 +11,9 @@ import tempfile
 
 import numpy as np
 
-from discomkd.data import array_path
-from discomkd.settings_file import command_line
-from discomkd.splits import stratified_split
+from discomkd.data.folder import array_path
+from discomkd.data.splits import stratified_split
+from discomkd.training.settings_file import command_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: the commands live here
 PREFIXES = ("IMG", "VEC")  # the toy folder's modalities: (1, 12, 12) images and 6-d vectors

@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from discomkd.errors import EXIT_BAD_INPUT
+from discomkd.utils.errors import EXIT_BAD_INPUT
 
 ABLATIONS = ("no-adv", "no-mod", "no-aux", "no-perp", "invariant-only")
 NEEDS_TEACHER = ("kd", "dkd")

@@ -1,0 +1,1 @@
+"""Scores of predictions and features: the classification metrics, and the linear probes of learned parts."""
