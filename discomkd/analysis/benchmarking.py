@@ -123,7 +123,7 @@ def measure(config: Config, folder: str, epochs: int) -> dict:
 
 
 def measure_end_to_end(config: Config, folder: str, epochs: int, method: str) -> dict:
-    """Trains `epochs` epochs of `method` with the one training loop (`training.fit`, as `functions.run`
+    """Trains `epochs` epochs of `method` with the one training loop (`loop.fit`, as `training.run.run`
     does) into a temporary folder, a state.pt snapshot at every epoch (the worst case of the cadence), and
     returns per-epoch and mean timings, and memory."""
     device = resolve_device(config.device)

@@ -14,7 +14,7 @@ reported apart and left out of the averages.
 `--end-to-end` times what users run instead: the one training loop (`loop.fit`), writing every
 file (results.json at each epoch, the checkpoints at each improvement, a state.pt snapshot at every
 epoch, the predictions at the end) into a temporary folder, for DisCoM-KD and the baselines' step (methods mono
-and teacher, through the same engine), with per epoch the training, the evaluation, the file writing
+and teacher, through the same training loop), with per epoch the training, the evaluation, the file writing
 on the training thread and the background writing apart.
 
 The work is the library's: `discomkd.analysis.benchmarking`.

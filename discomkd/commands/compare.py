@@ -15,6 +15,7 @@ from discomkd.commands.entry import CommandLine, run_command
 from discomkd.comparison.executors import make_executor
 from discomkd.comparison.runner import ALL_METHODS, DEFAULT_METHODS, compare, parse_methods
 from discomkd.comparison.tuning_space import settings_source
+from discomkd.data.splits import DEFAULT_FRACTIONS_TEXT
 from discomkd.models.methods import ABLATIONS, METHODS
 from discomkd.training.config import Config, add_config_arguments
 from discomkd.training.settings_file import add_settings_argument, parse_settings_file
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"comma-separated methods to compare, among {', '.join(ALL_METHODS)}")
     parser.add_argument("--ablation", action="store_true",
                         help=f"add the loss ablation's rows: {', '.join(ABLATIONS)}")
-    parser.add_argument("--resplit", action="store_true", help="draw a stratified 70/10/20 split per run even when "
+    parser.add_argument("--resplit", action="store_true", help=f"draw a stratified {DEFAULT_FRACTIONS_TEXT} split per run even when "
                                                                "DIR has split files")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first run")
     parser.add_argument("--output", default=None, help="output folder (default DIR/comparison_<FIRST>_<SECOND>)")

@@ -8,7 +8,7 @@ per-sample .npy); the two modalities' samples are paired by class and file stem.
 CSV with columns id,label,<NAME1>,<NAME2>[,split]. Besides the arrays, labels and splits, OUTPUT gets
 rows.csv, each row's identity (id, class, split, source files and their SHA-256), through which
 predict.py matches raw files to rows. --overwrite replaces a folder this command wrote, and refuses
-one holding anything else (a trained run). docs/data.md says more; discomkd/image_folders.py does
+one holding anything else (a trained run). docs/data.md says more; discomkd/preparing/folders.py does
 the work.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from discomkd.commands.entry import run_command
 from discomkd.data.splits import DEFAULT_FRACTIONS, check_fractions
 from discomkd.preparing.folders import check_name, list_class_folders, prepare, read_manifest
 from discomkd.preparing.samples import MAX_RESIZE_SIDE, check_resize
+from discomkd.utils.console import command_for
 from discomkd.utils.errors import BadInput, OptionError
 from discomkd.utils.seeds import seed_problem
 
@@ -107,7 +108,8 @@ def describe(summary: dict) -> str:
     lines += summary["notes"]
     if summary["skipped"]:
         lines.append(f"skipped {len(summary['skipped'])} (listed in {summary['output']}/skipped.txt)")
-    lines.append(f"wrote {summary['output']}; train with: python main_DisCoM-KD.py {summary['output']} {' '.join(names)}")
+    lines.append(f"wrote {summary['output']}; train with: {command_for('discomkd.commands.train')} {summary['output']} "
+                 f"{' '.join(names)}")
     return "\n".join(lines)
 
 

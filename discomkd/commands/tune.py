@@ -25,9 +25,11 @@ import os
 from discomkd.commands.entry import CommandLine, run_command
 from discomkd.comparison.executors import make_executor
 from discomkd.comparison.tuning_space import TUNABLE, check_tuning
+from discomkd.data.splits import DEFAULT_FRACTIONS_TEXT
 from discomkd.models.methods import METHODS
 from discomkd.training.config import Config, add_config_arguments
 from discomkd.training.settings_file import command_line, parse_settings_file
+from discomkd.utils.console import command_for
 from discomkd.utils.errors import OptionError
 
 
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tune DisCoM-KD's settings on validation with Ray Tune; test the chosen ones beside the paper's.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("directory", metavar="DIR", help="data folder; split files optional (without them the "
-                                                         "search draws its own 70/10/20 split)")
+                                                         f"search draws its own {DEFAULT_FRACTIONS_TEXT} split)")
     parser.add_argument("first_prefix", metavar="FIRST_PREFIX", help="first modality")
     parser.add_argument("second_prefix", metavar="SECOND_PREFIX", help="second modality")
     parser.add_argument("--method", default="discomkd",
@@ -95,8 +97,10 @@ def tune(line: CommandLine) -> None:
     found = tuning.tune_and_compare(config, directory, first, second, trials, runs, grace, ray_executor,
                                     ray_executor if executor == "ray" else make_executor("local"), teacher)
     settings = os.path.join(output, "settings.json")
-    reuse = (f"--settings {settings} (main_DisCoM-KD.py, compare.py)" if config.method == "discomkd" else
-             f"compare.py ... --settings-for {config.method}={settings}")
+    compare_hint = f"{command_for('discomkd.commands.compare')} {directory} {first} {second} --settings-for " \
+                   f"{config.method}={settings}"
+    reuse = (f"{command_for('discomkd.commands.train')} {directory} {first} {second} --settings {settings}, or "
+             f"{compare_hint}" if config.method == "discomkd" else compare_hint)
     print(f"(outputs in {output}; the chosen settings: {reuse}, or {' '.join(command_line(found['chosen']))})")
 
 

@@ -30,7 +30,7 @@ from discomkd.models.methods import FUSED, METHODS
 from discomkd.runs.outputs import STATE_FILE, checkpoint_path, clear_run_outputs, load_state
 from discomkd.runs.ownership import owning, prepare_output
 from discomkd.training import loop
-from discomkd.training.config import Config
+from discomkd.training.config import Config, with_method_overrides
 from discomkd.training.identity import resume_problem
 from discomkd.utils import console
 from discomkd.utils.errors import DataError
@@ -146,10 +146,6 @@ class Job:
         return dataclasses.replace(self, config=dataclasses.replace(self.config, device="cpu"))
 
 
-def paired_rows(data: DataFolder) -> np.ndarray:
-    return np.intersect1d(data.modalities[0].splits["train"], data.modalities[1].splits["train"])
-
-
 def plan_run(seed: int, folder: str, config: Config, data: DataFolder, source: DataSource, methods: tuple[str, ...],
              method_settings: dict[str, dict] | None = None) -> tuple[list[Job], dict[str, dict]]:
     """The jobs of one run, each after those it needs, and the entries of the methods skipped (with a
@@ -158,11 +154,11 @@ def plan_run(seed: int, folder: str, config: Config, data: DataFolder, source: D
     replace `config`'s for its jobs (a kd or dkd teacher takes the teacher's: `config` unless given)."""
     method_settings = method_settings or {}
 
-    def settings_of(method: str) -> Config:
+    def config_for(method: str) -> Config:
         return dataclasses.replace(config, **method_settings.get(method, {}))
 
     jobs, skipped = [], {}
-    paired = len(paired_rows(data))
+    paired = len(data.paired_train_rows())
     teacher = None  # the teacher's job, once planned
     for method in [m for m in methods if m in METHODS]:
         spec = METHODS[method]
@@ -173,12 +169,12 @@ def plan_run(seed: int, folder: str, config: Config, data: DataFolder, source: D
             skipped[method] = {"status": "skipped", "note": note}
             continue
         if (spec.needs_teacher or method == TEACHER) and teacher is None:
-            teacher = Job(seed, folder, settings_of(TEACHER), TEACHER, None, source)
+            teacher = Job(seed, folder, config_for(TEACHER), TEACHER, None, source)
             jobs.append(teacher)
         if method != TEACHER:
             needs = (teacher.name,) if spec.needs_teacher else ()
             modalities = [m.prefix for m in data.modalities] if spec.per_modality else [None]
-            jobs += [Job(seed, folder, settings_of(method), method, modality, source, needs) for modality in modalities]
+            jobs += [Job(seed, folder, config_for(method), method, modality, source, needs) for modality in modalities]
     jobs += [Job(seed, folder, config, method, None, source) for method in CLASSICAL if method in methods]
     return jobs, skipped
 
@@ -206,13 +202,13 @@ def neural_result(results: dict, seconds: float) -> dict:
 
 def resumable(config: Config, data: DataFolder) -> bool:
     """`config.output` holds the state.pt of an unfinished training of this very run (an earlier attempt
-    of the same job: `run_identity.resume_problem` finds nothing that differs), which `loop.resume`
+    of the same job: `identity.resume_problem` finds nothing that differs), which `loop.resume`
     continues. A state.pt of another run is logged and trained over from the start."""
     if not os.path.exists(os.path.join(config.output, STATE_FILE)):
         return False
     try:
         saved = load_state(config.output)["results"]
-        problem = resume_problem(saved, data, dataclasses.replace(config, **METHODS[config.method].overrides))
+        problem = resume_problem(saved, data, with_method_overrides(config))
     except (DataError, KeyError, TypeError, AttributeError):
         problem = "its state.pt cannot be read"
     if problem is not None:
@@ -222,7 +218,7 @@ def resumable(config: Config, data: DataFolder) -> bool:
 
 def run_job(job: Job, *needed: dict, on_epoch=None, may_resume: bool = False) -> dict:
     """Runs `job` on its data, read again here; `needed`: the results of the jobs it needs, in order.
-    The engine's own lines are shown with a verbose config only; `on_epoch` goes to `loop.fit`;
+    The training loop's own lines are shown with a verbose config only; `on_epoch` goes to `loop.fit`;
     `may_resume`: an earlier attempt's state.pt with the same settings is continued, not started again.
 
     Returns the job's result: `classical.classical_result`, or `neural_result` plus "resumed" (whether

@@ -133,7 +133,7 @@ class RayExecutor:
                 yield submitted[ref], self._result(ref, submitted[ref])
         finally:
             for ref in waiting:  # Ctrl-C, a failed task, or the driver stopped early
-                ray.cancel(ref)  # a running task gets a KeyboardInterrupt: the engine saves its state.pt
+                ray.cancel(ref)  # a running task gets a KeyboardInterrupt: the training loop saves its state.pt
             # the caller may remove the folders of unfinished jobs: not while their tasks still write
             ended, _ = ray.wait(waiting, num_returns=len(waiting), timeout=CANCEL_WAIT_SECONDS)
             for ref in ended:

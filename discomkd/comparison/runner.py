@@ -2,22 +2,22 @@
 
     python compare.py DIR FIRST SECOND [--runs K] [--methods mono,teacher,...] [--resplit] [options]
 
-Every neural method is a spec in `methods.py` trained by the one training loop (`training.fit`), so
+Every neural method is a spec in `models/methods.py` trained by the one training loop (`loop.fit`), so
 all use the same encoders, Adam, augmentation, epochs, compiled step and model selection (each
 classifier's best validation weighted F1, test metrics at that epoch); each writes its own run
 folder (results.json, checkpoints, state.pt while unfinished). svm and logreg are scikit-learn
 pipelines on the flattened rows, C chosen on validation (`classical.py`).
 
 Run k uses seed S+k (S = --seed, 0 by default). When DIR holds no split files, or with
---resplit, each run draws its own stratified 70/10/20 split, saved in OUTPUT/run_<seed>/split;
+--resplit, each run draws its own stratified split (the authors' fractions), saved in OUTPUT/run_<seed>/split;
 DIR is never written. Outputs: OUTPUT/comparison.json (per-run results and aggregates),
 OUTPUT/comparison.md (the table), OUTPUT/run_<seed>/<method>[_<PREFIX>]/ for each neural model.
 
 How it runs: plan -> jobs -> an executor -> results -> table. Each run is planned into jobs (one per
-model, one per classical baseline: `comparison_jobs.plan_run`); an executor (`executors.py`: in this
-process, or on Ray) runs them with `comparison_jobs.run_job` and hands back their results as they
+model, one per classical baseline: `jobs.plan_run`); an executor (`executors.py`: in this
+process, or on Ray) runs them with `jobs.run_job` and hands back their results as they
 finish; once a run's last job is done its entries are assembled, and comparison.json/.md rewritten
-with the aggregates and the table (`comparison_table.py`).
+with the aggregates and the table (`table.py`).
 """
 from __future__ import annotations
 
@@ -38,11 +38,11 @@ from discomkd.comparison.jobs import TEACHER, DataSource, Job, method_entry, pla
 from discomkd.comparison.table import STD_DDOF, aggregate, format_paired, format_table, paired_differences
 from discomkd.comparison.tuning_space import settings_source
 from discomkd.data.folder import DataFolder, has_split_files, read_labels, write_split_files
-from discomkd.data.splits import draw_split
+from discomkd.data.splits import DEFAULT_FRACTIONS_TEXT, draw_split
 from discomkd.models.methods import METHODS
-from discomkd.runs.ownership import SetAside, check_no_set_aside, owning, prepare_output
+from discomkd.runs.ownership import whole_folder
 from discomkd.training.config import MAX_RUNS, Config, check_config, resolve_device, resolve_precision
-from discomkd.training.setup import build_sources
+from discomkd.training.setup import check_augmentations
 from discomkd.utils.errors import DataError, Interrupted, OptionError, TrainingError
 from discomkd.utils.files import write_json, write_text
 from discomkd.utils.seeds import MAX_SEED
@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
-    """'mono,kd' -> ('mono', 'kd'), in the given order, each once; raises `DataError` for unknown names."""
+    """'mono,kd' -> ('mono', 'kd'), in the given order, each once; raises `OptionError` for unknown names."""
     methods = []
     for name in (part.strip() for part in text.split(",")):
         if name not in ALL_METHODS:
@@ -68,7 +68,7 @@ def parse_methods(text: str) -> tuple[str, ...]:
 
 
 def draw_splits(directory: str, seeds) -> list[dict[str, np.ndarray]]:
-    """A stratified 70/10/20 split of the folder's labels per seed; raises `DataError`."""
+    """A stratified split of the folder's labels per seed, in DEFAULT_FRACTIONS; raises `DataError`."""
     labels_path = os.path.join(directory, "labels.npy")
     if not os.path.isdir(directory):
         raise DataError(f"{directory}: data folder not found")
@@ -104,7 +104,7 @@ class Comparison:
     @property
     def split_note(self) -> str:
         if self.drawn is not None:
-            return "a fresh stratified 70/10/20 split per run, saved in run_<seed>/split"
+            return f"a fresh stratified {DEFAULT_FRACTIONS_TEXT} split per run, saved in run_<seed>/split"
         return ("the folder's own split files" if self.shared_split is None
                 else f"the split files in {self.shared_split}") + ", shared by all runs"
 
@@ -130,7 +130,7 @@ def read_input(config: Config, directory: str, prefixes: tuple[str, str], runs: 
     drawn splits, the data, the augmentation settings. `shared_split`: a folder whose split files every
     run uses (tuning's search split); `method_settings`: per method, settings replacing `config`'s;
     `settings_from`: per method, where its settings came from (by default `tuning_space.settings_source`
-    without a file: "paper" or "command line"). Raises `DataError`."""
+    without a file: "paper" or "command line"). Raises `DataError` or `OptionError`."""
     methods = parse_methods(methods if isinstance(methods, str) else ",".join(methods))
     if not 1 <= runs <= MAX_RUNS:  # before the seeds are listed
         raise OptionError(f"--runs {runs}: 1 to {MAX_RUNS} is expected")
@@ -161,8 +161,8 @@ def read_input(config: Config, directory: str, prefixes: tuple[str, str], runs: 
         data = read_data(comparison.source(split_name(output, comparison.seeds[0])), comparison.drawn[0])
     else:
         data = read_data(comparison.source(None))
-    # the augmentation settings are checked without copying anything to the device
-    build_sources(dataclasses.replace(config, data_on_device="no"), data, torch.device("cpu"))
+    for settings in ({}, *method_settings.values()):  # every method's augmentations, before anything is written
+        check_augmentations(dataclasses.replace(comparison.config, **settings), data)
     return comparison, data
 
 
@@ -277,36 +277,18 @@ def compare(config: Config, directory: str, first_prefix: str, second_prefix: st
     `config` holds the training settings of every neural method (its output: the comparison's folder,
     default DIR/comparison_<FIRST>_<SECOND>). `executor` runs the jobs (`executors.py`): a
     `LocalExecutor` (None) or a `ray_executor.RayExecutor`. `on_epoch` goes to every model's training
-    (`training.fit`); `shared_split`, `method_settings`, `settings_from`: see `read_input`. One process at
-    a time writes the folder
-    (`ownership.owning`); `--overwrite` keeps the earlier comparison until this one is complete
-    (`ownership.SetAside`). Raises `DataError` before writing anything on bad input; `Interrupted` or
+    (`loop.fit`); `shared_split`, `method_settings`, `settings_from`: see `read_input`. One process at
+    a time writes the folder, and `--overwrite` keeps the earlier comparison until this one is complete
+    (`ownership.whole_folder`). Raises `DataError` before writing anything on bad input; `Interrupted` or
     `TrainingError` after saving the runs finished so far (a comparison with none finished leaves
     nothing behind). Returns the contents of comparison.json.
     """
     comparison, data = read_input(config, directory, (first_prefix, second_prefix), runs, methods, resplit, verbose,
                                   shared_split, method_settings, settings_from)
     executor = executor or LocalExecutor()
-    prepare_output(comparison.output, config.overwrite)
-    check_no_set_aside(comparison.output)
     device = resolve_device(config.device)
-    aside = SetAside(comparison.output)
-    executor.start(comparison.output)  # refuses (DataError) before anything is written
-    # ---- nothing was written before this line
-    if config.overwrite:
-        aside.start()  # the earlier comparison stays whole until this one is complete
-    created = not os.path.exists(comparison.output)
-    os.makedirs(comparison.output, exist_ok=True)
-    try:
-        with owning(comparison.output):
-            results = _run(comparison, data, executor, device, directory, created, on_epoch, aside.active)
-    except (Interrupted, TrainingError) as error:
-        restored = aside.restore(keep_new=bool(getattr(error, "finished", 0)))
-        if restored:
-            raise type(error)(f"{error}; {restored}") from None
-        raise
-    aside.commit()
-    return results
+    with whole_folder(comparison.output, config.overwrite, lambda: executor.start(comparison.output)) as write:
+        return _run(comparison, data, executor, device, directory, write.created, on_epoch, write.replacing)
 
 
 def _run(comparison: Comparison, data: DataFolder, executor, device: torch.device, directory: str, created: bool,
@@ -375,7 +357,6 @@ def _stop(error: BaseException, comparison: Comparison, results: dict, folders: 
     detail = str(error) if isinstance(error, TrainingError) else "by a signal"
     message = f"comparison {reason} with {finished}/{len(comparison.seeds)} run(s) finished ({detail}); {kept}"
     stopped = (TrainingError if reason == "failed" else Interrupted)(message)
-    stopped.finished = finished  # the new runs worth keeping when an --overwrite is undone (SetAside.restore)
     raise stopped from None
 
 

@@ -203,7 +203,7 @@ def _notes(aggregated: dict, runs: int, seeds, split_note: str, probed: bool, tr
     if transferred:
         chance = {d["to"]: f"{d['chance']:.3f}" for a in aggregated.values()
                   for d in a.get("cross_modal_transfer", {}).values()}
-        # one value where, as data.py has it, both modalities share their validation rows
+        # one value where, as data/folder.py has it, both modalities share their validation rows
         chance = (next(iter(chance.values())) if len(set(chance.values())) == 1
                   else ", ".join(f"{prefix} {value}" for prefix, value in sorted(chance.items())))
         notes.append("[x] Cross-modal transfer: accuracy of a logistic regression fitted on the invariant part of the "

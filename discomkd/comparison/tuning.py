@@ -1,12 +1,12 @@
 """Training settings of any neural method searched on validation with Ray Tune (the library behind tune.py).
 
 The search: random sampling of `search_space` (what `tuning_space.searched` names for the method; the
-starting settings evaluated first), each trial the method trained by the engine (`training.fit`) on the
+starting settings evaluated first), each trial the method trained by the training loop (`loop.fit`) on the
 search split, reporting after every epoch the mean over both modalities of each classifier's best
-validation weighted F1 so far (what the engine's per-classifier model selection keeps; a per-modality
+validation weighted F1 so far (what the loop's per-classifier model selection keeps; a per-modality
 method trains its two models in turn and reports during the second); ASHA stops trials that lag at its
 rungs. The trials read no test row: their data holds the training and validation rows only
-(`validation_only`) and `Config.score_test` is off, so the engine never scores a test split.
+(`validation_only`) and `Config.score_test` is off, so the loop never scores a test split.
 
 The chosen settings are then trained `runs` times on fresh seeds by the comparison
 (`comparison.compare`), beside the settings the search started from, and reported in one table.
@@ -45,12 +45,12 @@ from discomkd.data.augment import AUGMENTATIONS
 from discomkd.data.folder import DataFolder, has_split_files, write_split_files
 from discomkd.models.methods import FUSED, METHODS
 from discomkd.runs.outputs import RESULTS_FILE, STATE_FILE, checkpoint_path
-from discomkd.runs.ownership import SetAside, check_no_set_aside, owning, prepare_output
+from discomkd.runs.ownership import whole_folder
 from discomkd.training.config import Config
 from discomkd.training.loop import fit
-from discomkd.training.setup import resolve_augmentation
+from discomkd.training.setup import check_augmentations
 from discomkd.utils import console
-from discomkd.utils.errors import Interrupted, TrainingError
+from discomkd.utils.errors import TrainingError
 from discomkd.utils.files import write_json, write_text
 
 METRIC = "valid_weighted_f1"  # what trials report and the search maximises
@@ -90,9 +90,8 @@ def starting_point(config: Config) -> dict:
 def first_trial(config: Config, data: DataFolder) -> dict:
     """`starting_point` with `auto` augmentations resolved for `data`'s modalities, so that the first
     trial's values lie in the search space (which lists the modes themselves)."""
-    return {**starting_point(config),
-            **{f"augment_{which}": resolve_augmentation(config, m, position)
-               for position, (which, m) in enumerate(zip(("first", "second"), data.modalities))}}
+    first, second = check_augmentations(config, data)
+    return {**starting_point(config), "augment_first": first, "augment_second": second}
 
 
 def validation_only(data: DataFolder) -> DataFolder:
@@ -276,28 +275,11 @@ def tune_and_compare(config: Config, directory: str, first: str, second: str, tr
     the search alone (settings.json and tuning.json)."""
     check_tuning(config, trials, runs, grace_epochs)
     job, data, split = _search_job(config, directory, (first, second))
-    for m, modality in enumerate(data.modalities):  # the augmentation settings, before anything is written
-        resolve_augmentation(config, modality, m)
-    prepare_output(config.output, config.overwrite)
-    check_no_set_aside(config.output)
-    ray_executor.start(config.output)  # refuses (DataError) before anything is written
-    aside = SetAside(config.output)
-    if config.overwrite:
-        aside.start()  # the earlier search stays whole until this one is complete
-    os.makedirs(config.output, exist_ok=True)
-    try:
-        with owning(config.output):
-            found = _tune(config, job, data, split, (directory, first, second), trials, runs, grace_epochs,
-                          ray_executor, executor, teacher_settings)
-    except BaseException as error:
-        restored = aside.restore(keep_new=True)
-        if restored and isinstance(error, (Interrupted, TrainingError)):
-            raise type(error)(f"{error}; {restored}") from None
-        if restored:
-            logger.warning(f"stopped: {restored}")
-        raise
-    aside.commit()
-    return found
+    check_augmentations(config, data)  # before anything is written
+    # the search and its final comparisons one folder, kept whole until complete under --overwrite
+    with whole_folder(config.output, config.overwrite, lambda: ray_executor.start(config.output)):
+        return _tune(config, job, data, split, (directory, first, second), trials, runs, grace_epochs, ray_executor,
+                     executor, teacher_settings)
 
 
 def _tune(config: Config, job: SearchJob, data: DataFolder, split: dict | None, folder: tuple[str, str, str],

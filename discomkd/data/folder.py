@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from discomkd.data.splits import SPLITS, split_file_name
+from discomkd.data.splits import split_file_name
 from discomkd.models.discomkd import ENCODERS, default_encoder_for
 from discomkd.utils.errors import DataError
 from discomkd.utils.files import atomic_write, save_npy
@@ -119,6 +119,10 @@ class DataFolder:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def paired_train_rows(self) -> np.ndarray:
+        """The training rows of both modalities (sorted): what a method that reads the same rows of both trains on."""
+        return np.intersect1d(self.modalities[0].splits["train"], self.modalities[1].splits["train"])
 
     def describe(self) -> dict:
         return {
@@ -456,5 +460,5 @@ def read_descriptions(directory: str, modalities, classes: np.ndarray) -> dict[s
 
 # ----------------------------------------------------------------------------- splits
 def has_split_files(directory: str, prefixes) -> bool:
-    names = [split_file_name(split) for split in SPLITS] + [split_file_name("train", p) for p in prefixes]
-    return any(os.path.lexists(os.path.join(directory, name)) for name in names)
+    """Whether `directory` holds any split file of a folder with these modalities (a broken link counts)."""
+    return any(os.path.lexists(os.path.join(directory, name)) for name in _split_file_names(prefixes).values())

@@ -11,6 +11,7 @@ from discomkd.utils.errors import DataError, OptionError
 
 SPLITS = ("train", "valid", "test")
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)  # the authors' train/valid/test shares
+DEFAULT_FRACTIONS_TEXT = "/".join(f"{100 * f:g}" for f in DEFAULT_FRACTIONS)  # "70/10/20", as messages say it
 FRACTIONS_TOLERANCE = 1e-6  # how far from 1 the fractions may sum: three decimals typed by hand always pass
 
 
@@ -20,7 +21,7 @@ def split_file_name(split: str, prefix: str | None = None) -> str:
 
 
 def check_fractions(fractions) -> tuple[float, float, float]:
-    """The train/valid/test fractions as floats; raises `DataError` unless they are three finite
+    """The train/valid/test fractions as floats; raises `OptionError` unless they are three finite
     positive numbers summing to 1 (a zero fraction would leave a split empty)."""
     fractions = tuple(float(f) for f in fractions)
     if len(fractions) != len(SPLITS) or not all(math.isfinite(f) and f > 0 for f in fractions) \
@@ -31,7 +32,7 @@ def check_fractions(fractions) -> tuple[float, float, float]:
 
 
 def stratified_split(labels: np.ndarray, seed: int, fractions=DEFAULT_FRACTIONS) -> dict[str, np.ndarray]:
-    """Train/valid/test row numbers drawn per class in the given proportions (the authors' 70/10/20).
+    """Train/valid/test row numbers drawn per class in the given proportions (DEFAULT_FRACTIONS: the authors').
 
     Each class with at least 3 rows gets at least one row in every split. Returns sorted int64 arrays.
     """

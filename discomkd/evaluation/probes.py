@@ -2,7 +2,7 @@
 
 `probe_accuracy` is the one probe (cross-validated accuracy); `modality_probe` asks it whether the
 invariant parts of two modalities still tell the modalities apart, and `cross_modal_transfer` whether a
-classifier of one modality's invariant part classifies the other's. The training loop (`training.fit`)
+classifier of one modality's invariant part classifies the other's. The training loop (`loop.fit`)
 runs both at the end of every DisCoM-KD run; inspect_run.py runs `disentanglement_probes` (modality and
 class, every part) on a finished run. Knows numpy and scikit-learn only.
 """
@@ -19,7 +19,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-PARTS = ("invariant", "informative", "irrelevant")  # the feature parts of a modality branch (model_pytorch)
+PARTS = ("invariant", "informative", "irrelevant")  # the feature parts of a modality branch (models/discomkd.py)
 PROBE_FOLDS = 5
 # Rows per modality the end-of-run probe reads at most: its accuracy is then known to about
 # +-0.01 (binomial standard error at 4000 rows), in seconds even for 256-d features.

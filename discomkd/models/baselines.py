@@ -7,8 +7,8 @@
 - `dkd_losses`: decoupled KD (Zhao et al., CVPR 2022), the target-class (TCKD) and
   non-target-class (NCKD) terms.
 
-The encoders are DisCoM-KD's own (`model_pytorch.build_encoder`), so only the method differs.
-How each is trained is its spec in `methods.py`.
+The encoders are DisCoM-KD's own (`discomkd.build_encoder`, this room's model), so only the method differs.
+How each is trained is its spec in `methods.py` beside this module.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The DisCoM-KD model: encoders, the three feature parts, the heads and the losses.
 
-This module knows only torch: no files, command lines or metrics (those live in `functions.py`).
+This module knows only torch: no files, command lines or metrics (the rest of the package has those;
+`model_pytorch.py` at the top of a checkout hands this module's names on under the original layout's name).
 
 For each modality m a `ModalityBranch` holds everything single-modality inference needs:
 an invariant encoder and a specific encoder of the same kind reading the same input (512-d each),

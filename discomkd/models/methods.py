@@ -1,8 +1,8 @@
-"""Every neural method the training engine runs, each a small spec in one table, `METHODS`.
+"""Every neural method the training loop runs, each a small spec in one table, `METHODS`.
 
 A method says how to build its model, which modalities a training step reads (and whether the two
 are the same rows), a pure function returning its named, unweighted loss terms, their weights, and
-the classifiers it yields. The engine (`functions.fit`) does the rest identically for all: batching,
+the classifiers it yields. The training loop (`training.loop.fit`) does the rest identically for all: batching,
 augmentation, the compiled step, loss sums read once per epoch, stop requests, non-finite checks,
 best-on-validation selection per classifier and checkpoints. Adding a method touches this file only.
 
@@ -42,7 +42,7 @@ ALIGN_TERM = "align"  # the loss term of --align, after DisCoM-KD's five
 @dataclass(frozen=True)
 class ModelShape:
     """What every model is built from: the per-sample shape and encoder of each modality, K classes,
-    and DisCoM-KD's modality discriminator kind (a key of model_pytorch.DISCRIMINATORS)."""
+    and DisCoM-KD's modality discriminator kind (a key of discomkd.DISCRIMINATORS)."""
 
     input_shapes: tuple[tuple[int, ...], tuple[int, ...]]
     encoders: tuple[str, str]
@@ -70,17 +70,17 @@ class DistilledStudent(nn.Module):
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One method, as the engine sees it.
+    """One method, as the training loop sees it.
 
     Attributes:
         description: one line for tables and --help.
         terms: names of the loss terms `losses` returns, in order (`method_spec` adds ALIGN_TERM under --align).
         build: (shape, the modality a per-modality model trains on, or None, teacher or None) -> the model to train.
         losses: (model, inputs {modality: (B, ...)}, labels {modality: (B,)}, config, progress) -> {term:
-            scalar}, unweighted; run under autocast by the engine. `progress` is the training progress at
+            scalar}, unweighted; run under autocast by the training step. `progress` is the training progress at
             this step, a 0-d float32 tensor on the device in [0, 1) (a tensor, so that a compiled step
-            reads a new value without being traced again); None outside the engine.
-        weights: (config, epoch 1-based) -> {term: weight}; the engine applies them, in one place.
+            reads a new value without being traced again); None outside the training loop.
+        weights: (config, epoch 1-based) -> {term: weight}; the training step applies them, in one place (`setup.TrainingSetup.step_losses`).
         classifiers: (model, modality) -> ((modality it classifies or None for fused, module), ...); each
             module's forward reads the inputs of that modality (both for fused) and returns `.logits`.
         per_modality: one model per modality (modality 0, then 1) instead of one for both.
@@ -89,7 +89,7 @@ class MethodSpec:
         needs_teacher: the model is built around a trained teacher (config.teacher, a checkpoint).
         overrides: config fields this method sets (e.g. the published modality targets).
         parameter_groups: (model, config) -> Adam parameter groups (dicts with "params" and maybe "lr").
-        invariant_parts: its classifiers are `ModalityBranch`es with an invariant part, so the engine
+        invariant_parts: its classifiers are `ModalityBranch`es with an invariant part, so the training loop
             probes that part for the modality at the end of a run (probes.py).
         compared_by_default: compare.py runs it when --methods is not given.
     """

@@ -2,14 +2,14 @@
 
 Input: one folder per modality laid out FOLDER/<class>/<sample>.<ext>, the two modalities' samples
 paired by class and file stem; or a CSV manifest (columns id, label, one path column per modality,
-optional split). Each file is read by `discomkd.sample_files` (PNG/JPG, TIFF, per-sample .npy).
+optional split). Each file is read by `samples.py` (PNG/JPG, TIFF, per-sample .npy).
 
-Output (data.py's layout): <NAME>_data_normalized.npy (N, C, H, W) float32, labels.npy, the split
-files, classes.json, normalization.json and rows.csv (each row's identity: `discomkd.row_record`).
+Output (data/folder.py's layout): <NAME>_data_normalized.npy (N, C, H, W) float32, labels.npy, the split
+files, classes.json, normalization.json and rows.csv (each row's identity: `rows.py`).
 Valid and test rows are paired samples (the loader evaluates both modalities on the same rows); an
 unpaired sample is a training row of its own modality only (train_idx_<NAME>.npy) and zeros in the
 other modality's array, which never reads it. Each channel is standardised with the mean and std of
-the training rows only. The folder is built beside its place and swapped in (`discomkd.prepared_output`).
+the training rows only. The folder is built beside its place and swapped in (`output.py`).
 """
 from __future__ import annotations
 
@@ -367,7 +367,7 @@ def prepare(table: Table, output: str, sizes: dict[str, tuple[int, int] | None] 
     is reserved first) and writes the data folder `output`, built beside it and swapped in whole.
 
     Raises `OptionError` for bad fractions (`splits.check_fractions`), seed or resize, `DataError` (nothing
-    written) for an output that cannot be replaced (`prepared_output.check_output`), for the first bad file
+    written) for an output that cannot be replaced (`output.check_output`), for the first bad file
     (unreadable, another shape or bit depth, a duplicate, values that overflow) unless `skip_bad`, for a
     missing reader, a full disk, or when the result would not load. Returns a summary (rows, shapes,
     splits, skipped).

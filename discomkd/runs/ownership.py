@@ -7,11 +7,12 @@ folder locked; on NFS, Linux maps `flock` onto the server's byte-range locks, so
 machines exclude each other too. A second process is refused with one line naming the holder. Nested
 `owning` of one folder in one process (the command, then the training loop) is counted, not relocked.
 
-`SetAside` is how `--overwrite` replaces a whole output folder (a comparison, a search): the earlier
-folder is renamed to `<folder>.previous` before anything new is written, removed only once the new
-one is complete, and renamed back when the new one stops early (its finished part moved to
-`<folder>.interrupted-<time>`). A process killed in between leaves `<folder>.previous`, which the next
-command refuses to touch until the user moves it back or removes it.
+`whole_folder` is how a command writes a whole output folder (a comparison, a search), `--overwrite`
+included: the earlier folder is renamed to `<folder>.previous` (`SetAside`) before anything new is
+written, removed only once the new one is complete, and renamed back when the new one stops early (its
+kept part moved to `<folder>.interrupted-<time>`). A process killed in between leaves
+`<folder>.previous`, which the next command refuses to touch until the user moves it back or removes it.
+`prepare_output` is the check every output folder passes first.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ import shutil
 import socket
 import sys
 import time
+from dataclasses import dataclass
 
-from discomkd.utils.errors import DataError
+from discomkd.utils.errors import DataError, Interrupted, TrainingError
 from discomkd.utils.files import folder_problem
 
 LOCK_FILE = ".discomkd-lock"
@@ -125,6 +127,20 @@ def ignored_names() -> set[str]:
     return {LOCK_FILE}
 
 
+def prepare_output(output: str, overwrite: bool) -> str:
+    """Checks that `output` can hold a run; refuses a folder holding files unless `overwrite`."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise DataError(f"{output}: exists and is not a folder")
+    problem = folder_problem(output)
+    if problem is not None:
+        raise DataError(f"{output}: {problem}")
+    check_not_in_use(output)
+    if os.path.isdir(output) and set(os.listdir(output)) - ignored_names() and not overwrite:
+        raise DataError(f"{output}: output folder already holds files (an earlier run?); "
+                        "pass --overwrite to replace them or --output to choose another folder")
+    return output
+
+
 # ----------------------------------------------------------------------------- --overwrite of a whole folder
 def previous_of(folder: str) -> str:
     return os.path.normpath(folder) + PREVIOUS_SUFFIX
@@ -142,8 +158,8 @@ def check_no_set_aside(folder: str) -> None:
 class SetAside:
     """`--overwrite` of a whole output folder, in three steps: `start()` renames the earlier folder (if
     it holds anything) to `<folder>.previous`; `commit()` removes it once the new folder is complete;
-    `restore()` (the new one stopped early) puts it back, moving the new folder to
-    `<folder>.interrupted-<time>` when `keep_new`, else removing it. Returns, or logs, what it did."""
+    `restore()` (the new one stopped early) puts it back, moving the new folder, if it holds anything, to
+    `<folder>.interrupted-<time>`. Returns, or logs, what it did."""
 
     def __init__(self, folder: str):
         self.folder, self.previous = os.path.normpath(folder), previous_of(folder)
@@ -163,12 +179,14 @@ class SetAside:
             shutil.rmtree(self.previous, ignore_errors=True)
             self.active = False
 
-    def restore(self, keep_new: bool) -> str:
-        """Puts the earlier folder back; returns a sentence saying where everything is."""
+    def restore(self) -> str:
+        """Puts the earlier folder back, the new one moved to `<folder>.interrupted-<time>` when it holds anything
+        (what its command kept: finished runs, a search's trials), else removed; returns a sentence saying where
+        everything is."""
         if not self.active:
             return ""
         moved = None
-        if keep_new and os.path.isdir(self.folder):
+        if os.path.isdir(self.folder) and set(os.listdir(self.folder)) - ignored_names():
             moved = self.folder + INTERRUPTED_SUFFIX + time.strftime("%Y%m%d-%H%M%S")
             os.rename(self.folder, moved)
         else:
@@ -179,15 +197,42 @@ class SetAside:
                 (f"; the new part is in {moved}" if moved else ""))
 
 
-def prepare_output(output: str, overwrite: bool) -> str:
-    """Checks that `output` can hold a run; refuses a folder holding files unless `overwrite`."""
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise DataError(f"{output}: exists and is not a folder")
-    problem = folder_problem(output)
-    if problem is not None:
-        raise DataError(f"{output}: {problem}")
-    check_not_in_use(output)
-    if os.path.isdir(output) and set(os.listdir(output)) - ignored_names() and not overwrite:
-        raise DataError(f"{output}: output folder already holds files (an earlier run?); "
-                        "pass --overwrite to replace them or --output to choose another folder")
-    return output
+@dataclass(frozen=True)
+class FolderWrite:
+    """What `whole_folder` tells the block: whether it made the folder, and whether --overwrite set earlier
+    contents aside (restored if the block fails)."""
+
+    created: bool
+    replacing: bool
+
+
+@contextlib.contextmanager
+def whole_folder(folder: str, overwrite: bool, before_writing=None):
+    """One command writing a whole output folder (a comparison, a search), in the one order every such command
+    follows. Before anything is written: the folder checked (`prepare_output`), no earlier --overwrite left half
+    done (`check_no_set_aside`), and `before_writing()`, the command's own last check (an executor that must reach
+    its cluster). Then, with `overwrite`, the earlier contents set aside (`SetAside`); the folder made and locked
+    (`owning`) for the block, which gets a `FolderWrite`. The block ending normally removes the earlier contents;
+    any exception puts them back (`SetAside.restore`), and an `Interrupted` or `TrainingError` is raised again
+    with a sentence saying where everything is (any other exception after a warning saying it)."""
+    prepare_output(folder, overwrite)
+    check_no_set_aside(folder)
+    if before_writing is not None:
+        before_writing()
+    aside = SetAside(folder)
+    # ---- nothing was written before this line
+    if overwrite:
+        aside.start()
+    created = not os.path.exists(folder)
+    os.makedirs(folder, exist_ok=True)
+    try:
+        with owning(folder):
+            yield FolderWrite(created, aside.active)
+    except BaseException as error:
+        restored = aside.restore()
+        if restored and isinstance(error, (Interrupted, TrainingError)):
+            raise type(error)(f"{error}; {restored}") from None
+        if restored:
+            logger.warning(f"stopped: {restored}")
+        raise
+    aside.commit()

@@ -3,7 +3,7 @@
 The step is compiled with `dynamic=False`, so that the partial last batch of an epoch gets a static graph
 of its own instead of moving every later batch onto one dynamic-shape graph (two static graphs, each used
 every epoch), and with `fullgraph=True`, so that a graph break, or dynamo's recompile limit, is an error
-the engine turns into its eager fallback with the reason recorded, never a step that silently runs
+the training step turns into its eager fallback with the reason recorded, never a step that silently runs
 eager. Dynamo's caches are reset for each new setup: every setup compiles the same code object
 (`TrainingSetup.step_losses`), and the compiles of all the trainers of one process (a comparison, a Ray worker,
 tuning trials) would otherwise count against one recompile limit.
@@ -18,7 +18,7 @@ import torch
 # variant set "aot_eager" (the captured graphs run with eager kernels): the same capture in seconds
 # instead of minutes of C++ compilation on a small CPU.
 BACKEND = "inductor"
-# Calls of the compiled step per batch shape whose errors the engine catches (the step undone and rerun
+# Calls of the compiled step per batch shape whose errors the training step catches (epoch.forward_backward) (the step undone and rerun
 # eager): the compile, and under CUDA graphs the warm-up run and the recording.
 GUARDED_CALLS = 3
 
@@ -44,7 +44,7 @@ def compiler_counts() -> dict[str, int]:
 
 def is_recompile_limit(error: BaseException) -> bool:
     """Whether `error` is dynamo's refusal to compile a code object once more (its recompile limit): raised
-    before the step runs anything, so the engine can rerun the step eager at any time."""
+    before the step runs anything, so the training step can rerun eager at any time."""
     from torch._dynamo import exc
 
     # FailOnCacheLimitHit: its name in earlier PyTorch versions (2.4 and 2.5 among those this project accepts)

@@ -1,6 +1,7 @@
 """Every setting of a run and what checks and resolves them: the typed config (defaults are the
-paper's), its command-line options, devices, precision, seeding and the random states a run
-saves. Knows torch and nothing of training.
+paper's), its command-line options, its checks, a method's overrides applied to it, devices and
+precision. Knows torch and the methods' table (a method names the settings it overrides and the
+loss terms it weights), nothing of the training loop.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from discomkd.models.alignment import ALIGNMENT_CHOICES, NO_ALIGNMENT
 from discomkd.models.baselines import DKD_ALPHA, DKD_BETA, TEMPERATURE
 from discomkd.models.discomkd import DISCRIMINATORS, GRL_SCHEDULES, LOSS_TERMS
-from discomkd.models.methods import METHODS
+from discomkd.models.methods import ALIGN_TERM, METHODS, method_spec
 from discomkd.utils.errors import OptionError
 from discomkd.utils.seeds import seed_problem
 
@@ -95,9 +96,6 @@ class Config:
     modality: str | None = _option(None, "the prefix a per-modality method trains on", flag=False)
     teacher: str | None = _option(None, "checkpoint of the trained teacher a distillation method reads", flag=False)
 
-    def loss_weights(self) -> dict[str, float]:
-        return {term: getattr(self, f"weight_{term}") for term in LOSS_TERMS}
-
 
 BASELINE_SETTINGS = ("kd_temperature", "kd_weight", "dkd_alpha", "dkd_beta", "dkd_temperature")
 
@@ -125,75 +123,116 @@ MAX_RUNS = 1000
 
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+# The option that sets each loss term's weight, as an error message names it.
+WEIGHT_OPTIONS = {**{term: f"--weight-{term}" for term in LOSS_TERMS}, ALIGN_TERM: "--align-weight"}
 
 
 def check_config(config: Config) -> None:
-    """Raises `OptionError` for settings no run can use (the device included)."""
-    problems = []
-    if config.output == "":
-        problems.append("--output '': an empty name; name a folder (. for this one)")
-    if seed_problem(config.seed):
-        problems.append(seed_problem(config.seed))
-    if config.weight_decay < 0 or not math.isfinite(config.weight_decay):
-        problems.append(f"--weight-decay {config.weight_decay}: a finite number >= 0 is expected")
-    if not math.isfinite(config.grl_coefficient):
-        problems.append(f"--grl-coefficient {config.grl_coefficient}: a finite number is expected")
-    if config.grl_schedule not in GRL_SCHEDULES:
-        problems.append(f"--grl-schedule {config.grl_schedule}: expected one of {', '.join(GRL_SCHEDULES)}")
-    if not 0 < config.grl_warmup <= 1:  # also false for NaN
-        problems.append(f"--grl-warmup {config.grl_warmup}: a fraction of training in (0, 1] is expected")
-    if config.discriminator not in DISCRIMINATORS:
-        problems.append(f"--discriminator {config.discriminator}: expected one of {', '.join(DISCRIMINATORS)}")
+    """Raises `OptionError` for the first setting no run can use (the device included)."""
+    checks = (_output_and_seed, _optimizer, _reversal_and_discriminator, _loss_weights, _lengths_and_saving,
+              _placement, _alignment, _distillation, _method)
+    problems = [problem for check in checks for problem in check(config)]
+    if problems:
+        raise OptionError(problems[0])
+    resolve_device(config.device)
+
+
+def with_method_overrides(config: Config) -> Config:
+    """The settings a run of `config.method` trains with: `config` with the method's overrides applied (e.g.
+    discomkd-no-adv's weight_adv 0). The one place a method's overrides are applied."""
+    return dataclasses.replace(config, **METHODS[config.method].overrides)
+
+
+def _finite_at_least_zero(option: str, value: float) -> list[str]:
+    return [] if 0 <= value < math.inf else [f"{option} {value}: a finite number >= 0 is expected"]
+
+
+def _output_and_seed(config: Config) -> list[str]:
+    problems = ["--output '': an empty name; name a folder (. for this one)"] if config.output == "" else []
+    return problems + ([seed_problem(config.seed)] if seed_problem(config.seed) else [])
+
+
+def _optimizer(config: Config) -> list[str]:
+    """A learning rate, weight decay and discriminator scale Adam can step with (in float32)."""
+    problems = _finite_at_least_zero("--weight-decay", config.weight_decay)
     if not 0 < config.discriminator_lr_scale < math.inf:
         problems.append(f"--discriminator-lr-scale {config.discriminator_lr_scale}: a finite positive number is "
                         "expected")
-    if all(weight == 0 for weight in config.loss_weights().values()):
-        problems.append("--weight-cl, --weight-aux, --weight-mod, --weight-adv, --weight-perp: all 0, nothing "
-                        "would be trained; at least one positive loss weight is expected")
-    if config.epochs < 1:
-        problems.append(f"--epochs {config.epochs}: at least 1 is expected")
-    if config.batch_size < 2:
-        problems.append(f"--batch-size {config.batch_size}: at least 2 is expected (batch normalisation)")
-    if config.save_every < 0:
-        problems.append(f"--save-every {config.save_every}: 0 (by time only) or more is expected")
-    if not config.save_every_seconds >= 0 or not math.isfinite(config.save_every_seconds):
-        problems.append(f"--save-every-seconds {config.save_every_seconds}: a finite number >= 0 is expected")
-    if config.eval_batch_size < 1:
-        problems.append(f"--eval-batch-size {config.eval_batch_size}: at least 1 is expected")
     if config.learning_rate <= 0 or not math.isfinite(config.learning_rate):
         problems.append(f"--learning-rate {config.learning_rate}: a positive number is expected")
-    # the optimizer computes in float32: a rate or decay beyond its range cannot be stepped with
     for option, value in (("--learning-rate", config.learning_rate), ("--weight-decay", config.weight_decay),
                           ("--discriminator-lr-scale", config.learning_rate * config.discriminator_lr_scale)):
         if math.isfinite(value) and abs(value) > FLOAT32_MAX:
             shown = getattr(config, option[2:].replace("-", "_"))
             problems.append(f"{option} {shown:g}: beyond float32's range ({FLOAT32_MAX:.3g}) with this learning "
                             "rate; the optimizer steps in float32")
-    for term, weight in config.loss_weights().items():
-        if weight < 0 or not math.isfinite(weight):
-            problems.append(f"--weight-{term} {weight}: a finite number >= 0 is expected")
-    for name, allowed in (("data_on_device", ("auto", "yes", "no")), ("compile", ("auto", "yes", "no")),
-                          ("precision", ("auto", "fp32", "bf16"))):
-        if getattr(config, name) not in allowed:
-            problems.append(f"--{name.replace('_', '-')} {getattr(config, name)}: expected one of {', '.join(allowed)}")
+    return problems
+
+
+def _reversal_and_discriminator(config: Config) -> list[str]:
+    problems = [] if math.isfinite(config.grl_coefficient) else [
+        f"--grl-coefficient {config.grl_coefficient}: a finite number is expected"]
+    if config.grl_schedule not in GRL_SCHEDULES:
+        problems.append(f"--grl-schedule {config.grl_schedule}: expected one of {', '.join(GRL_SCHEDULES)}")
+    if not 0 < config.grl_warmup <= 1:  # also false for NaN
+        problems.append(f"--grl-warmup {config.grl_warmup}: a fraction of training in (0, 1] is expected")
+    if config.discriminator not in DISCRIMINATORS:
+        problems.append(f"--discriminator {config.discriminator}: expected one of {', '.join(DISCRIMINATORS)}")
+    return problems
+
+
+def _loss_weights(config: Config) -> list[str]:
+    """Each weight >= 0, and at least one term of the method trained: the method's own weights say which terms
+    it has (DisCoM-KD's five, and the alignment term under --align), so this rule cannot drift from them."""
+    problems = [p for term in LOSS_TERMS for p in _finite_at_least_zero(WEIGHT_OPTIONS[term],
+                                                                        getattr(config, f"weight_{term}"))]
+    if problems or config.method not in METHODS or config.align not in ALIGNMENT_CHOICES:
+        return problems  # the method's weights are asked of valid settings only
+    overridden = with_method_overrides(config)
+    weights = method_spec(overridden).weights(overridden, 1)
+    if not any(weight > 0 for weight in weights.values()):
+        options = ", ".join(WEIGHT_OPTIONS.get(term, term) for term in weights)
+        problems.append(f"{options}: all 0, nothing would be trained; at least one positive loss weight is expected")
+    return problems
+
+
+def _lengths_and_saving(config: Config) -> list[str]:
+    problems = [] if config.epochs >= 1 else [f"--epochs {config.epochs}: at least 1 is expected"]
+    if config.batch_size < 2:
+        problems.append(f"--batch-size {config.batch_size}: at least 2 is expected (batch normalisation)")
+    if config.eval_batch_size < 1:
+        problems.append(f"--eval-batch-size {config.eval_batch_size}: at least 1 is expected")
+    if config.save_every < 0:
+        problems.append(f"--save-every {config.save_every}: 0 (by time only) or more is expected")
+    if not config.save_every_seconds >= 0 or not math.isfinite(config.save_every_seconds):
+        problems.append(f"--save-every-seconds {config.save_every_seconds}: a finite number >= 0 is expected")
     if config.test_every_epoch and not config.score_test:
         problems.append("--test-every-epoch scores the test split, which this run must not score")
-    if config.align not in ALIGNMENT_CHOICES:
-        problems.append(f"--align {config.align}: expected one of {', '.join(ALIGNMENT_CHOICES)}")
-    if config.align_weight < 0 or not math.isfinite(config.align_weight):
-        problems.append(f"--align-weight {config.align_weight}: a finite number >= 0 is expected")
-    for name in ("kd_temperature", "dkd_temperature"):
-        if not 0 < getattr(config, name) < math.inf:
-            problems.append(f"--{name.replace('_', '-')} {getattr(config, name)}: a finite positive temperature is "
-                            "expected")
-    for name in ("kd_weight", "dkd_alpha", "dkd_beta"):
-        if not 0 <= getattr(config, name) < math.inf:
-            problems.append(f"--{name.replace('_', '-')} {getattr(config, name)}: a finite number >= 0 is expected")
-    if config.method not in METHODS:
-        problems.append(f"method {config.method!r}: expected one of {', '.join(METHODS)}")
-    if problems:
-        raise OptionError(problems[0])
-    resolve_device(config.device)
+    return problems
+
+
+def _placement(config: Config) -> list[str]:
+    return [f"--{name.replace('_', '-')} {getattr(config, name)}: expected one of {', '.join(allowed)}"
+            for name, allowed in (("data_on_device", ("auto", "yes", "no")), ("compile", ("auto", "yes", "no")),
+                                  ("precision", ("auto", "fp32", "bf16")))
+            if getattr(config, name) not in allowed]
+
+
+def _alignment(config: Config) -> list[str]:
+    problems = [] if config.align in ALIGNMENT_CHOICES else [
+        f"--align {config.align}: expected one of {', '.join(ALIGNMENT_CHOICES)}"]
+    return problems + _finite_at_least_zero("--align-weight", config.align_weight)
+
+
+def _distillation(config: Config) -> list[str]:
+    problems = [f"--{name.replace('_', '-')} {getattr(config, name)}: a finite positive temperature is expected"
+                for name in ("kd_temperature", "dkd_temperature") if not 0 < getattr(config, name) < math.inf]
+    return problems + [p for name in ("kd_weight", "dkd_alpha", "dkd_beta")
+                       for p in _finite_at_least_zero(f"--{name.replace('_', '-')}", getattr(config, name))]
+
+
+def _method(config: Config) -> list[str]:
+    return [] if config.method in METHODS else [f"method {config.method!r}: expected one of {', '.join(METHODS)}"]
 
 
 def plain_path(config: Config) -> Config:

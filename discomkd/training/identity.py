@@ -38,7 +38,7 @@ def data_content(data: DataFolder) -> dict[str, str]:
     return {m.prefix: content_stamp(m.path) for m in data.modalities}
 
 
-def settings_of(config: Config | dict) -> dict:
+def computed_settings(config: Config | dict) -> dict:
     """The config fields that decide what a run computes."""
     fields = dataclasses.asdict(config) if isinstance(config, Config) else dict(config)
     return {k: v for k, v in fields.items() if k not in NOT_IDENTITY}
@@ -65,7 +65,7 @@ def resume_problem(saved: dict, data: DataFolder, config: Config | None = None) 
     if recorded is not None and recorded != data_content(data):
         changed = [p for p, stamp in data_content(data).items() if recorded.get(p) != stamp]
         return f"the contents of {', '.join(changed) or 'its data files'} changed since it started"
-    if config is not None and settings_of(saved.get("config", {})) != settings_of(config):
-        differ = sorted(k for k, v in settings_of(config).items() if saved.get("config", {}).get(k) != v)
+    if config is not None and computed_settings(saved.get("config", {})) != computed_settings(config):
+        differ = sorted(k for k, v in computed_settings(config).items() if saved.get("config", {}).get(k) != v)
         return f"its settings differ ({', '.join(differ[:5])})"
     return None

@@ -1,5 +1,5 @@
 """Running a trained classifier over rows, batch by batch: the one loop (`run_in_batches`) behind
-evaluation during training (`engine.evaluate`, the end-of-run invariance probe), prediction from a
+evaluation during training (`scores.evaluate`, the end-of-run invariance probe), prediction from a
 checkpoint (`predict_array`, predict.py) and the features a finished run's checkpoints give
 (`feature_parts`, inspect_run.py).
 
@@ -93,7 +93,7 @@ def predict_array(branch: torch.nn.Module, array: np.ndarray, batch_size: int = 
     """Class probabilities of every sample of `array` (or of its rows `rows`), batch by batch.
 
     Args:
-        branch: a single-modality classifier (`run_files.load_classifier`); it is moved to `device`
+        branch: a single-modality classifier (`outputs.load_classifier`); it is moved to `device`
             and evaluated in eval mode, its previous mode restored afterwards.
         array: (N, *branch.input_shape), any numeric dtype; may be a memory map (read per batch).
         rows: optional (n,) row numbers of `array` to predict, in the order given.

@@ -1,9 +1,9 @@
 """Training of any method from start (or a saved state) to its results.
 
 `fit(config, data, output)` is the one training loop, for DisCoM-KD and every neural baseline
-(each method is a spec in `methods.py`), built from the engine's parts (`engine.py`: the setup,
+(each method is a spec in `models/methods.py`), built from its parts: the setup (`setup.py`),
 an epoch, evaluation). The settings are `config.Config`; the data folder is read and checked
-by `data.py`, the files a run writes (results, checkpoints, resumable state) by `run_files.py` and
+by `data/folder.py`, the files a run writes (results, checkpoints, resumable state) by `runs/outputs.py` and
 `writer.py`. This module knows no command line.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 from discomkd.data.folder import DataFolder, reload_data_folder
 from discomkd.evaluation.probes import INVARIANCE_MEANING, TRANSFER_MEANING, transfer_lines
-from discomkd.models.methods import METHODS, classifier_description
+from discomkd.models.methods import classifier_description
 from discomkd.runs.outputs import (
     PREVIOUS_RUN_FOLDER,
     RESULTS_FILE,
@@ -35,18 +35,19 @@ from discomkd.runs.outputs import (
 )
 from discomkd.runs.ownership import owning
 from discomkd.runs.writer import RunWriter
-from discomkd.training.config import Config, resolve_device
+from discomkd.training.config import Config, resolve_device, with_method_overrides
 from discomkd.training.epoch import EpochProgress, compile_report, start_epoch, train_one_epoch
 from discomkd.training.identity import identity, resume_problem
 from discomkd.training.scores import evaluate, invariance_measures
 from discomkd.training.setup import TrainingSetup, build_setup
 from discomkd.utils import console
-from discomkd.utils.console import format_duration
+from discomkd.utils.console import command_for, format_duration
 from discomkd.utils.errors import DataError, Interrupted, TrainingError
 from discomkd.utils.files import atomic_write, remove_temporaries, save_npy, write_json
 from discomkd.utils.seeds import restore_rng, rng_state, seed_everything
 
 logger = logging.getLogger(__name__)
+TRAIN_COMMAND = "discomkd.commands.train"  # the command that resumes a run (named in messages, not imported)
 
 
 def summary_table(final: dict) -> str:
@@ -91,7 +92,7 @@ class StopRequest:
 def resume(run_folder: str, should_stop=None, on_epoch=None, verbose: int | None = None) -> dict:
     """Continues the run saved in `run_folder`/state.pt with its own config and data folder (read again
     with the run's split; refused with `DataError` if it changed since the run started:
-    `run_identity.resume_problem`). `verbose` replaces the run's own setting when given."""
+    `identity.resume_problem`). `verbose` replaces the run's own setting when given."""
     if not os.path.isfile(os.path.join(run_folder, STATE_FILE)):
         load_state(run_folder)  # says what the folder is instead: missing, finished, never interrupted
     with owning(run_folder):
@@ -270,7 +271,7 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
     loop of every method. `on_epoch(entry)`, if given, is called with each epoch's history entry once
     that epoch's results and state are written (tuning reports validation through it). Returns the
     results dict; raises `TrainingError` or `Interrupted`."""
-    config = dataclasses.replace(config, **METHODS[config.method].overrides)
+    config = with_method_overrides(config)
     setup = _build_trainer(config, data)
     if state is None:
         record, first_epoch, progress = _start_record(config, data, output, setup), 1, None
@@ -294,7 +295,7 @@ def fit(config: Config, data: DataFolder, output: str, state: dict | None = None
                 on_epoch(record.results["history"][-1])
             if stop() and epoch < config.epochs:
                 raise epochs.stopped(Interrupted, f"interrupted ({stop.signal_name}) after epoch {epoch}; state "
-                                                  f"saved: resume with --resume {output}")
+                                                  f"saved: resume with {command_for(TRAIN_COMMAND)} --resume {output}")
     return _finish(setup, data, output, record, writer)
 
 
@@ -393,7 +394,7 @@ class _Epochs:
                                                                    record.best, record.test_predictions))
         raise self.stopped(Interrupted, (
             f"interrupted ({self.stop.signal_name}) at epoch {epoch}, step {progress.step}/{len(progress.bounds)}; "
-            f"state saved: resume with --resume {self.output}"))
+            f"state saved: resume with {command_for(TRAIN_COMMAND)} --resume {self.output}"))
 
     def _check_finite(self, epoch: int, losses: dict) -> None:
         setup, results = self.setup, self.record.results

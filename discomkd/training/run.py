@@ -1,10 +1,10 @@
-"""The run behind `main_DisCoM-KD.py`: one data folder in, one trained method out.
+"""The run behind discomkd-train (main_DisCoM-KD.py): one data folder in, one trained method out.
 
 `run(config, directory, first_prefix, second_prefix)` checks the data folder and the output folder,
-then trains with the package's one training loop (`discomkd.training.fit`); `resume(run_folder)`
-continues a run from its saved state. The comparison, the Ray executor and tuning train runs through
-the same loop inside the package, which never imports this file: imports run commands -> functions.py
--> discomkd -> model_pytorch.py.
+then trains with the one training loop (`loop.fit`); `resume(run_folder)` (from `loop`) continues a
+run from its saved state. The comparison, the Ray executor and tuning train through the same loop on
+folders they check themselves. `functions.py` at the top of a checkout hands these names on under the
+original layout's name.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from discomkd.runs.outputs import PREVIOUS_RUN_FOLDER, set_aside_run_outputs
 from discomkd.runs.ownership import owning, prepare_output
 from discomkd.training.config import Config, check_config
 from discomkd.training.loop import fit, resume
-from discomkd.training.setup import resolve_augmentation
+from discomkd.training.setup import check_augmentations
 from discomkd.utils.errors import BadInput
 
 __all__ = ["run", "resume", "default_output"]
@@ -36,8 +36,7 @@ def run(config: Config, directory: str, first_prefix: str, second_prefix: str, s
     """
     check_config(config)
     data = load_data_folder(directory, first_prefix, second_prefix, (config.encoder_first, config.encoder_second))
-    for m, modality in enumerate(data.modalities):  # before the output folder is touched
-        resolve_augmentation(config, modality, m)
+    check_augmentations(config, data)  # before the output folder is touched
     output = prepare_output(config.output or default_output(directory, first_prefix, second_prefix),
                             config.overwrite)
     created = not os.path.exists(output)

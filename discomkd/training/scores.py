@@ -29,7 +29,7 @@ def classify_rows(classifier: Classifier, sources: dict[int, RowSource], rows: n
 
 
 def evaluation_rows(data: DataFolder, classifier: Classifier, split: str) -> np.ndarray:
-    """Valid and test rows are shared by both modalities (data.py reads one file of each)."""
+    """Valid and test rows are shared by both modalities (data/folder.py reads one file of each)."""
     return data.modalities[0 if classifier.modality is None else classifier.modality].splits[split]
 
 

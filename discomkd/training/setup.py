@@ -1,8 +1,8 @@
-"""The training engine's parts: a method's model and data on the device (`build_setup`), one
-epoch of training (`train_one_epoch`: batches, augmentation, the possibly compiled step, loss sums
-read once per epoch), and evaluation (`evaluate`, `predict`, and the end-of-run invariance probe of
-the best checkpoints). `functions.fit` runs them, epoch by epoch, for every method of
-`methods.METHODS`. This module knows no command line.
+"""What a run trains with, built once: the method's model and optimizer, its data on the device
+(resident when it fits, else streamed), each modality's augmentation, the classifiers it yields, and the
+step's forward pass with the loss weights applied in one place (`TrainingSetup`, `build_setup`).
+`epoch.train_one_epoch` trains it, `scores.evaluate` scores it, and `loop.fit` runs both epoch by
+epoch for every method of `models.methods.METHODS`. This module knows no command line.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class TrainingSetup:
     spec: MethodSpec
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    step_modalities: tuple[int, ...]  # the modalities a training step step_modalities
+    step_modalities: tuple[int, ...]  # the modalities a training step reads
     sources: dict[int, RowSource]  # every modality the run reads or evaluates
     train_positions: dict[int, torch.Tensor]  # per modality read, its training rows' positions in its source
     labels: dict[int, torch.Tensor]  # per source, the label of each stored row (index device)
@@ -118,6 +118,13 @@ def resolve_augmentation(config: Config, modality: Modality, index: int) -> str:
     return mode
 
 
+def check_augmentations(config: Config, data: DataFolder) -> tuple[str, str]:
+    """Both modalities' augmentation modes, each checked against its samples (`OptionError` otherwise): what
+    every command asks before it writes anything."""
+    first, second = (resolve_augmentation(config, modality, index) for index, modality in enumerate(data.modalities))
+    return first, second
+
+
 def build_sources(config: Config, data: DataFolder, device: torch.device, modalities=(0, 1)):
     """The rows of `modalities` (resident on the device when they fit) and their augmentation modes.
 
@@ -154,8 +161,7 @@ def method_modality(config: Config, data: DataFolder) -> int | None:
 def training_rows(spec: MethodSpec, data: DataFolder, step_modalities: tuple[int, ...]) -> dict[int, np.ndarray]:
     """Each read modality's training rows; for paired methods the rows in both training sets, alike."""
     if spec.paired:
-        paired = np.intersect1d(data.modalities[0].splits["train"], data.modalities[1].splits["train"])
-        return {m: paired for m in step_modalities}
+        return dict.fromkeys(step_modalities, data.paired_train_rows())
     return {m: data.modalities[m].splits["train"] for m in step_modalities}
 
 

@@ -6,7 +6,9 @@ are tqdm's, shown only when tqdm is installed and stderr is a terminal.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
+import shutil
 import sys
 
 LOGGER = "discomkd"
@@ -85,3 +87,14 @@ def format_duration(seconds: float) -> str:
         return f"{seconds:.1f}s"
     seconds = int(round(seconds))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def command_for(module: str) -> str:
+    """How to type, from any folder, the command whose `main` is in `module` (e.g. "discomkd.commands.train"),
+    for the hints a command prints: its installed script (discomkd-train) where that is on the PATH, else the
+    module run by this very interpreter (`python -m discomkd.commands.train`)."""
+    for entry in importlib.metadata.entry_points(group="console_scripts"):
+        if entry.value == f"{module}:main" and shutil.which(entry.name):
+            return entry.name
+    python = "python" if shutil.which("python") == sys.executable else sys.executable
+    return f"{python} -m {module}"
