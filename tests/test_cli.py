@@ -1,7 +1,5 @@
 """End-to-end runs of main_DisCoM-KD.py on learnable toy data: accuracy, outputs, checkpoints, seeding,
---overwrite, and every command's stdout written line by line."""
-import importlib
-import io
+--overwrite, and stdout written line by line."""
 import os
 import subprocess
 import sys
@@ -10,14 +8,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from command_table import COMMAND_MODULES
 from toy import PREFIXES, QUICK_OPTIONS, ROOT, folder_snapshot, read_results, refused, toy_options, write_toy_folder
 
-from discomkd.commands import entry as command_entry
 from discomkd.models.discomkd import LOSS_TERMS
 from discomkd.runs import outputs
 from discomkd.runs.outputs import load_classifier
-from discomkd.utils import console
 
 LABEL_VALUES = [10, 20, 30]  # labels need not be 0..K-1
 EPOCHS = 4
@@ -168,22 +163,3 @@ def test_stdout_redirected_to_a_file_gets_each_epoch_line_at_once(tmp_path):
     finally:
         process.kill()
         process.wait()
-
-
-@pytest.mark.parametrize("module", COMMAND_MODULES)
-def test_every_command_makes_stdout_line_buffered(module, monkeypatch):
-    """Every command goes through the one entry (`run_command`), which sets up the console before parsing."""
-    calls = []
-    monkeypatch.setattr(command_entry, "configure_output", lambda: calls.append(1))
-    with pytest.raises(SystemExit):
-        importlib.import_module(module).main(["--help"])
-    assert calls == [1]
-
-
-def test_line_buffered_stdout(monkeypatch):
-    stream = io.TextIOWrapper(io.BytesIO())
-    monkeypatch.setattr(sys, "stdout", stream)
-    console.line_buffered_stdout()
-    assert stream.line_buffering
-    monkeypatch.setattr(sys, "stdout", io.StringIO())  # a test's capture: nothing to reconfigure
-    console.line_buffered_stdout()

@@ -13,11 +13,13 @@ from sklearn.metrics import f1_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
-from toy import ROOT, TOY_SETTINGS, folder_snapshot, toy_options, write_toy_folder
+from toy import PREFIXES, ROOT, TOY_SETTINGS, folder_snapshot, one_error_line, toy_options, write_toy_folder
 
+import discomkd.comparison
 from discomkd.commands import compare, train
 from discomkd.comparison import jobs as comparison_jobs
 from discomkd.comparison import runner as comparison
+from discomkd.comparison.executors import LocalExecutor
 from discomkd.data.folder import load_data_folder
 from discomkd.models.methods import FUSED
 from discomkd.runs.outputs import checkpoint_path
@@ -388,3 +390,41 @@ def test_a_shared_split_folder_gives_every_run_its_rows(tmp_path):
     assert [run["data"]["splits_from"] for run in found["results"]] == [os.path.abspath(split_folder)] * 2
     assert not os.path.exists(tmp_path / "cmp" / "run_0" / comparison.SPLIT_FOLDER)
     assert "split files in" in found["splits"]
+
+
+def test_executor_ray_without_ray_installed_is_one_error_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if Ray were not installed
+    monkeypatch.delitem(sys.modules, "discomkd.comparison.ray_executor", raising=False)  # imported again, if it was
+    monkeypatch.delattr(discomkd.comparison, "ray_executor", raising=False)
+    folder = write_toy_folder(tmp_path / "data")
+    before = folder_snapshot(tmp_path)
+    assert compare.main([folder, *PREFIXES, "--methods", "logreg", "--executor", "ray"]) == 2
+    out, err = capsys.readouterr()
+    assert "pip install -r requirements-ray.txt" in one_error_line(err) and out == ""
+    assert folder_snapshot(tmp_path) == before
+
+
+def test_runs_finishing_out_of_order_are_saved_in_seed_order(tmp_path):
+    """An executor may finish run 1 before run 0: the table lists the seeds finished, in order."""
+    folder = write_toy_folder(tmp_path / "data")
+    output = str(tmp_path / "out")
+
+    class Reversed:
+        """Runs every job here, then hands the results back last job first."""
+
+        description, local = "reversed", False
+
+        def start(self, output):
+            pass
+
+        def __call__(self, jobs, run_job):
+            yield from reversed(list(LocalExecutor()(jobs, run_job)))
+
+    results = comparison.compare(Config(output=output, device="cpu"), folder, *PREFIXES, runs=3, methods="logreg",
+                              resplit=True, executor=Reversed())
+    assert [run["seed"] for run in results["results"]] == [0, 1, 2] and results["executor"] == "reversed"
+    local = comparison.compare(Config(output=str(tmp_path / "local"), device="cpu"), folder, *PREFIXES, runs=3,
+                            methods="logreg", resplit=True)
+    values = [r["methods"]["logreg"]["columns"]["IMG"]["test"]["weighted_f1"] for r in local["results"]]
+    assert results["aggregated"]["logreg"]["columns"]["IMG"]["weighted_f1"]["values"] == values
+    assert np.isfinite(values).all()

@@ -1,10 +1,13 @@
 """What the commands print: the library's log lines on stdout, warnings on stderr, progress bars on a terminal only."""
+import importlib
 import io
 import logging
 import sys
 
 import pytest
+from command_table import COMMAND_MODULES
 
+from discomkd.commands import entry as command_entry
 from discomkd.utils import console
 
 
@@ -61,3 +64,22 @@ def test_progress_shows_nothing_when_stderr_is_not_a_terminal(monkeypatch):
     bar.update()
     bar.close()
     assert stream.getvalue() == ""
+
+
+@pytest.mark.parametrize("module", COMMAND_MODULES)
+def test_every_command_makes_stdout_line_buffered(module, monkeypatch):
+    """Every command goes through the one entry (`run_command`), which sets up the console before parsing."""
+    calls = []
+    monkeypatch.setattr(command_entry, "configure_output", lambda: calls.append(1))
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).main(["--help"])
+    assert calls == [1]
+
+
+def test_line_buffered_stdout(monkeypatch):
+    stream = io.TextIOWrapper(io.BytesIO())
+    monkeypatch.setattr(sys, "stdout", stream)
+    console.line_buffered_stdout()
+    assert stream.line_buffering
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # a test's capture: nothing to reconfigure
+    console.line_buffered_stdout()

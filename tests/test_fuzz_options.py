@@ -126,6 +126,7 @@ DATA_ON_DEVICE = pool(valid=["yes", "no", "auto"], invalid=["", "maybe"])
 OUTPUT_FOLDERS = pool(valid=["{tmp}/a/b/c", "{tmp}/out"],
                       invalid=["{file}", "{file}/sub", "{full}", "/proc/fuzz-out", "/sys/fuzz-out",
                                "{tmp}/" + "n" * 300, ""])
+OTHER_WEIGHTS_ZERO = ("--weight-cl", "0", "--weight-aux", "0", "--weight-mod", "0", "--weight-adv", "0")
 CONFIG_OPTIONS = {
     "--epochs": pool(valid=["1", "2"], invalid=["0", "-1", *NOT_INT]),
     "--batch-size": BATCH_SIZES,
@@ -135,7 +136,10 @@ CONFIG_OPTIONS = {
     "--weight-decay": dataclasses.replace(NON_NEGATIVE, invalid=(*NON_NEGATIVE.invalid, ("1e300",)), diverges=()),
     "--grl-coefficient": pool(valid=["-1", "0", "0.5"], invalid=NOT_FLOAT, diverges="1e300"),  # any finite number
     "--weight-cl": NON_NEGATIVE, "--weight-aux": NON_NEGATIVE, "--weight-mod": NON_NEGATIVE,
-    "--weight-adv": NON_NEGATIVE, "--weight-perp": NON_NEGATIVE,
+    "--weight-adv": NON_NEGATIVE,
+    # one positive weight is enough; all five at 0 train nothing
+    "--weight-perp": dataclasses.replace(NON_NEGATIVE, valid=(*NON_NEGATIVE.valid, ("0.5", *OTHER_WEIGHTS_ZERO)),
+                                         invalid=(*NON_NEGATIVE.invalid, ("0", *OTHER_WEIGHTS_ZERO))),
     "--seed": pool(valid=["4294967295", "0"], invalid=["4294967296", "-1", "99999999999", "", "x", "1.5"]),
     "--device": DEVICES,
     "--encoder-first": pool(valid=["mlp", "auto", "resnet18", "lenet"], invalid=["resnet1d", "", "LeNet", "vgg"]),
@@ -153,7 +157,9 @@ CONFIG_OPTIONS = {
     "--discriminator": pool(valid=["mlp", "linear"], invalid=["", "x"]),
     "--discriminator-lr-scale": dataclasses.replace(POSITIVE, invalid=(*POSITIVE.invalid, ("1e300",)), diverges=()),
     "--align": pool(valid=["mmd", "coral", "none"], invalid=["", "x", "MMD"]),
-    "--align-weight": NON_NEGATIVE,
+    # the alignment term is one of DisCoM-KD's terms: with it, the five weights at 0 still train something
+    "--align-weight": dataclasses.replace(NON_NEGATIVE, valid=(*NON_NEGATIVE.valid, (
+        "1", "--align", "mmd", "--weight-perp", "0", *OTHER_WEIGHTS_ZERO))),
     "--align-per-class": pool(valid=[("--align", "coral")]),
     "--settings": pool(valid="{settings}", invalid=["{file}", "{tmp}/nowhere.json", "", "{data}",
                                                     "{unknown_setting}", "{mistyped_setting}"]),
@@ -298,7 +304,8 @@ COMPARE_OPTIONS = {
     **CONFIG_OPTIONS,
     **BASELINE_OPTIONS,
     "--epochs": pool(valid="1", invalid=["0", "-1", "x"]),  # compare trains every method: one epoch at most here
-    "--runs": pool(valid=["2", "1"], invalid=["0", "-1", "1001", "1000000000", "", "x"]),
+    "--runs": pool(valid=["2", "1"], invalid=["0", "-1", "1001", "1000000000", "", "x",
+                                             ("2", "--seed", "4294967295")]),  # the last run's seed past 2**32-1
     "--methods": pool(valid=["svm,logreg", "mono", "discomkd", "logreg,logreg", "logreg"],
                       invalid=["", ",", "x", "LOGREG", "logreg,x"]),
     "--resplit": FLAG, "--verbose": FLAG, "--ablation": FLAG,
@@ -412,7 +419,8 @@ BENCHMARK_OPTIONS = {
                      invalid=["{file}", "{file}/sub", "/proc/fuzz-out", "/sys/fuzz-out", "{tmp}/" + "n" * 300, ""]),
     # --methods applies with --end-to-end only
     "--methods": pool(valid=[("mono,teacher", "--end-to-end"), ("discomkd", "--end-to-end")],
-                      invalid=[("", "--end-to-end"), ("x", "--end-to-end"), ("kd", "--end-to-end")]),
+                      invalid=[("", "--end-to-end"), ("x", "--end-to-end"), ("kd", "--end-to-end"), (",", "--end-to-end"),
+                               "mono", "bogus"]),  # refused without --end-to-end too: it would time nothing
 }
 
 

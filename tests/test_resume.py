@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from toy import PREFIXES, ROOT, TOY_SETTINGS, folder_snapshot, read_results, toy_options, write_toy_folder
+from toy import PREFIXES, ROOT, TOY_SETTINGS, folder_snapshot, read_results, refused, toy_options, write_toy_folder
 
 from discomkd.models import methods
 from discomkd.runs import outputs
@@ -207,3 +207,27 @@ def test_resume_refuses_a_changed_data_folder(tmp_path, step_counter, cli_main, 
     assert len(lines) == 1 and lines[0].startswith("error: ") and folder in lines[0], err
     assert "changed" in lines[0] and "Traceback" not in err
     assert folder_snapshot(tmp_path) == before, "a refused resume writes nothing"
+
+
+# ----------------------------------------------------------------------------- --resume refused
+@pytest.mark.parametrize("others", [["--epochs", "3"], ["--device", "cpu"], ["--epochs", "-5"], ["--no-fast"],
+                                    ["--overwrite"], ["{data}", "IMG", "VEC"], ["--seed", "0"],
+                                    ["--quiet", "--epochs", "3"]])  # --quiet and --verbose alone may come with it
+def test_resume_refuses_any_other_argument(cli_main, data_folder, capsys, others):
+    others = [o.replace("{data}", data_folder) for o in others]
+    before = folder_snapshot(data_folder)
+    status = cli_main(["--resume", data_folder, *others])
+    line = refused(status, capsys, before, folder_snapshot(data_folder), "--resume")
+    flags = [o for o in others if o.startswith("--")] or ["DIR", "FIRST_PREFIX", "SECOND_PREFIX"]
+    assert all(flag in line for flag in flags), line
+
+
+def test_resume_says_why_a_folder_cannot_be_resumed(cli_main, toy_run, tmp_path, capsys):
+    _, output = toy_run
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("x")
+    for folder, expected in ((tmp_path / "nowhere", "run folder not found"), (tmp_path / "file", "not a folder"),
+                             (tmp_path / "empty", "holds no resumable state"), (output, "holds a finished run")):
+        before = folder_snapshot(tmp_path)
+        line = refused(cli_main(["--resume", str(folder)]), capsys, before, folder_snapshot(tmp_path), expected)
+        assert "finished" not in line or expected == "holds a finished run", line

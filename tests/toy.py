@@ -13,6 +13,8 @@ import numpy as np
 
 from discomkd.data.folder import array_path
 from discomkd.data.splits import stratified_split
+from discomkd.training.config import Config
+from discomkd.training.run import run
 from discomkd.training.settings_file import command_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: the commands live here
@@ -65,6 +67,15 @@ def write_toy_folder(folder, prefixes=("IMG", "VEC"), n: int = 120, shapes=((1, 
     for split, rows in stratified_split(labels, seed).items():
         np.save(os.path.join(folder, f"{split}_idx.npy"), rows)
     return folder
+
+
+def paper_rate_results(folder, name="run", **overrides) -> dict:
+    """results.json of a run of TOY_SETTINGS at the paper's learning rate, quiet (`overrides` win), into
+    folder/name: a run whose numbers tests compare with recorded ones."""
+    output = os.path.join(folder, name)
+    settings = {**TOY_SETTINGS, "learning_rate": Config.learning_rate, "verbose": 0, **overrides}
+    run(Config(output=output, **settings), folder, *PREFIXES)
+    return read_results(output)
 
 
 def folder_snapshot(folder) -> dict[str, tuple[int, int]]:

@@ -1,4 +1,4 @@
-"""The one training engine: every method's spec goes through `training.fit`, and a diverged run keeps
+"""The one training loop: every method's spec goes through `loop.fit`, and a diverged run keeps
 nothing broken."""
 import os
 
@@ -10,7 +10,8 @@ from toy import PREFIXES, TOY_SETTINGS, read_results, write_toy_folder
 from discomkd.data.folder import array_path, load_data_folder
 from discomkd.models.methods import FUSED, METHODS
 from discomkd.runs.outputs import STATE_FILE, checkpoint_path, load_classifier, load_state
-from discomkd.training.config import Config
+from discomkd.training import loop as training
+from discomkd.training.config import Config, check_config
 from discomkd.training.epoch import train_one_epoch
 from discomkd.training.inference import predict_array
 from discomkd.training.loop import fit
@@ -113,3 +114,28 @@ def test_on_step_is_called_after_every_step(data):
     train_one_epoch(setup, 1, on_step=lambda step, steps: calls.append((step, steps)))
     steps = len(range(0, len(data.modalities[0].splits["train"]), SETTINGS["batch_size"]))
     assert calls == [(step, steps) for step in range(1, steps + 1)]
+
+
+def test_score_test_off_never_evaluates_the_test_split(tmp_path, monkeypatch):
+    folder = write_toy_folder(tmp_path / "data", separation=3.0)
+    data = load_data_folder(folder, *PREFIXES, ("lenet", "auto"))
+    scored = []
+    evaluate = training.evaluate
+
+    def recording(setup, data, splits=("valid", "test"), classifiers=None):
+        scored.extend(splits)
+        return evaluate(setup, data, splits, classifiers)
+
+    monkeypatch.setattr(training, "evaluate", recording)
+    output = str(tmp_path / "run")
+    results = training.fit(Config(**TOY_SETTINGS, score_test=False, verbose=0), data, output)
+    assert scored and set(scored) == {"valid"}
+    assert results["status"] == "finished"
+    assert all(final["test"] is None for final in results["final"].values())
+    assert not [name for name in os.listdir(output) if name.startswith("test_predictions")]
+    assert all("test" not in entry[p] for entry in results["history"] for p in PREFIXES)
+    scored.clear()
+    training.fit(Config(**TOY_SETTINGS, verbose=0), data, str(tmp_path / "scored"))
+    assert "test" in scored  # the default still scores test at improving epochs
+    with pytest.raises(Exception, match="--test-every-epoch"):
+        check_config(Config(**TOY_SETTINGS, score_test=False, test_every_epoch=True))
