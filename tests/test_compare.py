@@ -400,7 +400,7 @@ def test_executor_ray_without_ray_installed_is_one_error_line_and_writes_nothing
     before = folder_snapshot(tmp_path)
     assert compare.main([folder, *PREFIXES, "--methods", "logreg", "--executor", "ray"]) == 2
     out, err = capsys.readouterr()
-    assert "pip install -r requirements-ray.txt" in one_error_line(err) and out == ""
+    assert 'pip install "discomkd[ray]"' in one_error_line(err) and out == ""
     assert folder_snapshot(tmp_path) == before
 
 

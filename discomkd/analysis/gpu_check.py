@@ -440,6 +440,7 @@ def run_check(output: str, preset_name: str, chosen: set[str], tests: bool) -> b
     verdict.txt rewritten before and after each; prints a line per step and the verdict. Returns whether every
     step that ran passed."""
     preset = PRESETS[preset_name]
+    output = os.path.abspath(output)  # the steps' processes start in ROOT, not in this folder
     for folder in ("", "steps", "logs"):
         os.makedirs(os.path.join(output, folder), exist_ok=True)
     device = torch.cuda.get_device_name() if preset["device"] == "cuda" else "cpu"

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="settings for one method alone (repeatable), e.g. kd=tuning_kd/settings.json from "
                              "tune.py --method kd; they replace those of the command line and --settings for that "
                              "method's models (a kd or dkd teacher takes the teacher's)")
-    ray = parser.add_argument_group("Ray (--executor ray; pip install -r requirements-ray.txt)")
+    ray = parser.add_argument_group("Ray (--executor ray; pip install \"discomkd[ray]\")")
     ray.add_argument("--executor", choices=("local", "ray"), default="local",
                      help="local: one model after the other in this process; ray: every model a Ray task")
     ray.add_argument("--ray-address", default=None,

@@ -15,7 +15,7 @@ Outputs in OUTPUT (default DIR/tuning_<FIRST>_<SECOND>): settings.json (the chos
 `main_DisCoM-KD.py DIR FIRST SECOND --settings settings.json` for DisCoM-KD,
 `compare.py ... --settings-for METHOD=settings.json` for any method), tuning.json (every trial),
 tuning.md (the table), starting/ and tuned/ (their comparisons), trials/.
-Needs Ray: pip install -r requirements-ray.txt.
+Needs Ray: pip install "discomkd[ray]" (pip install -r requirements-ray.txt in a checkout).
 """
 from __future__ import annotations
 
