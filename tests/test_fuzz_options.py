@@ -363,6 +363,8 @@ INSPECT_OPTIONS = {
     "--data": pool(valid="{rundata}",  # {data}: other rows than the run's
                    invalid=["{data}", "{tmp}/nowhere", "{file}", "{full}", ""]),
     "--device": DEVICES,
+    "--output": pool(valid=["{tmp}/inspected", "{tmp}/a/b/c", "{full}"],  # probes.json beside what is there
+                     invalid=["{file}", "{file}/sub", "/proc/fuzz-out", "/sys/fuzz-out", "{tmp}/" + "n" * 300, ""]),
     POSITIONAL: pool(valid=[("{run}",)],
                      invalid=[("{tmp}/nowhere",), ("{file}",), ("{data}",), ("",), ("{full}",), ()]),
 }

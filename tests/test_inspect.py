@@ -83,6 +83,17 @@ def test_probes_are_written_and_printed(toy_run, tmp_path, capsys):
     assert probes["chance"]["modality"] == 0.5
     printed = capsys.readouterr().out
     assert f"{probes['modality']['invariant']['mean']:.3f}" in printed and "irrelevant" in printed
+    # the probes say which checkpoints they describe: each modality's best epoch, as results.json has it
+    final = read_results(output)["final"]
+    assert probes["checkpoints"]["epochs"] == {prefix: final[prefix]["best_epoch"] for prefix in PREFIXES}
+    assert probes["checkpoints"]["run_status"] == "finished"
+
+
+def test_output_elsewhere_leaves_the_run_folder_as_it_was(toy_run, tmp_path):
+    output = copy_run(toy_run[1], tmp_path / "run")
+    before = folder_snapshot(output)
+    assert main([output, "--no-figures", "--output", str(tmp_path / "inspected")]) == 0
+    assert folder_snapshot(output) == before and os.path.isfile(tmp_path / "inspected" / PROBES_FILE)
     assert not os.path.exists(os.path.join(output, "figures"))
 
 

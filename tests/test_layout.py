@@ -172,3 +172,17 @@ def test_nothing_edits_the_import_path(pattern):
     offenders = [path for path in python_files() if path != os.path.join("tests", "test_layout.py")
                  and re.search(pattern, open(os.path.join(ROOT, path)).read())]
     assert not offenders, f"{pattern} in {offenders}"
+
+
+def test_scikit_learn_is_imported_where_it_is_used():
+    """scikit-learn costs about a second to import: a module imports it inside the functions that use it, so that
+    a command that stops before scoring (--help, a refused input) starts in the time torch alone takes."""
+    offenders = []
+    for path in python_files():
+        if path.startswith(PACKAGE + os.sep):
+            tree = ast.parse(open(os.path.join(ROOT, path)).read(), path)
+            offenders += [f"{path}:{node.lineno}" for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+                          and any(name.split(".")[0] == "sklearn" for name in
+                                  ([node.module] if isinstance(node, ast.ImportFrom) else
+                                   [alias.name for alias in node.names]))]
+    assert not offenders, offenders

@@ -5,13 +5,14 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from toy import folder_snapshot, refused, write_sample_folders
+from toy import ROOT, folder_snapshot, refused, write_sample_folders
 
 from discomkd.commands import make_splits
 from discomkd.commands.predict import main as predict_main
@@ -415,7 +416,7 @@ def test_the_same_sample_twice_is_refused_or_kept_once(tmp_path, capsys):
     assert prepare_main([*argv, "--skip-bad"]) == 0  # the first of each kept, the other listed
     assert (tmp_path / "out" / "skipped.txt").read_text().splitlines() == [
         f"{link}: the same file as {first} (one sample twice)",
-        f"{copy}: the same content as {os.path.join(folders['A'], 'c2', 's1.npy')} (one sample twice)"]
+        f"{copy}: the same pixels as {os.path.join(folders['A'], 'c2', 's1.npy')} (one sample twice)"]
     assert len(np.load(tmp_path / "out" / "labels.npy")) == 18
     capsys.readouterr()
 
@@ -486,3 +487,84 @@ def test_mixed_bit_depths_in_one_modality_are_refused(tmp_path, capsys):
     before = folder_snapshot(tmp_path)
     refused(prepare_main(argv), capsys, before, folder_snapshot(tmp_path),
             f"error: {eight_bit}: 8-bit integers (uint8), but 8 other DEPTH files hold 16-bit integers")
+
+
+# ----------------------------------------------------------------------------- extreme values and re-encoded files
+def prepare_process(cwd, *argv) -> subprocess.CompletedProcess:
+    """prepare_data.py as typed, in its own process."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "prepare_data.py"), *argv], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def folders_with_one_extreme_value(root, value, dtype, extension=".tif"):
+    """Two modalities of 3 classes x 6 samples (2, 8, 8) of varied values around 100; in modality A, one pixel
+    of one sample is `value` (a nodata marker, say)."""
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        for label, class_name in enumerate(CLASSES):
+            for i in range(6):
+                pixels = (100 + 10 * rng.standard_normal((2, 8, 8)) + 5 * label).astype(dtype)
+                if name == "a" and label == 1 and i == 3:
+                    pixels[0, 2, 2] = value
+                write_image(os.path.join(str(root), name, class_name, f"s{i}{extension}"), pixels)
+
+
+@pytest.mark.parametrize("value, dtype, extension", [
+    (-3.4028235e38, np.float32, ".tif"),  # GDAL's float32 nodata
+    (1e30, np.float64, ".tif"), (1e100, np.float64, ".npy")])
+def test_one_extreme_pixel_is_refused_and_nodata_fills_it(tmp_path, value, dtype, extension):
+    """One pixel at a nodata value once flattened its whole channel (two distinct values left in the whole
+    normalised array, exit 0): refused in one line naming the file and the value, nothing written; with
+    --nodata A=VALUE it is left out of the statistics and filled, and the channel keeps its values."""
+    folders_with_one_extreme_value(tmp_path, value, dtype, extension)
+    before = folder_snapshot(tmp_path)
+    refused = prepare_process(tmp_path, "out", "--modality", "A=a", "--modality", "B=b")
+    assert refused.returncode == 2 and folder_snapshot(tmp_path) == before
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith(f"error: {os.path.join('a', 'dog', 's3' + extension)}: channel 0: value ")
+    assert "--nodata A=" in line
+    filled = prepare_process(tmp_path, "out", "--modality", "A=a", "--modality", "B=b", "--nodata", f"A={value!r}")
+    assert filled.returncode == 0, filled.stderr
+    assert "A: nodata" in filled.stdout and "in 1 pixel(s) of 1 file(s)" in filled.stdout
+    array = np.load(tmp_path / "out" / "A_data_normalized.npy")
+    assert len(np.unique(array[:, 0])) > 1000 and np.abs(array).max() < 10  # the channel kept its values
+    with open(tmp_path / "out" / "normalization.json") as handle:
+        assert json.load(handle)["modalities"]["A"]["nodata"] == value
+
+
+def test_a_channel_that_would_collapse_is_refused_whatever_the_cause(tmp_path):
+    """A mask-like channel (mostly 0, some 1) with one 1e30: its typical spread is 0, so only the normalised
+    values can tell that 0 and 1 would become one float32 value in every other file."""
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        for label, class_name in enumerate(CLASSES):
+            for i in range(6):
+                pixels = (rng.random((1, 8, 8)) < 0.2 + 0.2 * label).astype(np.float64)
+                if name == "a" and label == 1 and i == 3:
+                    pixels[0, 2, 2] = 1e30
+                write_image(os.path.join(str(tmp_path), name, class_name, f"s{i}.npy"), pixels)
+    before = folder_snapshot(tmp_path)
+    process = prepare_process(tmp_path, "out", "--modality", "A=a", "--modality", "B=b")
+    assert process.returncode == 2 and folder_snapshot(tmp_path) == before
+    assert "all normalise to one float32 value" in process.stderr and len(process.stderr.splitlines()) == 1
+
+
+def test_a_file_saved_again_in_another_encoding_is_a_duplicate(tmp_path):
+    """A PNG saved again at another compression level: other bytes, the same pixels; it once landed in
+    training while its original was in validation."""
+    rng = np.random.default_rng(1)
+    for name in ("a", "b"):
+        for class_name in CLASSES:
+            for i in range(6):
+                write_image(os.path.join(str(tmp_path), name, class_name, f"s{i}.png"),
+                            rng.integers(0, 255, (8, 8), dtype=np.uint8))
+    pixels = rng.integers(0, 255, (8, 8), dtype=np.uint8)
+    for name in ("a", "b"):
+        for index, level in enumerate((1, 9)):  # the same image, two zlib levels
+            Image.fromarray(pixels if name == "a" else 255 - pixels).save(
+                tmp_path / name / CLASSES[1] / f"again{index}.png", compress_level=level)
+    first, second = (tmp_path / "a" / CLASSES[1] / "again0.png", tmp_path / "a" / CLASSES[1] / "again1.png")
+    assert first.read_bytes() != second.read_bytes()
+    process = prepare_process(tmp_path, "out", "--modality", "A=a", "--modality", "B=b")
+    assert process.returncode == 2, process.stdout
+    assert f"the same pixels as {os.path.join('a', CLASSES[1], 'again0.png')}" in process.stderr

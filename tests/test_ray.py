@@ -1,8 +1,13 @@
 """compare.py --executor ray and tune.py on a local Ray with 2 CPUs (skipped when Ray is not installed:
 pip install -r requirements-ray.txt). About 35-45 s on 2 shared cores, Ray's start included; the end-to-end
 tuning run (30 s more) runs with DISCOMKD_RAY_SLOW=1."""
+import glob
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -358,3 +363,34 @@ def test_runs_0_is_the_search_alone(tmp_path, capsys):
     assert found["method"] == "mono" and len(found["trials"]) == 2 and "runs" not in found
     assert json.load(open(output / "settings.json")) == found["chosen"]
     assert not any(os.path.exists(output / name) for name in ("starting", "tuned", "tuning.md"))
+
+
+@slow
+@pytest.mark.parametrize("command", ["compare.py", "tune.py"])
+def test_sigterm_stops_a_ray_command_as_ctrl_c_does(tmp_path, command):
+    """SIGTERM (what `timeout` and batch schedulers send) to compare.py --executor ray or tune.py once ended in
+    Ray's own handler (a stack trace, exit 134), the earlier contents left in OUT.previous: now exit 130, one
+    line, the earlier contents back in place, the new part set beside them."""
+    folder = write_toy_folder(tmp_path / "data")
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "earlier.txt").write_text("an earlier comparison")
+    options = ["--methods", "mono", "--executor", "ray"] if command == "compare.py" else ["--trials", "2", "--runs", "0"]
+    argv = [sys.executable, os.path.join(toy.ROOT, command), folder, *PREFIXES, *toy_options(epochs=100000),
+            *options, "--output", str(output), "--overwrite"]
+    process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not glob.glob(str(tmp_path / "out" / "**" / "results.json"), recursive=True):  # a model trains
+            assert process.poll() is None and time.time() < deadline, process.stderr.read()
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    # the command's own lines: Ray's start-up lines and the lines its workers forward while they are killed aside
+    lines = [line for line in err.splitlines() if "INFO" not in line and "WARNING" not in line and " pid=" not in line]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "back in place" in lines[0], err
+    assert (output / "earlier.txt").read_text() == "an earlier comparison"
+    assert not os.path.exists(str(output) + ".previous")

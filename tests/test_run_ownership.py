@@ -54,14 +54,25 @@ def test_resume_problem_names_each_difference(tmp_path):
     assert "contents of VEC" in resume_problem(saved, load_data_folder(folder, *PREFIXES, ENCODERS), config)
 
 
-def test_resume_refuses_data_whose_values_changed(tmp_path, cli_main, capsys):
-    folder = write_toy_folder(tmp_path / "data")
+def test_resume_sees_a_change_anywhere_in_the_data(tmp_path):
+    """Bytes zeroed in the middle of a modality file between a run and its --resume, through the real command: a
+    sample of the file (16 chunks of 64 KiB, what the identity once hashed) would miss them; every byte counts."""
+    folder = write_toy_folder(tmp_path / "data", n=2000, shapes=((1, 24, 24), (6,)))
     output = str(tmp_path / "run")
     interrupted_run(folder, output)
-    values = np.load(array_path(folder, "IMG"))
-    np.save(array_path(folder, "IMG"), values + 1.0)
+    path = array_path(folder, "IMG")
+    step = os.path.getsize(path) // 16  # 4.6 MB: the sampled chunks start every `step` bytes
+    with open(path, "r+b") as handle:
+        handle.seek(step + (1 << 16) + 1000)  # after the second sampled chunk, well before the third
+        handle.write(bytes(100_000))
     before = folder_snapshot(tmp_path)
-    refused(cli_main(["--resume", output]), capsys, before, folder_snapshot(tmp_path), output, "contents of IMG")
+    resumed = subprocess.run([sys.executable, os.path.join(ROOT, "main_DisCoM-KD.py"), "--resume", output],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 2, resumed.stderr
+    assert resumed.stderr.startswith(f"error: {output}: cannot be resumed: the contents of IMG changed")
+    assert len(resumed.stderr.splitlines()) == 1 and folder_snapshot(tmp_path) == before
+    state = run_files.load_state(output)
+    assert state["results"]["data_content"]["IMG"].startswith("sha256:")
 
 
 def test_a_job_never_resumes_the_state_of_another_data_folder(tmp_path):
@@ -130,6 +141,15 @@ def test_a_second_process_on_a_running_folder_is_refused(tmp_path):
             assert second.returncode == 2, second.stderr
             lines = second.stderr.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith(f"error: {output}: in use by process {first.pid}"), lines
+        # the run can be inspected meanwhile: printed, nothing written into its folder (probes.json once stayed
+        # there, silently stale once the run's best epoch moved on)
+        inspected = subprocess.run([sys.executable, os.path.join(ROOT, "inspect_run.py"), output, "--device", "cpu"],
+                                   env=environment, capture_output=True, text=True, timeout=120)
+        assert inspected.returncode == 0, inspected.stderr
+        assert f"in use by process {first.pid}" in inspected.stderr and "nothing is written" in inspected.stderr
+        assert "probe accuracy on the test rows" in inspected.stdout and "not written" in inspected.stdout
+        assert not os.path.exists(os.path.join(output, "probes.json"))
+        assert not os.path.exists(os.path.join(output, "figures"))
         assert first.poll() is None, "the first run goes on"
     finally:
         first.send_signal(signal.SIGKILL)

@@ -65,7 +65,10 @@ def test_a_settings_file_goes_through_the_checks_of_the_command_line(tmp_path, c
     ('{"grl_warmup": NaN}', "--grl-warmup nan"),
     ('{"epochs": ' + "[" * 5000 + "]" * 5000 + "}", "nested too deeply"),  # was a RecursionError
     ('{"epochs": 1, "epochs": 0}', "'epochs' given more than once"),  # was the last one, silently
-    ('{"output": null}', "output null: a string is expected"),
+    ('{"device": null}', "device null: a string is expected"),
+    # where a run writes and what it may destroy are the command line's: a file once switched --overwrite on
+    ('{"overwrite": true}', "'overwrite': a settings file describes training"),
+    ('{"output": "elsewhere"}', "'output': a settings file describes training"),
     ('{"epochs": {"epochs": 1}}', "an integer is expected"),
 ])
 def test_a_settings_value_is_refused_as_its_option_would_be(tmp_path, cli_main, capsys, content, expected):

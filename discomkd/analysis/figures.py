@@ -8,8 +8,6 @@ import math
 import os
 
 import numpy as np
-from sklearn.manifold import TSNE
-from sklearn.metrics import confusion_matrix
 
 from discomkd.data.folder import DataFolder
 from discomkd.evaluation.metrics import classification_metrics
@@ -98,6 +96,8 @@ def training_curves_figure(new_figure, results: dict):
 
 def confusion_figure(new_figure, labels: np.ndarray, predicted: np.ndarray, classes: np.ndarray, title: str):
     """Test confusion matrix: colour is the share of each true class, numbers are counts."""
+    from sklearn.metrics import confusion_matrix  # imported when used: about a second
+
     counts = confusion_matrix(labels, predicted, labels=np.arange(len(classes)))
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     size = max(4.5, 0.5 * len(classes) + 2.5)
@@ -124,6 +124,7 @@ def tsne_embeddings(features: dict[str, dict[str, np.ndarray]], seed: int = 0, m
 
     Returns ({part: (2n, 2)}, modality index (2n,), class index (2n,)).
     """
+    from sklearn.manifold import TSNE  # imported when used: about a second
     prefixes = list(features)
     count = min(len(features[p]["labels"]) for p in prefixes)
     chosen = np.sort(np.random.default_rng(seed).choice(count, min(count, max_rows), replace=False))
@@ -178,10 +179,11 @@ def tsne_figure(new_figure, embeddings: dict, modality: np.ndarray, labels: np.n
     return figure
 
 
-def draw_figures(new_figure, run_folder: str, results: dict, data: DataFolder,
+def draw_figures(new_figure, output: str, results: dict, data: DataFolder,
                  features: dict[str, dict[str, np.ndarray]], seed: int = 0) -> list[str]:
-    """Writes training_curves.png, confusion_<PREFIX>.png and tsne.png to RUN_FOLDER/figures; returns the paths."""
-    folder = os.path.join(run_folder, FIGURES_FOLDER)
+    """Writes training_curves.png, confusion_<PREFIX>.png and tsne.png to OUTPUT/figures (OUTPUT: the run folder
+    unless the user chose another); returns the paths."""
+    folder = os.path.join(output, FIGURES_FOLDER)
     os.makedirs(folder, exist_ok=True)
     written = []
 

@@ -1,6 +1,6 @@
-"""What a finished run learned (the library behind inspect_run.py): its results and data folder read
-again (`load_run`), the features its best checkpoints give on the test rows, the disentanglement
-probes of every part (probes.json, and a table) and the figures (`figures.py`).
+"""What a run learned (the library behind discomkd-inspect): its results and data folder read again
+(`load_run`), the features its best checkpoints give on the test rows, the disentanglement probes of
+every part (probes.json, naming the checkpoints' epochs, and a table) and the figures (`figures.py`).
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from discomkd.analysis.figures import MISSING_MATPLOTLIB, draw_figures, matplotl
 from discomkd.data.folder import DataFolder, reload_data_folder
 from discomkd.evaluation.probes import disentanglement_probes, probe_table
 from discomkd.models.methods import METHODS
-from discomkd.runs.outputs import PROBES_FILE, RESULTS_FILE, checkpoint_path
+from discomkd.runs.outputs import PROBES_FILE, RESULTS_FILE, checkpoint_path, read_checkpoint
+from discomkd.runs.ownership import holder
 from discomkd.training.config import resolve_device
 from discomkd.training.inference import feature_parts
 from discomkd.utils.errors import DataError, OptionError
@@ -64,31 +65,49 @@ def check_inspectable(run_folder: str, results: dict) -> None:
 
 
 def inspect_run_folder(run_folder: str, figures: bool = True, probes: bool = True, data_directory: str | None = None,
-                       device: str = "auto") -> dict:
-    """inspect_run.py's whole job; raises `DataError`. Returns {"probes": ..., "figures": [paths]}."""
+                       device: str = "auto", output: str | None = None) -> dict:
+    """inspect_run.py's whole job; raises `DataError`. Returns {"probes": ..., "figures": [paths], "written":
+    whether files were written}. probes.json and figures/ go to `output` (default: the run folder), and never
+    into a run folder that another process holds: a run still training is inspected (its best checkpoints so
+    far), printed, and left alone. probes.json names the epochs of the checkpoints it describes."""
     if not figures and not probes:
         raise OptionError("--no-figures --no-probes: nothing to do; drop one of them")
+    if output == "":
+        raise OptionError("--output '': an empty name; name a folder")
     results, data = load_run(run_folder, data_directory)
     check_inspectable(run_folder, results)
     if results.get("status") != "finished":
         # its checkpoints are the best epochs so far, not the final ones
         logger.warning(f"{os.path.join(run_folder, RESULTS_FILE)}: the run's status is {results.get('status')}, "
                        "not finished; inspecting its best checkpoints so far")
-    if folder_problem(run_folder) is not None:
-        raise DataError(f"{run_folder}: {folder_problem(run_folder)}")
-    new_figure = matplotlib_figure() if figures else None
-    if figures and new_figure is None:
+    target = run_folder if output is None else output
+    held_by = holder(run_folder) if output is None else None
+    if held_by is not None:
+        logger.warning(f"{run_folder}: in use by {held_by}: the probes are printed and nothing is written into "
+                       "it (inspect it again once the run has ended, or give --output DIR)")
+    elif folder_problem(target) is not None:
+        raise DataError(f"{target}: {folder_problem(target)}")
+    write = held_by is None
+    new_figure = matplotlib_figure() if figures and write else None
+    if figures and write and new_figure is None:
         logger.info(MISSING_MATPLOTLIB)
-    outcome = {"probes": None, "figures": []}
+    outcome = {"probes": None, "figures": [], "written": write}
     if not probes and new_figure is None:
         return outcome
     features = feature_parts(run_folder, data, "test", resolve_device(device))
     if probes:
-        outcome["probes"] = disentanglement_probes(features)
-        write_json(os.path.join(run_folder, PROBES_FILE), outcome["probes"])
+        epochs = {column: read_checkpoint(checkpoint_path(run_folder, column))["epoch"] for column in features}
+        outcome["probes"] = {**disentanglement_probes(features), "checkpoints": {"run_folder": os.path.abspath(
+            run_folder), "epochs": epochs, "run_status": results.get("status")}}
         logger.info(probe_table(outcome["probes"]))
-        logger.info(f"(written to {os.path.join(run_folder, PROBES_FILE)})")
+        described = ", ".join(f"{column} epoch {epoch}" for column, epoch in epochs.items())
+        if write:
+            os.makedirs(target, exist_ok=True)
+            write_json(os.path.join(target, PROBES_FILE), outcome["probes"])
+            logger.info(f"(the checkpoints of {described}; written to {os.path.join(target, PROBES_FILE)})")
+        else:
+            logger.info(f"(the checkpoints of {described}; not written)")
     if new_figure is not None:
-        outcome["figures"] = draw_figures(new_figure, run_folder, results, data, features)
+        outcome["figures"] = draw_figures(new_figure, target, results, data, features)
         logger.info("figures: " + ", ".join(outcome["figures"]))
     return outcome

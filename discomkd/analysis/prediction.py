@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import confusion_matrix
 
 from discomkd.data.folder import (
     NORMALIZATION_FILE,
@@ -284,6 +283,8 @@ def confusion_table(labels: np.ndarray, predicted: np.ndarray, classes: np.ndarr
     """Confusion matrix as text: rows true label values, columns predicted ones (the checkpoint's
     classes); a true value outside the classes gets its own row, marked '(unknown)'."""
     true_values = np.union1d(classes, np.unique(labels))
+    from sklearn.metrics import confusion_matrix  # imported when used: about a second
+
     counts = confusion_matrix(labels, predicted, labels=true_values)[:, np.searchsorted(true_values, classes)]
     names = [f"{v} (unknown)" if v not in classes else str(v) for v in true_values]
     first = max(len("true \\ predicted"), *(len(n) for n in names))

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 
 from discomkd.commands.entry import CommandLine, run_command
 from discomkd.comparison.executors import make_executor
 from discomkd.comparison.runner import ALL_METHODS, DEFAULT_METHODS, compare, parse_methods
-from discomkd.comparison.tuning_space import settings_source
+from discomkd.comparison.tuning_space import foreign_settings_line, settings_source
 from discomkd.data.splits import DEFAULT_FRACTIONS_TEXT
 from discomkd.models.methods import ABLATIONS, METHODS
 from discomkd.training.config import Config, add_config_arguments
 from discomkd.training.settings_file import add_settings_argument, parse_settings_file
 from discomkd.utils.errors import OptionError
+
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -81,6 +84,9 @@ def read_method_settings(parser: argparse.ArgumentParser, argv, entries: list[st
             raise OptionError(f"--settings-for {method}: given twice")
         settings[method] = parse_settings_file(parser, argv, path, "--settings-for", label)
         paths[method] = path
+        borrowed = foreign_settings_line(method, settings[method], label)
+        if borrowed:
+            logger.warning(borrowed)
     return settings, paths
 
 

@@ -14,6 +14,7 @@ the work.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 
@@ -40,6 +41,17 @@ def parse_size(text: str, option: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
+def parse_number(text: str, option: str) -> float:
+    """A finite number (a value pixels can equal: NaN equals nothing, and NaN or Inf pixels are refused anyway)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise OptionError(f"{option}: a finite number is expected")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Turn two modalities' image folders (or a CSV manifest) into a DisCoM-KD data folder.",
@@ -54,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resize", action="append", default=[], metavar="NAME=HxW",
                         help="resize that modality's samples (bilinear, antialiased; at most "
                              f"{MAX_RESIZE_SIDE} pixels a side); without it every sample must have the same size")
+    parser.add_argument("--nodata", action="append", default=[], metavar="NAME=VALUE",
+                        help="that modality's missing-value marker (e.g. GDAL's -3.4028235e38): pixels equal to it "
+                             "(in the file's own type) are left out of the statistics and filled with their file's "
+                             "channel mean, here and in predict.py")
     parser.add_argument("--seed", type=int, default=0, help="seed of the stratified split (0 to 2**32-1)")
     parser.add_argument("--fractions", type=float, nargs=3, default=DEFAULT_FRACTIONS,
                         metavar=("TRAIN", "VALID", "TEST"),
@@ -86,7 +102,16 @@ def prepare_folder(args: argparse.Namespace) -> None:
         if name not in table.names:
             raise OptionError(f"--resize {text}: no modality {name}; the modalities are {', '.join(table.names)}")
         sizes[name] = check_resize(name, parse_size(value, "--resize"))
-    summary = prepare(table, args.output, sizes, args.seed, tuple(args.fractions), args.skip_bad, args.overwrite)
+    nodata = {}
+    for text in args.nodata:
+        name, value = name_and_value(text, "--nodata")
+        if name not in table.names:
+            raise OptionError(f"--nodata {text}: no modality {name}; the modalities are {', '.join(table.names)}")
+        if name in nodata:
+            raise OptionError(f"--nodata {name}: given twice")
+        nodata[name] = parse_number(value, f"--nodata {text}")
+    summary = prepare(table, args.output, sizes, args.seed, tuple(args.fractions), args.skip_bad, args.overwrite,
+                      nodata=nodata)
     for warning in summary["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     print(describe(summary))

@@ -20,17 +20,21 @@ Needs Ray: pip install "discomkd[ray]" (pip install -r requirements-ray.txt in a
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 from discomkd.commands.entry import CommandLine, run_command
 from discomkd.comparison.executors import make_executor
-from discomkd.comparison.tuning_space import TUNABLE, check_tuning
+from discomkd.comparison.jobs import TEACHER
+from discomkd.comparison.tuning_space import TUNABLE, check_tuning, foreign_settings_line
 from discomkd.data.splits import DEFAULT_FRACTIONS_TEXT
 from discomkd.models.methods import METHODS
 from discomkd.training.config import Config, add_config_arguments
 from discomkd.training.settings_file import command_line, parse_settings_file
 from discomkd.utils.console import command_for
 from discomkd.utils.errors import OptionError
+
+logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +77,11 @@ def teacher_settings(parser: argparse.ArgumentParser, argv, path: str | None, me
         return None
     if not METHODS[method].needs_teacher:
         raise OptionError(f"--teacher-settings {path}: {method} reads no teacher (kd and dkd do)")
-    return parse_settings_file(parser, argv, path, "--teacher-settings", f"--teacher-settings {path}")
+    settings = parse_settings_file(parser, argv, path, "--teacher-settings", f"--teacher-settings {path}")
+    borrowed = foreign_settings_line(TEACHER, settings, f"--teacher-settings {path}")
+    if borrowed:
+        logger.warning(borrowed)
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:

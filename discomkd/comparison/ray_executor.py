@@ -17,7 +17,9 @@ import importlib.metadata
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 import uuid
 
 import ray
@@ -73,12 +75,17 @@ def connect(address: str | None, cpus_per_task: float, gpus_per_task: float) -> 
         except importlib.metadata.PackageNotFoundError:
             raise DataError("Ray workers import the project as an installed package: run `pip install -e .` in "
                             "the project's folder first (make demo and make test do)") from None
+        sigterm = signal.getsignal(signal.SIGTERM)
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=True,
                      runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}})
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise OptionError(f"--ray-address {address}: cannot start or reach Ray: "
                             f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        if callable(sigterm) and threading.current_thread() is threading.main_thread():
+            # Ray's core puts its own SIGTERM handler in (a stack trace, then abort: exit 134, runs half kept):
+            # the command's own is put back, so that SIGTERM stops a comparison or a search as Ctrl-C does
+            signal.signal(signal.SIGTERM, sigterm)
     resources = ray.cluster_resources()
     for name, need in (("GPU", gpus_per_task), ("CPU", cpus_per_task)):
         if need > resources.get(name, 0):

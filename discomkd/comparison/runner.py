@@ -37,7 +37,7 @@ from discomkd.comparison.executors import LocalExecutor
 from discomkd.comparison.jobs import TEACHER, DataSource, Job, method_entry, plan_run, read_data, run_job
 from discomkd.comparison.table import STD_DDOF, aggregate, format_paired, format_table, paired_differences
 from discomkd.comparison.tuning_space import settings_source
-from discomkd.data.folder import DataFolder, has_split_files, read_labels, write_split_files
+from discomkd.data.folder import DataFolder, default_encoder, has_split_files, read_labels, write_split_files
 from discomkd.data.splits import DEFAULT_FRACTIONS_TEXT, draw_split
 from discomkd.models.methods import METHODS
 from discomkd.runs.ownership import whole_folder
@@ -161,9 +161,27 @@ def read_input(config: Config, directory: str, prefixes: tuple[str, str], runs: 
         data = read_data(comparison.source(split_name(output, comparison.seeds[0])), comparison.drawn[0])
     else:
         data = read_data(comparison.source(None))
-    for settings in ({}, *method_settings.values()):  # every method's augmentations, before anything is written
-        check_augmentations(dataclasses.replace(comparison.config, **settings), data)
+    check_augmentations(comparison.config, data)  # before anything is written
+    for method, settings in method_settings.items():
+        check_method_settings(comparison.config, settings, data, f"the settings for {method}")
     return comparison, data
+
+
+def check_method_settings(config: Config, settings: dict, data: DataFolder, source: str) -> None:
+    """One method's own settings (--settings-for, tune.py's --teacher-settings), which replace the comparison's
+    `config` for that method, checked against the data as the comparison reads it, before anything is written:
+    their augmentations must suit the samples, and their encoders must be those the data was read with (the
+    comparison reads the data once, with the encoders of its command line: a model of other encoders would be
+    recorded but never built). Raises `OptionError` naming `source`."""
+    for index, which in enumerate(("first", "second")):
+        asked = settings.get(f"encoder_{which}")
+        modality = data.modalities[index]
+        if asked is not None and (default_encoder(modality.prefix, modality.sample_shape) if asked == "auto"
+                                  else asked) != modality.encoder:
+            raise OptionError(f"{source}: encoder_{which} {asked}: the comparison reads {modality.prefix} once, with "
+                              f"the encoder of its command line ({modality.encoder}); give --encoder-{which} {asked} "
+                              "on the command line (every method then uses it), or leave it out of the file")
+    check_augmentations(dataclasses.replace(config, **settings), data)
 
 
 # ----------------------------------------------------------------------------- runs, from plan to record

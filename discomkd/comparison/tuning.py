@@ -27,7 +27,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from discomkd.comparison.jobs import TEACHER, DataSource, read_data
-from discomkd.comparison.runner import compare, draw_splits
+from discomkd.comparison.runner import check_method_settings, compare, draw_splits
 from discomkd.comparison.table import format_table
 from discomkd.comparison.tuning_space import (
     DKD_ALPHAS,
@@ -50,7 +50,7 @@ from discomkd.training.config import Config
 from discomkd.training.loop import fit
 from discomkd.training.setup import check_augmentations
 from discomkd.utils import console
-from discomkd.utils.errors import TrainingError
+from discomkd.utils.errors import Interrupted, TrainingError
 from discomkd.utils.files import write_json, write_text
 
 METRIC = "valid_weighted_f1"  # what trials report and the search maximises
@@ -276,10 +276,16 @@ def tune_and_compare(config: Config, directory: str, first: str, second: str, tr
     check_tuning(config, trials, runs, grace_epochs)
     job, data, split = _search_job(config, directory, (first, second))
     check_augmentations(config, data)  # before anything is written
+    if teacher_settings:
+        check_method_settings(config, teacher_settings, data, "--teacher-settings")
     # the search and its final comparisons one folder, kept whole until complete under --overwrite
     with whole_folder(config.output, config.overwrite, lambda: ray_executor.start(config.output)):
-        return _tune(config, job, data, split, (directory, first, second), trials, runs, grace_epochs, ray_executor,
-                     executor, teacher_settings)
+        try:
+            return _tune(config, job, data, split, (directory, first, second), trials, runs, grace_epochs,
+                         ray_executor, executor, teacher_settings)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the command turns it into the same)
+            raise Interrupted("tuning interrupted (by a signal); the trials it reached are kept in its folder "
+                              "(trials/, ray_tune/); --overwrite starts again") from None
 
 
 def _tune(config: Config, job: SearchJob, data: DataFolder, split: dict | None, folder: tuple[str, str, str],

@@ -12,7 +12,7 @@ import json
 import os
 
 from discomkd.models.alignment import NO_ALIGNMENT
-from discomkd.models.methods import METHODS
+from discomkd.models.methods import METHODS, foreign_settings
 from discomkd.training.config import MAX_RUNS, Config, check_config
 from discomkd.utils.errors import OptionError
 from discomkd.utils.seeds import MAX_SEED
@@ -92,3 +92,13 @@ def settings_source(method: str, settings_path: str | None, config: Config) -> s
     defaults = Config()
     fixed = [name for name in searched(method) if name not in ("epochs", "augment_first", "augment_second")]
     return PAPER if all(getattr(config, name) == getattr(defaults, name) for name in fixed) else "command line"
+
+
+def foreign_settings_line(method: str, settings: dict, source: str) -> str | None:
+    """A warning naming the settings of `source` that only other methods read (a file tuned for DisCoM-KD given to
+    a teacher: its loss weights), which `method` ignores while its other settings apply; None when there are none."""
+    foreign = foreign_settings(method, settings)
+    if not foreign:
+        return None
+    named = "; ".join(f"{', '.join(names)} ({other}'s)" for other, names in foreign.items())
+    return f"{source}: {named}: {method} does not use them (settings meant for another method?); its other settings apply"

@@ -15,7 +15,6 @@ import os
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 
 from discomkd.data.folder import write_split_files
 from discomkd.data.splits import SPLITS, stratified_split
@@ -41,6 +40,8 @@ def make_digits_example(folder: str, seed: int = 0, overwrite: bool = False) -> 
     if os.path.isdir(folder) and os.listdir(folder) and not overwrite:
         raise DataError(f"{folder}: exists and holds files; pass --overwrite to replace the example's files "
                         "or choose another folder")
+    from sklearn.datasets import load_digits  # imported when used: about a second
+
     digits = load_digits()
     rng = np.random.default_rng(seed)
     pixels = digits.images.astype(np.float32) / 16.0  # (N, 8, 8) in [0, 1]

@@ -357,7 +357,8 @@ def _unseen_classes(modalities, labels: np.ndarray, classes: np.ndarray) -> list
             missing = sorted(set(np.unique(labels[modality.splits[split]]).tolist()) - trained)
             if missing:
                 warnings.append(f"{split}_idx.npy: class(es) {classes[missing].tolist()} never seen in "
-                                f"{modality.prefix}'s training rows; they cannot be predicted")
+                                f"{modality.prefix}'s training rows: its classifier has an output for them but no "
+                                "example to learn it from, so their rows are scored on untrained guesses")
     return warnings
 
 

@@ -4,7 +4,8 @@
 invariant parts of two modalities still tell the modalities apart, and `cross_modal_transfer` whether a
 classifier of one modality's invariant part classifies the other's. The training loop (`loop.fit`)
 runs both at the end of every DisCoM-KD run; inspect_run.py runs `disentanglement_probes` (modality and
-class, every part) on a finished run. Knows numpy and scikit-learn only.
+class, every part) on a finished run. Knows numpy and scikit-learn only; scikit-learn is imported inside
+the functions that use it (about a second to import, which a command that stops before probing need not pay).
 """
 from __future__ import annotations
 
@@ -12,12 +13,8 @@ import math
 import warnings
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score
-from sklearn.model_selection import StratifiedKFold, cross_val_score
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
+
+from discomkd.evaluation.metrics import classification_metrics
 
 PARTS = ("invariant", "informative", "irrelevant")  # the feature parts of a modality branch (models/discomkd.py)
 PROBE_FOLDS = 5
@@ -33,9 +30,13 @@ TRANSFER_MEANING = ("cross-modal transfer: a logistic regression fitted on one m
                     "invariant part is shared (the method's aim); near chance, it is not")
 
 
-def linear_probe() -> Pipeline:
-    """The probes' classifier: a logistic regression on standardised features (scikit-learn pipeline).
-    lbfgs is deterministic, so a probe depends on its rows alone."""
+def linear_probe():
+    """The probes' classifier, an unfitted scikit-learn pipeline: a logistic regression on standardised
+    features. lbfgs is deterministic, so a probe depends on its rows alone."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
 
 
@@ -46,6 +47,9 @@ def probe_accuracy(features: np.ndarray, targets: np.ndarray, seed: int = 0) -> 
     Args: features (n, d), targets (n,) integer classes. Returns (mean, std) over the folds, or
     (nan, nan) when a class has a single row (no stratified split exists).
     """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
     folds = min(PROBE_FOLDS, int(np.unique(targets, return_counts=True)[1].min()))
     if folds < 2:
         return math.nan, math.nan
@@ -110,6 +114,8 @@ def cross_modal_transfer(fitted: list[tuple[np.ndarray, np.ndarray]], scored: li
 
 def _fitted_probe(features: np.ndarray, classes: np.ndarray):
     """`linear_probe` fitted on the rows, or None when it cannot be (non-finite features, one class)."""
+    from sklearn.exceptions import ConvergenceWarning
+
     if not np.isfinite(features).all() or len(np.unique(classes)) < 2:
         return None
     model = linear_probe()
@@ -121,9 +127,8 @@ def _fitted_probe(features: np.ndarray, classes: np.ndarray):
 def _scores(model, features: np.ndarray, classes: np.ndarray) -> dict | None:
     if not np.isfinite(features).all():
         return None
-    predicted = model.predict(features.astype(np.float64))
-    return {"accuracy": float(accuracy_score(classes, predicted)),
-            "weighted_f1": float(f1_score(classes, predicted, average="weighted", zero_division=0))}
+    metrics = classification_metrics(classes, model.predict(features.astype(np.float64)))
+    return {"accuracy": metrics["accuracy"], "weighted_f1": metrics["weighted_f1"]}
 
 
 def transfer_lines(transfer: dict) -> list[str]:

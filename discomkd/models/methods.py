@@ -36,6 +36,12 @@ from discomkd.models.discomkd import (
 )
 
 FUSED = "fused"  # the column of a classifier that reads both modalities (the teacher)
+# The settings each family of methods reads alone (config fields): DisCoM-KD's and its variants', kd's, dkd's.
+DISCOMKD_SETTINGS = ("weight_cl", "weight_aux", "weight_mod", "weight_adv", "weight_perp", "grl_coefficient",
+                     "grl_schedule", "grl_warmup", "discriminator", "discriminator_lr_scale", "align", "align_weight",
+                     "align_per_class", "legacy_modality_targets")
+KD_SETTINGS = ("kd_temperature", "kd_weight")
+DKD_SETTINGS = ("dkd_alpha", "dkd_beta", "dkd_temperature")
 ALIGN_TERM = "align"  # the loss term of --align, after DisCoM-KD's five
 
 
@@ -92,6 +98,8 @@ class MethodSpec:
         invariant_parts: its classifiers are `ModalityBranch`es with an invariant part, so the training loop
             probes that part for the modality at the end of a run (probes.py).
         compared_by_default: compare.py runs it when --methods is not given.
+        own_settings: the config fields this method reads and no method of another family does (DisCoM-KD's
+            loss weights, kd's temperature, ...): a settings file of another method is told apart by them.
     """
 
     description: str
@@ -108,6 +116,7 @@ class MethodSpec:
     parameter_groups: Callable = lambda model, config: [{"params": [p for p in model.parameters() if p.requires_grad]}]
     invariant_parts: bool = False
     compared_by_default: bool = True
+    own_settings: tuple[str, ...] = ()
 
     def step_modalities(self, modality: int | None) -> tuple[int, ...]:
         """The modalities a training step of this method reads."""
@@ -169,7 +178,7 @@ def _discomkd(description: str, compared_by_default: bool = True, build=_discomk
     terms, weights = (LOSS_TERMS + (ALIGN_TERM,), _aligned_weights) if aligned else (LOSS_TERMS, _discomkd_weights)
     return MethodSpec(description, terms, build, _discomkd_losses, weights, _discomkd_classifiers,
                       overrides=overrides, parameter_groups=_discomkd_parameter_groups, invariant_parts=True,
-                      compared_by_default=compared_by_default)
+                      compared_by_default=compared_by_default, own_settings=DISCOMKD_SETTINGS)
 
 
 # The discriminator's learning rate in the fast-discriminator variants: 10x, the usual order of
@@ -239,10 +248,10 @@ METHODS: dict[str, MethodSpec] = {  # in the order the comparison lists them
     "kd": MethodSpec("single-modality student distilled from the teacher (Hinton et al.)", ("ce", "kd"),
                      _student_build, _kd_losses, lambda config, epoch: {"ce": 1.0, "kd": config.kd_weight},
                      lambda model, modality: ((modality, model.student),), per_modality=True, paired=True,
-                     needs_teacher=True),
+                     needs_teacher=True, own_settings=KD_SETTINGS),
     "dkd": MethodSpec("decoupled KD (Zhao et al., CVPR 2022)", ("ce", "tckd", "nckd"), _student_build, _dkd_losses,
                       _dkd_weights, lambda model, modality: ((modality, model.student),), per_modality=True,
-                      paired=True, needs_teacher=True),
+                      paired=True, needs_teacher=True, own_settings=DKD_SETTINGS),
     "discomkd": _discomkd("DisCoM-KD: both single-modality classifiers trained at once"),
     "discomkd-legacy": _discomkd("DisCoM-KD with the published code's modality targets",
                                  legacy_modality_targets=True),
@@ -329,3 +338,15 @@ def classifier_description(module: nn.Module, shape: ModelShape, modality: int |
 def build_classifier(description: dict) -> nn.Module:
     """An untrained classifier as `classifier_description` described it (KeyError: unknown fields)."""
     return CLASSIFIER_KINDS[description["kind"]][1](description)
+
+
+def foreign_settings(method: str, names) -> dict[str, list[str]]:
+    """Of the setting `names`, those that only methods of another family read, by one such method ({"discomkd":
+    ["weight_aux", ...]}): what `method` would ignore in a settings file meant for another method."""
+    own = set(METHODS[method].own_settings)
+    foreign = {}
+    for other, spec in METHODS.items():
+        names_of_other = [n for n in names if n in spec.own_settings and n not in own]
+        if names_of_other and not any(set(names_of_other) <= set(v) for v in foreign.values()):
+            foreign[other] = names_of_other
+    return foreign

@@ -42,19 +42,28 @@ from discomkd.preparing.samples import (
     channel_moments,
     check_resize,
     combine_moments,
+    content_digest,
     depth_of,
     file_digest,
+    fill_nodata,
     load_sample,
     moments_problem,
     normalise,
     read_sample,
     resize,
+    robust_moments,
 )
 from discomkd.utils import console
 from discomkd.utils.errors import DataError, NoSpaceError, OptionError
 from discomkd.utils.seeds import seed_problem
 
 PREPROCESSING_FORMAT = "discomkd-preprocessing/1"
+# A channel whose std exceeds this many times the spread of its typical values is dominated by a few extreme
+# ones (a nodata value such as GDAL's -3.4e38): normalised by that std, its other values would be squeezed into
+# a thousandth of the unit scale, and flattened to one float32 value from about 1e7 on. Real data stay far below:
+# heavy tails put the std at a few times the median absolute deviation.
+FLATTENING_RATIO = 1000.0
+MAD_TO_STD = 1.4826  # a normal distribution's std per median absolute deviation
 MANIFEST_COLUMNS = ("id", "label", "split")  # every other column is a modality's file paths
 INTEGER_NAME = re.compile(r"-?[0-9]+")  # a class name read as a number: ASCII digits only ('²' is not one)
 
@@ -177,13 +186,16 @@ class FileCheck:
     shape: tuple[int, ...] | None = None
     dtype: str = ""
     moments: tuple[np.ndarray, np.ndarray] | None = None
+    robust: np.ndarray | None = None  # (C, 4) per channel: median, median absolute deviation, min, max
     digest: str = ""  # SHA-256 of its bytes: its identity in rows.csv
+    content: str = ""  # SHA-256 of its decoded pixels: duplicates, however each file was encoded
+    nodata: int = 0  # pixels equal to the modality's --nodata value, filled
     problem: str | None = None
 
 
-def _check_files(table: Table, sizes: dict, progress: bool | None) -> dict[tuple[int, str], FileCheck]:
-    """The check pass: each (row, modality) file read once, resized as asked; its shape, source dtype,
-    channel moments and digest, or why it cannot be used."""
+def _check_files(table: Table, sizes: dict, nodata: dict, progress: bool | None) -> dict[tuple[int, str], FileCheck]:
+    """The check pass: each (row, modality) file read once, its nodata pixels filled and resized as asked; its
+    shape, source dtype, channel statistics and digests, or why it cannot be used."""
     files = [(row, n) for row, s in enumerate(table.samples) for n in table.names if s.paths[n] is not None]
     checks: dict[tuple[int, str], FileCheck] = {}
     bar = console.progress(len(files), "checking files", enabled=progress)
@@ -191,12 +203,13 @@ def _check_files(table: Table, sizes: dict, progress: bool | None) -> dict[tuple
         path = table.samples[row].paths[name]
         try:
             pixels = read_sample(path)
-            dtype = str(pixels.dtype)
+            dtype, content = str(pixels.dtype), content_digest(pixels)
+            pixels, filled = fill_nodata(pixels, nodata[name])
             if sizes[name] is not None:
                 pixels = resize(pixels, sizes[name])
             moments = channel_moments(pixels)
-            checks[row, name] = FileCheck(pixels.shape, dtype, moments, file_digest(path),
-                                          moments_problem(moments, pixels))
+            checks[row, name] = FileCheck(pixels.shape, dtype, moments, robust_moments(pixels), file_digest(path),
+                                          content, filled, moments_problem(moments, pixels))
         except SampleError as error:
             checks[row, name] = FileCheck(problem=str(error))
         bar.update()
@@ -205,10 +218,11 @@ def _check_files(table: Table, sizes: dict, progress: bool | None) -> dict[tuple
 
 
 def _mark_duplicates(table: Table, checks: dict) -> None:
-    """Marks a file that is the same file (resolved path) or has the same bytes as an earlier row's file
-    of its modality: one sample twice, which a split could put in training and in test."""
+    """Marks a file that is the same file (resolved path) or has the same pixels as an earlier row's file
+    of its modality (compared decoded, so a file saved again in another encoding is found too): one sample
+    twice, which a split could put in training and in test."""
     for name in table.names:
-        first: dict[str, str] = {}  # resolved path or digest -> the first file that had it
+        first: dict[str, str] = {}  # resolved path or decoded content -> the first file that had it
         for row, sample in enumerate(table.samples):
             check = checks.get((row, name))
             if check is None or check.problem is not None:
@@ -217,10 +231,10 @@ def _mark_duplicates(table: Table, checks: dict) -> None:
             real = os.path.realpath(path)
             if real in first:
                 check.problem = f"the same file as {first[real]} (one sample twice)"
-            elif check.digest in first:
-                check.problem = f"the same content as {first[check.digest]} (one sample twice)"
+            elif check.content in first:
+                check.problem = f"the same pixels as {first[check.content]} (one sample twice)"
             else:
-                first[real] = first[check.digest] = path
+                first[real] = first[check.content] = path
 
 
 def _expected_formats(table: Table, checks: dict, sizes: dict) -> dict[str, tuple[int, int, int]]:
@@ -312,9 +326,10 @@ def _splits(table: Table, labels: np.ndarray, seed: int, fractions) -> dict[str,
 
 
 def _preprocessing(table: Table, name: str, train: np.ndarray, checks: dict, shape: tuple[int, int, int],
-                   size: tuple[int, int] | None) -> dict:
+                   size: tuple[int, int] | None, nodata: float | None) -> dict:
     """Modality `name`'s normalization.json entry: per-channel mean and std over its training rows
-    `train`, its sample shape and resize, and the dtypes its files had. Refuses statistics that overflow."""
+    `train`, its sample shape, resize and nodata value, and the dtypes its files had. Refuses statistics
+    that overflow, or that a few extreme values dominate (`_check_not_flattened`)."""
     means = np.stack([checks[row, name].moments[0] for row in train])
     squares = np.stack([checks[row, name].moments[1] for row in train])
     mean, std = combine_moments(means, squares, shape[1] * shape[2])
@@ -323,7 +338,9 @@ def _preprocessing(table: Table, name: str, train: np.ndarray, checks: dict, sha
         channel = int(np.argmin(finite))
         largest = train[int(np.argmax(np.abs(means[:, channel])))]
         raise DataError(f"{table.samples[largest].paths[name]}: channel {channel}: values too large for the "
-                        f"statistics of {name}'s training rows (float64 overflow; a nodata value?)")
+                        f"statistics of {name}'s training rows (float64 overflow; a nodata value? --nodata "
+                        f"{name}=VALUE leaves it out)")
+    _check_not_flattened(table, name, train, checks, std)
     dtypes = collections.Counter(checks[row, name].dtype for row in range(len(table.samples)) if (row, name) in checks)
     return {
         "mean": mean.tolist(),
@@ -331,7 +348,28 @@ def _preprocessing(table: Table, name: str, train: np.ndarray, checks: dict, sha
         "shape": list(shape), "resize": list(size) if size else None,
         "resize_method": RESIZE_METHOD if size else None, "source_dtypes": sorted(dtypes),
         "statistics": f"per channel over the {len(train)} training rows of {name} (population std)",
+        "nodata": nodata,  # pixels of this value are filled with their file's channel mean before the rest
     }
+
+
+def _check_not_flattened(table: Table, name: str, train: np.ndarray, checks: dict, std: np.ndarray) -> None:
+    """Refuses a channel whose std a few extreme values make so large that normalising by it would flatten every
+    other value (`FLATTENING_RATIO`), naming the file that holds the most extreme one. The typical spread is
+    robust to such values: the median of the files' median absolute deviations, or the spread of their medians
+    where that is larger (files that differ in level, each flat)."""
+    robust = np.stack([checks[row, name].robust for row in train])  # (n, C, 4): median, MAD, min, max
+    center = np.median(robust[:, :, 0], axis=0)
+    spread = MAD_TO_STD * np.maximum(np.median(robust[:, :, 1], axis=0),
+                                     np.median(np.abs(robust[:, :, 0] - center), axis=0))
+    for channel in np.flatnonzero((spread > 0) & (std > FLATTENING_RATIO * spread)):
+        deviations = np.abs(robust[:, channel, 2:] - center[channel])  # (n, 2): min's and max's
+        file, end = np.unravel_index(int(np.argmax(deviations)), deviations.shape)
+        value = robust[file, channel, 2 + end]
+        raise DataError(f"{table.samples[train[file]].paths[name]}: channel {channel}: value {value:.6g} lies "
+                        f"{deviations[file, end] / spread[channel]:.2g} typical spreads from {name}'s typical values "
+                        f"({center[channel]:.4g} ± {spread[channel]:.3g}); the std it gives ({std[channel]:.3g}) "
+                        "would flatten every other value of the channel once normalised: a nodata value? "
+                        f"--nodata {name}={value:.9g} leaves such values out")
 
 
 def _record_lines(table: Table, labels: np.ndarray, rows: dict, class_names: list[str], checks: dict) -> list[dict]:
@@ -361,7 +399,7 @@ def _needed_bytes(table: Table, preprocessing: dict, skipped: list[str]) -> int:
 
 def prepare(table: Table, output: str, sizes: dict[str, tuple[int, int] | None] | None = None, seed: int = 0,
             fractions=DEFAULT_FRACTIONS, skip_bad: bool = False, overwrite: bool = False,
-            progress: bool | None = None) -> dict:
+            progress: bool | None = None, nodata: dict[str, float] | None = None) -> dict:
     """Reads every file of `table` twice (a check pass that also gathers the statistics and digests, then a
     writing pass: one sample in memory at a time, the arrays written through memory maps whose disk space
     is reserved first) and writes the data folder `output`, built beside it and swapped in whole.
@@ -376,19 +414,21 @@ def prepare(table: Table, output: str, sizes: dict[str, tuple[int, int] | None] 
     if seed_problem(seed):
         raise OptionError(seed_problem(seed))
     sizes = {n: (sizes or {}).get(n) for n in table.names}
+    nodata = {n: (nodata or {}).get(n) for n in table.names}
     for name, size in sizes.items():
         if size is not None:
             check_resize(name, size)
     target = check_output(output, table.sources + [p for s in table.samples for p in s.paths.values() if p], overwrite)
-    checks = _check_files(table, sizes, progress)
+    checks = _check_files(table, sizes, nodata, progress)
     _mark_duplicates(table, checks)
     expected = _expected_formats(table, checks, sizes)
     checks, skipped = _leave_out_bad_files(table, checks, skip_bad)
     class_names = class_order(s.label for s in table.samples)
     labels = np.array([class_names.index(s.label) for s in table.samples], dtype=np.int64)
     rows = _splits(table, labels, seed, fractions)
-    preprocessing = {name: _preprocessing(table, name, rows[f"train_{name}"], checks, expected[name], sizes[name])
-                     for name in table.names}
+    preprocessing = {name: _preprocessing(table, name, rows[f"train_{name}"], checks, expected[name], sizes[name],
+                                          nodata[name]) for name in table.names}
+    notes = table.notes + _nodata_notes(table.names, checks, nodata)
     record = _record_lines(table, labels, rows, class_names, checks)
     needed = _needed_bytes(table, preprocessing, skipped)
     check_space(target, needed)
@@ -408,8 +448,32 @@ def prepare(table: Table, output: str, sizes: dict[str, tuple[int, int] | None] 
     return {"output": output, "rows": len(table.samples), "present": present, "classes": class_names,
             "shapes": {n: tuple(expected[n]) for n in table.names},
             "dtypes": {n: preprocessing[n]["source_dtypes"] for n in table.names},
-            "splits": {k: len(v) for k, v in rows.items()}, "skipped": skipped, "notes": table.notes,
+            "splits": {k: len(v) for k, v in rows.items()}, "skipped": skipped, "notes": notes,
             "warnings": data.warnings}
+
+
+def _check_not_collapsed(pixels: np.ndarray, normalised: np.ndarray) -> None:
+    """Raises `SampleError` for a channel whose values differ but all normalise to one float32 value: the
+    channel's std is so large (extreme values elsewhere) that this sample would train as a constant."""
+    raw = pixels.reshape(len(pixels), -1)
+    flat = normalised.reshape(len(normalised), -1)
+    collapsed = (raw.max(axis=1) > raw.min(axis=1)) & (flat.max(axis=1) == flat.min(axis=1))
+    if collapsed.any():
+        channel = int(np.argmax(collapsed))
+        raise SampleError(f"channel {channel}: its values (from {raw[channel].min():.6g} to {raw[channel].max():.6g}) "
+                          "all normalise to one float32 value: the channel's std is dominated by extreme values "
+                          "elsewhere (a nodata value? --nodata NAME=VALUE leaves it out)")
+
+
+def _nodata_notes(names, checks: dict, nodata: dict) -> list[str]:
+    """A line per modality with a --nodata value: how many pixels had it, in how many files."""
+    notes = []
+    for name in names:
+        if nodata[name] is not None:
+            counts = [c.nodata for (_, n), c in checks.items() if n == name and c.nodata]
+            notes.append(f"{name}: nodata {nodata[name]:g} in {sum(counts)} pixel(s) of {len(counts)} file(s), each "
+                         "filled with its file's channel mean")
+    return notes
 
 
 def _write_folder(folder: str, table: Table, labels: np.ndarray, rows: dict, class_names: list[str],
@@ -445,10 +509,11 @@ def _write_folder(folder: str, table: Table, labels: np.ndarray, rows: dict, cla
                 array[row] = 0.0  # absent: never read, this modality's splits exclude the row
                 continue
             try:
-                pixels = load_sample(sample.paths[name], sizes[name])
+                pixels = load_sample(sample.paths[name], sizes[name], entry["nodata"])
                 if pixels.shape != tuple(entry["shape"]):
                     raise SampleError(f"shape {pixels.shape} changed since it was checked")
                 array[row] = normalise(pixels, entry["mean"], entry["std"])
+                _check_not_collapsed(pixels, array[row])
             except SampleError as error:  # changed since the check pass, or beyond float32 once normalised
                 raise DataError(f"{sample.paths[name]}: {error}") from None
             bar.update()

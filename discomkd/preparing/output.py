@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
-import math
 import os
 import shutil
 import tempfile
 
 from discomkd.data.folder import CLASSES_FILE, NORMALIZATION_FILE
 from discomkd.preparing.rows import ROWS_FILE
+from discomkd.utils.console import format_bytes
 from discomkd.utils.errors import DataError
 from discomkd.utils.files import TEMPORARY_PREFIX, folder_problem
 
@@ -81,8 +81,8 @@ def check_space(target: str, needed: int) -> None:
 
 def no_space(target: str, needed: int, free: int | None = None) -> DataError:
     """The one-line error of a full disk."""
-    available = f", {free // 2**20} MB free" if free is not None else ""
-    return DataError(f"{target}: no space left on device: needs {math.ceil(needed / 2**20)} MB{available}")
+    available = f", {format_bytes(free)} free" if free is not None else ""
+    return DataError(f"{target}: no space left on device: needs {format_bytes(needed)}{available}")
 
 
 def is_full_disk(error: OSError) -> bool:

@@ -147,10 +147,41 @@ def resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(image, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)[0].numpy()
 
 
-def load_sample(path: str, size: tuple[int, int] | None = None) -> np.ndarray:
-    """`read_sample`, resized to `size` (H, W) when given."""
-    pixels = read_sample(path)
+def fill_nodata(pixels: np.ndarray, nodata: float | None) -> tuple[np.ndarray, int]:
+    """The pixels with those equal to `nodata` (compared in the file's own dtype) replaced, channel by channel,
+    by the mean of the channel's other pixels, and how many were replaced; unchanged without `nodata`. A
+    missing value then weighs nothing in the statistics and normalises to about the channel's mean, before any
+    resize mixes it with its neighbours. Raises `SampleError` for a channel with nothing but nodata."""
+    if nodata is None:
+        return pixels, 0
+    with np.errstate(invalid="ignore", over="ignore"):
+        same = np.asarray(nodata).astype(pixels.dtype)  # a float rounds as the file's floats did when written
+    holds = pixels.dtype.kind == "f" or float(same) == nodata  # an integer file cannot hold 1.5 or -1e38
+    missing = pixels == same if holds else np.zeros(pixels.shape, dtype=bool)
+    count = int(missing.sum())
+    if count == 0:
+        return pixels, 0
+    filled = pixels.astype(np.float64)
+    for channel, mask in enumerate(missing):
+        if mask.all():
+            raise SampleError(f"channel {channel}: every pixel is the nodata value {nodata:g}")
+        if mask.any():
+            filled[channel][mask] = filled[channel][~mask].mean()
+    return filled, count
+
+
+def load_sample(path: str, size: tuple[int, int] | None = None, nodata: float | None = None) -> np.ndarray:
+    """`read_sample`, its nodata pixels filled (`fill_nodata`), resized to `size` (H, W) when given."""
+    pixels, _ = fill_nodata(read_sample(path), nodata)
     return pixels if size is None else resize(pixels, size)
+
+
+def content_digest(pixels: np.ndarray) -> str:
+    """The SHA-256 of a decoded sample (dtype, shape and values): the same for two files whose pixels are the
+    same, however each was encoded (a PNG saved again at another compression level)."""
+    digest = hashlib.sha256(f"{pixels.dtype.str}{pixels.shape}".encode())
+    digest.update(np.ascontiguousarray(pixels).tobytes())
+    return digest.hexdigest()
 
 
 def normalise(pixels: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
@@ -189,6 +220,15 @@ def moments_problem(moments: tuple[np.ndarray, np.ndarray], pixels: np.ndarray) 
             "value such as -1.797e308? Replace it with a real value, or leave the file out (--skip-bad)")
 
 
+def robust_moments(pixels: np.ndarray) -> np.ndarray:
+    """(C, 4) float64 per channel of one sample: median, median absolute deviation, min and max, from which
+    the statistics over many samples tell a channel of extreme values (nodata) from one of spread values."""
+    values = pixels.reshape(len(pixels), -1).astype(np.float64)
+    median = np.median(values, axis=1)
+    return np.stack([median, np.median(np.abs(values - median[:, None]), axis=1), values.min(axis=1),
+                     values.max(axis=1)], axis=1)
+
+
 def combine_moments(means: np.ndarray, squares: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and (population) std of several samples of `count` values per channel each,
     from their (n, C) means and squared-deviation sums (Chan et al.'s pairwise formula: stable)."""
@@ -201,8 +241,8 @@ def combine_moments(means: np.ndarray, squares: np.ndarray, count: int) -> tuple
 # ----------------------------------------------------------------------------- predict.py's raw input
 def raw_input_files(path: str, input_shape: tuple[int, ...]) -> list[str] | None:
     """The sample files `path` stands for (a folder's, searched recursively, sorted, hidden files and
-    folders skipped as prepare_data.py skips them; or the file itself), or None when `path` is an
-    (N, *input_shape) .npy array of rows (predict.py's original input)."""
+    folders skipped as prepare_data.py skips them; or the file itself), or None when `path` is a .npy array
+    of rows (predict.py's original input, (N, *input_shape); a wrong shape is named by its reading)."""
     if os.path.isdir(path):
         files = []
         for root, folders, names in os.walk(path):
@@ -217,7 +257,9 @@ def raw_input_files(path: str, input_shape: tuple[int, ...]) -> list[str] | None
             rank = np.load(path, mmap_mode="r", allow_pickle=False).ndim
         except (OSError, ValueError, EOFError):
             return None  # predict.py's own checks name the problem
-        return None if rank == len(input_shape) + 1 else [path]
+        # one raw sample is an image, (C, H, W) or (H, W), for a checkpoint that reads images; any other array is
+        # rows, whose shape predict.py's own checks compare with the checkpoint's
+        return [path] if len(input_shape) == 3 and rank in (2, 3) else None
     return [path] if path.lower().endswith(SAMPLE_EXTENSIONS) else None
 
 
@@ -232,7 +274,7 @@ def read_raw_samples(files: list[str], preprocessing: dict | None, input_shape: 
     samples = np.empty((len(files), *input_shape), dtype=np.float32)
     for i, path in enumerate(files):
         try:
-            pixels = load_sample(path, size)
+            pixels = load_sample(path, size, preprocessing.get("nodata"))
             if pixels.shape != tuple(input_shape):
                 raise SampleError(f"sample of shape {pixels.shape} (C, H, W), but {checkpoint_path} expects "
                                   f"{tuple(input_shape)}" + ("" if size else " and its data was not resized"))

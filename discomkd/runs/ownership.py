@@ -143,7 +143,10 @@ def prepare_output(output: str, overwrite: bool) -> str:
 
 # ----------------------------------------------------------------------------- --overwrite of a whole folder
 def previous_of(folder: str) -> str:
-    return os.path.normpath(folder) + PREVIOUS_SUFFIX
+    """Where --overwrite sets `folder`'s earlier contents aside: beside the folder itself, a link to it followed
+    (renaming the link would leave the earlier contents behind it, and a real folder in its place)."""
+    real = os.path.realpath(folder)
+    return (real if os.path.islink(folder.rstrip(os.sep) or folder) else os.path.normpath(folder)) + PREVIOUS_SUFFIX
 
 
 def check_no_set_aside(folder: str) -> None:
@@ -162,7 +165,10 @@ class SetAside:
     `<folder>.interrupted-<time>`. Returns, or logs, what it did."""
 
     def __init__(self, folder: str):
-        self.folder, self.previous = os.path.normpath(folder), previous_of(folder)
+        # a link to a folder: the folder itself is set aside and restored, the link keeps pointing at it
+        link = os.path.islink(folder.rstrip(os.sep) or folder)
+        self.folder = os.path.realpath(folder) if link else os.path.normpath(folder)
+        self.previous = previous_of(folder)
         self.active = False
 
     def start(self) -> None:
@@ -224,7 +230,7 @@ def whole_folder(folder: str, overwrite: bool, before_writing=None):
     if overwrite:
         aside.start()
     created = not os.path.exists(folder)
-    os.makedirs(folder, exist_ok=True)
+    os.makedirs(os.path.realpath(folder), exist_ok=True)  # a link's folder, set aside just now, made again
     try:
         with owning(folder):
             yield FolderWrite(created, aside.active)

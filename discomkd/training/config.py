@@ -36,8 +36,9 @@ class Config:
     weight_decay: float = _option(0.0, "Adam weight decay")
     seed: int = _option(0, "random seed; a CPU run with the same seed repeats exactly")
     device: str = _option("auto", DEVICE_HELP)
-    output: str | None = _option(None, "output folder (None: DIR/DisCoM-KD_<FIRST>_<SECOND>)")
-    overwrite: bool = _option(False, "replace the files of an existing output folder")
+    # where a run writes and what it may replace: the command line's alone, never a settings file's
+    output: str | None = _option(None, "output folder (None: DIR/DisCoM-KD_<FIRST>_<SECOND>)", setting=False)
+    overwrite: bool = _option(False, "replace the files of an existing output folder", setting=False)
     weight_cl: float = _option(1.0, "weight of L_cl, the task classifiers (0 drops the term)")
     weight_aux: float = _option(1.0, "weight of L_aux, the shared auxiliary classifier")
     weight_mod: float = _option(1.0, "weight of L_mod, the modality classifiers")

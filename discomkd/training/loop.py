@@ -37,7 +37,7 @@ from discomkd.runs.ownership import owning
 from discomkd.runs.writer import RunWriter
 from discomkd.training.config import Config, resolve_device, with_method_overrides
 from discomkd.training.epoch import EpochProgress, compile_report, start_epoch, train_one_epoch
-from discomkd.training.identity import identity, resume_problem
+from discomkd.training.identity import ContentHashing, identity, resume_problem
 from discomkd.training.scores import evaluate, invariance_measures
 from discomkd.training.setup import TrainingSetup, build_setup
 from discomkd.utils import console
@@ -126,19 +126,29 @@ def state_payload(setup: TrainingSetup, epoch: int, progress: EpochProgress | No
 @dataclass
 class RunRecord:
     """What a run accumulates and its state file keeps: the results dict, each classifier's best so far,
-    and the best epochs' test predictions."""
+    and the best epochs' test predictions; while a new run's data files are still being hashed, the hashing."""
 
     results: dict
     best: dict
     test_predictions: dict
+    hashing: ContentHashing | None = None
+
+    def with_digests(self) -> dict:
+        """The results with the data files' digests, waiting for them if need be: what a state must hold for
+        `--resume` to see any change of the data."""
+        if self.hashing is not None:
+            self.results["data_content"] = self.hashing.result()
+            self.hashing = None
+        return self.results
 
 
 def _start_record(config: Config, data: DataFolder, output: str, setup: TrainingSetup) -> RunRecord:
-    results = {**identity(config, data), "output": output, "environment": {}, "warnings": data.warnings, "status": "running",
-               "train_rows": {data.modalities[m].prefix: len(p) for m, p in setup.train_positions.items()},
+    results = {**identity(config, data), "output": output, "environment": {}, "warnings": data.warnings,
+               "status": "running", "train_rows": {data.modalities[m].prefix: len(p)
+                                                   for m, p in setup.train_positions.items()},
                "history": [], "final": {}}
     best = {c.column: {"best_epoch": 0, "valid": {"weighted_f1": -1.0}} for c in setup.classifiers}
-    return RunRecord(results, best, {})
+    return RunRecord(results, best, {}, ContentHashing(data))
 
 
 def _restore(setup: TrainingSetup, state: dict) -> tuple[RunRecord, int, EpochProgress | None]:
@@ -234,7 +244,7 @@ def _finish(setup: TrainingSetup, data: DataFolder, output: str, record: RunReco
     cross-modal transfer of methods that have invariant parts); removes the resumable state once the
     write in flight (the last epoch's) is done."""
     writer.close()
-    results = record.results
+    results = record.with_digests()
     if setup.spec.invariant_parts:  # read from the best checkpoints: written now
         results.update(invariance_measures(setup, data, output))  # invariance_probe, cross_modal_transfer
     results["background_writes"] = writer.timings
@@ -390,7 +400,7 @@ class _Epochs:
                 f"the model holds NaN or Inf at epoch {epoch}, step {progress.step}: training stopped; "
                 f"{self.kept()} (try a lower --learning-rate)"))
         record = self.record
-        self.writer.write(epoch, record.results, {}, state_payload(self.setup, epoch, progress, record.results,
+        self.writer.write(epoch, record.results, {}, state_payload(self.setup, epoch, progress, record.with_digests(),
                                                                    record.best, record.test_predictions))
         raise self.stopped(Interrupted, (
             f"interrupted ({self.stop.signal_name}) at epoch {epoch}, step {progress.step}/{len(progress.bounds)}; "
@@ -433,7 +443,7 @@ class _Epochs:
         snapshot = epoch < config.epochs and (self.stop() or time.time() - self.last_state >= config.save_every_seconds
                                               or (config.save_every > 0 and epoch % config.save_every == 0))
         entry["state_written"] = snapshot
-        state_now = state_payload(self.setup, epoch + 1, None, results, record.best,
+        state_now = state_payload(self.setup, epoch + 1, None, record.with_digests(), record.best,
                                   record.test_predictions) if snapshot else None
         # the files this epoch wrote hold the history up to here; the write time joins the next ones
         entry["write_seconds"] = self.writer.write(epoch, results, checkpoints, state_now)

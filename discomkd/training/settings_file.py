@@ -15,13 +15,16 @@ from discomkd.training.config import Config
 from discomkd.utils.errors import DataError, OptionError
 
 OPTION = "--settings"
+NOT_SETTINGS = tuple(f.name for f in dataclasses.fields(Config) if not f.metadata.get("setting", True))
 # What a settings file may hold for a field of each type, as an error message says it.
 EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 
 
 def settable_fields() -> dict[str, dataclasses.Field]:
-    """The Config fields a settings file may hold: those with a command-line option."""
-    return {f.name: f for f in dataclasses.fields(Config) if f.metadata.get("flag", True)}
+    """The Config fields a settings file may hold: those with a command-line option that describe training, not
+    where a run writes or what it may replace (output, overwrite)."""
+    return {f.name: f for f in dataclasses.fields(Config) if f.metadata.get("flag", True)
+            and f.metadata.get("setting", True)}
 
 
 def _has_type(value, kind: str) -> bool:
@@ -39,6 +42,9 @@ def check_settings(settings, source: str) -> dict:
         raise DataError(f"{source}: a JSON object of settings is expected")
     fields = settable_fields()
     for name, value in settings.items():
+        if name in NOT_SETTINGS:
+            raise DataError(f"{source}: {name!r}: a settings file describes training; where a run writes and what "
+                            f"it may replace are the command line's (--{name})")
         if name not in fields:
             raise DataError(f"{source}: {name!r} is not a setting; expected some of {', '.join(sorted(fields))}")
         kind = str(fields[name].type).split(" ")[0]  # "str | None": a string (null is no option's value)

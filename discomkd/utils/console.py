@@ -89,6 +89,15 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def format_bytes(count: int) -> str:
+    """A size as people read it, never rounded to nothing: 1000 bytes, 12.3 KiB, 4.56 MiB, 7.89 GiB (three
+    significant digits)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:.3g} {unit}"
+    return f"{count} bytes"
+
+
 def command_for(module: str) -> str:
     """How to type, from any folder, the command whose `main` is in `module` (e.g. "discomkd.commands.train"),
     for the hints a command prints: its installed script (discomkd-train) where that is on the PATH, else the
