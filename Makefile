@@ -32,7 +32,7 @@ HASH := $(VENV_PYTHON) -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.b
 # Training on a CPU shared with other jobs: OpenMP threads that busy-wait slow small models 10x or more.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: help demo test venv venv-dev
+.PHONY: help demo test results venv venv-dev
 
 # Checked when make reads this file, so that an unusable interpreter is one line, not a failed recipe.
 ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
@@ -44,6 +44,7 @@ endif
 help:
 	@echo "make demo   install into $(VENV), build the embedded example and train DisCoM-KD on it"
 	@echo "make test   install into $(VENV) with the test requirements and run the test suite"
+	@echo "make results  re-derive docs/results.md's tables (hours on a CPU)"
 	@echo "variables:  PYTHON=$(PYTHON)  TORCH='$(TORCH)'  TORCH_INDEX='$(TORCH_INDEX)'  EPOCHS=$(EPOCHS)"
 
 venv:
@@ -73,3 +74,7 @@ demo: venv
 
 test: venv-dev
 	$(VENV_PYTHON) -m pytest -q
+
+# docs/results.md's tables, re-derived with today's code (about 3 1/2 hours on 2 CPU cores)
+results: venv
+	PYTHON=$(VENV_PYTHON) bash tools/results.sh

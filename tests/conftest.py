@@ -51,3 +51,12 @@ def toy_run(tmp_path_factory):
     output = os.path.join(folder, "run")
     run(Config(**{**TOY_SETTINGS, "learning_rate": Config.learning_rate}, verbose=0, output=output), folder, *PREFIXES)
     return folder, output
+
+
+def pytest_terminal_summary(terminalreporter):
+    """After the tests: how many documented command lines ran and how many were skipped, by reason."""
+    import sys
+
+    module = sys.modules.get("test_documented_lines")
+    if module is not None:
+        terminalreporter.write_line(module.summary())

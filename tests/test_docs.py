@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import glob
 import importlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -296,3 +297,61 @@ def test_an_unknown_option_is_found():
     unknown = {(command, option) for command, option, _ in uses if option not in known_options(command)}
     assert unknown == {(predict, "--no-such-row-option"), (compare, "--no-such-compare-option"),
                        (ANY, "--no-such-anywhere"), (check, "--no-such-check-option")}
+
+
+# ----------------------------------------------------------------------------- the README's numbers
+MACHINE = re.compile(r"^Machine: (?P<cpu>[^,]+), (?P<cores>\d+) cores[^;]*; Python (?P<python>\S+); PyTorch "
+                     r"(?P<torch>\S+);", re.M)
+DEMO_RUN = os.path.join(ROOT, "example_digits", "DisCoM-KD_IMAGE_PROJ", "results.json")
+
+
+def readme_quick_start() -> tuple[dict, dict[str, list[str]]]:
+    """The README's quick-start machine line ({cpu, cores, python, torch}) and its table {modality: cells}."""
+    text = read(os.path.join(ROOT, "README.md"))
+    section = text[text.index("## Results"):text.index("## Layout")]
+    machine = MACHINE.search(section)
+    assert machine, "the quick-start table names its machine: 'Machine: CPU, N cores...; Python X; PyTorch Y;'"
+    rows = [line.strip("|").split("|") for line in section.splitlines() if re.match(r"\| (IMAGE|PROJ) \|", line)]
+    return machine.groupdict(), {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows}
+
+
+def this_machine() -> dict:
+    import platform
+    import sys
+
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "python": sys.version.split()[0], "torch": torch.__version__}
+
+
+def test_the_readme_quick_start_table_is_what_make_demo_prints_on_its_machine(tmp_path):
+    """The README's table against `make demo`'s own run (example_digits/DisCoM-KD_IMAGE_PROJ), or, with
+    DISCOMKD_SLOW_TESTS=1, against its training run anew (2-3 minutes); skipped on another machine, whose CPU and
+    libraries give other digits, and where make demo has not run."""
+    machine, table = readme_quick_start()
+    here = this_machine()
+    if here != machine:
+        pytest.skip(f"the README's table is of {machine}; this machine is {here}")
+    if not os.path.exists(DEMO_RUN) and not os.environ.get("DISCOMKD_SLOW_TESTS"):
+        pytest.skip("make demo has not run here (DISCOMKD_SLOW_TESTS=1 runs its training)")
+    path = DEMO_RUN
+    if os.environ.get("DISCOMKD_SLOW_TESTS"):
+        import subprocess
+        import sys
+
+        from discomkd.data.example import make_digits_example
+
+        make_digits_example(str(tmp_path / "example"))
+        subprocess.run([sys.executable, os.path.join(ROOT, "main_DisCoM-KD.py"), str(tmp_path / "example"), "IMAGE",
+                        "PROJ", "--epochs", "30", "--augment-first", "none", "--quiet"], check=True, timeout=900)
+        path = str(tmp_path / "example" / "DisCoM-KD_IMAGE_PROJ" / "results.json")
+    with open(path) as handle:
+        results = json.load(handle)
+    if results["config"]["epochs"] != 30 or results["status"] != "finished":
+        pytest.skip(f"{path} is not make demo's 30-epoch run")
+    printed = {column: [r["encoder"], str(r["best_epoch"]), f"{r['valid']['weighted_f1']:.4f}",
+                        *(f"{r['test'][k]:.4f}" for k in ("weighted_f1", "macro_f1", "accuracy"))]
+               for column, r in results["final"].items()}
+    assert printed == table

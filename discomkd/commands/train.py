@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "with its own data and settings (with --quiet or --verbose only)")
     add_config_arguments(parser, skip=BASELINE_SETTINGS)  # kd's and dkd's: compare.py's
     verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("--quiet", action="store_true", help="print only warnings and the final table")
+    verbosity.add_argument("--quiet", action="store_true",
+                           help="print only warnings and the final summary: the table, then, for a DisCoM-KD method, "
+                                "the invariance probe and the cross-modal transfer")
     verbosity.add_argument("--verbose", action="store_true", help="one line per epoch (the default)")
     parser.add_argument("--no-fast", action="store_true",
                         help="plain path: no torch.compile, fp32, data streamed from the host")

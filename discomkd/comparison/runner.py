@@ -286,7 +286,7 @@ def announce(label: str, job: Job, result: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- the comparison
-def compare(config: Config, directory: str, first_prefix: str, second_prefix: str, runs: int = 5,
+def compare(config: Config, directory: str, first_prefix: str, second_prefix: str, runs: int = 1,
             methods=DEFAULT_METHODS, resplit: bool = False, verbose: bool = False,
             executor=None, on_epoch=None, shared_split: str | None = None, method_settings: dict | None = None,
             settings_from: dict | None = None) -> dict:
