@@ -1,2 +1,2 @@
-"""Maintenance commands, run from the repository root (`python -m tools.gpu_check OUTDIR`). Like the
-commands beside the package, they are imported by nothing but tests."""
+"""Maintenance tools of a checkout, not installed: the architecture figure, the GPU-hours projection of a comparison,
+the GPU check's and the results' shell commands. Imported by nothing but their tests."""

@@ -36,12 +36,10 @@ from discomkd.preparing.output import (
 )
 from discomkd.preparing.rows import DIGEST_SUFFIX, ROWS_FILE, reserved_name_problem, write_record
 from discomkd.preparing.samples import (
-    RESIZE_METHOD,
     SAMPLE_EXTENSIONS,
     SampleError,
     channel_moments,
     check_resize,
-    combine_moments,
     content_digest,
     depth_of,
     file_digest,
@@ -53,17 +51,12 @@ from discomkd.preparing.samples import (
     resize,
     robust_moments,
 )
+from discomkd.preparing.statistics import check_not_collapsed, preprocessing_entry
 from discomkd.utils import console
 from discomkd.utils.errors import DataError, NoSpaceError, OptionError
 from discomkd.utils.seeds import seed_problem
 
 PREPROCESSING_FORMAT = "discomkd-preprocessing/1"
-# A channel whose std exceeds this many times the spread of its typical values is dominated by a few extreme
-# ones (a nodata value such as GDAL's -3.4e38): normalised by that std, its other values would be squeezed into
-# a thousandth of the unit scale, and flattened to one float32 value from about 1e7 on. Real data stay far below:
-# heavy tails put the std at a few times the median absolute deviation.
-FLATTENING_RATIO = 1000.0
-MAD_TO_STD = 1.4826  # a normal distribution's std per median absolute deviation
 MANIFEST_COLUMNS = ("id", "label", "split")  # every other column is a modality's file paths
 INTEGER_NAME = re.compile(r"-?[0-9]+")  # a class name read as a number: ASCII digits only ('²' is not one)
 
@@ -325,53 +318,6 @@ def _splits(table: Table, labels: np.ndarray, seed: int, fractions) -> dict[str,
             **{f"train_{n}": r.astype(np.int64) for n, r in own_train.items()}}
 
 
-def _preprocessing(table: Table, name: str, train: np.ndarray, checks: dict, shape: tuple[int, int, int],
-                   size: tuple[int, int] | None, nodata: float | None) -> dict:
-    """Modality `name`'s normalization.json entry: per-channel mean and std over its training rows
-    `train`, its sample shape, resize and nodata value, and the dtypes its files had. Refuses statistics
-    that overflow, or that a few extreme values dominate (`_check_not_flattened`)."""
-    means = np.stack([checks[row, name].moments[0] for row in train])
-    squares = np.stack([checks[row, name].moments[1] for row in train])
-    mean, std = combine_moments(means, squares, shape[1] * shape[2])
-    finite = np.isfinite(mean) & np.isfinite(std)
-    if not finite.all():  # each file's statistics are finite, their combination is not: values near 1e154
-        channel = int(np.argmin(finite))
-        largest = train[int(np.argmax(np.abs(means[:, channel])))]
-        raise DataError(f"{table.samples[largest].paths[name]}: channel {channel}: values too large for the "
-                        f"statistics of {name}'s training rows (float64 overflow; a nodata value? --nodata "
-                        f"{name}=VALUE leaves it out)")
-    _check_not_flattened(table, name, train, checks, std)
-    dtypes = collections.Counter(checks[row, name].dtype for row in range(len(table.samples)) if (row, name) in checks)
-    return {
-        "mean": mean.tolist(),
-        "std": np.where(std > 0, std, 1.0).tolist(),  # a constant channel: centred only
-        "shape": list(shape), "resize": list(size) if size else None,
-        "resize_method": RESIZE_METHOD if size else None, "source_dtypes": sorted(dtypes),
-        "statistics": f"per channel over the {len(train)} training rows of {name} (population std)",
-        "nodata": nodata,  # pixels of this value are filled with their file's channel mean before the rest
-    }
-
-
-def _check_not_flattened(table: Table, name: str, train: np.ndarray, checks: dict, std: np.ndarray) -> None:
-    """Refuses a channel whose std a few extreme values make so large that normalising by it would flatten every
-    other value (`FLATTENING_RATIO`), naming the file that holds the most extreme one. The typical spread is
-    robust to such values: the median of the files' median absolute deviations, or the spread of their medians
-    where that is larger (files that differ in level, each flat)."""
-    robust = np.stack([checks[row, name].robust for row in train])  # (n, C, 4): median, MAD, min, max
-    center = np.median(robust[:, :, 0], axis=0)
-    spread = MAD_TO_STD * np.maximum(np.median(robust[:, :, 1], axis=0),
-                                     np.median(np.abs(robust[:, :, 0] - center), axis=0))
-    for channel in np.flatnonzero((spread > 0) & (std > FLATTENING_RATIO * spread)):
-        deviations = np.abs(robust[:, channel, 2:] - center[channel])  # (n, 2): min's and max's
-        file, end = np.unravel_index(int(np.argmax(deviations)), deviations.shape)
-        value = robust[file, channel, 2 + end]
-        raise DataError(f"{table.samples[train[file]].paths[name]}: channel {channel}: value {value:.6g} lies "
-                        f"{deviations[file, end] / spread[channel]:.2g} typical spreads from {name}'s typical values "
-                        f"({center[channel]:.4g} ± {spread[channel]:.3g}); the std it gives ({std[channel]:.3g}) "
-                        "would flatten every other value of the channel once normalised: a nodata value? "
-                        f"--nodata {name}={value:.9g} leaves such values out")
-
-
 def _record_lines(table: Table, labels: np.ndarray, rows: dict, class_names: list[str], checks: dict) -> list[dict]:
     """rows.csv's lines: each row's number, id, class, label, split, and per modality its file and digest."""
     split_of = {int(row): split for split in SPLITS for row in rows[split]}
@@ -426,8 +372,9 @@ def prepare(table: Table, output: str, sizes: dict[str, tuple[int, int] | None] 
     class_names = class_order(s.label for s in table.samples)
     labels = np.array([class_names.index(s.label) for s in table.samples], dtype=np.int64)
     rows = _splits(table, labels, seed, fractions)
-    preprocessing = {name: _preprocessing(table, name, rows[f"train_{name}"], checks, expected[name], sizes[name],
-                                          nodata[name]) for name in table.names}
+    preprocessing = {name: preprocessing_entry(name, [s.paths[name] for s in table.samples], rows[f"train_{name}"],
+                                               checks, expected[name], sizes[name], nodata[name])
+                     for name in table.names}
     notes = table.notes + _nodata_notes(table.names, checks, nodata)
     record = _record_lines(table, labels, rows, class_names, checks)
     needed = _needed_bytes(table, preprocessing, skipped)
@@ -450,19 +397,6 @@ def prepare(table: Table, output: str, sizes: dict[str, tuple[int, int] | None] 
             "dtypes": {n: preprocessing[n]["source_dtypes"] for n in table.names},
             "splits": {k: len(v) for k, v in rows.items()}, "skipped": skipped, "notes": notes,
             "warnings": data.warnings}
-
-
-def _check_not_collapsed(pixels: np.ndarray, normalised: np.ndarray) -> None:
-    """Raises `SampleError` for a channel whose values differ but all normalise to one float32 value: the
-    channel's std is so large (extreme values elsewhere) that this sample would train as a constant."""
-    raw = pixels.reshape(len(pixels), -1)
-    flat = normalised.reshape(len(normalised), -1)
-    collapsed = (raw.max(axis=1) > raw.min(axis=1)) & (flat.max(axis=1) == flat.min(axis=1))
-    if collapsed.any():
-        channel = int(np.argmax(collapsed))
-        raise SampleError(f"channel {channel}: its values (from {raw[channel].min():.6g} to {raw[channel].max():.6g}) "
-                          "all normalise to one float32 value: the channel's std is dominated by extreme values "
-                          "elsewhere (a nodata value? --nodata NAME=VALUE leaves it out)")
 
 
 def _nodata_notes(names, checks: dict, nodata: dict) -> list[str]:
@@ -513,7 +447,7 @@ def _write_folder(folder: str, table: Table, labels: np.ndarray, rows: dict, cla
                 if pixels.shape != tuple(entry["shape"]):
                     raise SampleError(f"shape {pixels.shape} changed since it was checked")
                 array[row] = normalise(pixels, entry["mean"], entry["std"])
-                _check_not_collapsed(pixels, array[row])
+                check_not_collapsed(pixels, array[row])
             except SampleError as error:  # changed since the check pass, or beyond float32 once normalised
                 raise DataError(f"{sample.paths[name]}: {error}") from None
             bar.update()
