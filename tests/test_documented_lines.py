@@ -99,7 +99,8 @@ def printed_as_shown(printed: list[str], shown: list[str]) -> str | None:
         while position < len(printed) and anywhere and not pattern.match(printed[position]):
             position += 1
         if position >= len(printed) or not pattern.match(printed[position]):
-            return f"expected a line like {expected!r}, printed {printed[position] if position < len(printed) else 'nothing'!r}"
+            found = printed[position] if position < len(printed) else "nothing"
+            return f"expected a line like {expected!r}, printed {found!r}"
         position += 1
     if shown and shown[-1].strip() != "..." and position < len(printed):
         return f"printed more than the doc shows: {printed[position]!r}"

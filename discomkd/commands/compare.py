@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"comma-separated methods to compare, among {', '.join(ALL_METHODS)}")
     parser.add_argument("--ablation", action="store_true",
                         help=f"add the loss ablation's rows: {', '.join(ABLATIONS)}")
-    parser.add_argument("--resplit", action="store_true", help=f"draw a stratified {DEFAULT_FRACTIONS_TEXT} split per run even when "
-                                                               "DIR has split files")
+    parser.add_argument("--resplit", action="store_true",
+                        help=f"draw a stratified {DEFAULT_FRACTIONS_TEXT} split per run even when DIR has split files")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first run")
     parser.add_argument("--output", default=None, help="output folder (default DIR/comparison_<FIRST>_<SECOND>)")
     add_config_arguments(parser, skip=("seed", "output", "legacy_modality_targets"))

@@ -7,8 +7,9 @@ best_<PREFIX>.pt, and computes the test rows' invariant, informative and irrelev
 
 Probes (probes.json, naming the epochs of the checkpoints it describes, and a table on stdout):
 cross-validated logistic regressions that predict the modality from the pooled features of both
-modalities, and the class from each modality's features, per part. If the disentanglement worked, the invariant part carries no modality
-(accuracy near 0.5) while the informative and irrelevant parts carry it (near 1.0).
+modalities, and the class from each modality's features, per part. If the disentanglement worked, the
+invariant part carries no modality (accuracy near 0.5) while the informative and irrelevant parts carry it
+(near 1.0).
 
 Figures (RUN_FOLDER/figures/, needs matplotlib, skipped with a message without it):
 training_curves.png, confusion_<PREFIX>.png per modality, tsne.png.

@@ -21,12 +21,14 @@ from discomkd.utils.errors import OptionError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="DisCoM-KD: train both single-modality classifiers jointly (Ienco & Dantas, BMVC 2024).")
-    parser.add_argument("directory", metavar="DIR", nargs="?", help="data folder (<PREFIX>_data_normalized.npy, labels.npy, "
-                                                         "train/valid/test_idx.npy)")
-    parser.add_argument("first_prefix", metavar="FIRST_PREFIX", nargs="?", help="first modality: reads DIR/FIRST_PREFIX_data_normalized.npy")
+    parser.add_argument("directory", metavar="DIR", nargs="?",
+                        help="data folder (<PREFIX>_data_normalized.npy, labels.npy, train/valid/test_idx.npy)")
+    parser.add_argument("first_prefix", metavar="FIRST_PREFIX", nargs="?",
+                        help="first modality: reads DIR/FIRST_PREFIX_data_normalized.npy")
     parser.add_argument("second_prefix", metavar="SECOND_PREFIX", nargs="?", help="second modality")
-    parser.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run from RUN_FOLDER/state.pt "
-                                                              "with its own data and settings (with --quiet or --verbose only)")
+    parser.add_argument("--resume", metavar="RUN_FOLDER",
+                        help="continue an interrupted run from RUN_FOLDER/state.pt with its own data and settings "
+                             "(with --quiet or --verbose only)")
     add_config_arguments(parser, skip=BASELINE_SETTINGS)  # kd's and dkd's: compare.py's
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("--quiet", action="store_true",

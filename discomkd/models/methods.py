@@ -86,7 +86,8 @@ class MethodSpec:
             scalar}, unweighted; run under autocast by the training step. `progress` is the training progress at
             this step, a 0-d float32 tensor on the device in [0, 1) (a tensor, so that a compiled step
             reads a new value without being traced again); None outside the training loop.
-        weights: (config, epoch 1-based) -> {term: weight}; the training step applies them, in one place (`setup.TrainingSetup.step_losses`).
+        weights: (config, epoch 1-based) -> {term: weight}; the training step applies them, in one place
+            (`setup.TrainingSetup.step_losses`).
         classifiers: (model, modality) -> ((modality it classifies or None for fused, module), ...); each
             module's forward reads the inputs of that modality (both for fused) and returns `.logits`.
         per_modality: one model per modality (modality 0, then 1) instead of one for both.
@@ -169,7 +170,8 @@ def _discomkd_parameter_groups(model: DisCoMKD, config) -> list[dict]:
 
 
 def _discomkd_invariant_build(shape: ModelShape, modality, teacher) -> DisCoMKD:
-    return DisCoMKD(shape.input_shapes, shape.num_classes, shape.encoders, shape.discriminator, task_features="invariant")
+    return DisCoMKD(shape.input_shapes, shape.num_classes, shape.encoders, shape.discriminator,
+                    task_features="invariant")
 
 
 def _discomkd(description: str, compared_by_default: bool = True, build=_discomkd_build, **overrides) -> MethodSpec:

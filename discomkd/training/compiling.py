@@ -18,8 +18,8 @@ import torch
 # variant set "aot_eager" (the captured graphs run with eager kernels): the same capture in seconds
 # instead of minutes of C++ compilation on a small CPU.
 BACKEND = "inductor"
-# Calls of the compiled step per batch shape whose errors the training step catches (epoch.forward_backward) (the step undone and rerun
-# eager): the compile, and under CUDA graphs the warm-up run and the recording.
+# Calls of the compiled step per batch shape whose errors the training step catches (`epoch.forward_backward`:
+# the step undone and rerun eager): the compile, and under CUDA graphs the warm-up run and the recording.
 GUARDED_CALLS = 3
 
 
