@@ -428,3 +428,80 @@ def test_runs_finishing_out_of_order_are_saved_in_seed_order(tmp_path):
     values = [r["methods"]["logreg"]["columns"]["IMG"]["test"]["weighted_f1"] for r in local["results"]]
     assert results["aggregated"]["logreg"]["columns"]["IMG"]["weighted_f1"]["values"] == values
     assert np.isfinite(values).all()
+
+
+def test_a_resumed_comparison_keeps_what_finished_and_ends_as_an_uninterrupted_one(tmp_path, monkeypatch, capsys):
+    """Stopped in run 2 after its first model finished and during its second: `compare.py ... --resume`, typed as
+    a user would, keeps run 1 and that model as they are (their files untouched), continues the second from its
+    state.pt, trains the rest, and ends with the results of the same comparison never stopped."""
+    folder = write_toy_folder(tmp_path / "data", separation=3.0)
+    argv = [folder, "IMG", "VEC", "--runs", "2", "--resplit", "--methods", "mono,discomkd,logreg",
+            *toy_options(epochs=3)]
+    real_fit, calls = training.fit, [0]
+
+    def stopping_fit(config, data, run_output, state=None, should_stop=None, on_epoch=None):
+        calls[0] += 1  # per run: mono IMG, mono VEC, discomkd; the 5th is run 2's mono VEC
+        return real_fit(config, data, run_output, state, (lambda: True) if calls[0] == 5 else should_stop, on_epoch)
+
+    monkeypatch.setattr(training, "fit", stopping_fit)
+    stopped = str(tmp_path / "stopped")
+    assert compare.main([*argv, "--output", stopped]) == 130
+    assert "--resume continues" in capsys.readouterr().err
+    run_2 = os.path.join(stopped, "run_1")
+    assert os.path.exists(os.path.join(run_2, "mono_VEC", "state.pt"))
+    untouched = {**folder_snapshot(os.path.join(stopped, "run_0")), **folder_snapshot(os.path.join(run_2, "mono_IMG"))}
+
+    process = subprocess.run([sys.executable, "compare.py", *argv, "--output", stopped, "--resume"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=300,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # the threads of this process's runs
+    assert process.returncode == 0, process.stderr
+    assert "seed 0  kept" in process.stdout and "mono (resumed)" in process.stdout
+    assert {p: s for p, s in folder_snapshot(stopped).items() if p in untouched} == untouched
+    resumed = json.load(open(os.path.join(stopped, comparison.RESULTS_FILE)))
+    assert resumed["status"] == "finished" and resumed["resumed"] == {"kept_runs": [0]}
+
+    monkeypatch.setattr(training, "fit", real_fit)
+    whole = str(tmp_path / "whole")
+    assert compare.main([*argv, "--output", whole]) == 0
+    uninterrupted = json.load(open(os.path.join(whole, comparison.RESULTS_FILE)))
+    assert [without_seconds(run["methods"]) for run in resumed["results"]] == \
+        [without_seconds(run["methods"]) for run in uninterrupted["results"]]
+    for key in ("aggregated", "paired"):
+        assert without_seconds(resumed[key]) == without_seconds(uninterrupted[key]), key
+
+
+@pytest.mark.parametrize("case", ["no comparison", "other epochs", "fewer runs", "with overwrite", "changed labels"])
+def test_resume_refuses_what_is_not_the_same_comparison(case, tmp_path, capsys):
+    """--resume continues only the comparison its command line started, on the data it recorded: anything else
+    is one error line naming the file, exit 2, and nothing written."""
+    folder = write_toy_folder(tmp_path / "data")
+    output = str(tmp_path / "out")
+    argv = [folder, "IMG", "VEC", "--runs", "2", "--resplit", "--methods", "logreg", "--output", output]
+    assert compare.main(argv) == 0
+    capsys.readouterr()
+    if case == "no comparison":
+        os.remove(os.path.join(output, comparison.RESULTS_FILE))
+    if case == "changed labels":
+        labels = np.load(os.path.join(folder, "labels.npy"))
+        np.save(os.path.join(folder, "labels.npy"), np.roll(labels, 1))
+    before = folder_snapshot(output)
+    changed = {"other epochs": ["--epochs", "7"], "fewer runs": ["--runs", "1"], "with overwrite": ["--overwrite"]}
+    assert compare.main([*argv, *changed.get(case, []), "--resume"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    expected = {"no comparison": "not found", "other epochs": "other epochs", "fewer runs": "give at least --runs 2",
+                "with overwrite": "give one", "changed labels": "cannot be kept"}[case]
+    assert expected in line, line
+    assert folder_snapshot(output) == before
+
+
+def test_resume_with_more_runs_adds_them(tmp_path):
+    """A finished comparison resumed with a larger --runs keeps its runs and adds the new seeds."""
+    folder = write_toy_folder(tmp_path / "data")
+    output = str(tmp_path / "out")
+    argv = [folder, "IMG", "VEC", "--resplit", "--methods", "svm,logreg", "--output", output]
+    assert compare.main([*argv, "--runs", "1"]) == 0
+    first = json.load(open(os.path.join(output, comparison.RESULTS_FILE)))["results"]
+    assert compare.main([*argv, "--runs", "3", "--resume"]) == 0
+    results = json.load(open(os.path.join(output, comparison.RESULTS_FILE)))
+    assert [run["seed"] for run in results["results"]] == [0, 1, 2] and results["results"][0] == first[0]
+    assert len(results["aggregated"]["svm"]["columns"]["IMG"]["weighted_f1"]["values"]) == 3

@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"draw a stratified {DEFAULT_FRACTIONS_TEXT} split per run even when DIR has split files")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first run")
     parser.add_argument("--output", default=None, help="output folder (default DIR/comparison_<FIRST>_<SECOND>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the comparison in the output folder, given the command line it started with "
+                             "(--runs may grow): its recorded runs kept, every model that finished kept, every "
+                             "state.pt continued")
     add_config_arguments(parser, skip=("seed", "output", "legacy_modality_targets"))
     parser.add_argument("--verbose", action="store_true", help="one line per epoch of every neural model")
     add_settings_argument(parser)
@@ -98,7 +102,7 @@ def compare_methods(line: CommandLine) -> None:
     options = line.options
     directory, first, second = options.pop("directory"), options.pop("first_prefix"), options.pop("second_prefix")
     runs, methods, resplit = options.pop("runs"), options.pop("methods"), options.pop("resplit")
-    verbose = options.pop("verbose")
+    verbose, resume = options.pop("verbose"), options.pop("resume")
     if options.pop("ablation"):
         methods = ",".join([methods, *ABLATIONS])
     executor = [options.pop(k) for k in ("executor", "ray_address", "gpus_per_task", "cpus_per_task", "max_retries")]
@@ -109,7 +113,7 @@ def compare_methods(line: CommandLine) -> None:
     sources = {m: settings_source(m, paths.get(m, settings_path), dataclasses.replace(config, **settings.get(m, {})))
                for m in compared if m in METHODS}
     compare(config, directory, first, second, runs, methods, resplit, verbose, executor=make_executor(*executor),
-            method_settings=settings, settings_from=sources)
+            method_settings=settings, settings_from=sources, resume=resume)
 
 
 if __name__ == "__main__":

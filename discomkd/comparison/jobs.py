@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -27,7 +28,7 @@ import numpy as np
 from discomkd.comparison.classical import CLASSICAL, classical_result
 from discomkd.data.folder import DataFolder, data_fingerprint, load_data_folder, load_with_split_files
 from discomkd.models.methods import FUSED, METHODS
-from discomkd.runs.outputs import STATE_FILE, checkpoint_path, clear_run_outputs, load_state
+from discomkd.runs.outputs import RESULTS_FILE, STATE_FILE, checkpoint_path, clear_run_outputs, load_state, run_status
 from discomkd.runs.ownership import owning, prepare_output
 from discomkd.training import loop
 from discomkd.training.config import Config, with_method_overrides
@@ -216,17 +217,42 @@ def resumable(config: Config, data: DataFolder) -> bool:
     return problem is None
 
 
+def finished_before(config: Config, data: DataFolder) -> dict | None:
+    """The results of a finished training of this very job in `config.output` (an earlier attempt that
+    finished: `identity.resume_problem` finds nothing that differs), or None."""
+    if run_status(config.output) != "finished":
+        return None
+    try:
+        with open(os.path.join(config.output, RESULTS_FILE)) as file:
+            saved = json.load(file)
+        problem = resume_problem(saved, data, with_method_overrides(config))
+        missing = [c for c in saved["final"] if not os.path.exists(checkpoint_path(config.output, c))]
+        if problem is None and missing:
+            problem = f"{os.path.basename(checkpoint_path(config.output, missing[0]))} is missing"
+    except (OSError, ValueError, DataError, KeyError, TypeError, AttributeError):
+        problem = "its results.json cannot be read"
+    if problem is not None:
+        logger.warning(f"{config.output}: not kept ({problem}); trained again")
+        return None
+    return saved
+
+
 def run_job(job: Job, *needed: dict, on_epoch=None, may_resume: bool = False) -> dict:
     """Runs `job` on its data, read again here; `needed`: the results of the jobs it needs, in order.
     The training loop's own lines are shown with a verbose config only; `on_epoch` goes to `loop.fit`;
-    `may_resume`: an earlier attempt's state.pt with the same settings is continued, not started again.
+    `may_resume`: an earlier attempt's finished training of the same job and data is kept, and its
+    unfinished one (state.pt) continued, rather than started again.
 
     Returns the job's result: `classical.classical_result`, or `neural_result` plus "resumed" (whether
-    it continued a saved state)."""
+    it kept or continued an earlier attempt)."""
     data = read_data(job.data)
     if job.method in CLASSICAL:
         return classical_result(data, job.method)
     config = model_config(job, *needed)
+    finished = finished_before(config, data) if may_resume else None
+    if finished is not None:
+        seconds = finished.get("training_seconds", 0.0) + finished.get("write_seconds", 0.0)
+        return {**neural_result(finished, seconds), "resumed": True}
     started = time.time()
     resumed = may_resume and resumable(config, data)
     with contextlib.nullcontext() if config.verbose else console.only_warnings(loop.__name__):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import shutil
@@ -40,8 +41,10 @@ from discomkd.comparison.tuning_space import settings_source
 from discomkd.data.folder import DataFolder, default_encoder, has_split_files, read_labels, write_split_files
 from discomkd.data.splits import DEFAULT_FRACTIONS_TEXT, draw_split
 from discomkd.models.methods import METHODS
+from discomkd.runs.outputs import RESULTS_FILE as RUN_RESULTS_FILE
 from discomkd.runs.ownership import whole_folder
 from discomkd.training.config import MAX_RUNS, Config, check_config, resolve_device, resolve_precision
+from discomkd.training.identity import resume_problem
 from discomkd.training.setup import check_augmentations
 from discomkd.utils.errors import DataError, Interrupted, OptionError, TrainingError
 from discomkd.utils.files import write_json, write_text
@@ -96,6 +99,8 @@ class Comparison:
     shared_split: str | None = None  # the folder of the shared split files; None: the data folder's own
     method_settings: dict[str, dict] = field(default_factory=dict)  # per method, settings replacing config's
     settings_from: dict[str, str] = field(default_factory=dict)  # per method, where its settings came from
+    resume: bool = False  # continue the comparison saved in the output folder
+    kept: list[dict] = field(default_factory=list)  # --resume: the runs comparison.json recorded, kept as they are
 
     @property
     def output(self) -> str:
@@ -124,20 +129,22 @@ class Comparison:
 
 def read_input(config: Config, directory: str, prefixes: tuple[str, str], runs: int, methods, resplit: bool,
                verbose: bool, shared_split: str | None = None, method_settings: dict[str, dict] | None = None,
-               settings_from: dict[str, str] | None = None) -> tuple[Comparison, DataFolder]:
+               settings_from: dict[str, str] | None = None, resume: bool = False) -> tuple[Comparison, DataFolder]:
     """The comparison's input and the data as its first run sees it, every check that can fail on the
     user's input done before anything is written: the methods, runs and seeds, the settings, the
-    drawn splits, the data, the augmentation settings. `shared_split`: a folder whose split files every
-    run uses (tuning's search split); `method_settings`: per method, settings replacing `config`'s;
-    `settings_from`: per method, where its settings came from (by default `tuning_space.settings_source`
-    without a file: "paper" or "command line"). Raises `DataError` or `OptionError`."""
+    drawn splits, the data, the augmentation settings, and with `resume` the saved comparison it continues
+    (`recorded_runs`). `shared_split`: a folder whose split files every run uses (tuning's search split);
+    `method_settings`: per method, settings replacing `config`'s; `settings_from`: per method, where its
+    settings came from (by default `tuning_space.settings_source` without a file: "paper" or "command
+    line"). Raises `DataError` or `OptionError`."""
     methods = parse_methods(methods if isinstance(methods, str) else ",".join(methods))
     if not 1 <= runs <= MAX_RUNS:  # before the seeds are listed
         raise OptionError(f"--runs {runs}: 1 to {MAX_RUNS} is expected")
     default = os.path.join(directory, f"comparison_{prefixes[0]}_{prefixes[1]}")
     output = default if config.output is None else config.output  # '' is refused by check_config
     comparison = Comparison(dataclasses.replace(config, output=output), directory, prefixes,
-                            [config.seed + k for k in range(runs)], methods, verbose, shared_split=shared_split)
+                            [config.seed + k for k in range(runs)], methods, verbose, shared_split=shared_split,
+                            resume=resume)
     check_config(comparison.config)
     method_settings = dict(method_settings or {})
     for method, settings in method_settings.items():
@@ -164,7 +171,78 @@ def read_input(config: Config, directory: str, prefixes: tuple[str, str], runs: 
     check_augmentations(comparison.config, data)  # before anything is written
     for method, settings in method_settings.items():
         check_method_settings(comparison.config, settings, data, f"the settings for {method}")
+    if resume:
+        comparison.kept = recorded_runs(comparison)
     return comparison, data
+
+
+def what_it_computes(comparison: Comparison) -> dict:
+    """What decides a comparison's results, as comparison.json records it: a resumed comparison must match."""
+    config = {k: v for k, v in dataclasses.asdict(comparison.config).items()
+              if k not in ("output", "overwrite", "verbose")}
+    return json.loads(json.dumps({"directory": os.path.abspath(comparison.directory),
+                                  "prefixes": list(comparison.prefixes), "methods": list(comparison.methods),
+                                  "splits": comparison.split_note, "config": config,
+                                  "method_settings": comparison.method_settings}))
+
+
+def recorded_runs(comparison: Comparison) -> list[dict]:
+    """--resume: the runs that the output folder's comparison.json recorded, after checking that it is this
+    very comparison (data folder, modalities, methods, split, settings: only --runs may grow) and that each
+    run's data is still what it recorded (its split, shapes and labels; every byte, against a model's digests).
+    Raises `OptionError` or `DataError` naming the file."""
+    path = os.path.join(comparison.output, RESULTS_FILE)
+    try:
+        with open(path) as file:
+            saved = json.load(file)
+        saved_runs = list(saved["results"])
+        saved_seeds = [run["seed"] for run in saved_runs]
+    except FileNotFoundError:
+        raise OptionError(f"--resume: {path} not found; a new comparison starts without --resume") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{path}: not a comparison's results ({error})") from None
+    now = what_it_computes(comparison)
+    before = {key: saved.get(key) for key in now}
+    before["config"] = {k: v for k, v in (saved.get("config") or {}).items() if k in now["config"]}
+    differ = [key for key in now if before[key] != now[key]]
+    if differ:
+        detail = differ if differ != ["config"] else sorted(
+            k for k in now["config"] if before["config"].get(k) != now["config"][k])
+        raise OptionError(f"--resume: {path} is a comparison with other {', '.join(detail)}; give the command line it "
+                          f"started with (only --runs may change), or --overwrite to start again")
+    dropped = sorted(set(saved_seeds) - set(comparison.seeds))
+    if dropped:
+        raise OptionError(f"--resume: {path} records the run(s) of seed {', '.join(map(str, dropped))}, which "
+                          f"--runs {len(comparison.seeds)} leaves out; give at least --runs {len(saved_seeds)}")
+    for run in saved_runs:
+        check_recorded_data(comparison, run, path)
+    return saved_runs
+
+
+def check_recorded_data(comparison: Comparison, run: dict, path: str) -> None:
+    """A recorded run's data still as it was: read with its split, which must be the split its seed draws now;
+    described as recorded; and, when it has a neural model, every byte as the model's results.json records."""
+    seed = run["seed"]
+    split_folder = split_name(comparison.output, seed) if comparison.drawn is not None else None
+    data = read_data(comparison.source(split_folder))
+    drawn = comparison.drawn[comparison.seeds.index(seed)] if comparison.drawn is not None else None
+    problem = None
+    if drawn is not None and any(not np.array_equal(m.splits[key], drawn[key]) for m in data.modalities
+                                 for key in ("valid", "test")):
+        problem = "its saved split is not the one its seed draws from the labels now"
+    elif json.loads(json.dumps(data.describe())) != run["data"]:
+        problem = "its data files, shapes, split sizes or classes differ"
+    else:
+        outputs = [output for entry in run["methods"].values() for output in entry.get("outputs", [])]
+        if outputs:
+            try:
+                with open(os.path.join(outputs[0], RUN_RESULTS_FILE)) as file:
+                    problem = resume_problem(json.load(file), data)
+            except (OSError, ValueError) as error:
+                problem = f"{os.path.join(outputs[0], RUN_RESULTS_FILE)} cannot be read ({error})"
+    if problem is not None:
+        raise DataError(f"--resume: {path}: the run of seed {seed} cannot be kept: {problem}; --overwrite starts "
+                        "again")
 
 
 def check_method_settings(config: Config, settings: dict, data: DataFolder, source: str) -> None:
@@ -224,7 +302,11 @@ class Runs:
 
     def plan(self):
         """Every run's jobs, in order; each run prepared (split saved, data read) just before its jobs."""
+        kept = {run["seed"] for run in self.comparison.kept}
         for k, seed in enumerate(self.comparison.seeds):
+            if seed in kept:
+                logger.info(f"run {k + 1}/{len(self.comparison.seeds)}  seed {seed}  kept as {RESULTS_FILE} records it")
+                continue
             run = self.prepare(k, seed)
             self.by_seed[seed] = run
             self.planned += len(run.jobs)
@@ -236,7 +318,8 @@ class Runs:
         """Run k's folder, split and data as its jobs read them; its plan."""
         comparison = self.comparison
         folder = os.path.join(comparison.output, f"run_{seed}")
-        self.folders.append(folder)
+        if not os.path.exists(folder):  # a resumed run's folder holds earlier work: never removed
+            self.folders.append(folder)
         data, split_folder = self.data, None
         if comparison.drawn is not None:
             split_folder = split_name(comparison.output, seed)
@@ -289,7 +372,7 @@ def announce(label: str, job: Job, result: dict) -> None:
 def compare(config: Config, directory: str, first_prefix: str, second_prefix: str, runs: int = 1,
             methods=DEFAULT_METHODS, resplit: bool = False, verbose: bool = False,
             executor=None, on_epoch=None, shared_split: str | None = None, method_settings: dict | None = None,
-            settings_from: dict | None = None) -> dict:
+            settings_from: dict | None = None, resume: bool = False) -> dict:
     """Runs every method `runs` times (seeds config.seed + k) and writes comparison.json / .md.
 
     `config` holds the training settings of every neural method (its output: the comparison's folder,
@@ -297,15 +380,18 @@ def compare(config: Config, directory: str, first_prefix: str, second_prefix: st
     `LocalExecutor` (None) or a `ray_executor.RayExecutor`. `on_epoch` goes to every model's training
     (`loop.fit`); `shared_split`, `method_settings`, `settings_from`: see `read_input`. One process at
     a time writes the folder, and `--overwrite` keeps the earlier comparison until this one is complete
-    (`ownership.whole_folder`). Raises `DataError` before writing anything on bad input; `Interrupted` or
-    `TrainingError` after saving the runs finished so far (a comparison with none finished leaves
-    nothing behind). Returns the contents of comparison.json.
+    (`ownership.whole_folder`). `resume`: the comparison saved in the output folder continued with the same
+    input (`--runs` may grow): its recorded runs kept, and in the others every model that finished kept and
+    every state.pt continued (`jobs.run_job`'s `may_resume`). Raises `DataError` or `OptionError` before
+    writing anything on bad input; `Interrupted` or `TrainingError` after saving the runs finished so far (a
+    new comparison with none finished leaves nothing behind). Returns the contents of comparison.json.
     """
     comparison, data = read_input(config, directory, (first_prefix, second_prefix), runs, methods, resplit, verbose,
-                                  shared_split, method_settings, settings_from)
+                                  shared_split, method_settings, settings_from, resume)
     executor = executor or LocalExecutor()
     device = resolve_device(config.device)
-    with whole_folder(comparison.output, config.overwrite, lambda: executor.start(comparison.output)) as write:
+    with whole_folder(comparison.output, config.overwrite, lambda: executor.start(comparison.output),
+                      resume) as write:
         return _run(comparison, data, executor, device, directory, write.created, on_epoch, write.replacing)
 
 
@@ -316,8 +402,13 @@ def _run(comparison: Comparison, data: DataFolder, executor, device: torch.devic
         logger.info(f"--resplit: {directory}'s own split files are not used")
     started = time.time()
     results = _header(comparison, executor.description, device)
+    if comparison.resume:
+        results["results"] = list(comparison.kept)
+        results["resumed"] = {"kept_runs": [run["seed"] for run in comparison.kept]}
+        if comparison.kept:
+            save(comparison, results)
     state = Runs(comparison, data, results, executor.local)
-    run_one = functools.partial(run_job, on_epoch=on_epoch)
+    run_one = functools.partial(run_job, on_epoch=on_epoch, may_resume=comparison.resume)
     finishing = executor(state.plan(), run_one)  # a generator: nothing is planned or run yet
     try:
         for job, result in finishing:
@@ -365,7 +456,11 @@ def _stop(error: BaseException, comparison: Comparison, results: dict, folders: 
         save(comparison, results)
         kept = ("the run(s) finished so far are saved with them" if replacing else
                 f"the {finished} run(s) finished so far are in {os.path.join(output, RESULTS_FILE)} and "
-                f"{TABLE_FILE}; --overwrite starts again")
+                f"{TABLE_FILE}; --resume continues, --overwrite starts again")
+    elif comparison.resume:
+        for folder in folders:  # only those this attempt made
+            shutil.rmtree(folder, ignore_errors=True)
+        kept = f"the models that finished before stay in {output}; --resume continues"
     else:
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)

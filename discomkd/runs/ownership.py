@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from discomkd.utils.errors import DataError, Interrupted, TrainingError
+from discomkd.utils.errors import DataError, Interrupted, OptionError, TrainingError
 from discomkd.utils.files import folder_problem
 
 LOCK_FILE = ".discomkd-lock"
@@ -213,15 +213,18 @@ class FolderWrite:
 
 
 @contextlib.contextmanager
-def whole_folder(folder: str, overwrite: bool, before_writing=None):
+def whole_folder(folder: str, overwrite: bool, before_writing=None, resume: bool = False):
     """One command writing a whole output folder (a comparison, a search), in the one order every such command
     follows. Before anything is written: the folder checked (`prepare_output`), no earlier --overwrite left half
     done (`check_no_set_aside`), and `before_writing()`, the command's own last check (an executor that must reach
     its cluster). Then, with `overwrite`, the earlier contents set aside (`SetAside`); the folder made and locked
     (`owning`) for the block, which gets a `FolderWrite`. The block ending normally removes the earlier contents;
     any exception puts them back (`SetAside.restore`), and an `Interrupted` or `TrainingError` is raised again
-    with a sentence saying where everything is (any other exception after a warning saying it)."""
-    prepare_output(folder, overwrite)
+    with a sentence saying where everything is (any other exception after a warning saying it). `resume`: the
+    folder's files are the command's own earlier work, continued in place (not with `overwrite`)."""
+    if overwrite and resume:
+        raise OptionError("--resume continues the output folder's comparison and --overwrite replaces it: give one")
+    prepare_output(folder, overwrite or resume)
     check_no_set_aside(folder)
     if before_writing is not None:
         before_writing()
