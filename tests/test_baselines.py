@@ -123,3 +123,26 @@ def test_model_shapes():
     assert student(torch.randn(4, 1, 12, 12)).logits.shape == (4, 5)
     teacher = MultiModalTeacher([(1, 12, 12), (6,)], 5, ["lenet", "mlp"])
     assert teacher(torch.randn(4, 1, 12, 12), torch.randn(4, 6)).logits.shape == (4, 5)
+
+
+def test_dml_each_network_learns_from_the_other_held_fixed():
+    """dml: the cross-entropies of both networks, plus each one's KL from its peer's softened predictions (T^2
+    scaled, as kd's); the peer's output is a target, so the mutual term of one network moves only that network,
+    and it vanishes when the two predict alike."""
+    torch.manual_seed(0)
+    shape = ModelShape(((1, 12, 12), (6,)), ("lenet", "mlp"), 3)
+    model = build_model("dml", shape).eval()  # the same outputs twice (no dropout, batch norm's running stats)
+    inputs, labels = {0: torch.randn(5, 1, 12, 12), 1: torch.randn(5, 6)}, {0: torch.tensor([0, 1, 2, 0, 1])}
+    labels[1] = labels[0]
+    config = Config(dml_temperature=2.0)
+    terms = METHODS["dml"].losses(model, inputs, labels, config)
+    first, second = (network(inputs[m]).logits for m, network in enumerate(model.networks))
+    assert terms["mutual"].item() == pytest.approx((kd_loss(first, second, 2.0) + kd_loss(second, first, 2.0)).item())
+    terms["mutual"].backward()
+    model.zero_grad()
+    kd_loss(first, second.detach(), 2.0).backward()  # the first network's share: no gradient reaches the second
+    assert all(p.grad is None or not p.grad.any() for p in model.networks[1].parameters())
+    same = kd_loss(first.detach(), first.detach(), 2.0)
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+    assert METHODS["dml"].weights(Config(dml_weight=0.3), 1) == {"ce": 1.0, "mutual": 0.3}
+    assert [m for m, _ in METHODS["dml"].classifiers(model, None)] == [0, 1]

@@ -169,7 +169,8 @@ CONFIG_OPTIONS = {
 # the distillation baselines' settings: options of compare.py and tune.py, not of main_DisCoM-KD.py
 TEMPERATURE = pool(valid=["4", "0.5", "1e-3"], invalid=["0", "-1", *NOT_FLOAT])
 BASELINE_OPTIONS = {"--kd-temperature": TEMPERATURE, "--kd-weight": NON_NEGATIVE, "--dkd-alpha": NON_NEGATIVE,
-                    "--dkd-beta": NON_NEGATIVE, "--dkd-temperature": TEMPERATURE}
+                    "--dkd-beta": NON_NEGATIVE, "--dkd-temperature": TEMPERATURE, "--dml-temperature": TEMPERATURE,
+                    "--dml-weight": NON_NEGATIVE}
 
 
 @dataclasses.dataclass
@@ -243,6 +244,13 @@ class Example(PlaceholderFolder):
     def make_resumable(self):  # a copy of an interrupted run: --resume continues it
         return shutil.copytree(self.request.getfixturevalue("interrupted_run"), self.here("resumable"))
 
+    def make_compared(self):  # a finished comparison of COMPARE_BASE's settings: --resume continues it
+        output = self.here("compared")
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            assert compare.main([self.path("data"), *PREFIXES, *toy_options(epochs=1), "--methods", "logreg",
+                                 "--output", output]) == 0
+        return output
+
     def make_old_prediction(self):  # the prefix of an earlier prediction's files
         np.save(self.here("old_classes.npy"), np.zeros(3, dtype=np.int64))
         return self.here("old")
@@ -309,6 +317,8 @@ COMPARE_OPTIONS = {
     "--methods": pool(valid=["svm,logreg", "mono", "discomkd", "logreg,logreg", "logreg"],
                       invalid=["", ",", "x", "LOGREG", "logreg,x"]),
     "--resplit": FLAG, "--verbose": FLAG, "--ablation": FLAG,
+    # a new output folder holds no comparison to continue; a finished one of the same settings is continued
+    "--resume": pool(valid=[("--output", "{compared}")], invalid=[None, ("--output", "{compared}", "--epochs", "2")]),
     "--executor": pool(valid="local", invalid=["", "x", "RAY"]),  # "ray" starts a cluster: tests/test_ray.py
     "--ray-address": pool(valid=["auto", "", "127.0.0.1:1"]),  # any text; reaching it: tests/test_ray.py
     "--gpus-per-task": pool(valid=["0.5", "0", "1"],

@@ -314,6 +314,7 @@ def test_each_method_searches_the_common_settings_and_its_own():
     assert searched("mono") == COMMON and searched("teacher") == COMMON
     assert set(searched("kd")) - set(COMMON) == {"kd_temperature", "kd_weight"}
     assert set(searched("dkd")) - set(COMMON) == {"dkd_alpha", "dkd_beta", "dkd_temperature"}
+    assert set(searched("dml")) - set(COMMON) == {"dml_temperature", "dml_weight"}
     assert {"weight_adv", "grl_coefficient"} <= set(searched("discomkd")) and "align_weight" not in searched("discomkd")
     assert "align_weight" in searched("discomkd-mmd")
     for method in TUNABLE:  # the paper's settings, the first trial, lie in every method's space

@@ -231,3 +231,13 @@ def test_resume_says_why_a_folder_cannot_be_resumed(cli_main, toy_run, tmp_path,
         before = folder_snapshot(tmp_path)
         line = refused(cli_main(["--resume", str(folder)]), capsys, before, folder_snapshot(tmp_path), expected)
         assert "finished" not in line or expected == "holds a finished run", line
+
+
+def test_a_setting_added_since_a_run_was_saved_takes_its_default():
+    """A results.json written before a setting existed lacks it: the run is the same as one with the setting at its
+    default (which computes what the code of then did), and differs from one with another value."""
+    from discomkd.training.identity import computed_settings
+    recorded = dataclasses.asdict(Config())
+    del recorded["kd_weight"]
+    assert computed_settings(recorded) == computed_settings(Config())
+    assert computed_settings(recorded) != computed_settings(Config(kd_weight=2.0))

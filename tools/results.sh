@@ -15,6 +15,7 @@ started=$(date +%s)
 echo "== the quick-start run (make demo's training)"
 "$PYTHON" main_DisCoM-KD.py example_digits IMAGE PROJ --epochs 30 --augment-first none --quiet \
     --output "$OUT/quick_start" --overwrite
+"$PYTHON" inspect_run.py "$OUT/quick_start"
 echo "== DisCoM-KD, the baselines, the loss ablation and the remedies for a fooled discriminator: 3 runs"
 "$PYTHON" compare.py example_digits IMAGE PROJ --runs 3 --resplit --epochs 30 --augment-first none --ablation \
     --methods mono,teacher,kd,dkd,discomkd,discomkd-legacy,svm,logreg,discomkd-dann,discomkd-mlp-disc,discomkd-fast-disc,discomkd-remedies \

@@ -28,8 +28,8 @@ logger = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Compare DisCoM-KD with its baselines (mono, teacher, KD, DKD, SVM, logistic regression) "
-                    "on one data folder over repeated runs.",
+        description="Compare DisCoM-KD with its baselines (mono, teacher, KD, DKD, deep mutual learning, SVM, logistic "
+                    "regression) on one data folder over repeated runs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("directory", metavar="DIR", help="data folder, as for main_DisCoM-KD.py; split files "
                                                          "optional (without them each run draws its own)")

@@ -44,7 +44,7 @@ from discomkd.models.methods import METHODS
 from discomkd.runs.outputs import RESULTS_FILE as RUN_RESULTS_FILE
 from discomkd.runs.ownership import whole_folder
 from discomkd.training.config import MAX_RUNS, Config, check_config, resolve_device, resolve_precision
-from discomkd.training.identity import resume_problem
+from discomkd.training.identity import computed_settings, resume_problem
 from discomkd.training.setup import check_augmentations
 from discomkd.utils.errors import DataError, Interrupted, OptionError, TrainingError
 from discomkd.utils.files import write_json, write_text
@@ -176,14 +176,17 @@ def read_input(config: Config, directory: str, prefixes: tuple[str, str], runs: 
     return comparison, data
 
 
-def what_it_computes(comparison: Comparison) -> dict:
-    """What decides a comparison's results, as comparison.json records it: a resumed comparison must match."""
-    config = {k: v for k, v in dataclasses.asdict(comparison.config).items()
-              if k not in ("output", "overwrite", "verbose")}
+def what_it_computes(comparison: Comparison | dict) -> dict:
+    """What decides a comparison's results, of a `Comparison` or as its comparison.json recorded it (a setting
+    added since takes its default: `identity.computed_settings`): a resumed comparison must match."""
+    keys = ("directory", "prefixes", "methods", "splits", "method_settings")
+    if isinstance(comparison, dict):
+        recorded = {key: comparison.get(key) for key in keys}
+        return json.loads(json.dumps({**recorded, "config": computed_settings(comparison.get("config") or {})}))
     return json.loads(json.dumps({"directory": os.path.abspath(comparison.directory),
                                   "prefixes": list(comparison.prefixes), "methods": list(comparison.methods),
-                                  "splits": comparison.split_note, "config": config,
-                                  "method_settings": comparison.method_settings}))
+                                  "splits": comparison.split_note, "method_settings": comparison.method_settings,
+                                  "config": computed_settings(comparison.config)}))
 
 
 def recorded_runs(comparison: Comparison) -> list[dict]:
@@ -201,9 +204,7 @@ def recorded_runs(comparison: Comparison) -> list[dict]:
         raise OptionError(f"--resume: {path} not found; a new comparison starts without --resume") from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DataError(f"{path}: not a comparison's results ({error})") from None
-    now = what_it_computes(comparison)
-    before = {key: saved.get(key) for key in now}
-    before["config"] = {k: v for k, v in (saved.get("config") or {}).items() if k in now["config"]}
+    now, before = what_it_computes(comparison), what_it_computes(saved)
     differ = [key for key in now if before[key] != now[key]]
     if differ:
         detail = differ if differ != ["config"] else sorted(

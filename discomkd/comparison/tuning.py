@@ -78,6 +78,7 @@ def search_space(config: Config, data: DataFolder) -> dict:
         "kd_temperature": ray_tune.choice(TEMPERATURES), "kd_weight": ray_tune.choice(KD_WEIGHTS),
         "dkd_alpha": ray_tune.choice(DKD_ALPHAS), "dkd_beta": ray_tune.choice(DKD_BETAS),
         "dkd_temperature": ray_tune.choice(TEMPERATURES),
+        "dml_temperature": ray_tune.choice(TEMPERATURES), "dml_weight": ray_tune.choice(KD_WEIGHTS),
     }
     return {name: space[name] for name in searched(config.method)}
 

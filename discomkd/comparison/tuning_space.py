@@ -22,7 +22,7 @@ GRL_COEFFICIENTS = (0.1, 0.3, 1.0, 3.0)
 WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3)
 LEARNING_RATES = (1e-5, 1e-2)  # log-uniform; the paper's 1e-4 in the middle
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0)  # around Hinton's and Zhao et al.'s 4
-KD_WEIGHTS = (0.3, 1.0, 3.0)
+KD_WEIGHTS = (0.3, 1.0, 3.0)  # kd's and dml's
 DKD_ALPHAS = (0.5, 1.0, 2.0)  # Zhao et al.: alpha 1, beta 1-8 by data set
 DKD_BETAS = (1.0, 2.0, 4.0, 8.0)
 # The settings every neural method's search covers (one budget, one space), then each method's own.
@@ -31,6 +31,7 @@ OWN = {
     "mono": (), "teacher": (),
     "kd": ("kd_temperature", "kd_weight"),
     "dkd": ("dkd_alpha", "dkd_beta", "dkd_temperature"),
+    "dml": ("dml_temperature", "dml_weight"),
 }
 DISCOMKD_OWN = ("weight_aux", "weight_mod", "weight_adv", "weight_perp", "grl_coefficient")
 TUNABLE = tuple(METHODS)  # every neural method: mono, teacher, kd, dkd, discomkd and its variants

@@ -42,6 +42,7 @@ DISCOMKD_SETTINGS = ("weight_cl", "weight_aux", "weight_mod", "weight_adv", "wei
                      "align_per_class", "legacy_modality_targets")
 KD_SETTINGS = ("kd_temperature", "kd_weight")
 DKD_SETTINGS = ("dkd_alpha", "dkd_beta", "dkd_temperature")
+DML_SETTINGS = ("dml_temperature", "dml_weight")
 ALIGN_TERM = "align"  # the loss term of --align, after DisCoM-KD's five
 
 
@@ -240,6 +241,29 @@ def _cross_entropy_only(config, epoch: int) -> dict[str, float]:
     return {"ce": 1.0}
 
 
+class MutualPair(nn.Module):
+    """Deep mutual learning's two single-modality networks, trained together (dml): each a mono classifier."""
+
+    def __init__(self, first: SingleModalityClassifier, second: SingleModalityClassifier):
+        super().__init__()
+        self.networks = nn.ModuleList([first, second])
+
+
+def _dml_build(shape: ModelShape, modality, teacher) -> MutualPair:
+    return MutualPair(*(_mono_build(shape, m, None) for m in (0, 1)))
+
+
+def _dml_losses(model: MutualPair, inputs, labels, config, progress=None) -> dict[str, torch.Tensor]:
+    """Each network's cross-entropy, and each one's KL divergence from the other's softened predictions on the
+    same rows, the other's held fixed (Zhang et al., CVPR 2018: each network's update treats its peer's output as
+    a target; here both update in one step)."""
+    first, second = (network(inputs[m]).logits for m, network in enumerate(model.networks))
+    ce = F.cross_entropy(first.float(), labels[0]) + F.cross_entropy(second.float(), labels[1])
+    mutual = (kd_loss(first, second.detach(), config.dml_temperature)
+              + kd_loss(second, first.detach(), config.dml_temperature))
+    return {"ce": ce, "mutual": mutual}
+
+
 METHODS: dict[str, MethodSpec] = {  # in the order the comparison lists them
     "mono": MethodSpec("each modality alone: its encoder + Linear(512, K)", ("ce",), _mono_build, _mono_losses,
                        _cross_entropy_only, lambda model, modality: ((modality, model),),
@@ -254,6 +278,11 @@ METHODS: dict[str, MethodSpec] = {  # in the order the comparison lists them
     "dkd": MethodSpec("decoupled KD (Zhao et al., CVPR 2022)", ("ce", "tckd", "nckd"), _student_build, _dkd_losses,
                       _dkd_weights, lambda model, modality: ((modality, model.student),), per_modality=True,
                       paired=True, needs_teacher=True, own_settings=DKD_SETTINGS),
+    "dml": MethodSpec("deep mutual learning (Zhang et al., CVPR 2018): both single-modality networks trained together, "
+                      "each matching the other's softened predictions; no teacher", ("ce", "mutual"), _dml_build,
+                      _dml_losses, lambda config, epoch: {"ce": 1.0, "mutual": config.dml_weight},
+                      lambda model, modality: ((0, model.networks[0]), (1, model.networks[1])), paired=True,
+                      own_settings=DML_SETTINGS),
     "discomkd": _discomkd("DisCoM-KD: both single-modality classifiers trained at once"),
     "discomkd-legacy": _discomkd("DisCoM-KD with the published code's modality targets",
                                  legacy_modality_targets=True),

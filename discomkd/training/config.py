@@ -70,6 +70,9 @@ class Config:
     dkd_alpha: float = _option(DKD_ALPHA, "dkd: weight of TCKD, the target-class term (Zhao et al.: 1)")
     dkd_beta: float = _option(DKD_BETA, "dkd: weight of NCKD, the non-target term (Zhao et al.: 1-8 by data set)")
     dkd_temperature: float = _option(TEMPERATURE, "dkd: distillation temperature T (Zhao et al.: 4)")
+    dml_temperature: float = _option(1.0, "dml: temperature T of the mutual term (Zhang et al.: 1, the plain "
+                                          "probabilities)")
+    dml_weight: float = _option(1.0, "dml: weight of the mutual term (the cross-entropies' is 1)")
     encoder_first: str = _option("auto", "first modality's encoder: auto (by rank; MNIST prefix -> lenet), "
                                          "resnet18, resnet1d, lenet or mlp")
     encoder_second: str = _option("auto", "second modality's encoder, as --encoder-first")
@@ -98,7 +101,8 @@ class Config:
     teacher: str | None = _option(None, "checkpoint of the trained teacher a distillation method reads", flag=False)
 
 
-BASELINE_SETTINGS = ("kd_temperature", "kd_weight", "dkd_alpha", "dkd_beta", "dkd_temperature")
+BASELINE_SETTINGS = ("kd_temperature", "kd_weight", "dkd_alpha", "dkd_beta", "dkd_temperature", "dml_temperature",
+                     "dml_weight")
 
 
 def add_config_arguments(parser, skip=()) -> None:
@@ -227,8 +231,9 @@ def _alignment(config: Config) -> list[str]:
 
 def _distillation(config: Config) -> list[str]:
     problems = [f"--{name.replace('_', '-')} {getattr(config, name)}: a finite positive temperature is expected"
-                for name in ("kd_temperature", "dkd_temperature") if not 0 < getattr(config, name) < math.inf]
-    return problems + [p for name in ("kd_weight", "dkd_alpha", "dkd_beta")
+                for name in ("kd_temperature", "dkd_temperature", "dml_temperature")
+                if not 0 < getattr(config, name) < math.inf]
+    return problems + [p for name in ("kd_weight", "dkd_alpha", "dkd_beta", "dml_weight")
                        for p in _finite_at_least_zero(f"--{name.replace('_', '-')}", getattr(config, name))]
 
 

@@ -66,8 +66,10 @@ class ContentHashing:
 
 
 def computed_settings(config: Config | dict) -> dict:
-    """The config fields that decide what a run computes."""
-    fields = dataclasses.asdict(config) if isinstance(config, Config) else dict(config)
+    """The config fields that decide what a run computes. A recorded config (a dict) lacks the fields added to
+    `Config` since it was written: each takes its default, which computes what the code of then did."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    fields = dataclasses.asdict(config) if isinstance(config, Config) else {**defaults, **config}
     return {k: v for k, v in fields.items() if k not in NOT_IDENTITY}
 
 
