@@ -505,3 +505,22 @@ def test_resume_with_more_runs_adds_them(tmp_path):
     results = json.load(open(os.path.join(output, comparison.RESULTS_FILE)))
     assert [run["seed"] for run in results["results"]] == [0, 1, 2] and results["results"][0] == first[0]
     assert len(results["aggregated"]["svm"]["columns"]["IMG"]["weighted_f1"]["values"]) == 3
+
+
+def test_resume_with_more_methods_keeps_the_models_that_finished(tmp_path):
+    """--methods may grow on --resume: every run is planned again, its finished models kept (files untouched),
+    the method added trained, and the recorded methods' results as before."""
+    folder = write_toy_folder(tmp_path / "data", separation=3.0)
+    output = str(tmp_path / "out")
+    argv = [folder, "IMG", "VEC", "--runs", "2", "--resplit", *toy_options(), "--output", output]
+    assert compare.main([*argv, "--methods", "mono,svm"]) == 0
+    before = json.load(open(os.path.join(output, comparison.RESULTS_FILE)))
+    models = {p: s for p, s in folder_snapshot(output).items() if os.sep + "mono_" in p}
+    assert compare.main([*argv, "--methods", "mono,dml,svm", "--resume"]) == 0
+    after = json.load(open(os.path.join(output, comparison.RESULTS_FILE)))
+    assert after["methods"] == ["mono", "dml", "svm"] and after["resumed"] == {"kept_runs": []}
+    assert {p: s for p, s in folder_snapshot(output).items() if p in models} == models
+    for old, new in zip(before["results"], after["results"]):
+        assert without_seconds({m: new["methods"][m] for m in ("mono", "svm")}) == without_seconds(old["methods"])
+        assert new["methods"]["dml"]["status"] == "done"
+    assert compare.main([*argv, "--methods", "mono", "--resume"]) == 2  # a method left out: refused

@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=None, help="output folder (default DIR/comparison_<FIRST>_<SECOND>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the comparison in the output folder, given the command line it started with "
-                             "(--runs may grow): its recorded runs kept, every model that finished kept, every "
-                             "state.pt continued")
+                             "(--runs and --methods may grow): its recorded runs kept, every model that finished "
+                             "kept, every state.pt continued")
     add_config_arguments(parser, skip=("seed", "output", "legacy_modality_targets"))
     parser.add_argument("--verbose", action="store_true", help="one line per epoch of every neural model")
     add_settings_argument(parser)

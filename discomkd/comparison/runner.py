@@ -191,7 +191,8 @@ def what_it_computes(comparison: Comparison | dict) -> dict:
 
 def recorded_runs(comparison: Comparison) -> list[dict]:
     """--resume: the runs that the output folder's comparison.json recorded, after checking that it is this
-    very comparison (data folder, modalities, methods, split, settings: only --runs may grow) and that each
+    very comparison (data folder, modalities, methods, split, settings: only --runs and --methods may grow; with
+    methods added, no run is kept whole, but each run's finished models are, by `jobs.run_job`) and that each
     run's data is still what it recorded (its split, shapes and labels; every byte, against a model's digests).
     Raises `OptionError` or `DataError` naming the file."""
     path = os.path.join(comparison.output, RESULTS_FILE)
@@ -205,16 +206,22 @@ def recorded_runs(comparison: Comparison) -> list[dict]:
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DataError(f"{path}: not a comparison's results ({error})") from None
     now, before = what_it_computes(comparison), what_it_computes(saved)
-    differ = [key for key in now if before[key] != now[key]]
+    added = [method for method in now["methods"] if method not in (before["methods"] or [])]
+    differ = [key for key in now if before[key] != now[key] and not (key == "methods" and set(before[key]) <= set(
+        now[key]))]
     if differ:
         detail = differ if differ != ["config"] else sorted(
             k for k in now["config"] if before["config"].get(k) != now["config"][k])
         raise OptionError(f"--resume: {path} is a comparison with other {', '.join(detail)}; give the command line it "
-                          f"started with (only --runs may change), or --overwrite to start again")
+                          f"started with (only --runs and --methods may grow), or --overwrite to start again")
     dropped = sorted(set(saved_seeds) - set(comparison.seeds))
     if dropped:
         raise OptionError(f"--resume: {path} records the run(s) of seed {', '.join(map(str, dropped))}, which "
                           f"--runs {len(comparison.seeds)} leaves out; give at least --runs {len(saved_seeds)}")
+    if added:  # every run planned again: its finished models kept by `jobs.run_job`, the methods added trained
+        logger.info(f"--resume: methods added ({', '.join(added)}): each recorded run is planned again, its finished "
+                    "models kept")
+        return []
     for run in saved_runs:
         check_recorded_data(comparison, run, path)
     return saved_runs
@@ -382,7 +389,7 @@ def compare(config: Config, directory: str, first_prefix: str, second_prefix: st
     (`loop.fit`); `shared_split`, `method_settings`, `settings_from`: see `read_input`. One process at
     a time writes the folder, and `--overwrite` keeps the earlier comparison until this one is complete
     (`ownership.whole_folder`). `resume`: the comparison saved in the output folder continued with the same
-    input (`--runs` may grow): its recorded runs kept, and in the others every model that finished kept and
+    input (`--runs` and `--methods` may grow): its recorded runs kept, and in the others every model that finished kept and
     every state.pt continued (`jobs.run_job`'s `may_resume`). Raises `DataError` or `OptionError` before
     writing anything on bad input; `Interrupted` or `TrainingError` after saving the runs finished so far (a
     new comparison with none finished leaves nothing behind). Returns the contents of comparison.json.
