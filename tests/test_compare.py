@@ -302,7 +302,9 @@ def test_an_interrupted_comparison_keeps_what_finished_and_says_so(tmp_path, mon
         saved = json.load(open(os.path.join(output, comparison.RESULTS_FILE)))
         assert saved["status"] == "interrupted" and len(saved["results"]) == 1
         assert os.path.join(output, comparison.RESULTS_FILE) in err[0]
-        assert "discomkd" in open(os.path.join(output, comparison.TABLE_FILE)).read()
+        table = open(os.path.join(output, comparison.TABLE_FILE)).read()
+        assert table.startswith("**Interrupted after 1 of 2 runs; the same command with --resume continues it.**")
+        assert "discomkd" in table
     else:
         assert "nothing was kept" in err[0] and not os.path.exists(output)
         monkeypatch.setattr(training, "fit", real_fit)
@@ -524,3 +526,25 @@ def test_resume_with_more_methods_keeps_the_models_that_finished(tmp_path):
         assert without_seconds({m: new["methods"][m] for m in ("mono", "svm")}) == without_seconds(old["methods"])
         assert new["methods"]["dml"]["status"] == "done"
     assert compare.main([*argv, "--methods", "mono", "--resume"]) == 2  # a method left out: refused
+
+
+@pytest.mark.parametrize("weights, label", [
+    ({"weight_adv": 0.0, "weight_mod": 0.0}, "discomkd (L_mod, L_adv off)"),
+    ({"weight_aux": 0.0, "weight_mod": 0.0, "weight_adv": 0.0, "weight_perp": 0.0},
+     "discomkd (only L_cl on: each modality's classifier trained alone, two encoders each)")])
+def test_a_row_whose_settings_switch_terms_off_says_which(weights, label, tmp_path, capsys):
+    """A DisCoM-KD row whose settings (here a --settings-for file, as tune.py writes) set terms' weights to 0 is
+    named with them, in comparison.md, comparison.json and the printed table; the ablation rows, whose names say
+    it already, and the other methods keep their names; a finished comparison.md has no heading."""
+    folder = write_toy_folder(tmp_path / "data")
+    settings = tmp_path / "tuned.json"
+    settings.write_text(json.dumps(weights))
+    output = str(tmp_path / "out")
+    assert compare.main([folder, "IMG", "VEC", "--methods", "discomkd,discomkd-no-adv,mono", "--output", output,
+                         *toy_options(epochs=1), "--settings-for", f"discomkd={settings}"]) == 0
+    printed = capsys.readouterr().out
+    table = open(os.path.join(output, comparison.TABLE_FILE)).read()
+    saved = json.load(open(os.path.join(output, comparison.RESULTS_FILE)))
+    assert saved["row_labels"] == {"discomkd": label, "discomkd-no-adv": "discomkd-no-adv", "mono": "mono"}
+    assert f"| {label} |" in table and f"| {label} minus |" in table and "| discomkd-no-adv |" in table
+    assert table.startswith("| method") and label in printed

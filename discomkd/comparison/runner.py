@@ -37,7 +37,7 @@ from discomkd.comparison.classical import CLASSICAL
 from discomkd.comparison.executors import LocalExecutor
 from discomkd.comparison.jobs import TEACHER, DataSource, Job, method_entry, plan_run, read_data, run_job
 from discomkd.comparison.table import STD_DDOF, aggregate, format_paired, format_table, paired_differences
-from discomkd.comparison.tuning_space import settings_source
+from discomkd.comparison.tuning_space import row_label, settings_source
 from discomkd.data.folder import DataFolder, default_encoder, has_split_files, read_labels, write_split_files
 from discomkd.data.splits import DEFAULT_FRACTIONS_TEXT, draw_split
 from discomkd.models.methods import METHODS
@@ -99,6 +99,7 @@ class Comparison:
     shared_split: str | None = None  # the folder of the shared split files; None: the data folder's own
     method_settings: dict[str, dict] = field(default_factory=dict)  # per method, settings replacing config's
     settings_from: dict[str, str] = field(default_factory=dict)  # per method, where its settings came from
+    labels: dict[str, str] = field(default_factory=dict)  # per method, its row's name (`tuning_space.row_label`)
     resume: bool = False  # continue the comparison saved in the output folder
     kept: list[dict] = field(default_factory=list)  # --resume: the runs comparison.json recorded, kept as they are
 
@@ -158,6 +159,9 @@ def read_input(config: Config, directory: str, prefixes: tuple[str, str], runs: 
             method, None, dataclasses.replace(comparison.config, **method_settings.get(method, {})))
         for method in methods if method in METHODS}
     comparison.settings_from.update({method: "C chosen on validation" for method in methods if method in CLASSICAL})
+    comparison.labels = {method: row_label(method, dataclasses.replace(comparison.config,
+                                                                       **method_settings.get(method, {})))
+                         for method in methods if method in METHODS}
     if config.seed + runs - 1 > MAX_SEED:
         raise OptionError(f"--seed {config.seed} --runs {runs}: the last run's seed {config.seed + runs - 1} exceeds "
                         f"{MAX_SEED} (2**32-1)")
@@ -434,7 +438,7 @@ def _header(comparison: Comparison, executor: str, device: torch.device) -> dict
             "prefixes": list(comparison.prefixes), "methods": list(comparison.methods), "runs": len(comparison.seeds),
             "seeds": comparison.seeds, "splits": comparison.split_note, "std_ddof": STD_DDOF,
             "config": dataclasses.asdict(config), "method_settings": comparison.method_settings,
-            "settings_from": comparison.settings_from, "executor": executor,
+            "settings_from": comparison.settings_from, "row_labels": comparison.labels, "executor": executor,
             "environment": {"torch": str(torch.__version__), "device": str(device),
                             "precision": resolve_precision(config.precision, device)},
             "results": [], "aggregated": {}, "paired": {}}
@@ -446,9 +450,15 @@ def save(comparison: Comparison, results: dict) -> None:
     results["aggregated"] = aggregate(results["results"], comparison.methods)
     results["paired"] = paired_differences(results["results"], comparison.methods, comparison.prefixes)
     table = format_table(results["aggregated"], comparison.prefixes, len(finished), finished, comparison.split_note,
-                         True, comparison.extra_notes, comparison.settings_from)
-    paired = format_paired(results["paired"], comparison.prefixes, True)
+                         True, comparison.extra_notes, comparison.settings_from, comparison.labels)
+    paired = format_paired(results["paired"], comparison.prefixes, True, labels=comparison.labels)
     table += "\n" + paired if paired else ""
+    runs_done = f"{len(finished)} of {len(comparison.seeds)} runs"
+    heading = {"running": f"**In progress: {runs_done} finished so far.**",
+               "interrupted": f"**Interrupted after {runs_done}; the same command with --resume continues it.**",
+               "failed": f"**Failed after {runs_done}: {results.get('stopped_because')}**"
+               }.get(results["status"])
+    table = f"{heading}\n\n{table}" if heading else table
     write_json(os.path.join(comparison.output, RESULTS_FILE), results)
     write_text(os.path.join(comparison.output, TABLE_FILE), table)
 
@@ -461,6 +471,7 @@ def _stop(error: BaseException, comparison: Comparison, results: dict, folders: 
     reason = "interrupted" if isinstance(error, (Interrupted, KeyboardInterrupt)) else "failed"
     if finished:
         results["status"] = reason
+        results["stopped_because"] = str(error) if isinstance(error, TrainingError) else "a signal"
         save(comparison, results)
         kept = ("the run(s) finished so far are saved with them" if replacing else
                 f"the {finished} run(s) finished so far are in {os.path.join(output, RESULTS_FILE)} and "
@@ -482,13 +493,14 @@ def _stop(error: BaseException, comparison: Comparison, results: dict, folders: 
 
 
 def _finish(comparison: Comparison, results: dict, seconds: float) -> dict:
-    """The finished comparison's comparison.json, with the table also printed; returns its contents."""
+    """The finished comparison's comparison.json and .md, with the table also printed; returns its contents."""
     results["status"] = "finished"
+    save(comparison, results)  # comparison.md without its heading "in progress"
     results["total_seconds"] = seconds
     results["table"] = format_table(results["aggregated"], comparison.prefixes, len(comparison.seeds),
                                     comparison.seeds, comparison.split_note, False, comparison.extra_notes,
-                                    comparison.settings_from)
-    paired = format_paired(results.get("paired", {}), comparison.prefixes, False)
+                                    comparison.settings_from, comparison.labels)
+    paired = format_paired(results.get("paired", {}), comparison.prefixes, False, labels=comparison.labels)
     results["table"] += "\n\n" + paired if paired else ""
     write_json(os.path.join(comparison.output, RESULTS_FILE), results)
     logger.info("")

@@ -65,11 +65,12 @@ def _cell(summary: dict, plus_minus: str) -> str:
 
 
 def format_table(aggregated: dict, prefixes, runs: int, seeds, split_note: str, markdown: bool,
-                 extra_notes=(), settings_from: dict | None = None) -> str:
+                 extra_notes=(), settings_from: dict | None = None, labels: dict | None = None) -> str:
     """The comparison table: one row per method, one column per modality (test wF1 / accuracy, mean and
     std over runs), the training time; the best mean test wF1 of each column marked (bold, or `*`).
     `extra_notes` are appended to the footnotes; `settings_from` (per row: where its settings came from,
-    `tuning_space.settings_source`) adds a column "settings" before the time."""
+    `tuning_space.settings_source`) adds a column "settings" before the time; `labels` names rows otherwise
+    named by their method (`tuning_space.row_label`: the DisCoM-KD terms their settings switch off)."""
     plus_minus = "±" if markdown else "+-"
     probed = any("invariance_probe" in a for a in aggregated.values())
     transferred = [name for name, _, _ in TRANSFER_DIRECTIONS
@@ -78,7 +79,7 @@ def format_table(aggregated: dict, prefixes, runs: int, seeds, split_note: str, 
               + [f"transfer {_direction(name, prefixes)} / within [x]" for name in transferred]
               + ["settings"] * bool(settings_from) + ["training time"])
     best = _best_means(aggregated, prefixes)
-    rows = [_row(method, a, prefixes, best, probed, transferred, plus_minus, markdown)
+    rows = [_row((labels or {}).get(method, method), a, prefixes, best, probed, transferred, plus_minus, markdown)
             for method, a in aggregated.items()]
     if settings_from:
         rows = [row[:-1] + [settings_from.get(method, "-"), row[-1]] for row, method in zip(rows, aggregated)]
@@ -122,9 +123,9 @@ def paired_differences(runs: list[dict], methods, prefixes, reference: str = REF
     return paired
 
 
-def format_paired(paired: dict, prefixes, markdown: bool, reference: str = REFERENCE) -> str:
-    """`paired_differences` as a table (one row per method, one column per modality: mean difference,
-    its standard deviation, runs ahead); '' when there is nothing to pair."""
+def format_paired(paired: dict, prefixes, markdown: bool, reference: str = REFERENCE, labels: dict | None = None) -> str:
+    """`paired_differences` as a table (one row per method, named by `labels` where given, one column per
+    modality: mean difference, its standard deviation, runs ahead); '' when there is nothing to pair."""
     if not paired:
         return ""
     plus_minus = "±" if markdown else "+-"
@@ -135,8 +136,9 @@ def format_paired(paired: dict, prefixes, markdown: bool, reference: str = REFER
         std = "" if d["std"] is None else f" {plus_minus} {d['std']:.3f}"
         return f"{d['mean']:+.3f}{std} ({d['ahead']} of {len(d['values'])})"
 
-    header = [f"{reference} minus"] + list(prefixes)
-    rows = [[method] + [cell(columns.get(prefix)) for prefix in prefixes] for method, columns in paired.items()]
+    labels = labels or {}
+    header = [f"{labels.get(reference, reference)} minus"] + list(prefixes)
+    rows = [[labels.get(method, method)] + [cell(columns.get(prefix)) for prefix in prefixes] for method, columns in paired.items()]
     note = (f"Paired by run (the same split and seed): {reference}'s test weighted F1 minus the row's, mean "
             f"{plus_minus} sample standard deviation over the runs both finished; in brackets the runs where "
             f"{reference} is ahead.")

@@ -355,7 +355,10 @@ def _report(config: Config, prefixes: tuple[str, str], trials: int, runs: int, f
     method = config.method
     paper = starting_point(config) == starting_point(Config(epochs=config.epochs, method=method))
     names = {"starting": "paper's settings" if paper else "starting settings", "tuned": "tuned on validation"}
-    rows = {f"{method} ({names[label]})": tables[label]["aggregated"][method] for label in tables}
+    rows = {}
+    for label, table in tables.items():  # the row says which DisCoM-KD terms its settings switch off
+        switched_off = table.get("row_labels", {}).get(method, method)[len(method) + 2:-1]
+        rows[f"{method} ({names[label]}{'; ' + switched_off if switched_off else ''})"] = table["aggregated"][method]
     seeds = tables["tuned"]["seeds"]
     notes = [f"Tuned: {trials} Ray Tune trial(s) (random search, ASHA) selected on the mean over both modalities of "
              f"each classifier's best validation weighted F1 (seed {config.seed}); test rows never read in the "

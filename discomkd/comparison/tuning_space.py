@@ -4,16 +4,18 @@ One space for every neural method (COMMON: learning rate, weight decay, epochs, 
 each method's own settings (OWN; DisCoM-KD and its variants: DISCOMKD_OWN, and the alignment weight
 where the variant aligns). `settings_source` names a comparison row's settings: the paper's, tuned for
 this method (a settings.json beside its tuning.json), borrowed from another method's tuning, a settings
-file, or the command line. No Ray here: the comparison reads it too.
+file, or the command line; `row_label` names a row whose settings switch DisCoM-KD's terms off. No Ray here: the
+comparison reads it too.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 from discomkd.models.alignment import NO_ALIGNMENT
 from discomkd.models.methods import METHODS, foreign_settings
-from discomkd.training.config import MAX_RUNS, Config, check_config
+from discomkd.training.config import MAX_RUNS, Config, check_config, with_method_overrides
 from discomkd.utils.errors import OptionError
 from discomkd.utils.seeds import MAX_SEED
 
@@ -103,3 +105,27 @@ def foreign_settings_line(method: str, settings: dict, source: str) -> str | Non
         return None
     named = "; ".join(f"{', '.join(names)} ({other}'s)" for other, names in foreign.items())
     return f"{source}: {named}: {method} does not use them (settings meant for another method?); its other settings apply"
+
+
+# ----------------------------------------------------------------------------- what a row is
+def terms_switched_off(method: str, config: Config) -> list[str]:
+    """The loss terms that `config` switches off (weight 0) in `method` and its own definition keeps on (so
+    discomkd-no-adv's L_adv is not listed: its name says so), in the method's order; [] for methods without
+    DisCoM-KD's terms."""
+    spec = METHODS[method]
+    if not spec.invariant_parts:
+        return []
+    own = spec.weights(with_method_overrides(Config(method=method)), 1)
+    weights = spec.weights(with_method_overrides(dataclasses.replace(config, method=method)), 1)
+    return [term for term, weight in weights.items() if weight == 0 and own.get(term, 0) != 0]
+
+
+def row_label(method: str, config: Config) -> str:
+    """How a comparison names `method`'s row under `config`: the method, with the terms its settings switch off,
+    e.g. "discomkd (L_mod, L_adv off)"; with every term but the task classifiers' off, what it then is."""
+    off = terms_switched_off(method, config)
+    if not off:
+        return method
+    if set(off) >= {"aux", "mod", "adv", "perp"} and "cl" not in off:
+        return f"{method} (only L_cl on: each modality's classifier trained alone, two encoders each)"
+    return f"{method} ({', '.join(f'L_{term}' for term in off)} off)"
