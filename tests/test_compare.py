@@ -111,10 +111,15 @@ def test_discomkd_is_paired_with_every_other_method_run_by_run(neural):
             assert paired["mean"] == pytest.approx(np.mean(differences))
             assert paired["std"] == pytest.approx(np.std(differences, ddof=1))
             assert paired["ahead"] == sum(a > b for a, b in zip(ours, theirs))
+            # the 95% interval of the mean difference: Student's t with 1 degree of freedom for 2 runs
+            half = 12.706204736 * np.std(differences, ddof=1) / np.sqrt(2)
+            assert paired["ci"] == pytest.approx([np.mean(differences) - half, np.mean(differences) + half])
+            assert paired["wilcoxon_p"] is None if not any(differences) else 0 < paired["wilcoxon_p"] <= 1
     paired_table = open(os.path.join(output, comparison.TABLE_FILE)).read().split("| discomkd minus | IMG | VEC |")[1]
     row = next(line for line in paired_table.splitlines() if line.startswith("| mono |"))
     first = saved["paired"]["mono"]["IMG"]
-    assert f"{first['mean']:+.3f} ± {first['std']:.3f} ({first['ahead']} of 2)" in row
+    assert (f"{first['mean']:+.3f} ± {first['std']:.3f} [{first['ci'][0]:+.3f}, {first['ci'][1]:+.3f}] "
+            f"({first['ahead']} of 2)") in row
     assert "discomkd minus" in results["table"]
 
 
@@ -548,3 +553,18 @@ def test_a_row_whose_settings_switch_terms_off_says_which(weights, label, tmp_pa
     assert saved["row_labels"] == {"discomkd": label, "discomkd-no-adv": "discomkd-no-adv", "mono": "mono"}
     assert f"| {label} |" in table and f"| {label} minus |" in table and "| discomkd-no-adv |" in table
     assert table.startswith("| method") and label in printed
+
+
+def test_the_comparison_figure_is_drawn_beside_the_table_or_said_missing(neural, tmp_path, monkeypatch, caplog):
+    """comparison.png (every run's score and the paired differences) beside comparison.md when matplotlib is
+    installed; without it, no figure and the last line says why."""
+    pytest.importorskip("matplotlib")
+    _, output, _ = neural
+    with open(os.path.join(output, comparison.FIGURE_FILE), "rb") as figure:
+        assert figure.read(8) == b"\x89PNG\r\n\x1a\n"
+    folder = write_toy_folder(tmp_path / "data")
+    monkeypatch.setattr(comparison, "matplotlib_figure", lambda: None)
+    with caplog.at_level("INFO"):
+        comparison.compare(Config(output=str(tmp_path / "out"), device="cpu"), folder, *PREFIXES, methods="logreg")
+    assert not os.path.exists(tmp_path / "out" / comparison.FIGURE_FILE)
+    assert "matplotlib is not installed" in caplog.text.splitlines()[-1]

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from discomkd.analysis.comparison_figure import draw_comparison_figure
+from discomkd.analysis.figures import MISSING_MATPLOTLIB, matplotlib_figure
 from discomkd.comparison.classical import CLASSICAL
 from discomkd.comparison.executors import LocalExecutor
 from discomkd.comparison.jobs import TEACHER, DataSource, Job, method_entry, plan_run, read_data, run_job
@@ -50,7 +52,7 @@ from discomkd.utils.errors import DataError, Interrupted, OptionError, TrainingE
 from discomkd.utils.files import write_json, write_text
 from discomkd.utils.seeds import MAX_SEED
 
-RESULTS_FILE, TABLE_FILE = "comparison.json", "comparison.md"
+RESULTS_FILE, TABLE_FILE, FIGURE_FILE = "comparison.json", "comparison.md", "comparison.png"
 SPLIT_FOLDER = "split"
 ALL_METHODS = tuple(METHODS) + tuple(CLASSICAL)
 DEFAULT_METHODS = tuple(m for m in METHODS if METHODS[m].compared_by_default) + tuple(CLASSICAL)
@@ -461,6 +463,9 @@ def save(comparison: Comparison, results: dict) -> None:
     table = f"{heading}\n\n{table}" if heading else table
     write_json(os.path.join(comparison.output, RESULTS_FILE), results)
     write_text(os.path.join(comparison.output, TABLE_FILE), table)
+    new_figure = matplotlib_figure()
+    if new_figure is not None and results["aggregated"]:
+        draw_comparison_figure(new_figure, results, os.path.join(comparison.output, FIGURE_FILE), comparison.labels)
 
 
 def _stop(error: BaseException, comparison: Comparison, results: dict, folders: list[str], created: bool,
@@ -505,5 +510,7 @@ def _finish(comparison: Comparison, results: dict, seconds: float) -> dict:
     write_json(os.path.join(comparison.output, RESULTS_FILE), results)
     logger.info("")
     logger.info(results["table"])
-    logger.info(f"(outputs in {comparison.output}: {RESULTS_FILE}, {TABLE_FILE})")
+    drawn = os.path.exists(os.path.join(comparison.output, FIGURE_FILE))
+    logger.info(f"(outputs in {comparison.output}: {RESULTS_FILE}, {TABLE_FILE}"
+                + (f", {FIGURE_FILE})" if drawn else f"; {MISSING_MATPLOTLIB.replace('figures', 'its figure')})"))
     return results

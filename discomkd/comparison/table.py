@@ -11,6 +11,7 @@ from discomkd.models.methods import FUSED, METHODS
 from discomkd.utils.console import format_duration
 
 STD_DDOF = 1  # sample standard deviation over runs: with few runs the population formula understates the spread
+CONFIDENCE = 0.95  # of the paired differences' interval
 REFERENCE = "discomkd"  # the method the others are paired against, run by run
 
 
@@ -117,10 +118,26 @@ def paired_differences(runs: list[dict], methods, prefixes, reference: str = REF
                     and prefix in ours["columns"] and prefix in theirs["columns"]]
             differences = [ours["test"]["weighted_f1"] - theirs["test"]["weighted_f1"] for ours, theirs in both]
             if differences:
-                columns[prefix] = {**_summary(differences), "ahead": sum(d > 0 for d in differences)}
+                columns[prefix] = {**_summary(differences), "ahead": sum(d > 0 for d in differences),
+                                   **_across_runs(differences)}
         if columns:
             paired[method] = columns
     return paired
+
+
+def _across_runs(differences: list[float]) -> dict:
+    """Whether paired differences over runs are beyond their spread: the CONFIDENCE interval of their mean
+    (Student's t with n-1 degrees of freedom; None for one run) and the two-sided p-value of the Wilcoxon
+    signed-rank test (exact for small n; None for one run or when every difference is 0). With 5 runs the
+    Wilcoxon p is at least 0.0625: the interval says more."""
+    from scipy import stats  # scipy comes with scikit-learn; imported where it is used
+    n = len(differences)
+    if n < 2:
+        return {"ci": None, "confidence": CONFIDENCE, "wilcoxon_p": None}
+    mean, sem = float(np.mean(differences)), float(np.std(differences, ddof=1)) / np.sqrt(n)
+    half = float(stats.t.ppf((1 + CONFIDENCE) / 2, n - 1)) * sem
+    p = None if not any(differences) else float(stats.wilcoxon(differences).pvalue)
+    return {"ci": [float(mean - half), float(mean + half)], "confidence": CONFIDENCE, "wilcoxon_p": p}
 
 
 def format_paired(paired: dict, prefixes, markdown: bool, reference: str = REFERENCE, labels: dict | None = None) -> str:
@@ -134,14 +151,17 @@ def format_paired(paired: dict, prefixes, markdown: bool, reference: str = REFER
         if d is None:
             return "-"
         std = "" if d["std"] is None else f" {plus_minus} {d['std']:.3f}"
-        return f"{d['mean']:+.3f}{std} ({d['ahead']} of {len(d['values'])})"
+        interval = "" if d.get("ci") is None else f" [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+        return f"{d['mean']:+.3f}{std}{interval} ({d['ahead']} of {len(d['values'])})"
 
     labels = labels or {}
     header = [f"{labels.get(reference, reference)} minus"] + list(prefixes)
     rows = [[labels.get(method, method)] + [cell(columns.get(prefix)) for prefix in prefixes] for method, columns in paired.items()]
     note = (f"Paired by run (the same split and seed): {reference}'s test weighted F1 minus the row's, mean "
-            f"{plus_minus} sample standard deviation over the runs both finished; in brackets the runs where "
-            f"{reference} is ahead.")
+            f"{plus_minus} sample standard deviation over the runs both finished, its {CONFIDENCE:.0%} confidence "
+            f"interval in square brackets (Student's t, runs - 1 degrees of freedom: an interval holding 0 is a "
+            f"difference within the runs' spread; the Wilcoxon signed-rank p-value is in comparison.json), and in "
+            f"parentheses the runs where {reference} is ahead.")
     return _render(header, rows, ["---"] + [":---:"] * len(prefixes), [note], markdown)
 
 
