@@ -4,6 +4,8 @@ alone, every command installed, the top-level files thin doors, and nothing edit
 import ast
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 from command_table import DOORS, SCRIPTS
@@ -186,3 +188,18 @@ def test_scikit_learn_is_imported_where_it_is_used():
                                   ([node.module] if isinstance(node, ast.ImportFrom) else
                                    [alias.name for alias in node.names]))]
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize("preset", [None, "ACTIVE"])
+def test_the_package_makes_openmp_threads_wait_passively_before_torch_loads(preset):
+    """Spinning OpenMP threads slow a training 7-9x on a shared CPU (docs/performance.md): the package sets
+    OMP_WAIT_POLICY=PASSIVE before anything imports torch, unless the user chose a policy."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    script = ("import os, sys\nimport discomkd\nassert 'torch' not in sys.modules\n"
+              "import discomkd.commands.train\nprint(os.environ['OMP_WAIT_POLICY'])")
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT,
+                             timeout=120)
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.strip() == (preset or "PASSIVE")
