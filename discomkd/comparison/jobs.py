@@ -251,8 +251,7 @@ def run_job(job: Job, *needed: dict, on_epoch=None, may_resume: bool = False) ->
     config = model_config(job, *needed)
     finished = finished_before(config, data) if may_resume else None
     if finished is not None:
-        seconds = finished.get("training_seconds", 0.0) + finished.get("write_seconds", 0.0)
-        return {**neural_result(finished, seconds), "resumed": True}
+        return {**neural_result(finished, recorded_seconds(finished)), "resumed": True}
     started = time.time()
     resumed = may_resume and resumable(config, data)
     with contextlib.nullcontext() if config.verbose else console.only_warnings(loop.__name__):
@@ -264,7 +263,14 @@ def run_job(job: Job, *needed: dict, on_epoch=None, may_resume: bool = False) ->
             with owning(output):  # an earlier attempt's files, of another run: none may mix with this one's
                 clear_run_outputs(output)
                 results = loop.fit(config, data, output, on_epoch=on_epoch)
-    return {**neural_result(results, time.time() - started), "resumed": resumed}
+    seconds = recorded_seconds(results) if resumed else time.time() - started  # a resumed run: both attempts
+    return {**neural_result(results, seconds), "resumed": resumed}
+
+
+def recorded_seconds(results: dict) -> float:
+    """A training's time as its results record it, every attempt's epochs counted: training, evaluation and
+    writes (what a comparison counts for a model it kept or continued, whose wall time it did not see whole)."""
+    return results.get("training_seconds", 0.0) + results.get("write_seconds", 0.0)
 
 
 # ----------------------------------------------------------------------------- a run's entries
