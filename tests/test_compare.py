@@ -17,6 +17,7 @@ from toy import PREFIXES, ROOT, TOY_SETTINGS, folder_snapshot, one_error_line, t
 
 import discomkd.comparison
 from discomkd.commands import compare, train
+from discomkd.comparison import inputs as comparison_inputs
 from discomkd.comparison import jobs as comparison_jobs
 from discomkd.comparison import runner as comparison
 from discomkd.comparison.executors import LocalExecutor
@@ -186,7 +187,7 @@ def test_folder_without_splits_gets_a_saved_split_per_run(tmp_path):
     labels = np.load(os.path.join(folder, "labels.npy"))
     splits = []
     for seed in (0, 1):
-        view = os.path.join(output, f"run_{seed}", comparison.SPLIT_FOLDER)
+        view = os.path.join(output, f"run_{seed}", comparison_inputs.SPLIT_FOLDER)
         split = {s: np.load(os.path.join(view, f"{s}_idx.npy")) for s in ("train", "valid", "test")}
         assert np.array_equal(np.sort(np.concatenate(list(split.values()))), np.arange(len(labels)))
         for value in (5, -1, 40):  # 40 rows per class: 28 / 4 / 8
@@ -262,7 +263,7 @@ def test_config_options_shared_with_main():
     args = vars(compare.build_parser().parse_args(argv))
     assert (args["epochs"], args["weight_adv"], args["runs"], args["seed"]) == (7, 0.5, 3, 0)
     assert "legacy_modality_targets" not in args  # a method of its own here: discomkd-legacy
-    assert comparison.parse_methods("kd, mono,kd") == ("kd", "mono")
+    assert comparison_inputs.parse_methods("kd, mono,kd") == ("kd", "mono")
 
 
 # ----------------------------------------------------------------------------- stopping and failing
@@ -395,7 +396,7 @@ def test_a_shared_split_folder_gives_every_run_its_rows(tmp_path):
     found = comparison.compare(Config(**SETTINGS, output=str(tmp_path / "cmp")), folder, "IMG", "VEC", runs=2,
                                methods="logreg", shared_split=str(split_folder))
     assert [run["data"]["splits_from"] for run in found["results"]] == [os.path.abspath(split_folder)] * 2
-    assert not os.path.exists(tmp_path / "cmp" / "run_0" / comparison.SPLIT_FOLDER)
+    assert not os.path.exists(tmp_path / "cmp" / "run_0" / comparison_inputs.SPLIT_FOLDER)
     assert "split files in" in found["splits"]
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from toy import logged_lines, paper_rate_results, write_toy_folder
 
 from discomkd.commands import compare
-from discomkd.comparison import runner as comparison
+from discomkd.comparison import inputs as comparison_inputs
 from discomkd.models import methods
 from discomkd.models.discomkd import PART_DIM, DisCoMKD, gradient_reverse, grl_coefficient_at
 from discomkd.training.config import Config, check_config
@@ -135,9 +135,9 @@ def test_remedy_options_are_on_the_command_lines(cli_main, tmp_path, monkeypatch
 
 
 def test_remedy_methods_are_not_in_the_default_comparison():
-    assert "discomkd" in comparison.DEFAULT_METHODS and "discomkd-legacy" in comparison.DEFAULT_METHODS
+    assert "discomkd" in comparison_inputs.DEFAULT_METHODS and "discomkd-legacy" in comparison_inputs.DEFAULT_METHODS
     for name in ("discomkd-dann", "discomkd-mlp-disc", "discomkd-fast-disc", "discomkd-remedies"):
-        assert name in comparison.ALL_METHODS and name not in comparison.DEFAULT_METHODS
+        assert name in comparison_inputs.ALL_METHODS and name not in comparison_inputs.DEFAULT_METHODS
         assert methods.METHODS[name].invariant_parts
 
 

@@ -14,7 +14,8 @@ import logging
 
 from discomkd.commands.entry import CommandLine, run_command
 from discomkd.comparison.executors import make_executor
-from discomkd.comparison.runner import ALL_METHODS, DEFAULT_METHODS, compare, parse_methods
+from discomkd.comparison.inputs import ALL_METHODS, DEFAULT_METHODS, parse_methods
+from discomkd.comparison.runner import compare
 from discomkd.comparison.tuning_space import foreign_settings_line, settings_source
 from discomkd.data.splits import DEFAULT_FRACTIONS_TEXT
 from discomkd.models.methods import ABLATIONS, METHODS

@@ -26,8 +26,9 @@ import ray.tune as ray_tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
+from discomkd.comparison.inputs import check_method_settings, draw_splits
 from discomkd.comparison.jobs import TEACHER, DataSource, read_data
-from discomkd.comparison.runner import check_method_settings, compare, draw_splits
+from discomkd.comparison.runner import compare
 from discomkd.comparison.table import format_table
 from discomkd.comparison.tuning_space import (
     DKD_ALPHAS,
