@@ -18,7 +18,7 @@ from toy import PREFIXES, TOY_SETTINGS, KillOnce, logged_lines, toy_options, wri
 ray = pytest.importorskip("ray")
 
 from discomkd.comparison import jobs as comparison_jobs
-from discomkd.comparison import ray_executor, tuning
+from discomkd.comparison import ray_executor, tuning, tuning_space
 from discomkd.comparison import runner as comparison  # noqa: E402
 from discomkd.data.folder import load_data_folder  # noqa: E402
 from discomkd.training import loop as training
@@ -197,7 +197,11 @@ def test_tune_selects_on_validation_and_reports_both_settings(tmp_path, capsys, 
         assert all(f["test"] is None for f in results["final"].values())
         assert results["data"]["modalities"][0]["rows"].keys() == {"train", "valid"}
     table = open(output / "tuning.md").read()
-    assert "discomkd (starting settings)" in table and "discomkd (tuned on validation)" in table  # lr 1e-3
+    # lr 1e-3: not the paper's; the tuned row also names the terms its settings switch off, if any
+    assert "discomkd (starting settings)" in table and "discomkd (tuned on validation" in table
+    off = tuning_space.terms_switched_off("discomkd", Config(**{k: v for k, v in chosen.items()}))
+    assert ("L_" + off[0] in table) if off else "discomkd (tuned on validation)" in table
+    assert "trial 1/3 (the starting settings)" in out  # numbered as drawn, not as they end
     tuned = json.load(open(output / "tuned" / comparison.RESULTS_FILE))
     assert tuned["seeds"] == [1] and tuned["method_settings"] == {"discomkd": chosen}
     assert tuned["settings_from"] == {"discomkd": "tuned (3 trials)"}
@@ -395,3 +399,18 @@ def test_sigterm_stops_a_ray_command_as_ctrl_c_does(tmp_path, command):
     assert len(lines) == 1 and "interrupted" in lines[0] and "back in place" in lines[0], err
     assert (output / "earlier.txt").read_text() == "an earlier comparison"
     assert not os.path.exists(str(output) + ".previous")
+
+
+def test_a_local_ray_keeps_its_token_out_of_the_home_folder(tmp_path):
+    """Ray 2.5x turns on token authentication for a local cluster and saves a token in ~/.ray/auth_token, with a
+    warning: the command's local Ray keeps a fresh token in its own environment instead (a real process, a HOME
+    of its own): nothing written into the home folder, no warning, the comparison done."""
+    folder = write_toy_folder(tmp_path / "data")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    process = subprocess.run([sys.executable, "compare.py", folder, *PREFIXES, "--methods", "logreg", "--executor",
+                              "ray", "--output", str(tmp_path / "out")], capture_output=True, text=True,
+                             cwd=toy.ROOT, env={**env, "HOME": str(home)}, timeout=300)
+    assert process.returncode == 0, process.stderr
+    assert not (home / ".ray" / "auth_token").exists() and "Token authentication" not in process.stderr

@@ -17,6 +17,7 @@ import importlib.metadata
 import logging
 import math
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -65,6 +66,31 @@ def run_task(run_job, job, output: str, token: str, *needed):
     return run_job(job, *needed, may_resume=True)
 
 
+# Ray's authentication settings (its environment variables): a user who set any of them chose for himself.
+RAY_AUTH_SETTINGS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+@contextlib.contextmanager
+def token_in_process(local: bool):
+    """For a local Ray started by this process, token authentication (Ray's default for a local cluster) with a
+    fresh random token held in this process's environment, which its workers inherit: Ray then writes no
+    ~/.ray/auth_token into the user's home (which would outlive the run, and switch token authentication on for
+    every later local Ray of that user), and its warning that it switched token authentication on, which says
+    nothing the user must act on, is not shown. Unless the user set Ray's own authentication settings."""
+    if not local or any(name in os.environ for name in RAY_AUTH_SETTINGS):
+        yield
+        return
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # Ray sets RAY_AUTH_MODE=token itself, and reads it again
+    quiet = logging.getLogger(RAY_AUTH_LOGGER)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
+
+
 def connect(address: str | None, cpus_per_task: float, gpus_per_task: float) -> None:
     """Starts Ray on this machine (address None) or joins the cluster at `address`, unless this process
     already did; raises `DataError` when that fails, when the project is not installed (workers import
@@ -77,8 +103,9 @@ def connect(address: str | None, cpus_per_task: float, gpus_per_task: float) -> 
                             "the project's folder first (make demo and make test do)") from None
         sigterm = signal.getsignal(signal.SIGTERM)
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=True,
-                     runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}})
+            with token_in_process(address is None):
+                ray.init(address=address, include_dashboard=False, log_to_driver=True,
+                         runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}})
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise OptionError(f"--ray-address {address}: cannot start or reach Ray: "
                             f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None

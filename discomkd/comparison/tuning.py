@@ -176,23 +176,32 @@ def _trainable(settings: dict, job: SearchJob):
 
 
 class _TrialLines(ray_tune.Callback):
-    """One line per finished or stopped trial."""
+    """One line per finished or stopped trial, numbered in the order the search drew them (trial 1: the starting
+    settings), with how many have ended so far."""
 
     def __init__(self, total: int):
         self.total, self.done = total, 0
 
+    def _name(self, trials, trial) -> str:
+        number = next((i for i, each in enumerate(trials) if each is trial), None)  # Tune lists them as created
+        if number is None:
+            return "trial"
+        return f"trial {number + 1}/{self.total}" + (" (the starting settings)" if number == 0 else "")
+
     def on_trial_error(self, iteration, trials, trial, **info):
         self.done += 1
         error = str(getattr(trial, "error_file", "") or "")
-        logger.warning(f"trial {self.done}/{self.total} failed" + (f" (its traceback: {error})" if error else ""))
+        logger.warning(f"{self._name(trials, trial)} failed [{self.done} of {self.total} ended]"
+                       + (f" (its traceback: {error})" if error else ""))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
         result = trial.last_result or {}
         shown = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                           for k, v in sorted(trial.config.items()))
-        logger.info(f"trial {self.done}/{self.total}  valid wF1 {result.get(METRIC, float('nan')):.4f}  "
-                 f"epochs {result.get('epoch', 0)}/{trial.config['epochs']}  {shown}")
+        logger.info(f"{self._name(trials, trial)}  valid wF1 {result.get(METRIC, float('nan')):.4f}  "
+                    f"epochs {result.get('epoch', 0)}/{trial.config['epochs']}  [{self.done} of {self.total} ended]  "
+                    f"{shown}")
 
 
 @contextlib.contextmanager
