@@ -82,13 +82,8 @@ def token_in_process(local: bool):
         yield
         return
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # Ray sets RAY_AUTH_MODE=token itself, and reads it again
-    quiet = logging.getLogger(RAY_AUTH_LOGGER)
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
+    with console.only_warnings(RAY_AUTH_LOGGER, logging.ERROR):
         yield
-    finally:
-        quiet.setLevel(level)
 
 
 def connect(address: str | None, cpus_per_task: float, gpus_per_task: float) -> None:

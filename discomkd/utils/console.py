@@ -47,16 +47,16 @@ def line_buffered_stdout() -> None:
 
 
 @contextlib.contextmanager
-def only_warnings(name: str):
-    """Within the block, the logger `name` (and those under it) passes warnings only: a comparison's
-    models train without their epoch lines and summaries."""
+def only_warnings(name: str, level: int = logging.WARNING):
+    """Within the block, the logger `name` (and those under it) passes messages of `level` and above only
+    (warnings by default): a comparison's models train without their epoch lines and summaries."""
     logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.WARNING)
+    before = logger.level
+    logger.setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.setLevel(before)
 
 
 class _NoProgress:
