@@ -2,7 +2,7 @@
 # docs/results.md's tables re-derived with today's code, one command after the other, into results/ (git-ignored),
 # each printed in the form the page shows it:
 #   bash tools/results.sh          (or make results)
-# About 3 1/2 hours on a 2-core CPU, nothing else running (the page says how long it took); a comparison stopped
+# About 4 hours on a 2-core CPU, nothing else running (the page says how long it took); a comparison stopped
 # midway continues with its line plus --resume (without --overwrite). PYTHON names the
 # interpreter (default .venv/bin/python, which make creates), OUT the folder (default results).
 set -euo pipefail
