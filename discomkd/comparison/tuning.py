@@ -41,6 +41,7 @@ from discomkd.comparison.tuning_space import (
     WEIGHT_DECAYS,
     check_tuning,
     searched,
+    switched_off_note,
 )
 from discomkd.data.augment import AUGMENTATIONS
 from discomkd.data.folder import DataFolder, has_split_files, write_split_files
@@ -367,7 +368,8 @@ def _report(config: Config, prefixes: tuple[str, str], trials: int, runs: int, f
     names = {"starting": "paper's settings" if paper else "starting settings", "tuned": "tuned on validation"}
     rows = {}
     for label, table in tables.items():  # the row says which DisCoM-KD terms its settings switch off
-        switched_off = table.get("row_labels", {}).get(method, method)[len(method) + 2:-1]
+        trained = dataclasses.replace(Config(**table["config"]), **table["method_settings"].get(method, {}))
+        switched_off = switched_off_note(method, trained)
         rows[f"{method} ({names[label]}{'; ' + switched_off if switched_off else ''})"] = table["aggregated"][method]
     seeds = tables["tuned"]["seeds"]
     notes = [f"Tuned: {trials} Ray Tune trial(s) (random search, ASHA) selected on the mean over both modalities of "

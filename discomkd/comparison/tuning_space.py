@@ -120,12 +120,19 @@ def terms_switched_off(method: str, config: Config) -> list[str]:
     return [term for term, weight in weights.items() if weight == 0 and own.get(term, 0) != 0]
 
 
-def row_label(method: str, config: Config) -> str:
-    """How a comparison names `method`'s row under `config`: the method, with the terms its settings switch off,
-    e.g. "discomkd (L_mod, L_adv off)"; with every term but the task classifiers' off, what it then is."""
+def switched_off_note(method: str, config: Config) -> str:
+    """The terms `config` switches off in `method`, said in words ("L_mod, L_adv off"; with every term but the task
+    classifiers' off, what the method then is), or "" when none."""
     off = terms_switched_off(method, config)
     if not off:
-        return method
+        return ""
     if set(off) >= {"aux", "mod", "adv", "perp"} and "cl" not in off:
-        return f"{method} (only L_cl on: each modality's classifier trained alone, two encoders each)"
-    return f"{method} ({', '.join(f'L_{term}' for term in off)} off)"
+        return "only L_cl on: each modality's classifier trained alone, two encoders each"
+    return f"{', '.join(f'L_{term}' for term in off)} off"
+
+
+def row_label(method: str, config: Config) -> str:
+    """How a comparison names `method`'s row under `config`: the method, with the terms its settings switch off,
+    e.g. "discomkd (L_mod, L_adv off)"."""
+    note = switched_off_note(method, config)
+    return f"{method} ({note})" if note else method
