@@ -17,32 +17,53 @@ runs each as a Ray task, on the GPUs and machines of a Ray cluster.
 """
 from __future__ import annotations
 
-from discomkd.utils.errors import DataError
+import math
+
+import torch
+
+from discomkd.utils.errors import DataError, OptionError
 
 
 class LocalExecutor:
-    """Each job in this process, one after the other, as the iteration of `jobs` reaches it."""
+    """Each job in this process, one after the other, as the iteration of `jobs` reaches it, with `threads` torch
+    threads (None: torch's own number, one per core), as a Ray task of that many CPUs has: the models of a comparison
+    are small, and on 2 cores one thread trains them faster than two (docs/performance.md)."""
 
-    description = "local"
     local = True
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
+
+    @property
+    def description(self) -> str:
+        return "local" + (f" ({self.threads} torch thread{'s' * (self.threads > 1)} per model)" if self.threads else "")
 
     def start(self, output: str) -> None:
         """Nothing to check: this process runs every job."""
 
     def __call__(self, jobs, run_job):
         """Yields (job, run_job(job, *results of the jobs it needs)) for each job in turn."""
-        results = {}
-        for job in jobs:
-            result = run_job(job, *[results[name] for name in job.needs])
-            results[job.name] = result
-            yield job, result
+        results, threads = {}, torch.get_num_threads()
+        try:
+            for job in jobs:
+                if self.threads:
+                    torch.set_num_threads(self.threads)
+                result = run_job(job, *[results[name] for name in job.needs])
+                torch.set_num_threads(threads)  # the caller's own number while it reads the result
+                results[job.name] = result
+                yield job, result
+        finally:
+            torch.set_num_threads(threads)
 
 
 def make_executor(name: str, address: str | None = None, gpus_per_task: float | None = None,
                   cpus_per_task: float = 1.0, max_retries: int = 3):
-    """A `LocalExecutor` for "local"; for "ray", a `ray_executor.RayExecutor` (DataError when Ray is missing)."""
+    """A `LocalExecutor` for "local" (`cpus_per_task` torch threads per model, at least 1); for "ray", a
+    `ray_executor.RayExecutor` (DataError when Ray is missing)."""
     if name == "local":
-        return LocalExecutor()
+        if not 0 < cpus_per_task < math.inf:
+            raise OptionError(f"--cpus-per-task {cpus_per_task:g}: a positive number is expected")
+        return LocalExecutor(max(1, round(cpus_per_task)))
     try:
         from discomkd.comparison import ray_executor  # Ray is optional: imported only here
     except ModuleNotFoundError as error:

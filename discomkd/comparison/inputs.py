@@ -14,7 +14,7 @@ import numpy as np
 
 from discomkd.comparison.classical import CLASSICAL
 from discomkd.comparison.jobs import DataSource, read_data
-from discomkd.comparison.tuning_space import row_label, settings_source
+from discomkd.comparison.tuning_space import model_settings, row_label, settings_source, split_model_key
 from discomkd.data.folder import DataFolder, default_encoder, has_split_files, read_labels
 from discomkd.data.splits import DEFAULT_FRACTIONS_TEXT, draw_split
 from discomkd.models.methods import METHODS
@@ -123,11 +123,13 @@ def read_input(config: Config, directory: str, prefixes: tuple[str, str], runs: 
                             resume=resume)
     check_config(comparison.config)
     method_settings = dict(method_settings or {})
-    for method, settings in method_settings.items():
-        if method not in METHODS:
-            raise OptionError(f"settings for {method}: not a neural method of this comparison; expected one of "
-                              f"{', '.join(m for m in methods if m in METHODS)}")
-        check_config(dataclasses.replace(comparison.config, **settings))
+    for key, settings in method_settings.items():
+        if split_model_key(key, prefixes) is None:
+            raise OptionError(f"settings for {key}: not a neural method of this comparison; expected one of "
+                              f"{', '.join(m for m in methods if m in METHODS)}, or <method>_<PREFIX> for one "
+                              "modality's model of mono, kd or dkd")
+        check_config(dataclasses.replace(comparison.config, **model_settings(method_settings, *split_model_key(
+            key, prefixes))))
     comparison.method_settings = method_settings
     comparison.settings_from = {
         method: (settings_from or {}).get(method) or settings_source(
@@ -148,8 +150,9 @@ def read_input(config: Config, directory: str, prefixes: tuple[str, str], runs: 
     else:
         data = read_data(comparison.source(None))
     check_augmentations(comparison.config, data)  # before anything is written
-    for method, settings in method_settings.items():
-        check_method_settings(comparison.config, settings, data, f"the settings for {method}")
+    for key in method_settings:
+        check_method_settings(comparison.config, model_settings(method_settings, *split_model_key(key, prefixes)),
+                              data, f"the settings for {key}")
     if resume:
         comparison.kept = recorded_runs(comparison)
     return comparison, data

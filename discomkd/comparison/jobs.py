@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from discomkd.comparison.classical import CLASSICAL, classical_result
+from discomkd.comparison.tuning_space import model_key, model_settings
 from discomkd.data.folder import DataFolder, data_fingerprint, load_data_folder, load_with_split_files
 from discomkd.models.methods import FUSED, METHODS
 from discomkd.runs.outputs import RESULTS_FILE, STATE_FILE, checkpoint_path, clear_run_outputs, load_state, run_status
@@ -128,7 +129,7 @@ class Job:
     @property
     def model(self) -> str:
         """The model's name, and its folder's: <method>[_<modality>]."""
-        return self.method if self.modality is None else f"{self.method}_{self.modality}"
+        return model_key(self.method, self.modality)
 
     @property
     def name(self) -> str:
@@ -152,11 +153,12 @@ def plan_run(seed: int, folder: str, config: Config, data: DataFolder, source: D
     """The jobs of one run, each after those it needs, and the entries of the methods skipped (with a
     note) because the training sets share fewer than 2 rows. The teacher is planned once, when any
     method reads it; the classical baselines come last. `method_settings`: per method, settings that
-    replace `config`'s for its jobs (a kd or dkd teacher takes the teacher's: `config` unless given)."""
+    replace `config`'s for its jobs (a kd or dkd teacher takes the teacher's: `config` unless given); a key
+    `<method>_<PREFIX>` (`tuning_space.model_key`), settings for that modality's model alone, which win."""
     method_settings = method_settings or {}
 
-    def config_for(method: str) -> Config:
-        return dataclasses.replace(config, **method_settings.get(method, {}))
+    def config_for(method: str, modality: str | None = None) -> Config:
+        return dataclasses.replace(config, **model_settings(method_settings, method, modality))
 
     jobs, skipped = [], {}
     paired = len(data.paired_train_rows())
@@ -175,7 +177,8 @@ def plan_run(seed: int, folder: str, config: Config, data: DataFolder, source: D
         if method != TEACHER:
             needs = (teacher.name,) if spec.needs_teacher else ()
             modalities = [m.prefix for m in data.modalities] if spec.per_modality else [None]
-            jobs += [Job(seed, folder, config_for(method), method, modality, source, needs) for modality in modalities]
+            jobs += [Job(seed, folder, config_for(method, modality), method, modality, source, needs)
+                     for modality in modalities]
     jobs += [Job(seed, folder, config, method, None, source) for method in CLASSICAL if method in methods]
     return jobs, skipped
 

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 import ray.tune as ray_tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from discomkd.comparison.inputs import check_method_settings, draw_splits
@@ -65,9 +65,9 @@ def epoch_choices(max_epochs: int) -> list[int]:
     return sorted({max(1, max_epochs // 4), max(1, max_epochs // 2), max_epochs})
 
 
-def search_space(config: Config, data: DataFolder) -> dict:
-    """Ray Tune's space over the settings `searched(config.method)` names; augmentations among those each
-    modality's rank allows."""
+def search_space(config: Config, data: DataFolder, modality: int | None = None) -> dict:
+    """Ray Tune's space over the settings `searched(config.method, modality)` names; augmentations among those
+    each modality's rank allows."""
     space = {
         "learning_rate": ray_tune.loguniform(*LEARNING_RATES),
         "weight_decay": ray_tune.choice(WEIGHT_DECAYS),
@@ -82,19 +82,20 @@ def search_space(config: Config, data: DataFolder) -> dict:
         "dkd_temperature": ray_tune.choice(TEMPERATURES),
         "dml_temperature": ray_tune.choice(TEMPERATURES), "dml_weight": ray_tune.choice(KD_WEIGHTS),
     }
-    return {name: space[name] for name in searched(config.method)}
+    return {name: space[name] for name in searched(config.method, modality)}
 
 
-def starting_point(config: Config) -> dict:
+def starting_point(config: Config, modality: int | None = None) -> dict:
     """The searched settings as `config` holds them (the paper's unless set): the first trial."""
-    return {name: getattr(config, name) for name in searched(config.method)}
+    return {name: getattr(config, name) for name in searched(config.method, modality)}
 
 
-def first_trial(config: Config, data: DataFolder) -> dict:
+def first_trial(config: Config, data: DataFolder, modality: int | None = None) -> dict:
     """`starting_point` with `auto` augmentations resolved for `data`'s modalities, so that the first
     trial's values lie in the search space (which lists the modes themselves)."""
-    first, second = check_augmentations(config, data)
-    return {**starting_point(config), "augment_first": first, "augment_second": second}
+    resolved = dict(zip(("augment_first", "augment_second"), check_augmentations(config, data)))
+    point = starting_point(config, modality)
+    return {**point, **{name: mode for name, mode in resolved.items() if name in point}}
 
 
 def validation_only(data: DataFolder) -> DataFolder:
@@ -107,11 +108,18 @@ def validation_only(data: DataFolder) -> DataFolder:
 @dataclasses.dataclass(frozen=True)
 class SearchJob:
     """What every trial reads: the settings it starts from (`config.method`: the method searched), the
-    data folder with the search split and, for kd and dkd, the teacher trained once for the search."""
+    data folder with the search split, for kd and dkd the teacher trained once for the search, and for a search
+    over one modality's model of a per-modality method, that modality's prefix."""
 
     config: Config  # seed: the search's; output: the search folder
     data: DataSource  # absolute paths: trials run in Ray Tune's own working folders, on any node
     teacher: str | None = None  # the search teacher's checkpoint (kd, dkd)
+    modality: str | None = None  # one modality's model alone (mono, kd, dkd), scored on that modality only
+
+    @property
+    def modality_index(self) -> int | None:
+        """0 or 1 for a search over one modality's model, else None."""
+        return None if self.modality is None else self.data.prefixes.index(self.modality)
 
 
 def search_data(job: SearchJob) -> DataFolder:
@@ -119,22 +127,24 @@ def search_data(job: SearchJob) -> DataFolder:
     return validation_only(read_data(job.data))
 
 
-def trial_models(method: str, data: DataFolder) -> list[str | None]:
-    """The models a trial of `method` trains, in order: one per modality for mono, kd and dkd (their
-    prefixes), else one model reading both (None)."""
+def trial_models(method: str, data: DataFolder, modality: str | None = None) -> list[str | None]:
+    """The models a trial of `method` trains, in order: `modality`'s alone when given; else one per modality for
+    mono, kd and dkd (their prefixes), or one model reading both (None)."""
+    if modality is not None:
+        return [modality]
     return [m.prefix for m in data.modalities] if METHODS[method].per_modality else [None]
 
 
 def run_trial(settings: dict, job: SearchJob, output: str, report) -> dict:
     """One trial: `job.config.method` with `settings` trained into `output` on the search split's
     training rows, scored on its validation rows only; `report({METRIC, "epoch"})` after every epoch of
-    its last model (a per-modality method trains one model per modality, in turn: the metric is the mean
-    over the method's classifiers of each one's best validation weighted F1 so far, a finished model's
-    best included). Returns the last model's fit results."""
+    its last model (a per-modality method trains one model per modality, in turn, unless `job.modality` names
+    one: the metric is the mean over the classifiers trained of each one's best validation weighted F1 so far, a
+    finished model's best included). Returns the last model's fit results."""
     config = dataclasses.replace(job.config, **settings, output=output, overwrite=True, verbose=0,
                                  score_test=False, test_every_epoch=False, teacher=job.teacher)
     data = search_data(job)
-    models = trial_models(config.method, data)
+    models = trial_models(config.method, data, job.modality)
     best: dict[str, float] = {}
 
     def on_epoch(entry: dict) -> None:
@@ -162,13 +172,19 @@ def train_search_teacher(job: SearchJob, data: DataFolder, settings: dict | None
     if not METHODS[job.config.method].needs_teacher:
         return job
     folder = os.path.join(job.config.output, "search_teacher")
-    os.makedirs(folder, exist_ok=True)
-    config = dataclasses.replace(job.config, **(settings or {}), method=TEACHER, output=folder, overwrite=True,
-                                 verbose=0, score_test=False, test_every_epoch=False)
     logger.info(f"search teacher: trained once with the {'given' if settings else 'starting'} settings into {folder}")
+    return dataclasses.replace(job, teacher=train_teacher(job.config, data, settings, folder))
+
+
+def train_teacher(config: Config, data: DataFolder, settings: dict | None, folder: str) -> str:
+    """A teacher for the searches of kd and dkd: `config` with `settings` replacing its own, trained on `data` (the
+    search split, validation only) into `folder`; returns its checkpoint's path."""
+    os.makedirs(folder, exist_ok=True)
+    config = dataclasses.replace(config, **(settings or {}), method=TEACHER, output=folder, overwrite=True,
+                                 verbose=0, score_test=False, test_every_epoch=False)
     with console.only_warnings("discomkd.training"):
         fit(config, data, folder)
-    return dataclasses.replace(job, teacher=checkpoint_path(folder, FUSED))
+    return checkpoint_path(folder, FUSED)
 
 
 def _trainable(settings: dict, job: SearchJob):
@@ -219,16 +235,46 @@ def _quiet_ray_tune():
             each.setLevel(level)
 
 
-def search(job: SearchJob, data: DataFolder, trials: int, grace_epochs: int, cpus: float, gpus: float) -> dict:
+class SparingASHA(ASHAScheduler):
+    """ASHA that never stops the first trial (the starting settings: the paper's unless options change them), so
+    that a slow starting learning rate is scored on all its epochs; its results still enter the rungs as ASHA's
+    would. `spared`: what ASHA would have done to it, {"would_stop_after", "score_then"} at the first rung that
+    would have stopped it (empty when none would)."""
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.first: str | None = None
+        self.spared: dict = {}
+
+    def on_trial_add(self, tune_controller, trial):
+        if self.first is None:  # the searcher yields points_to_evaluate first
+            self.first = trial.trial_id
+        super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result):
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if trial.trial_id != self.first or decision != TrialScheduler.STOP or \
+                result.get("epoch", 0) >= trial.config.get("epochs", 0):
+            return decision
+        if not self.spared:
+            self.spared = {"would_stop_after": int(result["epoch"]), "score_then": float(result[METRIC])}
+        return TrialScheduler.CONTINUE
+
+
+def search(job: SearchJob, data: DataFolder, trials: int, grace_epochs: int, cpus: float, gpus: float,
+           spare_first: bool = True) -> dict:
     """Runs the search; returns {"chosen": settings, "trials": [{"settings", METRIC, "epochs_trained",
-    "stopped_early"}], ...} with the chosen trial first among equals in Tune's order."""
+    "stopped_early"}], "starting_trial": ..., ...} with the chosen trial first among equals in Tune's order.
+    `spare_first`: ASHA never stops the first trial (`SparingASHA`); "starting_trial" then says where it would
+    have, and which trial plain ASHA would have chosen (its score then against the others' scores)."""
     max_epochs = max(epoch_choices(job.config.epochs))
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
-                              grace_period=min(grace_epochs, max_epochs))
-    searcher = BasicVariantGenerator(points_to_evaluate=[first_trial(job.config, data)], random_state=job.config.seed)
+    scheduler = (SparingASHA if spare_first else ASHAScheduler)(
+        time_attr="training_iteration", max_t=max_epochs, grace_period=min(grace_epochs, max_epochs))
+    searcher = BasicVariantGenerator(points_to_evaluate=[first_trial(job.config, data, job.modality_index)],
+                                     random_state=job.config.seed)
     tuner = ray_tune.Tuner(
         ray_tune.with_resources(ray_tune.with_parameters(_trainable, job=job), {"cpu": cpus, "gpu": gpus}),
-        param_space=search_space(job.config, data),
+        param_space=search_space(job.config, data, job.modality_index),
         tune_config=ray_tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
                                         num_samples=trials),
         run_config=ray_tune.RunConfig(name="search", storage_path=os.path.abspath(os.path.join(job.config.output,
@@ -250,8 +296,27 @@ def search(job: SearchJob, data: DataFolder, trials: int, grace_epochs: int, cpu
         raise TrainingError(f"every trial failed; the first: {records[0].get('error')} (each trial's log: "
                             f"{os.path.join(job.config.output, 'ray_tune', 'search')})")
     chosen = max(scored, key=lambda r: r[METRIC])  # the first of equals
-    return {"metric": METRIC, "chosen": chosen["settings"], "chosen_" + METRIC: chosen[METRIC],
-            "trials": records}
+    found = {"metric": METRIC, "chosen": chosen["settings"], "chosen_" + METRIC: chosen[METRIC], "trials": records}
+    if spare_first:
+        found["starting_trial"] = starting_trial_note(records, scheduler.spared)
+    return found
+
+
+def starting_trial_note(records: list[dict], spared: dict) -> dict:
+    """What sparing the first trial changed: {"spared": whether ASHA would have stopped it, "would_stop_after",
+    "score_then", "score" (all its epochs), "chosen_without_sparing": the trial plain ASHA would have chosen (1-based,
+    in Tune's order: the starting trial is 1), "chosen": the one chosen}. Approximate: after the epoch ASHA would have
+    stopped it, the spared trial's results entered later rungs, which may have changed other trials' fates."""
+    first = records[0]
+    scores = [r[METRIC] for r in records]
+    chosen = max(range(len(records)), key=lambda k: -1.0 if scores[k] is None else scores[k])
+    note = {"spared": bool(spared), "score": first[METRIC], **spared, "chosen": chosen + 1}
+    if spared:
+        plain = [spared["score_then"]] + scores[1:]
+        note["chosen_without_sparing"] = max(range(len(plain)), key=lambda k: -1.0 if plain[k] is None else plain[k]) + 1
+    else:
+        note["chosen_without_sparing"] = chosen + 1
+    return note
 
 
 def _mark_stopped_trials(folder: str) -> None:
@@ -286,7 +351,7 @@ def tune_and_compare(config: Config, directory: str, first: str, second: str, tr
     `teacher_settings` (kd, dkd): the teacher's, for the search's teacher and the final runs'. `runs` 0:
     the search alone (settings.json and tuning.json)."""
     check_tuning(config, trials, runs, grace_epochs)
-    job, data, split = _search_job(config, directory, (first, second))
+    job, data, split = search_job(config, directory, (first, second))
     check_augmentations(config, data)  # before anything is written
     if teacher_settings:
         check_method_settings(config, teacher_settings, data, "--teacher-settings")
@@ -332,7 +397,7 @@ def _tune(config: Config, job: SearchJob, data: DataFolder, split: dict | None, 
     return _report(config, folder[1:], trials, runs, found, tables, started)
 
 
-def _search_job(config: Config, directory: str, prefixes: tuple[str, str]
+def search_job(config: Config, directory: str, prefixes: tuple[str, str]
                 ) -> tuple[SearchJob, DataFolder, dict | None]:
     """What the trials read, the data as they see it (test rows included) and the split drawn for the
     search when the folder has no split files (None: it has); nothing written. Raises `DataError`."""

@@ -39,13 +39,43 @@ DISCOMKD_OWN = ("weight_aux", "weight_mod", "weight_adv", "weight_perp", "grl_co
 TUNABLE = tuple(METHODS)  # every neural method: mono, teacher, kd, dkd, discomkd and its variants
 
 
-def searched(method: str) -> tuple[str, ...]:
+def searched(method: str, modality: int | None = None) -> tuple[str, ...]:
     """The settings the search over `method` covers: COMMON, then the method's own (DisCoM-KD: its loss
-    weights and reversal coefficient, plus the alignment weight where the variant aligns)."""
+    weights and reversal coefficient, plus the alignment weight where the variant aligns). `modality` (0 or 1):
+    a search over one per-modality model, which reads that modality's augmentation only."""
     if method in OWN:
-        return COMMON + OWN[method]
-    aligns = METHODS[method].overrides.get("align", NO_ALIGNMENT) != NO_ALIGNMENT
-    return COMMON + DISCOMKD_OWN + (("align_weight",) if aligns else ())
+        names = COMMON + OWN[method]
+    else:
+        aligns = METHODS[method].overrides.get("align", NO_ALIGNMENT) != NO_ALIGNMENT
+        names = COMMON + DISCOMKD_OWN + (("align_weight",) if aligns else ())
+    if modality is None:
+        return names
+    unread = ("augment_second", "augment_first")[modality]
+    return tuple(name for name in names if name != unread)
+
+
+def model_key(method: str, modality: str | None) -> str:
+    """How settings and searches name one model of a method: the method, or for one modality's model of a
+    per-modality method (mono, kd, dkd), `<method>_<PREFIX>`, as its run folder is named."""
+    return method if modality is None else f"{method}_{modality}"
+
+
+def model_settings(method_settings: dict[str, dict], method: str, modality: str | None) -> dict:
+    """The settings that replace a comparison's for one model: its method's, then its own (`model_key`) winning."""
+    own = method_settings.get(model_key(method, modality), {}) if modality is not None else {}
+    return {**method_settings.get(method, {}), **own}
+
+
+def split_model_key(key: str, prefixes) -> tuple[str, str | None] | None:
+    """(method, modality) that `model_key` made `key` from, for a comparison of `prefixes`: a neural method's name
+    (modality None), or `<method>_<PREFIX>` of a per-modality method; None when it is neither."""
+    if key in METHODS:
+        return key, None
+    for prefix in prefixes:
+        method = key[:-len(prefix) - 1] if key.endswith("_" + prefix) else ""
+        if method in METHODS and METHODS[method].per_modality:
+            return method, prefix
+    return None
 
 
 def check_tuning(config: Config, trials: int, runs: int, grace_epochs: int | None) -> None:
