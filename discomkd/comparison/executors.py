@@ -69,6 +69,6 @@ def make_executor(name: str, address: str | None = None, gpus_per_task: float | 
     except ModuleNotFoundError as error:
         if error.name != "ray" and not (error.name or "").startswith("ray."):
             raise
-        raise DataError("Ray is not installed (--executor ray and discomkd-tune need it); install it with "
+        raise DataError("Ray is not installed (--executor ray, --tune and discomkd-tune need it); install it with "
                         "pip install \"discomkd[ray]\" (pip install -r requirements-ray.txt in a checkout)") from None
     return ray_executor.RayExecutor(address, gpus_per_task, cpus_per_task, max_retries)
