@@ -183,6 +183,8 @@ def careless(toy_run, tmp_path_factory):
         "teacher settings": [[sys.executable, "-c", hide_ray, data, *PREFIXES, *quick, "--method", "kd",
                               "--teacher-settings", settings("tuned.json", {"weight_aux": 3.0, "grl_coefficient": 0.3,
                                                                             "learning_rate": 0.001})]],
+        "tune without ray": [[sys.executable, "-c", hide_ray.replace("tune", "compare"), data, *PREFIXES, *quick,
+                              "--tune", "2", "--output", str(work / "never_tuned")]],
         "four-d input": [door("discomkd.commands.predict") + [os.path.join(run, "best_VEC.pt"), str(work / "four_d.npy"),
                                                               "--output", str(work / "never")]],
         "unseen class": [door(TRAIN) + [unseen, *PREFIXES, *quick, "--quiet"]],
@@ -240,6 +242,13 @@ def test_a_teacher_told_settings_it_does_not_use_says_so(careless):
     assert first.startswith("warning: --teacher-settings ") and "weight_aux, grl_coefficient (discomkd's)" in first
     assert "teacher does not use them" in first
     assert process.returncode == 2 and "Ray is not installed" in rest[-1]  # hidden here: nothing runs
+
+
+def test_the_fair_table_without_ray_is_one_line(careless):
+    """compare.py --tune searches with Ray Tune: without Ray, one error line saying how to install it, nothing written."""
+    work, results = careless
+    (process,) = results["tune without ray"]
+    assert "Ray is not installed" in only_error(process) and not (work / "never_tuned").exists()
 
 
 def test_an_input_of_the_wrong_rank_is_named_as_such(careless):

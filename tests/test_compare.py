@@ -380,6 +380,52 @@ def test_settings_per_method_and_where_each_row_s_settings_came_from(tmp_path, c
     assert "not an option of this command" in capsys.readouterr().err and not os.path.exists(tmp_path / "c2")
 
 
+def test_settings_for_one_modality_s_model(tmp_path, capsys):
+    """--settings-for mono_IMG=FILE: that modality's model alone trains with the file, the other with the method's
+    settings; the row says so for each; a key that names no per-modality model is one error line."""
+    folder = write_toy_folder(tmp_path / "data", separation=3.0)
+    own = tmp_path / "img.json"
+    json.dump({"learning_rate": 0.004}, open(own, "w"))
+    output = tmp_path / "cmp"
+    argv = [folder, *PREFIXES, "--methods", "mono,discomkd", "--output", str(output), *toy_options(epochs=1)]
+    assert compare.main([*argv, "--settings-for", f"mono_IMG={own}"]) == 0
+    saved = json.load(open(output / comparison.RESULTS_FILE))
+    assert saved["method_settings"] == {"mono_IMG": {"learning_rate": 0.004}}
+    assert saved["settings_from"]["mono"] == f"IMG: settings file {own}; VEC: command line"
+    trained = {name: json.load(open(output / "run_0" / name / "results.json"))["config"]["learning_rate"]
+               for name in ("mono_IMG", "mono_VEC", "discomkd")}
+    assert trained == {"mono_IMG": 0.004, "mono_VEC": 1e-3, "discomkd": 1e-3}
+    for key, expected in (("discomkd_IMG", "not a neural method"), ("mono_XYZ", "not a neural method"),
+                          ("kd_IMG", "not among the methods compared")):
+        capsys.readouterr()
+        assert compare.main([*argv, "--settings-for", f"{key}={own}", "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and expected in err, err
+
+
+def test_the_local_executor_trains_with_the_threads_of_a_ray_task(tmp_path, capsys):
+    """--cpus-per-task (default 1) is the local executor's torch threads per model, as a Ray task's; the caller's
+    own number is back afterwards; a non-positive number is one error line."""
+    from discomkd.comparison.executors import make_executor
+
+    folder = write_toy_folder(tmp_path / "data")
+    seen = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        executor = make_executor("local")
+        assert executor.threads == 1 and executor.description == "local (1 torch thread per model)"
+        comparison.compare(Config(output=str(tmp_path / "cmp"), **TOY_SETTINGS), folder, *PREFIXES, methods="mono",
+                           executor=executor, on_epoch=lambda entry: seen.append(torch.get_num_threads()))
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        assert json.load(open(tmp_path / "cmp" / comparison.RESULTS_FILE))["executor"] == executor.description
+    finally:
+        torch.set_num_threads(before)
+    assert compare.main([folder, *PREFIXES, "--methods", "mono", "--cpus-per-task", "0", *toy_options(),
+                         "--output", str(tmp_path / "never")]) == 2
+    assert "--cpus-per-task 0" in capsys.readouterr().err and not os.path.exists(tmp_path / "never")
+
+
 def test_a_shared_split_folder_gives_every_run_its_rows(tmp_path):
     """Tuning's final runs (issue 21, case 11) train and test on the search's split: compare(shared_split=...)
     reads that folder's split files for every run, never a fresh split."""

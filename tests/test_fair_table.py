@@ -15,6 +15,14 @@ from discomkd.comparison import fair, tuning, tuning_space  # noqa: E402
 from discomkd.comparison.jobs import DataSource  # noqa: E402
 from discomkd.training.config import Config  # noqa: E402
 
+@pytest.fixture(scope="module", autouse=True)
+def ray_stopped_after():
+    """The in-process commands below start a local Ray of their own: stopped after this module."""
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 SLOW = pytest.mark.skipif(os.environ.get("DISCOMKD_RAY_SLOW") != "1", reason="DISCOMKD_RAY_SLOW=1 runs it (40 s)")
 
 
@@ -42,6 +50,32 @@ def test_a_search_over_one_modality_scores_that_modality_alone(tmp_path):
     assert tuning_space.searched("mono", 1) == ("learning_rate", "weight_decay", "epochs", "augment_second")
     data = tuning.search_data(job)
     assert set(tuning.first_trial(config, data, 0)) == {"learning_rate", "weight_decay", "epochs", "augment_first"}
+
+
+def test_asha_spares_the_starting_trial_and_says_what_it_would_have_done():
+    """The first trial added (the starting settings) lagging at a rung: plain ASHA stops it, SparingASHA lets it go on
+    and records where and with which score ASHA would have stopped it; the note says which trial plain ASHA would
+    then have chosen."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    decisions = {}
+    for scheduler in (ASHAScheduler, tuning.SparingASHA):
+        asha = scheduler(time_attr="training_iteration", max_t=8, grace_period=1, metric=tuning.METRIC, mode="max")
+        first, other = SimpleNamespace(trial_id="a", config={"epochs": 8}), SimpleNamespace(trial_id="b", config={})
+        for trial in (first, other):
+            asha.on_trial_add(None, trial)
+        asha.on_trial_result(None, other, {"training_iteration": 1, "epoch": 1, tuning.METRIC: 0.9})
+        decisions[scheduler] = asha.on_trial_result(None, first, {"training_iteration": 1, "epoch": 1,
+                                                                  tuning.METRIC: 0.2})
+    assert decisions == {ASHAScheduler: TrialScheduler.STOP, tuning.SparingASHA: TrialScheduler.CONTINUE}
+    assert asha.spared == {"would_stop_after": 1, "score_then": 0.2}
+    records = [{tuning.METRIC: 0.95}, {tuning.METRIC: 0.9}, {tuning.METRIC: None}]
+    assert tuning.starting_trial_note(records, asha.spared) == {
+        "spared": True, "score": 0.95, "would_stop_after": 1, "score_then": 0.2, "chosen": 1,
+        "chosen_without_sparing": 2}
+    assert tuning.starting_trial_note(records, {})["chosen_without_sparing"] == 1
 
 
 def fair_command(folder, output, *options):
@@ -80,6 +114,7 @@ def test_the_fair_table_in_one_command(tmp_path):
     table = open(os.path.join(output, fair.FAIR_TABLE)).read()
     assert "tuned per modality (2 trials each)" in table and "| mono_VEC | 2 |" in table
     assert "plain ASHA would have" in table and "search 3/3 discomkd" in done.stdout
+    assert "Configuration for experiment" not in done.stdout and "tensorboard" not in done.stdout  # Ray Tune's boxes
     first = json.load(open(os.path.join(output, "searches", "discomkd", "tuning.json")))
     assert first["trials"][0]["epochs_trained"] == 2  # the starting trial trained all its epochs
 

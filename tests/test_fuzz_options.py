@@ -327,6 +327,11 @@ COMPARE_OPTIONS = {
                                      ("1e309", *RAY)]),
     "--cpus-per-task": pool(valid=["0.5", "1"], invalid=[("0", *RAY), ("-1", *RAY), ("nan", *RAY), "", "x"]),
     "--max-retries": pool(valid=["0", "3"], invalid=[("-1", *RAY), "", "x", "1.5"]),
+    # the fair table: Ray Tune searches, then the comparison (tests/test_fair_table.py); its checks come before Ray
+    "--tune": pool(valid=[with_ray(("1", "--methods", "mono"))],
+                   invalid=["0", "-1", "", "x", "1.5", ("1", "--resplit"), ("1", "--runs", "1001")]),
+    "--grace-epochs": pool(valid=[with_ray(("1", "--tune", "1", "--methods", "mono"))],
+                           invalid=["2", ("0", "--tune", "1"), "", "x"]),  # only with --tune
     "--settings": dataclasses.replace(CONFIG_OPTIONS["--settings"], invalid=(
         *CONFIG_OPTIONS["--settings"].invalid, ("{legacy_setting}",))),
     "--settings-for": pool(valid=[("discomkd={settings}", "--methods", "discomkd")],
@@ -561,6 +566,8 @@ def execute(cli_main, command: Command, example: Example, argv: list, ray_visibl
     before = folder_snapshot(example.tmp)
     with ray_hidden() if command.hide_ray and not ray_visible else contextlib.nullcontext():
         status, out, err = run_command(command.main or cli_main, argv, example.tmp)
+    if ray_visible and "ray" in sys.modules and sys.modules["ray"] is not None and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()  # the local Ray a command started works in this example's folder, removed next
     after = folder_snapshot(example.tmp)
     return Outcome(argv, status, out, err, sorted(path for path in after if after[path] != before.get(path)))
 

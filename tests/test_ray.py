@@ -34,6 +34,8 @@ def local_ray():
     so both paths compute alike."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    if ray.is_initialized():  # an earlier module's command started its own
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"py_modules": [toy], "env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})
     yield

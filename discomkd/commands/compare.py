@@ -17,6 +17,7 @@ from discomkd.comparison.executors import make_executor
 from discomkd.comparison.inputs import ALL_METHODS, DEFAULT_METHODS, parse_methods
 from discomkd.comparison.runner import compare
 from discomkd.comparison.tuning_space import (
+    check_tuning,
     foreign_settings_line,
     model_key,
     model_settings,
@@ -171,6 +172,7 @@ def tune_everything(config: Config, directory: str, prefixes: tuple[str, str], m
                           "compare without --tune)")
     if resplit:
         raise OptionError("--resplit: --tune compares on the split its searches used; leave it out")
+    check_tuning(config, trials, runs, grace)  # before Ray is imported: a mistake is named even without Ray
     search_executor = make_executor("ray", *executor[1:])  # DataError when Ray is missing
     from discomkd.comparison import fair  # imports Ray: only once it is known to be installed
     fair.tune_all(config, directory, prefixes, methods, trials, runs, grace, search_executor,

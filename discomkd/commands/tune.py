@@ -6,8 +6,10 @@ the paper's.
 Searches the settings every neural method has (learning rate, weight decay, epochs up to --epochs,
 each modality's augmentation) and the method's own (DisCoM-KD: the loss weights of L_aux, L_mod,
 L_adv and L_perp and the GRL coefficient; discomkd.tuning_space) by random search, the starting
-settings first, ASHA stopping lagging trials, selecting on validation only: the mean over both
-modalities of each classifier's best validation weighted F1. Trials read no test row. Then trains
+settings first (never stopped early), ASHA stopping lagging trials, selecting on validation only: the mean
+over both modalities of each classifier's best validation weighted F1 (one setting for both modalities of mono, kd
+and dkd; `compare.py --tune` searches each modality's model on its own and compares every method in one table).
+Trials read no test row. Then trains
 the chosen settings and the starting ones (the paper's unless options change them) --runs times on
 seeds SEED+1.. through compare.py's machinery (--runs 0: the search alone). kd and dkd distil from
 a teacher trained with the starting settings or --teacher-settings FILE, in the search and after.

@@ -1,10 +1,9 @@
 """The fair table in one command (`compare.py DIR A B --tune TRIALS`): every compared method searched on the same
 budget, then compared on the split the searches used.
 
-    searches (Ray Tune, validation rows only)                        comparison (any executor, test rows)
-    teacher ─┬─> the chosen teacher, trained once ─> kd_A, kd_B, dkd_A, dkd_B ─┐
-             │   mono_A, mono_B, dml, discomkd, ...                             ├─> compare(): RUNS runs, seeds SEED+1..
-             └──────────────────────────────────────────────────────────────────┘
+    the teacher's search -> one teacher trained with its choice -> the searches of kd's and dkd's students
+    the searches of mono_<PREFIX>, dml, discomkd, ...            (Ray Tune trials, validation rows only)
+    -> compare(): RUNS runs on seeds SEED+1.., each model with its own search's choice (any executor, test rows)
 
 The plan (`plan_searches`): the teacher first when a compared method reads one (kd, dkd) or the teacher is compared;
 then one search per per-modality model (mono, kd's and dkd's students: `mono_<PREFIX>`), scored on that modality's
@@ -35,6 +34,7 @@ from discomkd.comparison.inputs import RESULTS_FILE as COMPARISON_FILE
 from discomkd.comparison.inputs import TABLE_FILE, parse_methods
 from discomkd.comparison.jobs import TEACHER
 from discomkd.comparison.runner import compare
+from discomkd.comparison.table import render
 from discomkd.comparison.tuning import (
     METRIC,
     SearchJob,
@@ -52,7 +52,7 @@ from discomkd.runs.ownership import whole_folder
 from discomkd.training.config import Config
 from discomkd.training.identity import computed_settings
 from discomkd.training.setup import check_augmentations
-from discomkd.utils.errors import DataError, Interrupted, OptionError
+from discomkd.utils.errors import DataError, Interrupted, OptionError, TrainingError
 from discomkd.utils.files import write_json, write_text
 
 RECORD_FILE, FAIR_TABLE = "fair.json", "fair.md"
@@ -130,11 +130,14 @@ def tune_all(config: Config, directory: str, prefixes: tuple[str, str], methods,
         try:
             return _tune_all(config, base, data, split, plan, methods, trials, runs, grace_epochs, record,
                              ray_executor, executor, resume, verbose, spare_first)
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the command turns it into the same)
-            record["status"] = "interrupted"
+        except (KeyboardInterrupt, Interrupted, TrainingError) as error:  # Ctrl-C or SIGTERM, in a search or after
+            failed = isinstance(error, TrainingError)
+            record["status"] = "failed" if failed else "interrupted"
             write_json(os.path.join(output, RECORD_FILE), record)
-            raise Interrupted(f"the fair table was interrupted (by a signal); the searches that finished are kept in "
-                              f"{os.path.join(output, RECORD_FILE)}: the same command with --resume continues") from None
+            detail = "by a signal" if isinstance(error, KeyboardInterrupt) else str(error)
+            raise (TrainingError if failed else Interrupted)(
+                f"the fair table {record['status']} ({detail}); the searches that finished are kept in "
+                f"{os.path.join(output, RECORD_FILE)}: the same command with --resume continues") from None
 
 
 def _recorded(output: str, identity: dict) -> dict:
@@ -251,12 +254,7 @@ def searches_table(record: dict, markdown: bool = True) -> str:
         rows.append([name, str(found["trials"]), "-" if start.get("score") is None else f"{start['score']:.4f}", spared,
                      f"{found['chosen_' + METRIC]:.4f}" + (f" (trial {chosen_trial})" if chosen_trial else ""),
                      shown or "the starting settings"])
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * 4 + ["---"]) + "|"]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
-    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header] + rows]
-    return "\n".join(lines[:1] + ["-" * len(lines[0])] + lines[1:])
+    return render(header, rows, ["---"] + [":---:"] * 4 + ["---"], [], markdown).rstrip() + "\n"
 
 
 def fair_table(record: dict, comparison_table: str | None) -> str:

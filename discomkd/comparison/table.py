@@ -88,10 +88,10 @@ def format_table(aggregated: dict, prefixes, runs: int, seeds, split_note: str, 
     notes += [f"{method}: {a['note']}" for method, a in aggregated.items() if a["status"] != "done"]
     alignment = ["---"] + [":---:"] * (len(prefixes) + probed + len(transferred)) + ["---"] * bool(settings_from) \
         + ["---:"]
-    return _render(header, rows, alignment, notes, markdown)
+    return render(header, rows, alignment, notes, markdown)
 
 
-def _render(header: list[str], rows: list[list[str]], alignment: list[str], notes: list[str], markdown: bool) -> str:
+def render(header: list[str], rows: list[list[str]], alignment: list[str], notes: list[str], markdown: bool) -> str:
     """A table and its notes: markdown (`alignment`, one marker per column, e.g. ":---:"; each note ends
     its line), or text columns padded to their widest cell under a rule."""
     if markdown:
@@ -162,7 +162,7 @@ def format_paired(paired: dict, prefixes, markdown: bool, reference: str = REFER
             f"interval in square brackets (Student's t, runs - 1 degrees of freedom: an interval holding 0 is a "
             f"difference within the runs' spread; the Wilcoxon signed-rank p-value is in comparison.json), and in "
             f"parentheses the runs where {reference} is ahead.")
-    return _render(header, rows, ["---"] + [":---:"] * len(prefixes), [note], markdown)
+    return render(header, rows, ["---"] + [":---:"] * len(prefixes), [note], markdown)
 
 
 def _best_means(aggregated: dict, prefixes) -> dict:

@@ -223,16 +223,22 @@ class _TrialLines(ray_tune.Callback):
 
 @contextlib.contextmanager
 def _quiet_ray_tune():
-    """Ray Tune's own loggers shown from CRITICAL only: each trial's failure is logged by _TrialLines."""
+    """Ray Tune's own loggers shown from CRITICAL only (each trial's end or failure is one line of _TrialLines), and
+    its progress output off: without RAY_AIR_NEW_OUTPUT=0 even verbose 0 prints a box of the experiment's
+    configuration and a TensorBoard hint into Ray's temporary folder. A RAY_AIR_NEW_OUTPUT of the user's own wins."""
     loggers = [logging.getLogger(name) for name in ("ray.tune", "ray.train", "ray.air")]
     levels = [each.level for each in loggers]
     for each in loggers:
         each.setLevel(logging.CRITICAL)
+    given = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     try:
         yield
     finally:
         for each, level in zip(loggers, levels):
             each.setLevel(level)
+        if given is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
 
 
 class SparingASHA(ASHAScheduler):
@@ -307,16 +313,13 @@ def starting_trial_note(records: list[dict], spared: dict) -> dict:
     "score_then", "score" (all its epochs), "chosen_without_sparing": the trial plain ASHA would have chosen (1-based,
     in Tune's order: the starting trial is 1), "chosen": the one chosen}. Approximate: after the epoch ASHA would have
     stopped it, the spared trial's results entered later rungs, which may have changed other trials' fates."""
-    first = records[0]
+    def best(scores: list) -> int:  # 1-based, the first of equals, failed trials (None) last
+        return max(range(len(scores)), key=lambda k: -1.0 if scores[k] is None else scores[k]) + 1
+
     scores = [r[METRIC] for r in records]
-    chosen = max(range(len(records)), key=lambda k: -1.0 if scores[k] is None else scores[k])
-    note = {"spared": bool(spared), "score": first[METRIC], **spared, "chosen": chosen + 1}
-    if spared:
-        plain = [spared["score_then"]] + scores[1:]
-        note["chosen_without_sparing"] = max(range(len(plain)), key=lambda k: -1.0 if plain[k] is None else plain[k]) + 1
-    else:
-        note["chosen_without_sparing"] = chosen + 1
-    return note
+    plain = [spared["score_then"]] + scores[1:] if spared else scores
+    return {"spared": bool(spared), "score": scores[0], **spared, "chosen": best(scores),
+            "chosen_without_sparing": best(plain)}
 
 
 def _mark_stopped_trials(folder: str) -> None:
