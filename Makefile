@@ -75,6 +75,6 @@ demo: venv
 test: venv-dev
 	$(VENV_PYTHON) -m pytest -q
 
-# docs/results.md's tables, re-derived with today's code (about 4 hours on 2 CPU cores)
+# docs/results.md's tables, re-derived with today's code (about 4 h 45 min on 2 CPU cores)
 results: venv
 	PYTHON=$(VENV_PYTHON) bash tools/results.sh

@@ -2,7 +2,7 @@
 # docs/results.md's tables re-derived with today's code, one command after the other, into results/ (git-ignored),
 # each printed in the form the page shows it:
 #   bash tools/results.sh          (or make results)
-# About 4 hours on a 2-core CPU, nothing else running (the page says how long it took); a comparison stopped
+# About 4 h 45 min on a 2-core CPU (the fair table needs Ray), nothing else running (the page says how long it took); a comparison stopped
 # midway continues with its line plus --resume (without --overwrite). PYTHON names the
 # interpreter (default .venv/bin/python, which make creates), OUT the folder (default results).
 set -euo pipefail
@@ -20,4 +20,11 @@ echo "== DisCoM-KD, the baselines, the loss ablation and the remedies for a fool
 "$PYTHON" compare.py example_digits IMAGE PROJ --runs 5 --resplit --epochs 30 --augment-first none --ablation \
     --methods mono,teacher,kd,dkd,dml,discomkd,discomkd-legacy,svm,logreg,discomkd-dann,discomkd-mlp-disc,discomkd-fast-disc,discomkd-remedies \
     --output "$OUT/comparison" --overwrite
+echo "== the fair table: every method's settings searched on validation, 8 trials each, then 3 runs (needs Ray)"
+if "$PYTHON" -c "import ray.tune" 2>/dev/null; then
+    "$PYTHON" compare.py example_digits IMAGE PROJ --tune 8 --runs 3 --epochs 30 --augment-first none \
+        --methods mono,teacher,kd,dkd,dml,discomkd,svm --executor ray --output "$OUT/fair" --overwrite
+else
+    echo "skipped: Ray is not installed (pip install -r requirements-ray.txt)"
+fi
 echo "== re-derived in $(( ($(date +%s) - started) / 60 )) minutes"
