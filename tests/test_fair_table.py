@@ -1,6 +1,7 @@
 """compare.py --tune TRIALS, the fair table in one command (discomkd.comparison.fair): every method searched on the
 same budget, the teacher first, per-modality models each on their own modality, then compared on the searches' split;
 resumable. Needs Ray (skipped without it); the end-to-end commands run as real processes."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ ray = pytest.importorskip("ray")
 from discomkd.comparison import fair, tuning, tuning_space  # noqa: E402
 from discomkd.comparison.jobs import DataSource  # noqa: E402
 from discomkd.training.config import Config  # noqa: E402
+
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_stopped_after():
@@ -76,6 +78,63 @@ def test_asha_spares_the_starting_trial_and_says_what_it_would_have_done():
         "spared": True, "score": 0.95, "would_stop_after": 1, "score_then": 0.2, "chosen": 1,
         "chosen_without_sparing": 2}
     assert tuning.starting_trial_note(records, {})["chosen_without_sparing"] == 1
+
+
+def test_each_modality_gets_the_setting_its_own_data_wants(tmp_path, monkeypatch):
+    """Two image modalities: in A the four classes are mirror images of one pattern (flips turn one class into
+    another), in B each class is symmetric (flips change nothing). Searched on its own modality, A's model takes no
+    flips and B's keeps the first candidate, flips; one search on the mean of both (tune.py's way) gives both the
+    same. The search is by hand over two candidates (no Ray Tune), through the real trials and the real fair table."""
+    import numpy as np
+
+    from discomkd.comparison.executors import LocalExecutor
+    from discomkd.data.folder import array_path
+
+    folder = write_toy_folder(tmp_path / "data", ("A", "B"), n=400, shapes=((1, 12, 12),) * 2, num_classes=4)
+    labels = np.load(os.path.join(folder, "labels.npy"))
+    rng = np.random.default_rng(0)
+    pattern = rng.standard_normal((1, 12, 12))
+    mirrored = np.stack([pattern, pattern[..., ::-1], pattern[..., ::-1, :], pattern[..., ::-1, ::-1]])
+    square, ring = np.zeros((1, 12, 12)), np.ones((1, 12, 12))
+    square[:, 4:8, 4:8], ring[:, 2:10, 2:10] = 3.0, 0.0
+    symmetric = np.stack([square, -square, ring, -ring])
+    for prefix, means, noise in (("A", mirrored, 1.5), ("B", symmetric, 0.2)):
+        rows = means[labels] + noise * rng.standard_normal((len(labels), 1, 12, 12))
+        np.save(array_path(folder, prefix), rows.astype(np.float32))
+    candidates = [{"augment_first": "flip", "augment_second": "flip"},
+                  {"augment_first": "none", "augment_second": "none"}]
+
+    def by_hand(job, data, trials, *args, **kwargs):
+        names = tuning.searched(job.config.method, job.modality_index)
+        records = []
+        for k, candidate in enumerate(candidates):
+            settings = {name: value for name, value in candidate.items() if name in names}
+            reports = []
+            tuning.run_trial(settings, job, os.path.join(job.config.output, "trials", str(k)), reports.append)
+            records.append({"settings": settings, tuning.METRIC: reports[-1][tuning.METRIC], "epochs_trained": 8})
+        chosen = max(records, key=lambda record: record[tuning.METRIC])  # the first of equals
+        return {"metric": tuning.METRIC, "chosen": chosen["settings"], "chosen_" + tuning.METRIC: chosen[tuning.METRIC],
+                "trials": records}
+
+    monkeypatch.setattr(fair, "search", by_hand)
+    settings = dict(TOY_SETTINGS, epochs=8, learning_rate=3e-3, encoder_second="lenet")
+    config = Config(output=str(tmp_path / "fair"), **settings)
+    cluster = type("NoCluster", (), {"cpus": 1, "gpus": 0, "start": lambda self, output: None})()
+    record = fair.tune_all(config, folder, ("A", "B"), "mono", 2, 1, None, cluster, LocalExecutor(1))
+    chosen = {name: found["chosen"] for name, found in record["searches"].items()}
+    assert chosen == {"mono_A": {"augment_first": "none"}, "mono_B": {"augment_second": "flip"}}
+    assert record["searches"]["mono_A"]["chosen_" + tuning.METRIC] > 0.7  # flips: about 0.4 here
+    trained = {name: json.load(open(tmp_path / "fair" / "comparison" / "run_1" / name / "results.json"))["config"]
+               for name in ("mono_A", "mono_B")}
+    assert (trained["mono_A"]["augment_first"], trained["mono_B"]["augment_second"]) == ("none", "flip")
+    joint = tuning.SearchJob(dataclasses.replace(config, method="mono", output=str(tmp_path / "joint")),
+                             DataSource(folder, ("A", "B"), ("lenet", "lenet"), None))
+    means = []
+    for k, candidate in enumerate(candidates):  # one choice for both, on the mean: no flips for B either
+        reports = []
+        tuning.run_trial(candidate, joint, str(tmp_path / "joint" / str(k)), reports.append)
+        means.append(reports[-1][tuning.METRIC])
+    assert means[1] > means[0]
 
 
 def fair_command(folder, output, *options):
