@@ -206,6 +206,33 @@ def test_an_interrupted_fair_table_resumes_keeping_its_finished_searches(tmp_pat
     assert os.path.exists(os.path.join(output, "comparison", "comparison.md"))
 
 
+def test_ctrl_c_in_a_search_stops_the_command_and_resume_goes_on(tmp_path):
+    """Ray Tune catches Ctrl-C itself and returns as if its search had ended (the command then failed on a trial
+    without results): SIGINT to the command as typed now stops it with exit 130, fair.json saying so, and the same
+    line with --resume keeps the finished search."""
+    import signal
+    import time
+
+    folder = write_toy_folder(tmp_path / "data", separation=3.0)
+    output = str(tmp_path / "fair")
+    command = fair_command(folder, output, "--methods", "mono", "--epochs", "4")
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    record = os.path.join(output, fair.RECORD_FILE)
+    deadline = time.time() + 300
+    while not (os.path.exists(record) and "mono_IMG" in open(record).read()):  # the second search has started
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.2)
+    time.sleep(1.5)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("the fair table was interrupted (by a signal)"), err
+    saved = json.load(open(record))
+    assert saved["status"] == "interrupted" and list(saved["searches"]) == ["mono_IMG"]
+    done = run([*command, "--resume"])
+    assert "search 1/2 mono_IMG: kept" in done.stdout and json.load(open(record))["status"] == "finished"
+
+
 def test_tune_refuses_what_it_cannot_honour(tmp_path):
     from discomkd.commands import compare
 

@@ -136,7 +136,8 @@ def tune_all(config: Config, directory: str, prefixes: tuple[str, str], methods,
             write_json(os.path.join(output, RECORD_FILE), record)
             detail = "by a signal" if isinstance(error, KeyboardInterrupt) else str(error)
             raise (TrainingError if failed else Interrupted)(
-                f"the fair table {record['status']} ({detail}); the searches that finished are kept in "
+                f"the fair table {'failed' if failed else 'was interrupted'} ({detail}); the searches that finished "
+                f"are kept in "
                 f"{os.path.join(output, RECORD_FILE)}: the same command with --resume continues") from None
 
 

@@ -223,22 +223,27 @@ class _TrialLines(ray_tune.Callback):
 
 @contextlib.contextmanager
 def _quiet_ray_tune():
-    """Ray Tune's own loggers shown from CRITICAL only (each trial's end or failure is one line of _TrialLines), and
-    its progress output off: without RAY_AIR_NEW_OUTPUT=0 even verbose 0 prints a box of the experiment's
-    configuration and a TensorBoard hint into Ray's temporary folder. A RAY_AIR_NEW_OUTPUT of the user's own wins."""
+    """Ray Tune's own loggers shown from CRITICAL only (each trial's end or failure is one line of _TrialLines), its
+    progress output off (without RAY_AIR_NEW_OUTPUT=0 even verbose 0 prints a box of the experiment's configuration
+    and a TensorBoard hint into Ray's temporary folder), and Ctrl-C left to Python. The user's own values of those two
+    variables win."""
     loggers = [logging.getLogger(name) for name in ("ray.tune", "ray.train", "ray.air")]
     levels = [each.level for each in loggers]
     for each in loggers:
         each.setLevel(logging.CRITICAL)
-    given = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    # Ray Tune also catches Ctrl-C itself and returns as if the search had ended: left to Python, it interrupts the
+    # search as it does everything else (the trials it reached kept; a fair table's --resume continues)
+    given = {name: os.environ.get(name) for name in ("RAY_AIR_NEW_OUTPUT", "TUNE_DISABLE_SIGINT_HANDLER")}
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     try:
         yield
     finally:
         for each, level in zip(loggers, levels):
             each.setLevel(level)
-        if given is None:
-            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        for name, value in given.items():
+            if value is None:
+                os.environ.pop(name, None)
 
 
 class SparingASHA(ASHAScheduler):
@@ -290,8 +295,9 @@ def search(job: SearchJob, data: DataFolder, trials: int, grace_epochs: int, cpu
         grid = tuner.fit()
     records = []
     for result in grid:
-        if result.error is not None or not result.metrics:
-            records.append({"settings": result.config, METRIC: None, "error": str(result.error).splitlines()[-1]})
+        if result.error is not None or "epoch" not in (result.metrics or {}):
+            error = "it never reported an epoch" if result.error is None else str(result.error).splitlines()[-1]
+            records.append({"settings": result.config, METRIC: None, "error": error})
             continue
         trained = int(result.metrics["epoch"])
         records.append({"settings": result.config, METRIC: result.metrics[METRIC], "epochs_trained": trained,
