@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 
 from discomkd.comparison.inputs import RESULTS_FILE as COMPARISON_FILE
-from discomkd.comparison.inputs import TABLE_FILE, parse_methods
+from discomkd.comparison.inputs import TABLE_FILE, parse_methods, what_differs
 from discomkd.comparison.jobs import TEACHER
 from discomkd.comparison.runner import compare
 from discomkd.comparison.table import render
@@ -152,9 +152,7 @@ def _recorded(output: str, identity: dict) -> dict:
         raise OptionError(f"--resume: {path} not found; a new fair table starts without --resume") from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DataError(f"{path}: not a fair table's record ({error})") from None
-    differ = sorted(key for key in identity if before.get(key) != identity[key])
-    if differ == ["config"]:
-        differ = sorted(k for k in identity["config"] if before["config"].get(k) != identity["config"][k])
+    differ = what_differs(identity, before)
     if differ:
         raise OptionError(f"--resume: {path} is a fair table with other {', '.join(differ)}; give the command line it "
                           "started with, or --overwrite to start again")

@@ -171,6 +171,16 @@ def what_it_computes(comparison: Comparison | dict) -> dict:
                                   "config": computed_settings(comparison.config)}))
 
 
+def what_differs(now: dict, before: dict, may_grow=()) -> list[str]:
+    """The keys whose values differ between what a command computes now and what its output folder recorded (a list
+    under a key of `may_grow` may have gained items); when only "config" differs, the settings in it that do."""
+    differ = [key for key in now if before.get(key) != now[key]
+              and not (key in may_grow and set(before.get(key) or ()) <= set(now[key]))]
+    if differ == ["config"]:
+        return sorted(k for k in now["config"] if (before.get("config") or {}).get(k) != now["config"][k])
+    return differ
+
+
 def recorded_runs(comparison: Comparison) -> list[dict]:
     """--resume: the runs that the output folder's comparison.json recorded, after checking that it is this
     very comparison (data folder, modalities, methods, split, settings: only --runs and --methods may grow; with
@@ -189,12 +199,9 @@ def recorded_runs(comparison: Comparison) -> list[dict]:
         raise DataError(f"{path}: not a comparison's results ({error})") from None
     now, before = what_it_computes(comparison), what_it_computes(saved)
     added = [method for method in now["methods"] if method not in (before["methods"] or [])]
-    differ = [key for key in now if before[key] != now[key] and not (key == "methods" and set(before[key]) <= set(
-        now[key]))]
+    differ = what_differs(now, before, may_grow=("methods",))
     if differ:
-        detail = differ if differ != ["config"] else sorted(
-            k for k in now["config"] if before["config"].get(k) != now["config"][k])
-        raise OptionError(f"--resume: {path} is a comparison with other {', '.join(detail)}; give the command line it "
+        raise OptionError(f"--resume: {path} is a comparison with other {', '.join(differ)}; give the command line it "
                           f"started with (only --runs and --methods may grow), or --overwrite to start again")
     dropped = sorted(set(saved_seeds) - set(comparison.seeds))
     if dropped:

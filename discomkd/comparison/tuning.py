@@ -227,20 +227,17 @@ def _quiet_ray_tune():
     progress output off (without RAY_AIR_NEW_OUTPUT=0 even verbose 0 prints a box of the experiment's configuration
     and a TensorBoard hint into Ray's temporary folder), and Ctrl-C left to Python. The user's own values of those two
     variables win."""
-    loggers = [logging.getLogger(name) for name in ("ray.tune", "ray.train", "ray.air")]
-    levels = [each.level for each in loggers]
-    for each in loggers:
-        each.setLevel(logging.CRITICAL)
     # Ray Tune also catches Ctrl-C itself and returns as if the search had ended: left to Python, it interrupts the
     # search as it does everything else (the trials it reached kept; a fair table's --resume continues)
     given = {name: os.environ.get(name) for name in ("RAY_AIR_NEW_OUTPUT", "TUNE_DISABLE_SIGINT_HANDLER")}
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     try:
-        yield
+        with contextlib.ExitStack() as quiet:
+            for name in ("ray.tune", "ray.train", "ray.air"):
+                quiet.enter_context(console.only_warnings(name, logging.CRITICAL))
+            yield
     finally:
-        for each, level in zip(loggers, levels):
-            each.setLevel(level)
         for name, value in given.items():
             if value is None:
                 os.environ.pop(name, None)
